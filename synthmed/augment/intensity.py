@@ -1,0 +1,104 @@
+"""Intensity mappings between original units (HU, scanner units, uint8) and model space [-1, 1].
+
+A mapping is a pair ``(low, high)``: ``low`` goes to -1, ``high`` to +1, values outside are
+clipped. ``low > high`` is an inverted mapping (DICOM MONOCHROME1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from synthmed.errors import InputError
+
+# CT windows as (center, width) in HU; the usual radiology presets.
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "brain": (40.0, 80.0),
+    "lung": (-600.0, 1500.0),
+    "abdomen": (40.0, 400.0),
+    "bone": (400.0, 1800.0),
+}
+
+DEFAULT_PERCENTILES = (0.5, 99.5)
+
+
+def window_range(center: float, width: float) -> tuple[float, float]:
+    """``(low, high)`` of a window given by center and width."""
+    if width <= 0:
+        raise InputError(f"window width must be positive, got {width}")
+    return center - width / 2.0, center + width / 2.0
+
+
+def parse_window(spec: str) -> tuple[float, float]:
+    """A preset name (``brain``, ``lung``, ``abdomen``, ``bone``) or ``CENTER,WIDTH`` -> range."""
+    if spec.lower() in CT_WINDOWS:
+        return window_range(*CT_WINDOWS[spec.lower()])
+    try:
+        center, width = (float(part) for part in spec.split(","))
+    except ValueError:
+        raise InputError(
+            f"unknown window {spec!r}: use one of {', '.join(CT_WINDOWS)} or CENTER,WIDTH"
+        ) from None
+    return window_range(center, width)
+
+
+def percentile_range(
+    values: np.ndarray,
+    mask: np.ndarray | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+) -> tuple[float, float]:
+    """``(low, high)`` at the given percentiles of ``values`` (inside ``mask`` when given).
+
+    A constant input gets a unit-wide range so the mapping stays invertible.
+    """
+    selected = values[mask] if mask is not None and mask.any() else values.reshape(-1)
+    low, high = np.percentile(selected, percentiles)
+    if high <= low:
+        high = low + 1.0
+    return float(low), float(high)
+
+
+def to_model_space(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map original values to float32 in ``[-1, 1]`` (clipped)."""
+    scaled = (values.astype(np.float64) - low) / (high - low) * 2.0 - 1.0
+    return np.clip(scaled, -1.0, 1.0).astype(np.float32)
+
+
+def to_original(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Inverse of :func:`to_model_space` for values in ``[-1, 1]``."""
+    return low + (values.astype(np.float64) + 1.0) / 2.0 * (high - low)
+
+
+def require_finite(values: np.ndarray, path: str | Path) -> None:
+    """Raise an :class:`InputError` naming ``path`` when ``values`` holds NaN or inf."""
+    if not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).sum())
+        raise InputError(f"{bad} pixel(s) are NaN or infinite", path)
+
+
+def foreground_mask(volume: np.ndarray) -> np.ndarray:
+    """Boolean mask of the body / brain in an image or volume.
+
+    When one value fills at least 10 % of the voxels (the background of a skull-stripped or
+    masked scan), the foreground is everything else; otherwise it is everything above an
+    Otsu threshold (air around a CT or an unmasked MR).
+    """
+    values, counts = np.unique(volume, return_counts=True)
+    most_common = values[np.argmax(counts)]
+    if counts.max() >= 0.1 * volume.size and len(values) > 1:
+        return volume != most_common
+    return volume > otsu_threshold(volume)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold: the cut that maximises the between-class variance of a histogram."""
+    hist, edges = np.histogram(values, bins=bins)
+    centers = (edges[:-1] + edges[1:]) / 2.0
+    weight_below = np.cumsum(hist)
+    weight_above = weight_below[-1] - weight_below
+    mass_below = np.cumsum(hist * centers)
+    mean_below = mass_below / np.maximum(weight_below, 1)
+    mean_above = (mass_below[-1] - mass_below) / np.maximum(weight_above, 1)
+    between = weight_below * weight_above * (mean_below - mean_above) ** 2
+    return float(centers[np.argmax(between)])

@@ -1,0 +1,29 @@
+"""Shared fixtures. Real data comes from ``$SYNTHMED_TEST_DATA`` (CI: ``../shared/data``);
+tests that need it are skipped, with the reason, when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real-data folder, or skip."""
+    root = os.environ.get("SYNTHMED_TEST_DATA")
+    if not root:
+        pytest.skip("SYNTHMED_TEST_DATA is not set: real-data test skipped")
+    path = Path(root)
+    if not path.is_dir():
+        pytest.skip(f"SYNTHMED_TEST_DATA={root} is not a folder: real-data test skipped")
+    return path
+
+
+def real_file(shared_data: Path, relative: str) -> Path:
+    """One file or folder of the real data set, or skip when it is missing."""
+    path = shared_data / relative
+    if not path.exists():
+        pytest.skip(f"{path} is missing: real-data test skipped")
+    return path

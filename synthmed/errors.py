@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
-class InputError(Exception):
+class SynthmedError(Exception):
+    """An error with a message meant for the user: the CLI prints it as one line."""
+
+
+class InputError(SynthmedError):
     """Bad input: a missing path, an unreadable file, a wrong shape or label.
 
     The message names the file (when there is one) and the problem, e.g.

@@ -7,15 +7,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from monai.transforms import Resize, ResizeWithPadOrCrop
 
 from synthmed.augment.dataset import ImageSet
-from synthmed.augment.intensity import DEFAULT_PERCENTILES
+from synthmed.augment.intensity import DEFAULT_PERCENTILES, parse_window
 from synthmed.errors import InputError
 
+T = TypeVar("T")
 ResizeMode = Literal["resize", "pad", "fit"]
 
 
@@ -52,6 +53,10 @@ class ReadConfig:
             raise InputError(f"channels must be 1 or 3, got {self.channels}")
         if self.size is not None and self.size < 1:
             raise InputError(f"size must be positive, got {self.size}")
+        if self.slice_axis not in (0, 1, 2):
+            raise InputError(f"slice axis must be 0, 1 or 2, got {self.slice_axis}")
+        if self.window is not None:
+            parse_window(self.window)
         if self.resize_mode not in ("resize", "pad", "fit"):
             raise InputError(f"resize mode must be resize, pad or fit, got {self.resize_mode!r}")
 
@@ -103,12 +108,13 @@ def split_name(text: str) -> str:
 
 def read_each(
     paths: Iterable[Path],
-    read_one: Callable[[Path], list[Item]],
+    read_one: Callable[[Path], list[T]],
     config: ReadConfig,
     skipped: list[dict[str, str]],
-) -> list[Item]:
-    """Read every path; with ``config.skip_bad`` an unreadable file is noted and skipped."""
-    items: list[Item] = []
+) -> list[T]:
+    """Read every path (``read_one`` gives a list per file, usually of :class:`Item`); with
+    ``config.skip_bad`` an unreadable file is noted in ``skipped`` and left out."""
+    items: list[T] = []
     for path in paths:
         try:
             items.extend(read_one(path))

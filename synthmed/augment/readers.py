@@ -5,10 +5,11 @@ A path may be a file (``.dcm``, ``.nii``/``.nii.gz``, ``.png``/``.jpg``/``.tif``
 (``phantom``, ``phantom:t2``, ``phantom:t1,n=200,size=32,seed=1``).
 
 Folders: a ``manifest.csv`` at the top is read as a manifest; otherwise every file below is
-read. Picture files follow the ImageFolder layout: ``[split/]class/image.png`` gives the class
-(and the split when the first folder is ``train``/``training``, ``val``/``validation``,
-``test``/``testing``). DICOM and NIfTI folders are not labelled by folder names, since their
-folders usually name patients and series.
+read, except hidden files, JSON sidecars and DICOMDIR indexes. Picture files follow the
+ImageFolder layout: ``[split/]class/image.png`` gives the class (and the split when the
+first folder is ``train``/``training``, ``val``/``validation``, ``test``/``testing``).
+DICOM and NIfTI folders are not labelled by folder names, since their folders usually name
+patients and series.
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ def _read_files(
                 path,
             )
         skipped.append({"path": str(path), "problem": "not a supported image file"})
+    if list(by_kind) == ["npz"] and len(by_kind["npz"]) == 1:
+        return medmnist.read_npz(by_kind["npz"][0])
     for kind in ("npz", "csv"):
         if kind in by_kind:
             raise InputError(f"read {kind} files one at a time, not inside a folder",
@@ -160,8 +163,8 @@ def _read_manifest(path: Path, config: ReadConfig, skipped: list[dict[str, str]]
             skipped.append({"path": str(file), "problem": error.problem})
             continue
         label = _manifest_label(row.get("label", ""), where)
-        if label is not None and row.get("class_name"):
-            names[int(label)] = row["class_name"]
+        if label is not None and label.isdigit() and row.get("class_name"):
+            names[int(label)] = label = row["class_name"]
         for item in read:
             item.label = label
             item.split = split_name(row.get("split") or item.split)
@@ -211,10 +214,14 @@ def _manifest_label(text: str, where: str) -> str | None:
 
 
 def _files_below(root: Path) -> list[Path]:
-    """Every non-hidden file below ``root``, sorted."""
+    """Every file below ``root``, sorted; hidden files, JSON sidecars (BIDS, our
+    ``provenance.json``) and DICOMDIR indexes are not images and are passed over."""
     return sorted(
         p for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.suffix.lower() != ".json"
+        and p.name.upper() != "DICOMDIR"
     )
 
 

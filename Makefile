@@ -1,0 +1,36 @@
+# make demo: set up .venv and run the demo on the embedded phantom data.
+# make test: set up .venv and run the linter and the test suite.
+# Real-data tests read $SYNTHMED_TEST_DATA (e.g. ../shared/data) and are skipped without it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch first, so the package install does not pull a multi-GB CUDA build.
+# Elsewhere: make TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.13.0
+EXTRAS ?= dev,dicom-codecs,privacy
+DEMO_OUT ?= demo-out
+
+.PHONY: install demo test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+demo: install
+	$(BIN)/synthmed data phantom --out $(DEMO_OUT)/phantom --n 500 --size 64 --overwrite
+	$(BIN)/synthmed data inspect $(DEMO_OUT)/phantom/t1 --preview $(DEMO_OUT)/phantom-t1.png
+	$(BIN)/synthmed data inspect $(DEMO_OUT)/phantom/t2 --preview $(DEMO_OUT)/phantom-t2.png
+
+test: install
+	$(BIN)/ruff check synthmed tests benchmarks
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check synthmed tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -1,0 +1,145 @@
+"""Write an :class:`ImageSet` to disk: PNG (8/16-bit), MedMNIST npz, DICOM Secondary Capture or
+NIfTI, with a ``manifest.csv`` (path, label, class name, split, group, modality) that
+:func:`synthmed.augment.readers.read_images` reads back, and an optional ``provenance.json``.
+
+Every export is atomic: files go to a hidden temporary folder beside the output, which is
+renamed into place only when everything is written. A failed export leaves nothing behind and
+an earlier output untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from synthmed.augment import dicom, medmnist, nifti, pictures
+from synthmed.augment.dataset import ImageSet
+from synthmed.errors import InputError
+
+EXPORT_FORMATS = ("png", "npz", "dicom", "nifti")
+SUFFIX = {"png": ".png", "dicom": ".dcm", "nifti": ".nii.gz"}
+MANIFEST_NAME = "manifest.csv"
+NPZ_NAME = "images.npz"
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that replaces ``out`` when the block succeeds.
+
+    Raises:
+        InputError: ``out`` exists and is not empty, and ``overwrite`` is False.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise InputError("already exists and is not empty: choose another --out or pass "
+                         "--overwrite", out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as error:
+        raise InputError(f"cannot write here ({error.strerror})", out.parent) from None
+    try:
+        yield work
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            work.rename(out)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def export_imageset(
+    imageset: ImageSet,
+    out: Path,
+    format: str,
+    *,
+    overwrite: bool = False,
+    bit_depth: int = 8,
+    provenance: dict[str, Any] | None = None,
+) -> Path:
+    """Atomically write ``imageset`` to the folder ``out`` (see :func:`write_imageset`)."""
+    with atomic_output_dir(out, overwrite) as work:
+        write_imageset(imageset, work, format, bit_depth=bit_depth, provenance=provenance)
+    return Path(out)
+
+
+def write_imageset(
+    imageset: ImageSet,
+    folder: Path,
+    format: str,
+    *,
+    bit_depth: int = 8,
+    provenance: dict[str, Any] | None = None,
+) -> None:
+    """Write ``imageset`` into an existing, empty ``folder``.
+
+    Args:
+        format: ``png``, ``npz``, ``dicom`` or ``nifti``.
+        bit_depth: 8 or 16, for PNG.
+        provenance: facts about how the images were made, saved as ``provenance.json``.
+
+    File layout: ``[split/][class/]NNNNN.ext`` plus ``manifest.csv``; npz: ``images.npz``.
+    """
+    if format not in EXPORT_FORMATS:
+        raise InputError(f"unknown export format {format!r}: use {', '.join(EXPORT_FORMATS)}")
+    if provenance is not None:
+        (folder / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    if format == "npz":
+        medmnist.write_npz(imageset, folder / NPZ_NAME)
+        return
+    names = file_names(imageset, SUFFIX[format])
+    if format == "png":
+        pictures.write_pictures(imageset, folder, names, bit_depth=bit_depth)
+    elif format == "dicom":
+        dicom.write_dicom(imageset, folder, names)
+    else:
+        nifti.write_nifti(imageset, folder, names)
+    write_manifest(imageset, folder / MANIFEST_NAME, names)
+
+
+def file_names(imageset: ImageSet, suffix: str) -> list[str]:
+    """Relative path of each item: ``[split/][class/]NNNNN{suffix}``."""
+    width = max(5, len(str(len(imageset))))
+    names = []
+    for index in range(len(imageset)):
+        parts = [imageset.splits[index]]
+        if imageset.labels[index] >= 0:
+            parts.append(_safe_folder(imageset.class_names[imageset.labels[index]]))
+        parts.append(f"{index:0{width}d}{suffix}")
+        names.append("/".join(part for part in parts if part))
+    return names
+
+
+def write_manifest(imageset: ImageSet, path: Path, names: list[str]) -> None:
+    """``manifest.csv``: one row per item, paths relative to the manifest's folder."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "class_name", "split", "group", "modality"])
+        for index, name in enumerate(names):
+            label = int(imageset.labels[index])
+            writer.writerow([
+                name,
+                label if label >= 0 else "",
+                imageset.class_names[label] if label >= 0 else "",
+                imageset.splits[index],
+                imageset.groups[index],
+                imageset.modality,
+            ])
+
+
+def _safe_folder(name: str) -> str:
+    """A class name as a folder name: path separators and control characters replaced."""
+    cleaned = re.sub(r"[\\/\x00-\x1f:*?\"<>|]", "_", name).strip(" .")
+    return cleaned or "_"

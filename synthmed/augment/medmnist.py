@@ -1,0 +1,148 @@
+"""MedMNIST-style ``.npz`` files: ``{train,val,test}_images`` and ``{train,val,test}_labels``.
+
+Images are ``(N, H, W)`` or ``(N, H, W, 3)`` uint8; labels ``(N, 1)`` are flattened. The
+file's splits are kept. Class names come from the official MedMNIST label tables when the
+file name is a known MedMNIST set, or from a ``class_names`` array (our exports write one).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from synthmed.augment.dataset import ImageSet
+from synthmed.augment.intensity import require_finite, to_model_space
+from synthmed.augment.items import Item, ReadResult
+from synthmed.errors import InputError
+
+SPLITS = ("train", "val", "test")
+
+# Label tables of the 2D MedMNIST v2 sets with single-label classification.
+KNOWN_CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "breastmnist": ("malignant", "normal, benign"),
+    "pneumoniamnist": ("normal", "pneumonia"),
+    "retinamnist": ("0", "1", "2", "3", "4"),
+    "octmnist": ("choroidal neovascularization", "diabetic macular edema", "drusen", "normal"),
+    "bloodmnist": (
+        "basophil", "eosinophil", "erythroblast",
+        "immature granulocytes(myelocytes, metamyelocytes and promyelocytes)",
+        "lymphocyte", "monocyte", "neutrophil", "platelet",
+    ),
+    "dermamnist": (
+        "actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
+        "benign keratosis-like lesions", "dermatofibroma", "melanoma", "melanocytic nevi",
+        "vascular lesions",
+    ),
+}
+
+
+def read_npz(path: Path) -> ReadResult:
+    """Every split of a MedMNIST-style npz as items (group = one per image)."""
+    arrays = _load(path)
+    present = [s for s in SPLITS if f"{s}_images" in arrays]
+    if not present:
+        raise InputError(
+            f"no train_images / val_images / test_images arrays (has: {', '.join(arrays)})", path
+        )
+    class_names = _class_names(path, arrays)
+    wide = [arrays[f"{s}_images"] for s in present if arrays[f"{s}_images"].dtype != np.uint8]
+    low, high = (0.0, 255.0)
+    if wide:
+        low, high = float(min(a.min() for a in wide)), float(max(a.max() for a in wide))
+        high = high if high > low else low + 1.0
+    items: list[Item] = []
+    for split in present:
+        images = _images(path, arrays, split)
+        labels = _labels(path, arrays, split, len(images))
+        for index, image in enumerate(images):
+            items.append(Item(
+                pixels=to_model_space(image, low, high),
+                source=f"{path}#{split}={index}",
+                group=f"{path.stem}:{split}:{index}",
+                low=low,
+                high=high,
+                label=None if labels is None else _label_name(labels[index], class_names, path),
+                split=split,
+                unit="uint8" if images.dtype == np.uint8 else "a.u.",
+            ))
+    return ReadResult(items, class_names, metadata={"reader": "npz", "file": str(path)})
+
+
+def write_npz(imageset: ImageSet, path: Path) -> None:
+    """Write ``imageset`` in the MedMNIST layout (uint8, labels ``(N, 1)``, plus ``class_names``).
+
+    Items without a split go to ``train``. MedMNIST code reads the result unchanged.
+    """
+    pixels = np.rint((imageset.images + 1.0) * 127.5).astype(np.uint8)  # (N, C, H, W)
+    pixels = pixels[:, 0] if imageset.channels == 1 else np.moveaxis(pixels, 1, -1)
+    splits = np.where(imageset.splits == "", "train", imageset.splits)
+    arrays: dict[str, np.ndarray] = {"class_names": np.asarray(imageset.class_names, dtype=str)}
+    for split in SPLITS:
+        chosen = splits == split
+        if chosen.any() or split == "train":
+            arrays[f"{split}_images"] = pixels[chosen]
+            arrays[f"{split}_labels"] = imageset.labels[chosen].reshape(-1, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        np.savez_compressed(handle, **arrays)
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+        raise InputError(f"not a readable npz archive ({error})", path) from None
+
+
+def _images(path: Path, arrays: dict[str, np.ndarray], split: str) -> np.ndarray:
+    """``(N, C, H, W)`` in the file's dtype."""
+    images = arrays[f"{split}_images"]
+    if images.ndim == 3:
+        images = images[:, None]
+    elif images.ndim == 4 and images.shape[-1] in (1, 3):
+        images = np.moveaxis(images, -1, 1)
+    else:
+        raise InputError(
+            f"{split}_images has shape {images.shape}; expected (N, H, W) or (N, H, W, 3)", path
+        )
+    if images.dtype.kind not in "uif":
+        raise InputError(f"{split}_images has dtype {images.dtype}, not numbers", path)
+    require_finite(images, path)
+    return images
+
+
+def _labels(path: Path, arrays: dict[str, np.ndarray], split: str, n: int) -> np.ndarray | None:
+    key = f"{split}_labels"
+    if key not in arrays:
+        if any(k.endswith("_labels") for k in arrays):
+            raise InputError(f"has {split}_images but no {key}", path)
+        return None
+    labels = arrays[key]
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        raise InputError(f"{key} has {labels.shape[1]} columns: multi-label sets are not "
+                         "supported, one class per image is", path)
+    labels = labels.reshape(-1)
+    if len(labels) != n:
+        raise InputError(f"{key} has {len(labels)} labels for {n} images", path)
+    if labels.dtype.kind == "f" and not np.all(np.mod(labels, 1) == 0):
+        raise InputError(f"{key} holds non-integer labels", path)
+    if labels.dtype.kind not in "uif" or (len(labels) and labels.min() < 0):
+        raise InputError(f"{key} must hold class indices 0, 1, ...", path)
+    return labels.astype(np.int64)
+
+
+def _class_names(path: Path, arrays: dict[str, np.ndarray]) -> tuple[str, ...] | None:
+    if "class_names" in arrays:
+        return tuple(str(name) for name in arrays["class_names"])
+    return KNOWN_CLASS_NAMES.get(path.stem.lower().split("_")[0])
+
+
+def _label_name(label: int, class_names: tuple[str, ...] | None, path: Path) -> str:
+    if class_names is None:
+        return str(label)
+    if label >= len(class_names):
+        raise InputError(f"label {label} has no class name (classes: {list(class_names)})", path)
+    return class_names[label]

@@ -1,0 +1,174 @@
+"""The ``synthmed`` command line. Each command parses, calls the Python API and prints a summary.
+
+Errors a user can cause end in one line on stderr and exit status 1; ``--verbose`` adds the
+traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+from synthmed import __version__
+from synthmed.errors import SynthmedError
+
+
+class _Group(click.Group):
+    """A click group that turns user errors into one clear line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (SynthmedError, OSError) as error:
+            if (ctx.obj or {}).get("verbose"):
+                traceback.print_exc()
+            message = str(error) if isinstance(error, SynthmedError) else _os_message(error)
+            raise click.ClickException(message) from None
+
+
+def _os_message(error: OSError) -> str:
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{error.strerror or error}"
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--verbose", is_flag=True, help="Show the full traceback when something fails.")
+@click.version_option(__version__, prog_name="synthmed")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """Synthetic medical images: read, train, generate, translate, evaluate.
+
+    Data can be a DICOM file or folder, a NIfTI volume, a folder of PNG/JPEG/TIFF pictures
+    (one sub-folder per class), a MedMNIST .npz, a CSV manifest, a glob pattern, or the
+    embedded phantom (`phantom`, `phantom:t2,n=500,size=64`).
+    """
+    ctx.ensure_object(dict)["verbose"] = verbose
+
+
+def read_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the options of :class:`~synthmed.augment.items.ReadConfig`; pass ``read_config``."""
+    from synthmed.augment.intensity import CT_WINDOWS
+    from synthmed.augment.items import ReadConfig
+    from synthmed.augment.readers import FORMATS
+
+    options = [
+        click.option("--format", "format_", type=click.Choice(FORMATS), default="auto",
+                     show_default=True, help="Reader to use; auto picks by file name."),
+        click.option("--size", type=click.IntRange(1), default=None,
+                     help="Resize every image to SIZE x SIZE (needed for mixed sizes)."),
+        click.option("--resize-mode", type=click.Choice(["resize", "pad", "fit"]),
+                     default="resize", show_default=True,
+                     help="resize: stretch; pad: pad/crop around the center; "
+                          "fit: scale the longest side, then pad."),
+        click.option("--channels", type=click.Choice(["1", "3"]), default=None,
+                     help="Convert to 1 (grayscale) or 3 (RGB) channels."),
+        click.option("--window", default=None,
+                     help=f"CT window: {', '.join(CT_WINDOWS)} or CENTER,WIDTH in HU."),
+        click.option("--axis", "slice_axis", type=click.IntRange(0, 2), default=2,
+                     show_default=True, help="NIfTI axis to slice along."),
+        click.option("--min-foreground", type=float, default=0.01, show_default=True,
+                     help="NIfTI: skip slices whose foreground fraction is not above this."),
+        click.option("--skip-bad", is_flag=True,
+                     help="Skip unreadable files and list them instead of stopping."),
+    ]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, format_: str, size: int | None, resize_mode: str,
+                channels: str | None, window: str | None, slice_axis: int,
+                min_foreground: float, skip_bad: bool, **kwargs: Any) -> Any:
+        config = ReadConfig(format=format_, size=size, resize_mode=resize_mode,
+                            channels=None if channels is None else int(channels), window=window,
+                            slice_axis=slice_axis, min_foreground=min_foreground,
+                            skip_bad=skip_bad)
+        return command(*args, read_config=config, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+@cli.group()
+def data() -> None:
+    """Inspect data sets and write the embedded phantom data set."""
+
+
+@data.command("inspect")
+@click.argument("path")
+@read_options
+@click.option("--preview", type=click.Path(dir_okay=False, path_type=Path),
+              help="Save a preview grid PNG (one row per class).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Save the summary as JSON.")
+def inspect_command(path: str, read_config: Any, preview: Path | None,
+                    json_path: Path | None) -> None:
+    """Counts per split and class, sizes, intensities, groups, duplicates and leakage.
+
+    Example: synthmed data inspect ../shared/data/medmnist/breastmnist.npz --preview p.png
+    """
+    from synthmed.augment.inspect import format_summary, summarize
+    from synthmed.augment.preview import save_preview
+    from synthmed.augment.readers import read_images
+
+    imageset = read_images(path, read_config)
+    summary = summarize(imageset)
+    click.echo(format_summary(summary))
+    if preview:
+        save_preview(imageset, preview)
+        click.echo(f"preview: {preview}")
+    if json_path:
+        json_path.write_text(json.dumps(summary, indent=2) + "\n")
+        click.echo(f"summary: {json_path}")
+
+
+@data.command("phantom")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder (must not exist or be empty, unless --overwrite).")
+@click.option("--n", type=click.IntRange(1), default=2000, show_default=True,
+              help="Number of slices.")
+@click.option("--size", type=click.IntRange(16), default=64, show_default=True,
+              help="Height and width in pixels.")
+@click.option("--format", "format_", type=click.Choice(["png", "npz", "nifti", "dicom"]),
+              default="png", show_default=True)
+@click.option("--contrast", type=click.Choice(["both", "t1", "t2"]), default="both",
+              show_default=True, help="both: OUT/t1 and OUT/t2 of the same anatomy.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--lesion-fraction", type=click.FloatRange(0, 1), default=0.5,
+              show_default=True, help="Share of slices with a lesion (label 1).")
+@click.option("--bit-depth", type=click.Choice(["8", "16"]), default="8", show_default=True,
+              help="PNG bit depth; 16-bit keeps the 12-bit scanner units.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+def phantom_command(out: Path, n: int, size: int, format_: str, contrast: str, seed: int,
+                    lesion_fraction: float, bit_depth: str, overwrite: bool) -> None:
+    """Write the embedded phantom: brain-like MR slices, T1 and T2, lesion labels.
+
+    Example: synthmed data phantom --out phantom --n 500 --format dicom
+    """
+    from synthmed.augment.export import atomic_output_dir, write_imageset
+    from synthmed.augment.phantom import PhantomConfig, make_phantom
+
+    config = PhantomConfig(n=n, size=size, seed=seed, lesion_fraction=lesion_fraction)
+    t1, t2 = make_phantom(config)
+    both = {"t1": t1, "t2": t2}
+    chosen = both if contrast == "both" else {contrast: both[contrast]}
+    with atomic_output_dir(out, overwrite) as work:
+        for name, imageset in chosen.items():
+            folder = work / name if contrast == "both" else work
+            folder.mkdir(exist_ok=True)
+            write_imageset(imageset, folder, format_, bit_depth=int(bit_depth),
+                           provenance={"generator": "synthmed.augment.phantom",
+                                       "contrast": name, **asdict(config)})
+    lesions = int(t1.labels.sum())
+    click.echo(f"wrote {n} phantom slice(s) x {len(chosen)} contrast(s) ({lesions} with a "
+               f"lesion), {size}x{size}, as {format_} to {out}")
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="synthmed")

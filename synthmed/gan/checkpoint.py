@@ -1,0 +1,142 @@
+"""The run directory (GUIDE section 5): read and write, every write atomic.
+
+```
+RUN/config.yaml          resolved config + synthmed version + format version
+RUN/model.safetensors    weights, loadable without our code; metadata: kind, epoch, sha256
+RUN/trainer_state.pt     weights, optimisers, schedulers, epoch, RNG states (exact resume)
+RUN/training_data.json   what the model was trained on (fingerprint, per-image hashes, ...)
+RUN/metrics.jsonl        one line per epoch
+RUN/samples/epoch_0001.png, RUN/progress.gif, RUN/losses.png
+```
+
+``trainer_state.pt`` alone resumes a run, so one atomic rename commits a checkpoint;
+``model.safetensors`` follows it. Nothing is pickled: the state holds tensors and plain
+values only and is read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from synthmed import __version__
+from synthmed.errors import InputError
+
+FORMAT_VERSION = 1
+CONFIG = "config.yaml"
+WEIGHTS = "model.safetensors"
+STATE = "trainer_state.pt"
+TRAINING_DATA = "training_data.json"
+METRICS = "metrics.jsonl"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_config(run_dir: Path, config: dict[str, Any]) -> None:
+    """``config.yaml`` with the synthmed and format versions."""
+    document = {"synthmed_version": __version__, "format_version": FORMAT_VERSION, **config}
+    atomic_write(run_dir / CONFIG, yaml.safe_dump(document, sort_keys=False).encode())
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The run's config, or an error naming what is missing."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError("no such run directory", run_dir)
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise InputError(f"not a synthmed run: {CONFIG} is missing", run_dir)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raise InputError("is not valid YAML", path) from None
+    if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"unknown run format (expected format_version {FORMAT_VERSION})", path)
+    return config
+
+
+def write_json(path: Path, value: Any) -> None:
+    atomic_write(path, (json.dumps(value, indent=1) + "\n").encode())
+
+
+def save_weights(run_dir: Path, state: dict[str, torch.Tensor], kind: str, epoch: int) -> None:
+    """``model.safetensors`` with a checksum of its tensors in the metadata."""
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
+    metadata = {"kind": kind, "epoch": str(epoch), "synthmed_version": __version__,
+                "tensors_sha256": _tensors_sha256(tensors)}
+    atomic_write(Path(run_dir) / WEIGHTS, save_safetensors(tensors, metadata=metadata))
+
+
+def load_weights(run_dir: Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The weights of a run of ``kind``, checked against their checksum, and their metadata."""
+    path = Path(run_dir) / WEIGHTS
+    if not path.is_file():
+        raise InputError(f"{WEIGHTS} is missing: the run has no checkpoint yet", run_dir)
+    data = path.read_bytes()
+    try:
+        tensors = load_safetensors(data)
+        metadata = _safetensors_metadata(data)
+    except (SafetensorError, ValueError, json.JSONDecodeError):
+        raise InputError("is not a readable safetensors file (corrupt or tampered)", path) from None
+    if metadata.get("kind") != kind:
+        raise InputError(f"holds a {metadata.get('kind', 'unknown')!r} model, not {kind!r}", path)
+    if metadata.get("tensors_sha256") != _tensors_sha256(tensors):
+        raise InputError("weights do not match their checksum (corrupt or tampered)", path)
+    return tensors, metadata
+
+
+def save_state(run_dir: Path, state: dict[str, Any]) -> None:
+    """``trainer_state.pt``: plain values and tensors only."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(Path(run_dir) / STATE, buffer.getvalue())
+
+
+def load_state(run_dir: Path) -> dict[str, Any]:
+    """The trainer state, refusing anything but tensors and plain values (no code runs)."""
+    path = Path(run_dir) / STATE
+    if not path.is_file():
+        raise InputError(f"{STATE} is missing: nothing to resume", run_dir)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError ...
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+        raise InputError(f"cannot be loaded safely ({first_line})", path) from None
+
+
+def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    header_size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + header_size]).get("__metadata__", {})

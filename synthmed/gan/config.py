@@ -1,0 +1,157 @@
+"""Configuration dataclasses for models and training, and their YAML form.
+
+A YAML file has one section per dataclass (``model:``, ``train:``); CLI options override
+single fields; the resolved configuration is written into the run directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from synthmed.errors import InputError
+from synthmed.gan.losses import AUGMENTS, LOSSES
+from synthmed.gan.nets import SIZES
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class DCGANConfig:
+    """A DCGAN: architecture, loss and optimiser.
+
+    Args:
+        preset: ``tutorial`` (the classic 28x28x1 tutorial network) or ``dcgan`` (general).
+        size, channels: image side (28, 32, 64, 128, 256) and channels (1 or 3).
+        nz: noise dimension. width: channel width of G's last / D's first layer.
+        num_classes: > 0 makes G and D class-conditional.
+        loss: ``bce`` (non-saturating), ``hinge`` or ``lsgan``.
+        d_norm: ``batch`` or ``none`` in D. spectral_norm: spectral norm on D's weights.
+        upsample: ``convtranspose`` or ``resize`` (+ conv; no checkerboards) in G.
+        diffaugment: any of ``color``, ``translation``, ``cutout`` applied before D.
+        ema_decay: > 0 keeps an exponential moving average of G, used for sampling.
+        lr_g, lr_d, betas, adam_eps: Adam settings per network.
+    """
+
+    preset: str = "dcgan"
+    size: int = 64
+    channels: int = 1
+    nz: int = 100
+    width: int = 64
+    num_classes: int = 0
+    loss: str = "bce"
+    d_norm: str = "batch"
+    spectral_norm: bool = False
+    upsample: str = "convtranspose"
+    diffaugment: tuple[str, ...] = ()
+    ema_decay: float = 0.0
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    adam_eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.preset in ("tutorial", "dcgan"), f"preset must be tutorial or dcgan, "
+                                                   f"got {self.preset!r}"),
+            (self.size in SIZES, f"size must be one of {SIZES}, got {self.size}"),
+            (self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}"),
+            (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
+            (set(self.diffaugment) <= set(AUGMENTS),
+             f"diffaugment takes {AUGMENTS}, got {self.diffaugment}"),
+            (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
+            (self.preset != "tutorial" or (self.size, self.channels) == (28, 1),
+             "the tutorial preset is 28x28 with 1 channel: use --preset dcgan for other sizes"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+    @classmethod
+    def tutorial(cls, **overrides: Any) -> DCGANConfig:
+        """The tutorial's settings: 28x28x1, noise 100, BCE, Adam 1e-4 (Keras defaults)."""
+        return cls(**{**dict(preset="tutorial", size=28, channels=1, nz=100, loss="bce",
+                             lr_g=1e-4, lr_d=1e-4, betas=(0.9, 0.999), adam_eps=1e-7),
+                      **overrides})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The fit loop.
+
+    Args:
+        epochs: passes over the training images.
+        batch_size: images per step (per process under torchrun).
+        seed: seeds every random draw (noise, order, augmentation, dropout).
+        precision: ``fp32`` or ``bf16`` (autocast; on CPU about 1.5x faster).
+        checkpoint_every: epochs between checkpoints (and always at the end).
+        preview: images in each epoch's sample grid (fixed noise; per class when conditional).
+        lr_decay_start: epoch from which learning rates fall linearly to 0 at the last epoch;
+            ``None`` keeps them constant.
+    """
+
+    epochs: int = 50
+    batch_size: int = 64
+    seed: int = 0
+    precision: str = "fp32"
+    checkpoint_every: int = 5
+    preview: int = 16
+    lr_decay_start: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise InputError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise InputError("epochs, batch size and checkpoint interval must be positive")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs, as written to ``RUN/config.yaml``."""
+
+    model: DCGANConfig = field(default_factory=DCGANConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    kind: str = "dcgan"
+
+
+def from_dict(cls: type[C], values: dict[str, Any], where: str = "config") -> C:
+    """Build dataclass ``cls`` from a plain dict; unknown keys are an error, lists -> tuples."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"unknown setting(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(known))}", where)
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``, or a clear error."""
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise InputError("config file not found", path) from None
+    except yaml.YAMLError as error:
+        raise InputError(f"not valid YAML ({error})".replace("\n", " "), path) from None
+    if not isinstance(values, dict):
+        raise InputError("must hold a mapping (model:, train:)", path)
+    return values
+
+
+def with_overrides(config: C, **overrides: Any) -> C:
+    """``config`` with the fields that are not ``None`` in ``overrides`` replaced."""
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A dataclass as plain YAML-safe values (tuples become lists)."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(asdict(config))

@@ -1,0 +1,359 @@
+"""One fit loop for every GAN: progress, metrics, sample grids, atomic checkpoints, exact
+resume, bf16 autocast, and data-parallel training under ``torchrun``.
+
+The model supplies ``make_optimizers()``, ``train_step(batch, optimizers, rng, autocast)``,
+``preview(n, seed)`` and ``state_dict()``; the loop knows nothing else about it.
+
+Randomness: the order of the images comes from a generator seeded with ``seed`` (the same
+on every process); noise and augmentation from one seeded with ``seed`` and the process
+rank; dropout from torch's global generator, seeded the same way. All three are saved in
+every checkpoint, so a resumed run repeats an uninterrupted one exactly.
+
+Under ``torchrun`` each process trains on its own share of every batch order; gradients
+are averaged across processes (all-reduce, gloo on CPU, NCCL on GPUs) before each
+optimiser step and normalisation statistics at each epoch's end, so all copies of the
+model stay identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from synthmed.augment.dataset import ImageSet
+from synthmed.augment.preview import save_grid
+from synthmed.errors import InputError, SynthmedError
+from synthmed.gan import checkpoint
+from synthmed.gan.config import TrainConfig
+
+
+class TrainingDiverged(SynthmedError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a finished fit left: the run directory, epochs done and the last epoch's metrics."""
+
+    run_dir: Path
+    epochs: int
+    metrics: dict[str, float]
+
+
+def fit(
+    model: nn.Module,
+    data: ImageSet,
+    train: TrainConfig,
+    run_dir: Path,
+    *,
+    run_config: dict[str, Any],
+    resume: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model`` on ``data`` into ``run_dir``; with ``resume``, continue from its checkpoint.
+
+    Args:
+        run_config: the resolved configuration, written to ``config.yaml``.
+        progress: show a progress bar (on the first process only).
+
+    Raises:
+        InputError: the run directory is in use (without ``resume``) or belongs to other data.
+        TrainingDiverged: a loss became NaN or infinite.
+    """
+    run_dir = Path(run_dir)
+    rank, world = _init_distributed()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) \
+        if torch.cuda.is_available() else torch.device("cpu")
+    model.to(device)
+    optimizers = model.make_optimizers()
+    schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(train))
+                  for name, opt in optimizers.items()}
+    order_rng = torch.Generator().manual_seed(train.seed)
+    step_rng = torch.Generator(device=device).manual_seed(train.seed * 1_000 + rank)
+    torch.manual_seed(train.seed * 1_000 + rank)
+    start_epoch = 0
+    if resume:
+        state = checkpoint.load_state(run_dir)
+        _require_same_data(run_dir, data)
+        model.load_state_dict(state["model"])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+            schedulers[name].load_state_dict(state["schedulers"][name])
+        order_rng.set_state(state["rng"]["order"])
+        step_rng.set_state(state["rng"]["step"][rank])
+        torch.set_rng_state(state["rng"]["torch"][rank])
+        start_epoch = int(state["epoch"])
+        if rank == 0:
+            _truncate_metrics(run_dir, start_epoch)
+    elif rank == 0:
+        _start_run(run_dir, run_config, data)
+    if world > 1:
+        _broadcast_state(model)
+        for opt in optimizers.values():
+            opt.register_step_pre_hook(_average_gradients_hook(world))
+        dist.barrier()
+
+    images = torch.from_numpy(data.images).to(device)
+    labels = torch.from_numpy(np.maximum(data.labels, 0)).to(device)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
+                if train.precision == "bf16" else contextlib.nullcontext())
+    epoch_metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, train.epochs):
+        order = torch.randperm(len(images), generator=order_rng)
+        batches = _batches(order, train.batch_size, rank, world)
+        started = time.perf_counter()
+        sums: dict[str, float] = {}
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{train.epochs}", unit="batch",
+                   disable=not progress or rank != 0, leave=False)
+        for step, index in enumerate(bar):
+            index = index.to(device)
+            stats = model.train_step((images[index], labels[index]), optimizers, step_rng,
+                                     autocast)
+            if not all(math.isfinite(v) for v in stats.values()):
+                raise TrainingDiverged(_divergence_message(run_dir, epoch, step, stats))
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + value
+            seconds = time.perf_counter() - started
+            bar.set_postfix(_postfix(stats, (step + 1) * len(index) * world / seconds))
+        for scheduler in schedulers.values():
+            scheduler.step()
+        if world > 1:
+            _average_buffers(model, world)
+        seconds = time.perf_counter() - started
+        epoch_metrics = {key: value / len(batches) for key, value in sums.items()}
+        epoch_metrics["images_per_s"] = len(batches) * train.batch_size * world / seconds
+        if rank == 0:
+            epoch_metrics["diversity"] = _save_preview(model, train, run_dir, epoch + 1)
+            _log(run_dir, epoch + 1, epoch_metrics, schedulers, progress, train.epochs)
+        if epoch + 1 == train.epochs or (epoch + 1) % train.checkpoint_every == 0:
+            rng_states = {"order": order_rng.get_state(),
+                          "step": _gather(step_rng.get_state(), world),
+                          "torch": _gather(torch.get_rng_state(), world)}
+            if rank == 0:
+                _save_checkpoint(run_dir, model, optimizers, schedulers, epoch + 1, rng_states)
+        if world > 1:
+            dist.barrier()
+    if rank == 0:
+        _save_progress_gif(run_dir)
+        _save_loss_plot(run_dir)
+    return FitResult(run_dir, train.epochs, epoch_metrics)
+
+
+# -- run directory -----------------------------------------------------------------------
+
+
+def _start_run(run_dir: Path, run_config: dict[str, Any], data: ImageSet) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise InputError("already holds files: pass --resume to continue that run, or choose "
+                         "another --out", run_dir)
+    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    checkpoint.write_config(run_dir, run_config)
+    checkpoint.write_json(run_dir / checkpoint.TRAINING_DATA, training_data_record(data))
+
+
+def training_data_record(data: ImageSet) -> dict[str, Any]:
+    """What the model is trained on: enough to prove which images it saw, no patient ids."""
+    pairs = sorted({(float(lo), float(hi))
+                    for lo, hi in zip(data.intensity_low, data.intensity_high, strict=True)})
+    return {
+        "origin": data.metadata.get("origin", ""),
+        "fingerprint": data.fingerprint(),
+        "images": len(data),
+        "size": list(data.size),
+        "channels": data.channels,
+        "splits": sorted(set(data.splits.tolist())),
+        "class_names": list(data.class_names),
+        "class_counts": {data.class_names[k]: n for k, n in data.class_counts().items()},
+        "intensity": {
+            "unit": data.unit,
+            "modality": data.modality,
+            # Synthetic images map back with the median mapping of the training images.
+            "low": float(np.median(data.intensity_low)),
+            "high": float(np.median(data.intensity_high)),
+            "distinct_mappings": len(pairs),
+        },
+        "bit_depths": data.metadata.get("bit_depths", []),
+        "image_hashes": data.image_hashes(),
+    }
+
+
+def _require_same_data(run_dir: Path, data: ImageSet) -> None:
+    recorded = json.loads((run_dir / checkpoint.TRAINING_DATA).read_text())
+    if recorded["fingerprint"] != data.fingerprint():
+        raise InputError("was trained on other data (fingerprints differ): resume with the "
+                         "same data and options", run_dir)
+
+
+def _save_checkpoint(run_dir: Path, model: nn.Module, optimizers: dict, schedulers: dict,
+                     epoch: int, rng_states: dict[str, Any]) -> None:
+    state = {
+        "epoch": epoch,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+        "schedulers": {name: s.state_dict() for name, s in schedulers.items()},
+        "rng": rng_states,
+    }
+    checkpoint.save_state(run_dir, state)
+    checkpoint.save_weights(run_dir, state["model"], model.kind, epoch)
+
+
+def _log(run_dir: Path, epoch: int, metrics: dict[str, float], schedulers: dict,
+         progress: bool, epochs: int) -> None:
+    line = {"epoch": epoch, **{k: round(v, 6) for k, v in metrics.items()},
+            **{f"lr_{name}": s.get_last_lr()[0] for name, s in schedulers.items()}}
+    with (run_dir / checkpoint.METRICS).open("a") as handle:
+        handle.write(json.dumps(line) + "\n")
+    if progress:
+        shown = "  ".join(f"{k} {v:.3g}" for k, v in metrics.items())
+        tqdm.write(f"epoch {epoch}/{epochs}  {shown}")
+
+
+def _truncate_metrics(run_dir: Path, epoch: int) -> None:
+    """Drop metric lines a killed run wrote after its last checkpoint."""
+    path = run_dir / checkpoint.METRICS
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines()
+                if line and json.loads(line)["epoch"] <= epoch]
+        checkpoint.atomic_write(path, "".join(f"{line}\n" for line in kept).encode())
+
+
+def _save_preview(model: nn.Module, train: TrainConfig, run_dir: Path, epoch: int) -> float:
+    """Save the fixed-noise grid; return its diversity (mean pairwise RMS distance)."""
+    images = model.preview(train.preview, seed=train.seed + 1).cpu()
+    save_grid(images.numpy(), run_dir / "samples" / f"epoch_{epoch:04d}.png",
+              columns=int(math.ceil(math.sqrt(len(images)))))
+    flat = images.flatten(1)
+    distances = torch.cdist(flat, flat) / math.sqrt(flat.shape[1])
+    n = len(flat)
+    return float(distances.sum() / max(n * (n - 1), 1))
+
+
+def _save_progress_gif(run_dir: Path) -> None:
+    from PIL import Image
+
+    frames = [Image.open(p) for p in sorted((run_dir / "samples").glob("epoch_*.png"))]
+    if frames:
+        frames[0].save(run_dir / "progress.gif", save_all=True, append_images=frames[1:],
+                       duration=300, loop=0)
+
+
+def _save_loss_plot(run_dir: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    lines = [json.loads(line) for line in (run_dir / checkpoint.METRICS).read_text().splitlines()]
+    if not lines:
+        return
+    epochs = [line["epoch"] for line in lines]
+    figure, (losses, scores) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key in (k for k in lines[0] if k.startswith("loss")):
+        losses.plot(epochs, [line[key] for line in lines], label=key)
+    for key in ("d_real", "d_fake", "d_accuracy", "diversity"):
+        if key in lines[0]:
+            scores.plot(epochs, [line[key] for line in lines], label=key)
+    for axis, title in ((losses, "losses"), (scores, "D scores, accuracy, sample diversity")):
+        axis.set_xlabel("epoch")
+        axis.set_title(title)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(run_dir / "losses.png", dpi=100)
+    plt.close(figure)
+
+
+# -- steps ------------------------------------------------------------------------------
+
+
+def _batches(order: torch.Tensor, batch_size: int, rank: int, world: int) -> list[torch.Tensor]:
+    """This process's share of each global batch; a last batch too small for BatchNorm
+    (fewer than 2 images per process) is dropped."""
+    global_size = batch_size * world
+    batches = []
+    for start in range(0, len(order), global_size):
+        shard = order[start:start + global_size][rank::world]
+        if len(shard) >= 2:
+            batches.append(shard)
+    if not batches:
+        raise SynthmedError(f"{len(order)} images are too few for training on {world} "
+                            "process(es): need at least 2 per process")
+    return batches
+
+
+def _lr_factor(train: TrainConfig):
+    """Learning-rate factor per epoch: 1, then a linear fall to 0 from ``lr_decay_start``."""
+    start = train.lr_decay_start
+
+    def factor(epoch: int) -> float:
+        if start is None or epoch < start:
+            return 1.0
+        return max(0.0, 1.0 - (epoch - start + 1) / (train.epochs - start + 1))
+
+    return factor
+
+
+def _postfix(stats: dict[str, float], images_per_s: float) -> dict[str, str]:
+    shown = {k: f"{v:.3f}" for k, v in stats.items()}
+    shown["img/s"] = f"{images_per_s:.0f}"
+    return shown
+
+
+def _divergence_message(run_dir: Path, epoch: int, step: int, stats: dict[str, float]) -> str:
+    bad = ", ".join(f"{k} = {v}" for k, v in stats.items() if not math.isfinite(v))
+    state = run_dir / checkpoint.STATE
+    kept = (f"the last good checkpoint (epoch {torch.load(state, weights_only=True)['epoch']}) "
+            f"is kept in {run_dir}" if state.is_file() else "no checkpoint had been written yet")
+    return (f"training diverged at epoch {epoch + 1}, step {step + 1} ({bad}); {kept}; "
+            "try a lower learning rate, --loss hinge or spectral norm")
+
+
+# -- distributed ------------------------------------------------------------------------
+
+
+def _init_distributed() -> tuple[int, int]:
+    """``(rank, world size)``; starts the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _broadcast_state(model: nn.Module) -> None:
+    for tensor in model.state_dict().values():
+        dist.broadcast(tensor, src=0)
+
+
+def _average_gradients_hook(world: int):
+    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                if parameter.grad is not None:
+                    dist.all_reduce(parameter.grad)
+                    parameter.grad /= world
+
+    return hook
+
+
+def _average_buffers(model: nn.Module, world: int) -> None:
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer)
+            buffer /= world
+
+
+def _gather(state: torch.Tensor, world: int) -> list[torch.Tensor]:
+    """Every process's copy of an RNG state, in rank order (rank 0 writes the checkpoint)."""
+    if world == 1:
+        return [state]
+    gathered = [torch.empty_like(state) for _ in range(world)]
+    dist.all_gather(gathered, state)
+    return gathered

@@ -26,11 +26,11 @@ demo: install
 	$(BIN)/synthmed data inspect $(DEMO_OUT)/phantom/t2 --preview $(DEMO_OUT)/phantom-t2.png
 
 test: install
-	$(BIN)/ruff check synthmed tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
 lint: install
-	$(BIN)/ruff check synthmed tests benchmarks
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

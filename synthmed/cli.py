@@ -10,7 +10,7 @@ import functools
 import json
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,79 @@ def phantom_command(out: Path, n: int, size: int, format_: str, contrast: str, s
     lesions = int(t1.labels.sum())
     click.echo(f"wrote {n} phantom slice(s) x {len(chosen)} contrast(s) ({lesions} with a "
                f"lesion), {size}x{size}, as {format_} to {out}")
+
+
+@cli.group()
+def train() -> None:
+    """Train a generator; each run is a directory (config, weights, samples, metrics)."""
+
+
+@train.command("dcgan")
+@click.argument("data")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run directory.")
+@read_options
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML with model: and train: sections; options below override it.")
+@click.option("--preset", type=click.Choice(["dcgan", "tutorial"]), default="dcgan",
+              show_default=True, help="tutorial: the classic 28x28 DCGAN tutorial network.")
+@click.option("--conditional", is_flag=True, help="Class-conditional G and D (labelled data).")
+@click.option("--split", type=click.Choice(["train", "all"]), default="train",
+              show_default=True, help="Train on the data's train split only, or on all of it.")
+@click.option("--epochs", type=click.IntRange(1), help="Epochs (default 50).")
+@click.option("--batch-size", type=click.IntRange(1), help="Images per step and process.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), help="bf16: autocast.")
+@click.option("--seed", type=int, help="Seeds every random draw (default 0).")
+@click.option("--checkpoint-every", type=click.IntRange(1), help="Epochs between checkpoints.")
+@click.option("--width", type=click.IntRange(1), help="Channel width of G and D.")
+@click.option("--loss", type=click.Choice(["bce", "hinge", "lsgan"]))
+@click.option("--spectral-norm/--no-spectral-norm", default=None, help="Spectral norm in D.")
+@click.option("--d-norm", type=click.Choice(["batch", "none"]), help="Normalisation in D.")
+@click.option("--upsample", type=click.Choice(["convtranspose", "resize"]), help="G's upsampling.")
+@click.option("--diffaugment", help="Comma list of color,translation,cutout.")
+@click.option("--ema", "ema_decay", type=float, help="EMA decay of G for sampling, e.g. 0.999.")
+@click.option("--lr-g", type=float, help="Generator learning rate.")
+@click.option("--lr-d", type=float, help="Discriminator learning rate.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Path | None,
+                        preset: str, conditional: bool, split: str, resume: bool,
+                        progress: bool, **options: Any) -> None:
+    """Train a DCGAN on DATA (npz, image folder, DICOM, NIfTI, CSV or `phantom`).
+
+    Example: synthmed train dcgan breastmnist.npz --out runs/breast --conditional --epochs 100
+    """
+    from synthmed.augment.readers import read_images
+    from synthmed.gan import checkpoint
+    from synthmed.gan.config import DCGANConfig, TrainConfig, from_dict, with_overrides
+    from synthmed.gan.run import build_model, fit_model_to_data, resolve_dcgan_config, run_config
+    from synthmed.gan.trainer import fit
+
+    train_keys = ("epochs", "batch_size", "precision", "seed", "checkpoint_every")
+    train_overrides = {k: options.pop(k) for k in train_keys}
+    if options["diffaugment"] is not None:
+        options["diffaugment"] = tuple(p.strip() for p in options["diffaugment"].split(",") if p)
+    if resume:
+        saved = checkpoint.read_config(out)
+        model_config = from_dict(DCGANConfig, saved["model"], str(out))
+        train_config = with_overrides(from_dict(TrainConfig, saved["train"], str(out)),
+                                      epochs=train_overrides["epochs"])
+    else:
+        model_config, train_config = resolve_dcgan_config(
+            preset, config_file, {**options, "size": read_config.size}, train_overrides)
+    imageset = read_images(data, replace(read_config, size=model_config.size))
+    if split == "train" and "train" in imageset.splits:
+        imageset = imageset.split("train")
+    if not resume:
+        model_config = fit_model_to_data(model_config, imageset, conditional)
+    model = build_model(run_config("dcgan", model_config, train_config),
+                        seed=train_config.seed)
+    result = fit(model, imageset, train_config, out, resume=resume, progress=progress,
+                 run_config={**run_config("dcgan", model_config, train_config),
+                             "data": {"source": data, "split": split, "read": asdict(read_config)}})
+    shown = "  ".join(f"{k} {v:.3g}" for k, v in result.metrics.items())
+    click.echo(f"trained {model_config.preset} DCGAN on {len(imageset)} images for "
+               f"{result.epochs} epochs -> {out}\n{shown}")
 
 
 def main() -> None:

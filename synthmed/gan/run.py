@@ -7,9 +7,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from synthmed.augment.dataset import ImageSet
 from synthmed.errors import InputError
 from synthmed.gan import checkpoint
-from synthmed.gan.config import DCGANConfig, TrainConfig, from_dict, to_dict
+from synthmed.gan.config import (
+    DCGANConfig,
+    TrainConfig,
+    from_dict,
+    load_yaml,
+    to_dict,
+    with_overrides,
+)
 from synthmed.gan.dcgan import DCGAN
 
 MODELS = {"dcgan": (DCGAN, DCGANConfig)}
@@ -20,14 +30,17 @@ def run_config(kind: str, model: Any, train: TrainConfig) -> dict[str, Any]:
     return {"kind": kind, "model": to_dict(model), "train": to_dict(train)}
 
 
-def build_model(config: dict[str, Any], where: str = "config"):
-    """The model a resolved configuration describes, freshly initialised."""
+def build_model(config: dict[str, Any], where: str = "config", seed: int = 0):
+    """The model a resolved configuration describes, initialised from ``seed``."""
     kind = config.get("kind")
     if kind not in MODELS:
         raise InputError(f"unknown model kind {kind!r}: known kinds are {', '.join(MODELS)}",
                          where)
     model_class, config_class = MODELS[kind]
-    return model_class(from_dict(config_class, config.get("model", {}), where))
+    model_config = from_dict(config_class, config.get("model", {}), where)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return model_class(model_config)
 
 
 @dataclass
@@ -70,3 +83,38 @@ def load_run(path: str | Path, kind: str | None = None) -> LoadedRun:
     record_path = path / checkpoint.TRAINING_DATA
     training_data = json.loads(record_path.read_text()) if record_path.is_file() else {}
     return LoadedRun(path, model, config, training_data, int(metadata.get("epoch", 0)))
+
+
+
+def resolve_dcgan_config(
+    preset: str = "dcgan",
+    config_file: Path | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+) -> tuple[DCGANConfig, TrainConfig]:
+    """Preset defaults, then the YAML file's ``model:`` / ``train:`` sections, then single
+    overrides (``None`` values are ignored)."""
+    values = load_yaml(config_file) if config_file else {}
+    where = str(config_file or "config")
+    if preset == "tutorial":
+        model = DCGANConfig.tutorial()
+        train = TrainConfig(batch_size=256, checkpoint_every=15)
+    else:
+        model, train = DCGANConfig(), TrainConfig()
+    model = from_dict(DCGANConfig, {**to_dict(model), **values.get("model", {})}, where)
+    train = from_dict(TrainConfig, {**to_dict(train), **values.get("train", {})}, where)
+    return (with_overrides(model, **(model_overrides or {})),
+            with_overrides(train, **(train_overrides or {})))
+
+
+def fit_model_to_data(model: DCGANConfig, data: ImageSet, conditional: bool) -> DCGANConfig:
+    """Channels and classes from the data; its image size must be the model's."""
+    origin = data.metadata.get("origin")
+    if conditional and not data.is_labelled:
+        raise InputError("--conditional needs labelled data (class folders, a label column or "
+                         "npz labels)", origin)
+    if data.size != (model.size, model.size):
+        raise InputError(f"images are {data.size[0]}x{data.size[1]} but the model makes "
+                         f"{model.size}x{model.size}: pass --size {model.size}", origin)
+    return with_overrides(model, channels=data.channels,
+                          num_classes=len(data.class_names) if conditional else 0)

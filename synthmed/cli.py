@@ -242,6 +242,55 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
                f"{result.epochs} epochs -> {out}\n{shown}")
 
 
+@cli.command("generate")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder (must not exist or be empty, unless --overwrite).")
+@click.option("--n", type=int, help="Number of images (spread evenly over the classes).")
+@click.option("--per-class", help="Images per class, e.g. malignant=500,1=200.")
+@click.option("--balance", is_flag=True,
+              help="Fill every class up to the largest class of the training data.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Same seed, same images (byte for byte for png, npz and nifti).")
+@click.option("--format", "format_", type=click.Choice(["png", "npz", "dicom", "nifti"]),
+              default="png", show_default=True)
+@click.option("--bit-depth", type=click.Choice(["8", "16"]), default=None,
+              help="PNG bit depth; default 16 when the training data was wider than 8 bits.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+def generate_command(run: Path, out: Path, n: int | None, per_class: str | None, balance: bool,
+                     seed: int, format_: str, bit_depth: str | None, overwrite: bool,
+                     progress: bool) -> None:
+    """Generate a synthetic data set from a trained RUN, with manifest.csv and provenance.json.
+
+    Interrupted? Run the same command again: finished blocks are kept.
+
+    Example: synthmed generate runs/breast --per-class malignant=1000 --format dicom --out syn
+    """
+    from synthmed.gan.generate import GenerateConfig, generate
+    from synthmed.gan.run import load_run
+
+    config = GenerateConfig(n=n, per_class=_parse_counts(per_class), balance=balance, seed=seed,
+                            format=format_, bit_depth=None if bit_depth is None else int(bit_depth))
+    record = generate(load_run(run), out, config, overwrite=overwrite, progress=progress)
+    counts = ", ".join(f"{k} {v}" for k, v in record["class_counts"].items())
+    click.echo(f"wrote {record['images']} synthetic image(s) as {format_} to {out}"
+               + (f" ({counts})" if counts else ""))
+
+
+def _parse_counts(text: str | None) -> dict[str, int]:
+    """``malignant=500,1=200`` -> ``{"malignant": 500, "1": 200}``."""
+    counts: dict[str, int] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, _, count = part.rpartition("=")
+        if not name.strip() or not count.strip().isdigit():
+            raise click.BadParameter(f"{part!r} is not CLASS=COUNT", param_hint="--per-class")
+        counts[name.strip()] = int(count)
+    return counts
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="synthmed")

@@ -219,6 +219,8 @@ def write_dicom(
     patient_id: str = "SYNTHETIC",
     series_description: str = "synthmed synthetic images",
     deidentification: str = "synthmed synthetic image; no source patient data",
+    series: tuple[str, str] | None = None,
+    first_instance: int = 1,
 ) -> None:
     """Write each item as a Secondary Capture file, one new study and series for the export.
 
@@ -234,12 +236,15 @@ def write_dicom(
         out_dir: folder the names are relative to.
         names: one relative file name per item, e.g. ``lesion/00001.dcm``.
         patient_id, series_description, deidentification: written as given.
+        series: ``(StudyInstanceUID, SeriesInstanceUID)`` shared by an export written in
+            several calls; new UIDs when ``None``.
+        first_instance: InstanceNumber of the first item.
     """
     if len(names) != len(imageset):
         raise ValueError(f"{len(names)} names for {len(imageset)} images")
     if imageset.channels not in (1, 3):
         raise InputError(f"DICOM export needs 1 or 3 channels, not {imageset.channels}")
-    study_uid, series_uid = generate_uid(), generate_uid()
+    study_uid, series_uid = series or (generate_uid(), generate_uid())
     now = datetime.now()
     # a mixed set (``CT+MR``) has no single modality
     modality = imageset.modality if imageset.modality.isalnum() else "OT"
@@ -248,7 +253,7 @@ def write_dicom(
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
         ds.Modality = modality
         ds.SeriesDescription = series_description
-        ds.InstanceNumber = i + 1
+        ds.InstanceNumber = first_instance + i
         original = imageset.to_original_units([i])[0]  # (C, H, W)
         if imageset.channels == 3:
             _set_rgb(ds, original, max(imageset.intensity_low[i], imageset.intensity_high[i]))

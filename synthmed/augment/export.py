@@ -100,24 +100,46 @@ def write_imageset(
         medmnist.write_npz(imageset, folder / NPZ_NAME)
         return
     names = file_names(imageset, SUFFIX[format])
-    if format == "png":
-        pictures.write_pictures(imageset, folder, names, bit_depth=bit_depth)
-    elif format == "dicom":
-        dicom.write_dicom(imageset, folder, names)
-    else:
-        nifti.write_nifti(imageset, folder, names)
+    write_files(imageset, folder, format, names, bit_depth=bit_depth)
     write_manifest(imageset, folder / MANIFEST_NAME, names)
 
 
-def file_names(imageset: ImageSet, suffix: str) -> list[str]:
-    """Relative path of each item: ``[split/][class/]NNNNN{suffix}``."""
-    width = max(5, len(str(len(imageset))))
+def write_files(
+    imageset: ImageSet,
+    folder: Path,
+    format: str,
+    names: list[str],
+    *,
+    bit_depth: int = 8,
+    dicom_series: tuple[str, str] | None = None,
+    first_instance: int = 1,
+) -> None:
+    """Write item ``i`` to ``folder / names[i]`` as PNG, DICOM or NIfTI (one file per image).
+
+    ``dicom_series`` and ``first_instance`` let an export written in parts share one series.
+    """
+    if format == "png":
+        pictures.write_pictures(imageset, folder, names, bit_depth=bit_depth)
+    elif format == "dicom":
+        dicom.write_dicom(imageset, folder, names, series=dicom_series,
+                          first_instance=first_instance)
+    elif format == "nifti":
+        nifti.write_nifti(imageset, folder, names)
+    else:
+        raise InputError(f"{format} is not a one-file-per-image format")
+
+
+def file_names(imageset: ImageSet, suffix: str, first: int = 0, total: int | None = None
+               ) -> list[str]:
+    """Relative path of each item: ``[split/][class/]NNNNN{suffix}``, numbered from ``first``
+    with as many digits as ``total`` items (default: this set) need."""
+    width = max(5, len(str(total if total is not None else len(imageset))))
     names = []
-    for index in range(len(imageset)):
-        parts = [imageset.splits[index]]
-        if imageset.labels[index] >= 0:
-            parts.append(_safe_folder(imageset.class_names[imageset.labels[index]]))
-        parts.append(f"{index:0{width}d}{suffix}")
+    for offset in range(len(imageset)):
+        parts = [imageset.splits[offset]]
+        if imageset.labels[offset] >= 0:
+            parts.append(_safe_folder(imageset.class_names[imageset.labels[offset]]))
+        parts.append(f"{first + offset:0{width}d}{suffix}")
         names.append("/".join(part for part in parts if part))
     return names
 

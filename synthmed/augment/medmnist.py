@@ -8,6 +8,7 @@ file name is a known MedMNIST set, or from a ``class_names`` array (our exports 
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,35 @@ def _label_name(label: int, class_names: tuple[str, ...] | None, path: Path) -> 
     if label >= len(class_names):
         raise InputError(f"label {label} has no class name (classes: {list(class_names)})", path)
     return class_names[label]
+
+
+def write_npz_blocks(
+    path: Path,
+    blocks: Iterable[np.ndarray],
+    image_shape: tuple[int, ...],
+    labels: np.ndarray,
+    class_names: Sequence[str],
+) -> None:
+    """Stream uint8 image blocks ``(b, H, W[, 3])`` into a MedMNIST-layout npz.
+
+    Memory stays at one block however many images there are; entries carry a fixed date so
+    the same images give the same bytes.
+    """
+    n = len(labels)
+    with zipfile.ZipFile(path, "w", allowZip64=True) as archive:
+        with archive.open(_entry("train_images.npy"), "w", force_zip64=True) as handle:
+            header = {"descr": "|u1", "fortran_order": False, "shape": (n, *image_shape)}
+            np.lib.format.write_array_header_1_0(handle, header)
+            for block in blocks:
+                handle.write(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
+        arrays = {"train_labels": np.asarray(labels, np.int64).reshape(-1, 1),
+                  "class_names": np.asarray(class_names, dtype=str)}
+        for name, array in arrays.items():
+            with archive.open(_entry(f"{name}.npy"), "w") as handle:
+                np.lib.format.write_array(handle, array)
+
+
+def _entry(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info

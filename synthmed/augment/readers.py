@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import glob
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from synthmed.augment import dicom, medmnist, nifti, phantom, pictures
@@ -140,27 +141,29 @@ def _read_files(
 def _read_manifest(path: Path, config: ReadConfig, skipped: list[dict[str, str]]) -> ReadResult:
     """A CSV with columns ``path,label[,split][,group][,modality][,class_name]``.
 
-    Paths are relative to the CSV's folder. Labels are integers or class names; the optional
-    ``class_name`` column (written by our exporters) names integer labels.
+    Paths are relative to the CSV's folder; ``file#K`` names the K-th image of a file that
+    holds many (an npz, a multi-frame DICOM, a NIfTI volume's kept slices). Labels are
+    integers or class names; the optional ``class_name`` column (written by our exporters)
+    names integer labels.
     """
     rows = _manifest_rows(path)
     items: list[Item] = []
     names: dict[int, str] = {}
+    files: dict[Path, list[Item]] = {}
     for line, row in rows:
-        file = (path.parent / row["path"]).resolve() if row["path"] else None
+        relative, _, index = row["path"].partition("#")
+        file = (path.parent / relative).resolve() if relative else None
         where = f"{path}:{line}"
-        if file is None or not file.is_file():
-            problem = f"file {row['path']!r} not found"
-            if not config.skip_bad:
-                raise InputError(problem, where)
-            skipped.append({"path": where, "problem": problem})
-            continue
         try:
-            read = _read_file(file, config, skipped).items
+            if file is None or not file.is_file():
+                raise InputError(f"file {row['path']!r} not found", where)
+            if file not in files:
+                files[file] = _read_file(file, config, skipped).items
+            read = [replace(item) for item in _select(files[file], index, where)]
         except InputError as error:
             if not config.skip_bad:
                 raise
-            skipped.append({"path": str(file), "problem": error.problem})
+            skipped.append({"path": error.path or where, "problem": error.problem})
             continue
         label = _manifest_label(row.get("label", ""), where)
         if label is not None and label.isdigit() and row.get("class_name"):
@@ -175,6 +178,15 @@ def _read_manifest(path: Path, config: ReadConfig, skipped: list[dict[str, str]]
     if names:
         class_names = tuple(names.get(k, str(k)) for k in range(max(names) + 1))
     return ReadResult(items, class_names)
+
+
+def _select(items: list[Item], index: str, where: str) -> list[Item]:
+    """All items of a file, or item ``index`` of a multi-image file (``images.npz#17``)."""
+    if not index:
+        return items
+    if not index.isdigit() or int(index) >= len(items):
+        raise InputError(f"no image #{index} in a file of {len(items)} images", where)
+    return [items[int(index)]]
 
 
 def _manifest_rows(path: Path) -> list[tuple[int, dict[str, str]]]:

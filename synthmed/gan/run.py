@@ -45,13 +45,15 @@ def build_model(config: dict[str, Any], where: str = "config", seed: int = 0):
 
 @dataclass
 class LoadedRun:
-    """A trained run: the model in eval mode, its configuration and its training data record."""
+    """A trained run: the model in eval mode, its configuration, its training data record,
+    the epoch of its weights and their sha256 (the model fingerprint)."""
 
     path: Path
     model: Any
     config: dict[str, Any]
     training_data: dict[str, Any]
     epoch: int
+    fingerprint: str
 
     @property
     def class_names(self) -> list[str]:
@@ -82,7 +84,8 @@ def load_run(path: str | Path, kind: str | None = None) -> LoadedRun:
     model.eval()
     record_path = path / checkpoint.TRAINING_DATA
     training_data = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    return LoadedRun(path, model, config, training_data, int(metadata.get("epoch", 0)))
+    return LoadedRun(path, model, config, training_data, int(metadata.get("epoch", 0)),
+                     metadata["tensors_sha256"])
 
 
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.preview import save_grid
 from synthmed.errors import InputError, SynthmedError
-from synthmed.gan import checkpoint
+from synthmed.gan import checkpoint, distributed
 from synthmed.gan.config import TrainConfig
 
 
@@ -73,7 +73,7 @@ def fit(
         TrainingDiverged: a loss became NaN or infinite.
     """
     run_dir = Path(run_dir)
-    rank, world = _init_distributed()
+    rank, world = distributed.init()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) \
         if torch.cuda.is_available() else torch.device("cpu")
     model.to(device)
@@ -317,14 +317,6 @@ def _divergence_message(run_dir: Path, epoch: int, step: int, stats: dict[str, f
 
 
 # -- distributed ------------------------------------------------------------------------
-
-
-def _init_distributed() -> tuple[int, int]:
-    """``(rank, world size)``; starts the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
 def _broadcast_state(model: nn.Module) -> None:

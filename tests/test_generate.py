@@ -1,0 +1,193 @@
+"""Generation and export from a trained run: formats, counts, determinism, resume, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pydicom
+import pytest
+from click.testing import CliRunner
+
+from synthmed.augment.phantom import PhantomConfig, make_phantom
+from synthmed.augment.readers import read_images
+from synthmed.cli import cli
+from synthmed.errors import InputError
+from synthmed.gan import generate as generate_module
+from synthmed.gan.config import DCGANConfig, TrainConfig
+from synthmed.gan.generate import BLOCK, GenerateConfig, generate, plan_labels
+from synthmed.gan.run import build_model, load_run, run_config
+from synthmed.gan.trainer import fit
+
+
+def train_tiny(run_dir, conditional: bool):
+    t1, _ = make_phantom(PhantomConfig(n=48, size=28, lesion_fraction=0.25))
+    model_config = DCGANConfig(size=28, width=4, num_classes=2 if conditional else 0)
+    train = TrainConfig(epochs=1, batch_size=16)
+    config = run_config("dcgan", model_config, train)
+    fit(build_model(config), t1, train, run_dir, run_config=config, progress=False)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("runs") / "conditional", conditional=True)
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("runs") / "plain", conditional=False)
+
+
+def test_plan_labels_for_n_per_class_and_balance(conditional_run, plain_run):
+    run = load_run(conditional_run)
+    assert list(plan_labels(run, GenerateConfig(n=5))) == [0, 1, 0, 1, 0]
+    per_class = plan_labels(run, GenerateConfig(per_class={"lesion": 3, "0": 1}))
+    assert list(per_class) == [0, 1, 1, 1]
+    # training data: 36 without and 12 with a lesion -> 24 lesion images balance it
+    assert list(plan_labels(run, GenerateConfig(balance=True))) == [1] * 24
+    assert list(plan_labels(load_run(plain_run), GenerateConfig(n=3))) == [-1, -1, -1]
+
+
+@pytest.mark.parametrize("config, problem", [
+    (dict(n=0), "at least 1"),
+    (dict(n=-3), "at least 1"),
+    (dict(), "exactly one of"),
+    (dict(n=3, balance=True), "exactly one of"),
+    (dict(per_class={"tumour": 4}), "unknown class 'tumour'"),
+    (dict(n=3, format="jpeg"), "unknown format"),
+])
+def test_bad_requests_are_refused(conditional_run, config, problem):
+    with pytest.raises(InputError, match=problem):
+        plan_labels(load_run(conditional_run), GenerateConfig(**config))
+
+
+def test_per_class_needs_a_conditional_model(plain_run):
+    with pytest.raises(InputError, match="class-conditional"):
+        plan_labels(load_run(plain_run), GenerateConfig(per_class={"0": 2}))
+
+
+@pytest.mark.parametrize("format_", ["png", "npz", "nifti", "dicom"])
+def test_every_format_reads_back_with_its_labels(conditional_run, tmp_path, format_):
+    out = tmp_path / "syn"
+    record = generate(load_run(conditional_run), out,
+                      GenerateConfig(per_class={"no lesion": 3, "lesion": 5}, format=format_),
+                      progress=False)
+    back = read_images(out)
+    assert len(back) == 8 and back.class_names == ("no lesion", "lesion")
+    assert sorted(back.labels.tolist()) == [0] * 3 + [1] * 5
+    manifest = (out / "manifest.csv").read_text().splitlines()
+    assert manifest[0] == ",".join(generate_module.MANIFEST_COLUMNS)
+    assert len(manifest) == 9 and record["model_fingerprint"] in manifest[1]
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["class_counts"] == {"no lesion": 3, "lesion": 5}
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_images_depend_only_on_seed_and_index(conditional_run, tmp_path):
+    run = load_run(conditional_run)
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):  # NIfTI keeps the float values
+        generate(run, tmp_path / name, GenerateConfig(n=BLOCK + 10, format="nifti", seed=seed),
+                 progress=False)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.nii.gz"))
+    assert len(files) == BLOCK + 10
+    same = [(tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files]
+    other = [(tmp_path / "a" / f).read_bytes() == (tmp_path / "c" / f).read_bytes() for f in files]
+    assert all(same) and not any(other)
+
+
+def test_npz_export_is_medmnist_layout_and_byte_identical(conditional_run, tmp_path):
+    run = load_run(conditional_run)
+    for name in "ab":
+        generate(run, tmp_path / name, GenerateConfig(n=BLOCK + 10, format="npz", seed=7),
+                 progress=False)
+    assert (tmp_path / "a" / "images.npz").read_bytes() == (tmp_path / "b" / "images.npz"
+                                                             ).read_bytes()
+    with np.load(tmp_path / "a" / "images.npz") as archive:
+        assert archive["train_images"].shape == (BLOCK + 10, 28, 28)
+        assert archive["train_images"].dtype == np.uint8
+        assert archive["train_labels"].shape == (BLOCK + 10, 1)
+        assert list(archive["class_names"]) == ["no lesion", "lesion"]
+
+
+def test_png_is_16_bit_when_the_training_data_was_wider(conditional_run, tmp_path):
+    generate(load_run(conditional_run), tmp_path / "syn", GenerateConfig(n=2), progress=False)
+    from PIL import Image
+
+    picture = Image.open(next((tmp_path / "syn").rglob("*.png")))
+    assert picture.mode.startswith("I")  # the phantom's 12-bit units keep 16 bits
+
+
+def test_dicom_export_is_secondary_capture_in_one_new_series(conditional_run, tmp_path):
+    generate(load_run(conditional_run), tmp_path / "syn", GenerateConfig(n=BLOCK + 2,
+             format="dicom"), progress=False)
+    files = sorted((tmp_path / "syn").rglob("*.dcm"))
+    first, last = pydicom.dcmread(files[0]), pydicom.dcmread(files[-1])
+    assert first.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert first.ConversionType == "SYN" and first.PatientIdentityRemoved == "YES"
+    assert first.SeriesInstanceUID == last.SeriesInstanceUID  # blocks share the series
+    assert first.SOPInstanceUID != last.SOPInstanceUID
+    assert len({pydicom.dcmread(f).InstanceNumber for f in files}) == len(files)
+
+
+def test_interrupted_export_resumes_to_the_same_result(conditional_run, tmp_path, monkeypatch):
+    run = load_run(conditional_run)
+    config = GenerateConfig(n=3 * BLOCK, format="png", seed=1)
+    generate(run, tmp_path / "whole", config, progress=False)
+
+    real_write = generate_module._write_block
+    calls = []
+
+    def dies_on_third_block(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real_write(*args, **kwargs)
+
+    monkeypatch.setattr(generate_module, "_write_block", dies_on_third_block)
+    with pytest.raises(KeyboardInterrupt):
+        generate(run, tmp_path / "resumed", config, progress=False)
+    assert not (tmp_path / "resumed").exists()  # the output only ever appears complete
+    assert len(list((tmp_path / ".resumed.partial" / "parts").glob("*.csv"))) == 2
+    monkeypatch.setattr(generate_module, "_write_block", real_write)
+    generate(run, tmp_path / "resumed", config, progress=False)
+    for name in ("manifest.csv", "provenance.json"):
+        whole = (tmp_path / "whole" / name).read_text().replace("whole", "")
+        assert whole == (tmp_path / "resumed" / name).read_text().replace("resumed", "")
+    pictures = sorted(p.relative_to(tmp_path / "whole")
+                      for p in (tmp_path / "whole").rglob("*.png"))
+    assert pictures == sorted(p.relative_to(tmp_path / "resumed")
+                              for p in (tmp_path / "resumed").rglob("*.png"))
+    assert all((tmp_path / "whole" / p).read_bytes() == (tmp_path / "resumed" / p).read_bytes()
+               for p in pictures)
+
+
+def test_a_different_request_does_not_reuse_a_partial_export(conditional_run, tmp_path):
+    partial = tmp_path / ".syn.partial"
+    (partial / "parts").mkdir(parents=True)
+    (partial / "plan.json").write_text(json.dumps({"request": {"other": 1}}))
+    (partial / "parts" / "000000.csv").write_text("stale\n")
+    generate(load_run(conditional_run), tmp_path / "syn", GenerateConfig(n=4), progress=False)
+    assert "stale" not in (tmp_path / "syn" / "manifest.csv").read_text()
+
+
+def test_cli_generate_and_its_errors(conditional_run, tmp_path):
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["generate", str(conditional_run), "--per-class", "lesion=4",
+                             "--out", str(tmp_path / "syn"), "--no-progress"])
+    assert ok.exit_code == 0, ok.output
+    assert "wrote 4 synthetic image(s)" in ok.output
+    again = runner.invoke(cli, ["generate", str(conditional_run), "--n", "2",
+                                "--out", str(tmp_path / "syn")])
+    assert again.exit_code == 1 and "already exists" in again.output
+    assert len(read_images(tmp_path / "syn")) == 4  # untouched
+    for args, message in [
+        (["generate", str(tmp_path / "nope"), "--n", "2"], "no such run directory"),
+        (["generate", str(tmp_path), "--n", "2"], "config.yaml is missing"),
+        (["generate", str(conditional_run), "--per-class", "lesion"], "not CLASS=COUNT"),
+        (["generate", str(conditional_run), "--per-class", "cyst=3"], "unknown class 'cyst'"),
+        (["generate", str(conditional_run), "--n", "0"], "at least 1"),
+    ]:
+        result = runner.invoke(cli, [*args, "--out", str(tmp_path / "other")])
+        assert result.exit_code != 0 and message in result.output, (args, result.output)
+        assert "Traceback" not in result.output

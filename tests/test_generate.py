@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -191,3 +192,70 @@ def test_cli_generate_and_its_errors(conditional_run, tmp_path):
         result = runner.invoke(cli, [*args, "--out", str(tmp_path / "other")])
         assert result.exit_code != 0 and message in result.output, (args, result.output)
         assert "Traceback" not in result.output
+
+
+def _generate_as_rank(rank: int, world: int, port: int, run_dir: str, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    try:
+        generate(load_run(run_dir), Path(out), GenerateConfig(n=2 * BLOCK + 5, format="nifti"),
+                 progress=False)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_write_disjoint_shards_of_the_same_images(conditional_run, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_generate_as_rank, args=(2, port, str(conditional_run), str(tmp_path / "two")),
+             nprocs=2, join=True)
+    generate(load_run(conditional_run), tmp_path / "one",
+             GenerateConfig(n=2 * BLOCK + 5, format="nifti"), progress=False)
+    assert (tmp_path / "one" / "manifest.csv").read_text() == (
+        tmp_path / "two" / "manifest.csv").read_text()
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.nii.gz"))
+    assert len(files) == 2 * BLOCK + 5
+    assert all((tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes()
+               for f in files)
+
+
+def test_dicom_export_from_real_dicom_carries_no_source_identifiers(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    sources = [pydicom.dcmread(get_testdata_file(name)) for name in ("CT_small.dcm",
+                                                                      "MR_small.dcm")]
+    folder = tmp_path / "patients"
+    folder.mkdir()
+    for k, ds in enumerate(sources):
+        ds.save_as(folder / f"{k}.dcm")
+    from synthmed.augment.items import ReadConfig
+
+    data = read_images(folder, ReadConfig(size=28))
+    model_config = DCGANConfig(size=28, width=4)
+    train = TrainConfig(epochs=1, batch_size=2)
+    config = run_config("dcgan", model_config, train)
+    fit(build_model(config), data, train, tmp_path / "run", run_config=config, progress=False)
+    generate(load_run(tmp_path / "run"), tmp_path / "syn", GenerateConfig(n=3, format="dicom"),
+             progress=False)
+    source_values = {str(element.value) for ds in sources for element in ds.iterall()
+                     if element.VR in ("PN", "LO", "SH", "UI", "DA", "TM", "DT", "CS", "LT")
+                     and str(element.value).strip() and element.keyword not in (
+                         "Modality", "ImageType", "PhotometricInterpretation", "SOPClassUID",
+                         "PatientSex", "BurnedInAnnotation", "RescaleType", "ConversionType")}
+    exported = sorted((tmp_path / "syn").rglob("*.dcm"))
+    assert len(exported) == 3
+    for path in exported:
+        ds = pydicom.dcmread(path)
+        assert ds.ConversionType == "SYN" and ds.PatientIdentityRemoved == "YES"
+        leaked = {str(e.value) for e in ds.iterall()} & source_values
+        assert not leaked, f"{path.name} carries source values {leaked}"
+        assert ds.pixel_array.shape == (28, 28)

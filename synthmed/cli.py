@@ -294,3 +294,7 @@ def _parse_counts(text: str | None) -> dict[str, int]:
 def main() -> None:
     """Console entry point."""
     cli(prog_name="synthmed")
+
+
+if __name__ == "__main__":
+    main()

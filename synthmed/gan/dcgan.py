@@ -136,16 +136,50 @@ class DCGAN(nn.Module):
     @torch.no_grad()
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None,
                  use_ema: bool = True) -> torch.Tensor:
-        """Images for the noise ``z`` ``(n, nz)`` (and labels), G in eval mode."""
+        """Images ``(n, C, H, W)`` on the CPU for the noise ``z`` ``(n, nz)`` (and labels),
+        G in eval mode on its own device."""
         if self.conditional and labels is None:
             raise ValueError("a class-conditional model needs labels to sample")
         net = self.ema.module if (use_ema and self.ema is not None) else self.generator
+        device = next(net.parameters()).device
+        labels = labels.to(device) if self.conditional else None
         was_training = net.training
         net.eval()
         try:
-            return net(z, labels if self.conditional else None).float().clamp(-1, 1)
+            return net(z.to(device), labels).float().clamp(-1, 1).cpu()
         finally:
             net.train(was_training)
+
+    @torch.no_grad()
+    def finish_epoch(self, seed: int, batches: int = 1, batch_size: int = 256) -> None:
+        """Re-estimate G's BatchNorm statistics for sampling ("precise BN").
+
+        G samples in eval mode, with running averages of its BatchNorm statistics; with few
+        steps per epoch (small data sets) those averages lag far behind the weights and the
+        samples come out washed-out. This replaces them by the statistics of ``batches`` fresh
+        batches, drawn from a generator seeded with ``seed`` (training itself is unchanged).
+        """
+        nets = [self.generator] + ([self.ema.module] if self.ema is not None else [])
+        for net in nets:
+            norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            if not norms:
+                continue
+            device = next(net.parameters()).device
+            rng = torch.Generator(device=device).manual_seed(seed)
+            momenta = [norm.momentum for norm in norms]
+            for norm in norms:
+                norm.reset_running_stats()
+                norm.momentum = None  # a cumulative average over the batches below
+            was_training = net.training
+            net.train()
+            for _ in range(batches):
+                z = torch.randn(batch_size, self.config.nz, generator=rng, device=device)
+                labels = (torch.randint(self.config.num_classes, (batch_size,), generator=rng,
+                                        device=device) if self.conditional else None)
+                net(z, labels)
+            net.train(was_training)
+            for norm, momentum in zip(norms, momenta, strict=True):
+                norm.momentum = momentum
 
     def preview(self, n: int, seed: int) -> torch.Tensor:
         """The epoch's sample grid: ``n`` images from a fixed noise (rows of classes)."""

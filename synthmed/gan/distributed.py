@@ -21,3 +21,13 @@ def barrier() -> None:
     """Wait for every process; nothing to wait for in a single process."""
     if dist.is_initialized():
         dist.barrier()
+
+
+def all_succeeded(ok: bool) -> bool:
+    """True when ``ok`` holds on every process (so all stop together, none waits forever)."""
+    if not dist.is_initialized():
+        return ok
+    device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+    flag = torch.tensor([int(ok)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())

@@ -11,7 +11,9 @@ Two families:
 
 Both take ``num_classes > 0`` for the class-conditional variant: a label embedding is
 concatenated to the noise in G, and D adds a projection term (Miyato & Koyama 2018),
-``<embed(y), pooled features>``, to its logit.
+``<embed(y), pooled features>``, to its logit. Embeddings start small (Keras' uniform
++-0.05 in the tutorial family, N(0, 0.02) in the DCGAN family) so the projection does not
+swamp the logit at the start.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class LabelEmbedding(nn.Module):
 
 class ProjectionHead(nn.Module):
     """Features ``(B, C, h, w)`` -> logit ``(B,)``: a linear layer on the flattened features,
-    plus the projection ``<embed(y), sum over h, w>`` when conditional."""
+    plus the projection ``<embed(y), mean over h, w>`` when conditional (the mean rather than
+    Miyato's sum keeps the two terms on one scale without spectral norm)."""
 
     def __init__(self, channels: int, side: int, num_classes: int, spectral: bool) -> None:
         super().__init__()
@@ -64,7 +67,7 @@ class ProjectionHead(nn.Module):
         if self.embedding is not None:
             if labels is None:
                 raise ValueError("a class-conditional discriminator needs labels")
-            logit = logit + (self.embedding(labels) * features.sum(dim=(2, 3))).sum(dim=1)
+            logit = logit + (self.embedding(labels) * features.mean(dim=(2, 3))).sum(dim=1)
         return logit
 
 
@@ -122,9 +125,12 @@ class TutorialDiscriminator(nn.Module):
 
 
 def _keras_init(module: nn.Module) -> None:
-    """Keras defaults: Glorot-uniform kernels, zero biases (BatchNorm keeps 1 and 0)."""
+    """Keras defaults: Glorot-uniform kernels, zero biases, uniform +-0.05 embeddings
+    (BatchNorm keeps 1 and 0)."""
     for layer in module.modules():
-        if isinstance(layer, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
+        if isinstance(layer, nn.Embedding):
+            nn.init.uniform_(getattr(layer, "weight_orig", layer.weight), -0.05, 0.05)
+        elif isinstance(layer, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
             weight = getattr(layer, "weight_orig", layer.weight)
             nn.init.xavier_uniform_(weight)
             if layer.bias is not None:

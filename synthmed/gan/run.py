@@ -77,7 +77,11 @@ def load_run(path: str | Path, kind: str | None = None) -> LoadedRun:
         raise InputError(f"is a {config.get('kind')!r} run, not {kind!r}", path)
     model = build_model(config, str(path / checkpoint.CONFIG))
     tensors, metadata = checkpoint.load_weights(path, model.kind)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError:  # a tensor of another shape (strict=False only skips names)
+        raise InputError("weights do not fit the configured model (tensor shapes differ)",
+                         path / checkpoint.WEIGHTS) from None
     if missing or unexpected:
         raise InputError(f"weights do not fit the configured model (missing {len(missing)}, "
                          f"unexpected {len(unexpected)} tensors)", path / checkpoint.WEIGHTS)

@@ -2,7 +2,8 @@
 resume, bf16 autocast, and data-parallel training under ``torchrun``.
 
 The model supplies ``make_optimizers()``, ``train_step(batch, optimizers, rng, autocast)``,
-``preview(n, seed)`` and ``state_dict()``; the loop knows nothing else about it.
+``preview(n, seed)``, ``state_dict()`` and optionally ``finish_epoch(seed)``; the loop knows
+nothing else about it.
 
 Randomness: the order of the images comes from a generator seeded with ``seed`` (the same
 on every process); noise and augmentation from one seeded with ``seed`` and the process
@@ -94,11 +95,21 @@ def fit(
         order_rng.set_state(state["rng"]["order"])
         step_rng.set_state(state["rng"]["step"][rank])
         torch.set_rng_state(state["rng"]["torch"][rank])
+        if "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"][rank])
         start_epoch = int(state["epoch"])
         if rank == 0:
             _truncate_metrics(run_dir, start_epoch)
-    elif rank == 0:
-        _start_run(run_dir, run_config, data)
+    else:
+        problem = None
+        if rank == 0:
+            try:
+                _start_run(run_dir, run_config, data)
+            except InputError as error:
+                problem = error
+        if not distributed.all_succeeded(problem is None):
+            raise problem or SynthmedError("process 0 could not start the run")
+    last_checkpoint = start_epoch
     if world > 1:
         _broadcast_state(model)
         for opt in optimizers.values():
@@ -115,6 +126,8 @@ def fit(
         batches = _batches(order, train.batch_size, rank, world)
         started = time.perf_counter()
         sums: dict[str, float] = {}
+        seen = 0
+        learning_rates = {f"lr_{name}": s.get_last_lr()[0] for name, s in schedulers.items()}
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{train.epochs}", unit="batch",
                    disable=not progress or rank != 0, leave=False)
         for step, index in enumerate(bar):
@@ -122,27 +135,33 @@ def fit(
             stats = model.train_step((images[index], labels[index]), optimizers, step_rng,
                                      autocast)
             if not all(math.isfinite(v) for v in stats.values()):
-                raise TrainingDiverged(_divergence_message(run_dir, epoch, step, stats))
+                raise TrainingDiverged(
+                    _divergence_message(run_dir, epoch, step, stats, last_checkpoint))
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value
-            seconds = time.perf_counter() - started
-            bar.set_postfix(_postfix(stats, (step + 1) * len(index) * world / seconds))
+            seen += len(index) * world
+            bar.set_postfix(_postfix(stats, seen / (time.perf_counter() - started)))
+        images_per_s = seen / (time.perf_counter() - started)
         for scheduler in schedulers.values():
             scheduler.step()
+        if hasattr(model, "finish_epoch"):
+            model.finish_epoch(seed=train.seed + epoch)
         if world > 1:
             _average_buffers(model, world)
-        seconds = time.perf_counter() - started
         epoch_metrics = {key: value / len(batches) for key, value in sums.items()}
-        epoch_metrics["images_per_s"] = len(batches) * train.batch_size * world / seconds
+        epoch_metrics["images_per_s"] = images_per_s
         if rank == 0:
             epoch_metrics["diversity"] = _save_preview(model, train, run_dir, epoch + 1)
-            _log(run_dir, epoch + 1, epoch_metrics, schedulers, progress, train.epochs)
+            _log(run_dir, epoch + 1, {**epoch_metrics, **learning_rates}, progress, train.epochs)
         if epoch + 1 == train.epochs or (epoch + 1) % train.checkpoint_every == 0:
             rng_states = {"order": order_rng.get_state(),
-                          "step": _gather(step_rng.get_state(), world),
-                          "torch": _gather(torch.get_rng_state(), world)}
+                          "step": _gather(step_rng.get_state(), world, device),
+                          "torch": _gather(torch.get_rng_state(), world, device)}
+            if device.type == "cuda":
+                rng_states["cuda"] = _gather(torch.cuda.get_rng_state(), world, device)
             if rank == 0:
                 _save_checkpoint(run_dir, model, optimizers, schedulers, epoch + 1, rng_states)
+            last_checkpoint = epoch + 1
         if world > 1:
             dist.barrier()
     if rank == 0:
@@ -209,10 +228,10 @@ def _save_checkpoint(run_dir: Path, model: nn.Module, optimizers: dict, schedule
     checkpoint.save_weights(run_dir, state["model"], model.kind, epoch)
 
 
-def _log(run_dir: Path, epoch: int, metrics: dict[str, float], schedulers: dict,
-         progress: bool, epochs: int) -> None:
-    line = {"epoch": epoch, **{k: round(v, 6) for k, v in metrics.items()},
-            **{f"lr_{name}": s.get_last_lr()[0] for name, s in schedulers.items()}}
+def _log(run_dir: Path, epoch: int, metrics: dict[str, float], progress: bool,
+         epochs: int) -> None:
+    """Append the epoch's metrics (and the learning rates it trained with) to metrics.jsonl."""
+    line = {"epoch": epoch, **{k: round(v, 6) for k, v in metrics.items()}}
     with (run_dir / checkpoint.METRICS).open("a") as handle:
         handle.write(json.dumps(line) + "\n")
     if progress:
@@ -276,13 +295,14 @@ def _save_loss_plot(run_dir: Path) -> None:
 
 def _batches(order: torch.Tensor, batch_size: int, rank: int, world: int) -> list[torch.Tensor]:
     """This process's share of each global batch; a last batch too small for BatchNorm
-    (fewer than 2 images per process) is dropped."""
+    (fewer than 2 images on some process) is dropped on every process, so that all take the
+    same number of steps (an extra step's gradient all-reduce would wait forever)."""
     global_size = batch_size * world
     batches = []
     for start in range(0, len(order), global_size):
-        shard = order[start:start + global_size][rank::world]
-        if len(shard) >= 2:
-            batches.append(shard)
+        chunk = order[start:start + global_size]
+        if len(chunk) >= 2 * world:  # the smallest share has len(chunk) // world images
+            batches.append(chunk[rank::world])
     if not batches:
         raise SynthmedError(f"{len(order)} images are too few for training on {world} "
                             "process(es): need at least 2 per process")
@@ -307,11 +327,11 @@ def _postfix(stats: dict[str, float], images_per_s: float) -> dict[str, str]:
     return shown
 
 
-def _divergence_message(run_dir: Path, epoch: int, step: int, stats: dict[str, float]) -> str:
+def _divergence_message(run_dir: Path, epoch: int, step: int, stats: dict[str, float],
+                        last_checkpoint: int) -> str:
     bad = ", ".join(f"{k} = {v}" for k, v in stats.items() if not math.isfinite(v))
-    state = run_dir / checkpoint.STATE
-    kept = (f"the last good checkpoint (epoch {torch.load(state, weights_only=True)['epoch']}) "
-            f"is kept in {run_dir}" if state.is_file() else "no checkpoint had been written yet")
+    kept = (f"the last good checkpoint (epoch {last_checkpoint}) is kept in {run_dir}"
+            if last_checkpoint else "no checkpoint had been written yet")
     return (f"training diverged at epoch {epoch + 1}, step {step + 1} ({bad}); {kept}; "
             "try a lower learning rate, --loss hinge or spectral norm")
 
@@ -342,10 +362,12 @@ def _average_buffers(model: nn.Module, world: int) -> None:
             buffer /= world
 
 
-def _gather(state: torch.Tensor, world: int) -> list[torch.Tensor]:
-    """Every process's copy of an RNG state, in rank order (rank 0 writes the checkpoint)."""
+def _gather(state: torch.Tensor, world: int, device: torch.device) -> list[torch.Tensor]:
+    """Every process's copy of an RNG state (CPU tensors), in rank order; the collective
+    runs on ``device`` because NCCL only moves GPU tensors."""
     if world == 1:
-        return [state]
-    gathered = [torch.empty_like(state) for _ in range(world)]
-    dist.all_gather(gathered, state)
-    return gathered
+        return [state.cpu()]
+    local = state.to(device)
+    gathered = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(gathered, local)
+    return [tensor.cpu() for tensor in gathered]

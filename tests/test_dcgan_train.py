@@ -34,13 +34,7 @@ METRIC_KEYS = STAT_KEYS | {"epoch", "images_per_s", "diversity", "lr_generator",
                            "lr_discriminator"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,7 @@ from synthmed.gan.nets import (
 )
 from synthmed.gan.run import resolve_dcgan_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trainable(module: nn.Module) -> int:

@@ -121,6 +121,9 @@ def fit(
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                 if train.precision == "bf16" else contextlib.nullcontext())
     epoch_metrics: dict[str, float] = {}
+    steps_per_epoch = len(_batches(torch.arange(len(images)), train.batch_size, rank, world))
+    bar = tqdm(total=(train.epochs - start_epoch) * steps_per_epoch, unit="step",
+               disable=not progress or rank != 0, dynamic_ncols=True)
     for epoch in range(start_epoch, train.epochs):
         order = torch.randperm(len(images), generator=order_rng)
         batches = _batches(order, train.batch_size, rank, world)
@@ -128,9 +131,8 @@ def fit(
         sums: dict[str, float] = {}
         seen = 0
         learning_rates = {f"lr_{name}": s.get_last_lr()[0] for name, s in schedulers.items()}
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{train.epochs}", unit="batch",
-                   disable=not progress or rank != 0, leave=False)
-        for step, index in enumerate(bar):
+        bar.set_description(f"epoch {epoch + 1}/{train.epochs}")
+        for step, index in enumerate(batches):
             index = index.to(device)
             stats = model.train_step((images[index], labels[index]), optimizers, step_rng,
                                      autocast)
@@ -141,6 +143,7 @@ def fit(
                 sums[key] = sums.get(key, 0.0) + value
             seen += len(index) * world
             bar.set_postfix(_postfix(stats, seen / (time.perf_counter() - started)))
+            bar.update()
         images_per_s = seen / (time.perf_counter() - started)
         for scheduler in schedulers.values():
             scheduler.step()
@@ -164,6 +167,7 @@ def fit(
             last_checkpoint = epoch + 1
         if world > 1:
             dist.barrier()
+    bar.close()
     if rank == 0:
         _save_progress_gif(run_dir)
         _save_loss_plot(run_dir)

@@ -9,6 +9,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 EXTRAS ?= dev,dicom-codecs,privacy
 DEMO_OUT ?= demo-out
+DEMO_EPOCHS ?= 30
 
 .PHONY: install demo test lint clean
 
@@ -21,9 +22,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/synthmed data phantom --out $(DEMO_OUT)/phantom --n 500 --size 64 --overwrite
-	$(BIN)/synthmed data inspect $(DEMO_OUT)/phantom/t1 --preview $(DEMO_OUT)/phantom-t1.png
-	$(BIN)/synthmed data inspect $(DEMO_OUT)/phantom/t2 --preview $(DEMO_OUT)/phantom-t2.png
+	$(BIN)/synthmed data phantom --out $(DEMO_OUT)/phantom --n 2000 --size 32 --overwrite
+	$(BIN)/synthmed data inspect $(DEMO_OUT)/phantom/t1 --preview $(DEMO_OUT)/real-t1.png
+	rm -rf $(DEMO_OUT)/run
+	$(BIN)/synthmed train dcgan $(DEMO_OUT)/phantom/t1 --out $(DEMO_OUT)/run --conditional \
+	    --size 32 --width 32 --epochs $(DEMO_EPOCHS) --batch-size 64 --loss hinge --spectral-norm \
+	    --d-norm none --diffaugment color,translation,cutout --ema 0.99 --precision bf16
+	$(BIN)/synthmed generate $(DEMO_OUT)/run --per-class "lesion=500,no lesion=500" \
+	    --format dicom --out $(DEMO_OUT)/synthetic --overwrite
+	$(BIN)/synthmed data inspect $(DEMO_OUT)/synthetic --preview $(DEMO_OUT)/synthetic-t1.png
 
 test: install
 	$(BIN)/ruff check .

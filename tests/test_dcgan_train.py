@@ -157,9 +157,11 @@ def test_ema_is_the_average_and_is_used_for_sampling(phantom):
     for _ in range(3):
         model.train_step(batch(phantom[0]), optimizers, rng)
         snapshots.append({n: p.detach().clone() for n, p in model.generator.named_parameters()})
-    expected = snapshots[0]  # the first update copies, then ema = 0.5 ema + 0.5 current
-    for snapshot in snapshots[1:]:
-        expected = {n: 0.5 * expected[n] + 0.5 * snapshot[n] for n in expected}
+    # the first update copies; update t then uses decay min(0.5, (1 + t) / (10 + t)) (warm-up)
+    expected = snapshots[0]
+    for t, snapshot in enumerate(snapshots[1:], start=1):
+        decay = min(0.5, (1 + t) / (10 + t))
+        expected = {n: decay * expected[n] + (1 - decay) * snapshot[n] for n in expected}
     for name, parameter in model.ema.module.named_parameters():
         torch.testing.assert_close(parameter, expected[name])
     ema = model.sample(4, generator=seeded(1))

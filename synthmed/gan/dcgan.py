@@ -10,7 +10,7 @@ import contextlib
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from synthmed.gan.config import DCGANConfig
 from synthmed.gan.losses import (
@@ -52,7 +52,7 @@ class DCGAN(nn.Module):
             self.discriminator = DCGANDiscriminator(config.size, config.channels, config.width,
                                                     classes, config.d_norm, config.spectral_norm)
         self.ema = (
-            AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
+            AveragedModel(self.generator, avg_fn=_ema_with_warmup(config.ema_decay),
                           use_buffers=True)
             if config.ema_decay else None
         )
@@ -189,3 +189,15 @@ class DCGAN(nn.Module):
         if self.conditional:
             labels = torch.arange(n) * self.config.num_classes // n  # equal blocks per class
         return self.generate(z, labels)
+
+
+def _ema_with_warmup(decay: float):
+    """EMA update with the decay ramped up as ``min(decay, (1 + t) / (10 + t))`` over the
+    ``t`` updates so far, so the untrained generator of the first steps fades out quickly."""
+
+    def average(averaged: torch.Tensor, current: torch.Tensor,
+                updates: torch.Tensor) -> torch.Tensor:
+        step_decay = min(decay, (1.0 + float(updates)) / (10.0 + float(updates)))
+        return step_decay * averaged + (1.0 - step_decay) * current
+
+    return average

@@ -148,7 +148,8 @@ def fit(
         for scheduler in schedulers.values():
             scheduler.step()
         if hasattr(model, "finish_epoch"):
-            model.finish_epoch(seed=train.seed + epoch)
+            with autocast:
+                model.finish_epoch(seed=train.seed + epoch)
         if world > 1:
             _average_buffers(model, world)
         epoch_metrics = {key: value / len(batches) for key, value in sums.items()}

@@ -46,6 +46,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     path = Path(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 is for secrets, not results
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
@@ -54,6 +55,12 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:

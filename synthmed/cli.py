@@ -195,6 +195,8 @@ def train() -> None:
 @click.option("--loss", type=click.Choice(["bce", "hinge", "lsgan"]))
 @click.option("--spectral-norm/--no-spectral-norm", default=None, help="Spectral norm in D.")
 @click.option("--d-norm", type=click.Choice(["batch", "none"]), help="Normalisation in D.")
+@click.option("--minibatch-std/--no-minibatch-std", default=None,
+              help="Minibatch standard deviation feature in D (against mode collapse).")
 @click.option("--upsample", type=click.Choice(["convtranspose", "resize"]), help="G's upsampling.")
 @click.option("--diffaugment", help="Comma list of color,translation,cutout.")
 @click.option("--ema", "ema_decay", type=float, help="EMA decay of G for sampling, e.g. 0.999.")

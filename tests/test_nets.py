@@ -337,3 +337,23 @@ def test_dcgan_init_normal_0_02():
         biases = [m.bias for m in net.modules()
                   if isinstance(m, nn.Conv2d | nn.Linear) and m.bias is not None]
         assert biases and all(torch.all(b == 0) for b in biases)
+
+
+def test_minibatch_std_appends_the_batch_spread():
+    from synthmed.gan.nets import MinibatchStd
+
+    x = torch.randn(8, 3, 4, 4)
+    out = MinibatchStd()(x)
+    assert out.shape == (8, 4, 4, 4)
+    assert torch.equal(out[:, :3], x)
+    groups = x.reshape(4, 2, 3, 4, 4).std(dim=0, unbiased=False).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(out[:, 3, 0, 0], groups.repeat(4))
+    same = MinibatchStd()(torch.ones(6, 2, 3, 3))  # identical items: zero spread
+    assert torch.count_nonzero(same[:, 2]) == 0
+
+
+def test_discriminator_with_minibatch_std_and_the_option_is_refused_for_tutorial():
+    d = DCGANDiscriminator(32, 1, width=4, num_classes=2, minibatch_std=True)
+    assert d(torch.randn(6, 1, 32, 32), torch.tensor([0, 1] * 3)).shape == (6,)
+    with pytest.raises(InputError, match="minibatch-std"):
+        DCGANConfig.tutorial(minibatch_std=True)

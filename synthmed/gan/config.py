@@ -30,6 +30,7 @@ class DCGANConfig:
         num_classes: > 0 makes G and D class-conditional.
         loss: ``bce`` (non-saturating), ``hinge`` or ``lsgan``.
         d_norm: ``batch`` or ``none`` in D. spectral_norm: spectral norm on D's weights.
+        minibatch_std: a minibatch standard deviation feature in D (against mode collapse).
         upsample: ``convtranspose`` or ``resize`` (+ conv; no checkerboards) in G.
         diffaugment: any of ``color``, ``translation``, ``cutout`` applied before D.
         ema_decay: > 0 keeps an exponential moving average of G, used for sampling.
@@ -45,6 +46,7 @@ class DCGANConfig:
     loss: str = "bce"
     d_norm: str = "batch"
     spectral_norm: bool = False
+    minibatch_std: bool = False
     upsample: str = "convtranspose"
     diffaugment: tuple[str, ...] = ()
     ema_decay: float = 0.0
@@ -63,6 +65,8 @@ class DCGANConfig:
             (set(self.diffaugment) <= set(AUGMENTS),
              f"diffaugment takes {AUGMENTS}, got {self.diffaugment}"),
             (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
+            (self.preset != "tutorial" or not self.minibatch_std,
+             "minibatch-std is an option of the dcgan preset"),
             (self.preset != "tutorial" or (self.size, self.channels) == (28, 1),
              "the tutorial preset is 28x28 with 1 channel: use --preset dcgan for other sizes"),
         ]

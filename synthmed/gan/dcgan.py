@@ -50,7 +50,8 @@ class DCGAN(nn.Module):
             self.generator = DCGANGenerator(config.size, config.channels, config.nz, config.width,
                                             classes, config.upsample)
             self.discriminator = DCGANDiscriminator(config.size, config.channels, config.width,
-                                                    classes, config.d_norm, config.spectral_norm)
+                                                    classes, config.d_norm, config.spectral_norm,
+                                                    config.minibatch_std)
         self.ema = (
             AveragedModel(self.generator, avg_fn=_ema_with_warmup(config.ema_decay),
                           use_buffers=True)

@@ -51,6 +51,23 @@ class LabelEmbedding(nn.Module):
         return torch.cat([z, self.embedding(labels)], dim=1)
 
 
+class MinibatchStd(nn.Module):
+    """Append the mean standard deviation across groups of the batch as one more channel
+    (Karras et al. 2018): D sees how alike a batch is, which fights mode collapse.
+
+    ``(B, C, H, W)`` -> ``(B, C + 1, H, W)``; groups of up to 4 items.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        group = next(g for g in (4, 3, 2, 1) if batch % g == 0)
+        spread = x.reshape(group, batch // group, *x.shape[1:]).float().std(dim=0,
+                                                                              unbiased=False)
+        stat = spread.mean(dim=(1, 2, 3)).to(x.dtype)  # (B / group,)
+        stat = stat.repeat(group).reshape(batch, 1, 1, 1).expand(batch, 1, height, width)
+        return torch.cat([x, stat], dim=1)
+
+
 class ProjectionHead(nn.Module):
     """Features ``(B, C, h, w)`` -> logit ``(B,)``: a linear layer on the flattened features,
     plus the projection ``<embed(y), mean over h, w>`` when conditional (the mean rather than
@@ -196,6 +213,8 @@ class DCGANDiscriminator(nn.Module):
     Args:
         norm: ``batch`` (DCGAN) or ``none`` (for small data, WGAN-style losses and DP-SGD).
         spectral_norm: spectral normalisation on every weight layer.
+        minibatch_std: append the batch's standard deviation as a feature before the head
+            (against mode collapse; it mixes items, so not with per-sample DP gradients).
 
     Examples:
         >>> DCGANDiscriminator(32, 3)(torch.randn(2, 3, 32, 32)).shape
@@ -203,7 +222,8 @@ class DCGANDiscriminator(nn.Module):
     """
 
     def __init__(self, size: int = 64, channels: int = 1, width: int = 64, num_classes: int = 0,
-                 norm: str = "batch", spectral_norm: bool = False) -> None:
+                 norm: str = "batch", spectral_norm: bool = False,
+                 minibatch_std: bool = False) -> None:
         super().__init__()
         if norm not in ("batch", "none"):
             raise ValueError(f"norm must be batch or none, got {norm!r}")
@@ -219,8 +239,11 @@ class DCGANDiscriminator(nn.Module):
             if norm == "batch":
                 layers.append(nn.BatchNorm2d(w_out))
             layers.append(nn.LeakyReLU(0.2))
-        self.features = nn.Sequential(*layers)  # (B, widths[-1], side, side)
-        self.head = ProjectionHead(widths[-1], side, num_classes, spectral_norm)
+        if minibatch_std:
+            layers.append(MinibatchStd())
+        self.features = nn.Sequential(*layers)  # (B, widths[-1] (+1), side, side)
+        self.head = ProjectionHead(widths[-1] + int(minibatch_std), side, num_classes,
+                                   spectral_norm)
         _dcgan_init(self)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

@@ -27,7 +27,8 @@ demo: install
 	rm -rf $(DEMO_OUT)/run
 	$(BIN)/synthmed train dcgan $(DEMO_OUT)/phantom/t1 --out $(DEMO_OUT)/run --conditional \
 	    --size 32 --width 32 --epochs $(DEMO_EPOCHS) --batch-size 64 --loss hinge --spectral-norm \
-	    --d-norm none --diffaugment color,translation,cutout --ema 0.99 --precision bf16
+	    --d-norm none --minibatch-std --diffaugment color,translation,cutout --lr-g 1e-4 \
+	    --lr-d 4e-4 --ema 0.99 --precision bf16
 	$(BIN)/synthmed generate $(DEMO_OUT)/run --per-class "lesion=500,no lesion=500" \
 	    --format dicom --out $(DEMO_OUT)/synthetic --overwrite
 	$(BIN)/synthmed data inspect $(DEMO_OUT)/synthetic --preview $(DEMO_OUT)/synthetic-t1.png

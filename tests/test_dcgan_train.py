@@ -677,3 +677,22 @@ def test_bf16_trains_with_finite_losses(tmp_path, phantom):
     assert all(math.isfinite(v) for v in result.metrics.values())
     assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
     assert load_run(run).sample(2, torch.tensor([0, 1])).dtype == torch.float32
+
+
+def test_yaml_config_is_overridden_by_single_options(tmp_path):
+    from synthmed.gan.run import resolve_dcgan_config
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model:\n  width: 16\n  loss: hinge\n  diffaugment: [color, cutout]\n"
+                   "train:\n  epochs: 7\n  batch_size: 32\n")
+    model, train = resolve_dcgan_config("dcgan", cfg, {"width": 8}, {"epochs": None})
+    assert (model.width, model.loss, model.diffaugment) == (8, "hinge", ("color", "cutout"))
+    assert (train.epochs, train.batch_size) == (7, 32)
+    cfg.write_text("model:\n  widht: 16\n")
+    with pytest.raises(InputError, match="unknown setting.*widht"):
+        resolve_dcgan_config("dcgan", cfg)
+    cfg.write_text("model: [1, 2\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        resolve_dcgan_config("dcgan", cfg)
+    with pytest.raises(InputError, match="config file not found"):
+        resolve_dcgan_config("dcgan", tmp_path / "missing.yaml")

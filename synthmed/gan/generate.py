@@ -121,7 +121,9 @@ def generate(
     distributed.barrier()
     plan = json.loads((work / "plan.json").read_text())
     blocks = range(rank, -(-len(labels) // BLOCK), world)
-    bar = tqdm(total=len(labels), desc="generate", unit="img", disable=not progress or rank != 0)
+    # disable=None: tqdm hides the bar when stderr is not a terminal (batch pipelines)
+    bar = tqdm(total=len(labels), desc="generate", unit="img",
+               disable=True if not progress or rank != 0 else None)
     for block in blocks:
         start, stop = block * BLOCK, min((block + 1) * BLOCK, len(labels))
         if not (work / "parts" / f"{block:06d}.csv").is_file():

@@ -122,8 +122,9 @@ def fit(
                 if train.precision == "bf16" else contextlib.nullcontext())
     epoch_metrics: dict[str, float] = {}
     steps_per_epoch = len(_batches(torch.arange(len(images)), train.batch_size, rank, world))
+    # disable=None: tqdm hides the bar when stderr is not a terminal (batch pipelines)
     bar = tqdm(total=(train.epochs - start_epoch) * steps_per_epoch, unit="step",
-               disable=not progress or rank != 0, dynamic_ncols=True)
+               disable=True if not progress or rank != 0 else None, dynamic_ncols=True)
     for epoch in range(start_epoch, train.epochs):
         order = torch.randperm(len(images), generator=order_rng)
         batches = _batches(order, train.batch_size, rank, world)

@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 EXTRAS ?= dev,dicom-codecs,privacy
 DEMO_OUT ?= demo-out
-DEMO_EPOCHS ?= 30
+DEMO_EPOCHS ?= 15
 
 .PHONY: install demo test lint clean
 
@@ -26,9 +26,7 @@ demo: install
 	$(BIN)/synthmed data inspect $(DEMO_OUT)/phantom/t1 --preview $(DEMO_OUT)/real-t1.png
 	rm -rf $(DEMO_OUT)/run
 	$(BIN)/synthmed train dcgan $(DEMO_OUT)/phantom/t1 --out $(DEMO_OUT)/run --conditional \
-	    --size 32 --width 32 --epochs $(DEMO_EPOCHS) --batch-size 64 --loss hinge --spectral-norm \
-	    --d-norm none --minibatch-std --diffaugment color,translation,cutout --lr-g 1e-4 \
-	    --lr-d 4e-4 --ema 0.99 --precision bf16
+	    --size 32 --width 32 --epochs $(DEMO_EPOCHS) --batch-size 64 --r1 1
 	$(BIN)/synthmed generate $(DEMO_OUT)/run --per-class "lesion=500,no lesion=500" \
 	    --format dicom --out $(DEMO_OUT)/synthetic --overwrite
 	$(BIN)/synthmed data inspect $(DEMO_OUT)/synthetic --preview $(DEMO_OUT)/synthetic-t1.png

@@ -200,6 +200,7 @@ def train() -> None:
 @click.option("--upsample", type=click.Choice(["convtranspose", "resize"]), help="G's upsampling.")
 @click.option("--diffaugment", help="Comma list of color,translation,cutout.")
 @click.option("--ema", "ema_decay", type=float, help="EMA decay of G for sampling, e.g. 0.999.")
+@click.option("--r1", "r1_gamma", type=float, help="R1 penalty weight on D's real gradients.")
 @click.option("--lr-g", type=float, help="Generator learning rate.")
 @click.option("--lr-d", type=float, help="Discriminator learning rate.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")

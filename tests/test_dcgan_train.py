@@ -696,3 +696,20 @@ def test_yaml_config_is_overridden_by_single_options(tmp_path):
         resolve_dcgan_config("dcgan", cfg)
     with pytest.raises(InputError, match="config file not found"):
         resolve_dcgan_config("dcgan", tmp_path / "missing.yaml")
+
+
+def test_r1_penalty_adds_half_gamma_times_the_squared_real_gradient(phantom):
+    real, labels = batch(phantom[0])
+    losses = {}
+    for gamma in (0.0, 1e6):  # a fresh D has tiny input gradients: a large gamma shows them
+        model = build_model(run_config("dcgan", DCGANConfig(size=32, width=4, d_norm="none",
+                                                            r1_gamma=gamma), TrainConfig()))
+        if gamma:
+            probe = real.clone().requires_grad_(True)
+            (gradient,) = torch.autograd.grad(model.discriminator(probe).sum(), probe)
+            expected = gamma / 2 * gradient.square().sum(dim=(1, 2, 3)).mean().item()
+        losses[gamma] = model.train_step((real, labels), model.make_optimizers(), seeded(0))
+    assert losses[1e6]["loss_d"] - losses[0.0]["loss_d"] == pytest.approx(expected, rel=1e-3)
+    assert losses[1e6]["loss_g"] != losses[0.0]["loss_g"]  # D's update differed
+    with pytest.raises(InputError, match="r1_gamma"):
+        DCGANConfig(r1_gamma=-1.0)

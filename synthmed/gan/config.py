@@ -34,6 +34,7 @@ class DCGANConfig:
         upsample: ``convtranspose`` or ``resize`` (+ conv; no checkerboards) in G.
         diffaugment: any of ``color``, ``translation``, ``cutout`` applied before D.
         ema_decay: > 0 keeps an exponential moving average of G, used for sampling.
+        r1_gamma: > 0 adds the R1 penalty ``gamma / 2 * |grad D(real)|^2`` to D's loss.
         lr_g, lr_d, betas, adam_eps: Adam settings per network.
     """
 
@@ -50,6 +51,7 @@ class DCGANConfig:
     upsample: str = "convtranspose"
     diffaugment: tuple[str, ...] = ()
     ema_decay: float = 0.0
+    r1_gamma: float = 0.0
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
@@ -65,6 +67,7 @@ class DCGANConfig:
             (set(self.diffaugment) <= set(AUGMENTS),
              f"diffaugment takes {AUGMENTS}, got {self.diffaugment}"),
             (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
+            (self.r1_gamma >= 0.0, f"r1_gamma must not be negative, got {self.r1_gamma}"),
             (self.preset != "tutorial" or not self.minibatch_std,
              "minibatch-std is an option of the dcgan preset"),
             (self.preset != "tutorial" or (self.size, self.channels) == (28, 1),

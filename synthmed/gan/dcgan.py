@@ -95,10 +95,15 @@ class DCGAN(nn.Module):
                 images = diff_augment(images, augment, rng)
             return self.discriminator(images, labels).float()
 
+        gamma = self.config.r1_gamma
+        real = real.detach().requires_grad_(gamma > 0)
         with autocast:
             fake = self.generator(z, labels)
             d_real, d_fake = judge(real), judge(fake.detach())
         loss_d = discriminator_loss(self.config.loss, d_real, d_fake)
+        if gamma > 0:  # R1: penalise D's gradient on real images (Mescheder et al. 2018)
+            (gradient,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
+            loss_d = loss_d + gamma / 2 * gradient.float().square().sum(dim=(1, 2, 3)).mean()
         optimizers["discriminator"].zero_grad(set_to_none=True)
         loss_d.backward()
         optimizers["discriminator"].step()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydicom.uid import generate_uid
 from tqdm import tqdm
 
 from synthmed import __version__
@@ -196,8 +197,6 @@ def _prepare_work_dir(work: Path, record: dict) -> None:
     if work.exists():
         shutil.rmtree(work)
     (work / "parts").mkdir(parents=True)
-    from pydicom.uid import generate_uid
-
     plan = {"request": record, "dicom_series": [generate_uid(), generate_uid()]}
     checkpoint.write_json(plan_path, plan)
 

@@ -22,11 +22,11 @@ from typing import Any
 
 from synthmed.augment import dicom, medmnist, nifti, pictures
 from synthmed.augment.dataset import ImageSet
+from synthmed.augment.readers import MANIFEST_NAME
 from synthmed.errors import InputError
 
 EXPORT_FORMATS = ("png", "npz", "dicom", "nifti")
 SUFFIX = {"png": ".png", "dicom": ".dcm", "nifti": ".nii.gz"}
-MANIFEST_NAME = "manifest.csv"
 NPZ_NAME = "images.npz"
 
 

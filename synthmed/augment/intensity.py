@@ -70,6 +70,11 @@ def to_original(values: np.ndarray, low: float, high: float) -> np.ndarray:
     return low + (values.astype(np.float64) + 1.0) / 2.0 * (high - low)
 
 
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Model-space values in [-1, 1] as display pixels 0..255 (clipped, rounded)."""
+    return np.rint((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+
+
 def require_finite(values: np.ndarray, path: str | Path) -> None:
     """Raise an :class:`InputError` naming ``path`` when ``values`` holds NaN or inf."""
     if not np.isfinite(values).all():

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from synthmed.augment.dataset import ImageSet
-from synthmed.augment.intensity import require_finite, to_model_space
+from synthmed.augment.intensity import require_finite, to_model_space, to_uint8
 from synthmed.augment.items import Item, ReadResult
 from synthmed.errors import InputError
 
@@ -76,8 +76,7 @@ def write_npz(imageset: ImageSet, path: Path) -> None:
 
     Items without a split go to ``train``. MedMNIST code reads the result unchanged.
     """
-    pixels = np.rint((imageset.images + 1.0) * 127.5).astype(np.uint8)  # (N, C, H, W)
-    pixels = pixels[:, 0] if imageset.channels == 1 else np.moveaxis(pixels, 1, -1)
+    pixels = medmnist_pixels(imageset.images)
     splits = np.where(imageset.splits == "", "train", imageset.splits)
     arrays: dict[str, np.ndarray] = {"class_names": np.asarray(imageset.class_names, dtype=str)}
     for split in SPLITS:
@@ -88,6 +87,12 @@ def write_npz(imageset: ImageSet, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as handle:
         np.savez_compressed(handle, **arrays)
+
+
+def medmnist_pixels(images: np.ndarray) -> np.ndarray:
+    """``(N, C, H, W)`` in [-1, 1] -> MedMNIST layout uint8 ``(N, H, W)`` or ``(N, H, W, 3)``."""
+    pixels = to_uint8(images)
+    return pixels[:, 0] if pixels.shape[1] == 1 else np.moveaxis(pixels, 1, -1)
 
 
 def _load(path: Path) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from synthmed.augment.dataset import ImageSet
-from synthmed.augment.intensity import require_finite, to_model_space
+from synthmed.augment.intensity import require_finite, to_model_space, to_uint8
 from synthmed.augment.items import Item, ReadConfig, ReadResult, read_each, split_name
 from synthmed.errors import InputError
 
@@ -103,7 +103,7 @@ def write_pictures(
         raise InputError("16-bit pictures must be grayscale; write 8-bit for RGB")
     for index, name in enumerate(names):
         if bit_depth == 8:
-            pixels = np.rint((imageset.images[index] + 1.0) * 127.5).astype(np.uint8)
+            pixels = to_uint8(imageset.images[index])
         else:
             pixels = _uint16_original(imageset, index)
         path = out_dir / name

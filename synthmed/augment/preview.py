@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from synthmed.augment.dataset import ImageSet  # noqa: E402
+from synthmed.augment.intensity import to_uint8  # noqa: E402
 
 
 def image_grid(images: np.ndarray, columns: int = 8, padding: int = 2) -> np.ndarray:
@@ -26,7 +27,7 @@ def image_grid(images: np.ndarray, columns: int = 8, padding: int = 2) -> np.nda
         (rows * (height + padding) + padding, columns * (width + padding) + padding, channels),
         np.uint8,
     )
-    tiles = np.rint((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+    tiles = to_uint8(images)
     for index, tile in enumerate(tiles):
         row, column = divmod(index, columns)
         top = padding + row * (height + padding)

@@ -30,7 +30,13 @@ from tqdm import tqdm
 from synthmed import __version__
 from synthmed.augment import medmnist
 from synthmed.augment.dataset import ImageSet
-from synthmed.augment.export import EXPORT_FORMATS, SUFFIX, file_names, write_files
+from synthmed.augment.export import (
+    EXPORT_FORMATS,
+    MANIFEST_NAME,
+    SUFFIX,
+    file_names,
+    write_files,
+)
 from synthmed.errors import InputError
 from synthmed.gan import checkpoint, distributed
 from synthmed.gan.run import LoadedRun
@@ -148,7 +154,7 @@ def _write_block(run: LoadedRun, config: GenerateConfig, record: dict, plan: dic
                                 else None).numpy()
     chunk = _as_imageset(images, block_labels, run)
     if config.format == "npz":
-        np.save(work / "parts" / f"{block:06d}.npy", _to_uint8(images))
+        np.save(work / "parts" / f"{block:06d}.npy", medmnist.medmnist_pixels(images))
         names = [f"{NPZ_NAME}#{start + offset}" for offset in range(len(block_labels))]
     else:
         names = file_names(chunk, SUFFIX[config.format], first=start, total=len(labels))
@@ -168,7 +174,7 @@ def _finish(work: Path, out: Path, config: GenerateConfig, record: dict, labels:
             overwrite: bool) -> None:
     """Merge the manifest parts, assemble the npz, and move the folder into place."""
     parts = sorted((work / "parts").glob("*.csv"))
-    with (work / "manifest.csv").open("w", newline="", encoding="utf-8") as handle:
+    with (work / MANIFEST_NAME).open("w", newline="", encoding="utf-8") as handle:
         handle.write(",".join(MANIFEST_COLUMNS) + "\r\n")
         for part in parts:
             handle.write(part.read_text())
@@ -242,12 +248,6 @@ def _as_imageset(images: np.ndarray, labels: np.ndarray, run: LoadedRun) -> Imag
         unit=intensity.get("unit", "a.u."),
         modality=intensity.get("modality", "") or "OT",
     )
-
-
-def _to_uint8(images: np.ndarray) -> np.ndarray:
-    """``(b, C, H, W)`` in [-1, 1] -> MedMNIST layout ``(b, H, W)`` or ``(b, H, W, 3)``."""
-    pixels = np.rint((images + 1.0) * 127.5).astype(np.uint8)
-    return pixels[:, 0] if pixels.shape[1] == 1 else np.moveaxis(pixels, 1, -1)
 
 
 def _load_each(paths: list[Path]) -> Iterator[np.ndarray]:

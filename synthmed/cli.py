@@ -245,6 +245,99 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
                f"{result.epochs} epochs -> {out}\n{shown}")
 
 
+@train.command("cyclegan")
+@click.option("--domain-a", required=True, help="Images of domain A (e.g. T1 volumes).")
+@click.option("--domain-b", required=True, help="Images of domain B (e.g. T2 volumes).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run directory.")
+@read_options
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML with model: and train: sections; options below override it.")
+@click.option("--val-subjects",
+              help="Subjects kept out of training for evaluation: comma-separated names "
+                   "(folder / patient ids) or a count drawn with --seed.")
+@click.option("--split", type=click.Choice(["train", "all"]), default="train",
+              show_default=True, help="Train on the data's train split only, or on all of it.")
+@click.option("--crop", type=click.IntRange(0), default=None,
+              help="Random training crop side, a multiple of 4 (default 7/8 of the image, "
+                   "like the reference's 256 of 286; 0: whole images).")
+@click.option("--epochs", type=click.IntRange(1), help="Epochs in all (default 200).")
+@click.option("--decay-epochs", type=click.IntRange(0),
+              help="The last epochs, with the learning rate falling linearly to 0 "
+                   "(default half of --epochs).")
+@click.option("--batch-size", type=click.IntRange(1), help="Images per step and process "
+                                                           "(default 1).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), help="bf16: autocast.")
+@click.option("--seed", type=int, help="Seeds every random draw (default 0).")
+@click.option("--checkpoint-every", type=click.IntRange(1), help="Epochs between checkpoints.")
+@click.option("--ngf", type=click.IntRange(1), help="Generator width (default 64).")
+@click.option("--ndf", type=click.IntRange(1), help="Discriminator width (default 64).")
+@click.option("--blocks", "n_blocks", type=click.IntRange(1),
+              help="ResNet blocks per generator (default 6 up to 128 px crops, else 9).")
+@click.option("--lambda-cycle", type=float, help="Cycle-consistency weight (default 10).")
+@click.option("--lambda-identity", type=float,
+              help="Identity weight as a share of --lambda-cycle (default 0.5).")
+@click.option("--pool-size", type=click.IntRange(0), help="Past fakes shown to D (default 50).")
+@click.option("--lr", type=float, help="Adam learning rate (default 2e-4).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config: Any,
+                           config_file: Path | None, val_subjects: str | None, split: str,
+                           decay_epochs: int | None, resume: bool, progress: bool,
+                           **options: Any) -> None:
+    """Train a CycleGAN translating between two unpaired domains (e.g. MR T1 <-> T2).
+
+    Each domain is anything the readers take; NIfTI volumes are cut into 2D slices. The two
+    domains are never paired: each step shows the model a random image of each.
+
+    Example: synthmed train cyclegan --domain-a "brain/*/t1.nii.gz" --domain-b
+    "brain/*/t2.nii.gz" --val-subjects 1 --size 128 --out runs/t1t2 --precision bf16
+    """
+    from synthmed.augment.readers import read_images
+    from synthmed.augment.splits import hold_out_groups
+    from synthmed.gan import checkpoint
+    from synthmed.gan.config import CycleGANConfig, TrainConfig, from_dict
+    from synthmed.gan.data import UnpairedImages
+    from synthmed.gan.run import (
+        build_model,
+        fit_cyclegan_to_data,
+        resolve_cyclegan_config,
+        run_config,
+    )
+    from synthmed.gan.trainer import fit
+
+    train_keys = ("epochs", "batch_size", "precision", "seed", "checkpoint_every")
+    train_overrides = {k: options.pop(k) for k in train_keys}
+    crop = options.pop("crop")
+    if resume:
+        saved = checkpoint.read_config(out)
+        model_config = from_dict(CycleGANConfig, saved["model"], str(out))
+        train_config = from_dict(TrainConfig, saved["train"], str(out))
+        val_subjects = ",".join(saved.get("data", {}).get("val_subjects", [])) or None
+    else:
+        model_config, train_config = resolve_cyclegan_config(config_file, options,
+                                                             train_overrides, decay_epochs)
+    domains = [read_images(path, read_config) for path in (domain_a, domain_b)]
+    if split == "train":
+        domains = [d.split("train") if "train" in d.splits else d for d in domains]
+    held: list[str] = []
+    if val_subjects:
+        domains, held = hold_out_groups(domains, val_subjects, seed=train_config.seed)
+    if not resume:
+        model_config = fit_cyclegan_to_data(model_config, domains, crop)
+    data = UnpairedImages(*domains, crop=model_config.crop, flip=model_config.flip)
+    config = run_config("cyclegan", model_config, train_config)
+    model = build_model(config, seed=train_config.seed)
+    result = fit(model, data, train_config, out, resume=resume, progress=progress,
+                 run_config={**config, "data": {
+                     "domain_a": domain_a, "domain_b": domain_b, "split": split,
+                     "val_subjects": held, "read": asdict(read_config)}})
+    shown = "  ".join(f"{k} {v:.3g}" for k, v in result.metrics.items())
+    click.echo(f"trained CycleGAN on {len(domains[0])} A and {len(domains[1])} B images "
+               f"(held out: {', '.join(held) or 'none'}) for {result.epochs} epochs -> {out}\n"
+               f"{shown}")
+
+
 @cli.command("generate")
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -279,6 +372,39 @@ def generate_command(run: Path, out: Path, n: int | None, per_class: str | None,
     counts = ", ".join(f"{k} {v}" for k, v in record["class_counts"].items())
     click.echo(f"wrote {record['images']} synthetic image(s) as {format_} to {out}"
                + (f" ({counts})" if counts else ""))
+
+
+@cli.command("translate")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--direction", type=click.Choice(["a2b", "b2a"]), required=True,
+              help="a2b: domain A (--domain-a of training) to B; b2a: back.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder (must not exist or be empty, unless --overwrite).")
+@click.option("--format", "format_", type=click.Choice(["nifti", "dicom", "png"]),
+              default=None, help="Output format (default: the input's own).")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
+              help="Slices per forward pass.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+def translate_command(run: Path, inputs: tuple[str, ...], direction: str, out: Path,
+                      format_: str | None, batch_size: int, overwrite: bool,
+                      progress: bool) -> None:
+    """Translate INPUTS (NIfTI volumes, DICOM series folders, pictures) with a CycleGAN RUN.
+
+    A NIfTI volume comes out with the same shape, affine and header, in the target domain's
+    intensities; a DICOM series as a new de-identified series; a picture file for file.
+
+    Example: synthmed translate runs/t1t2 subj3/t1.nii.gz --direction a2b --out t2-synthetic
+    """
+    from synthmed.gan.run import load_run
+    from synthmed.gan.translate import TranslateConfig, translate_inputs
+
+    config = TranslateConfig(direction=direction, format=format_, batch_size=batch_size)
+    record = translate_inputs(load_run(run, kind="cyclegan"), inputs, out, config,
+                              overwrite=overwrite, progress=progress)
+    click.echo(f"translated {len(inputs)} input(s) {direction} into {record['outputs']} "
+               f"output file(s) in {out}")
 
 
 def _parse_counts(text: str | None) -> dict[str, int]:

@@ -101,7 +101,7 @@ def write_nifti(imageset: ImageSet, out_dir: Path, names: list[str]) -> None:
 
 def _read_slices(path: Path, group: str, config: ReadConfig) -> list[Item]:
     """The slices of one volume with enough foreground, normalised by the whole volume."""
-    volume = _load(path)
+    volume = load_volume(path)
     require_finite(volume, path)
     axis = config.slice_axis
     if volume.ndim == 2:
@@ -122,7 +122,7 @@ def _read_slices(path: Path, group: str, config: ReadConfig) -> list[Item]:
     ]
 
 
-def _load(path: Path) -> np.ndarray:
+def load_volume(path: Path) -> np.ndarray:
     """The voxels of one file as float32 (scaling applied), 2D or 3D."""
     try:
         image = nib.load(path)

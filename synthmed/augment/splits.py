@@ -16,7 +16,7 @@ Examples:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -175,3 +175,44 @@ def _ordered(splits: Iterable[str]) -> tuple[str, ...]:
     """Distinct split names in train / val / test order, then any others sorted."""
     rank = {name: k for k, name in enumerate(SPLIT_ORDER)}
     return tuple(sorted(set(splits), key=lambda s: (rank.get(s, len(rank)), s)))
+
+
+def hold_out_groups(
+    sets: Sequence[ImageSet], spec: str, seed: int = 0
+) -> tuple[list[ImageSet], list[str]]:
+    """Remove whole subjects (groups) from every set, e.g. for a subject-level validation.
+
+    Args:
+        sets: image sets that may share subjects (the two domains of a translation).
+        spec: comma-separated group names, or a count ``N``: ``N`` subjects drawn with
+            ``seed`` from those present in every set (else from all).
+        seed: the same seed holds out the same subjects.
+
+    Returns:
+        The sets without the held-out subjects, and the held-out names (sorted).
+
+    Raises:
+        InputError: an unknown subject name, a count that leaves no subject for training.
+    """
+    present = [set(s.groups.tolist()) for s in sets]
+    known = set().union(*present)
+    if spec.strip().isdigit():
+        shared = sorted(set.intersection(*present)) or sorted(known)
+        count = int(spec)
+        if not 0 < count < len(shared):
+            raise InputError(f"cannot hold out {count} of {len(shared)} subject(s): at least "
+                             "one must be left for training")
+        order = np.random.default_rng(seed).permutation(len(shared))
+        held = sorted(shared[k] for k in order[:count])
+    else:
+        held = sorted({name.strip() for name in spec.split(",") if name.strip()})
+        unknown = [name for name in held if name not in known]
+        if unknown:
+            raise InputError(f"unknown subject(s) {', '.join(unknown)}; the data has "
+                             f"{', '.join(sorted(known))}")
+    kept = [s.subset(np.flatnonzero(~np.isin(s.groups, held))) for s in sets]
+    for s, rest in zip(sets, kept, strict=True):
+        if not len(rest):
+            raise InputError(f"holding out {', '.join(held)} leaves no training image",
+                             s.metadata.get("origin"))
+    return kept, held

@@ -162,3 +162,83 @@ def to_dict(config: Any) -> dict[str, Any]:
         return value
 
     return plain(asdict(config))
+
+
+@dataclass(frozen=True)
+class CycleGANConfig:
+    """A CycleGAN (Zhu et al. 2017); the defaults are the reference implementation's
+    (junyanz/pytorch-CycleGAN-and-pix2pix), which trains with batch 1 for 100 epochs at a
+    constant learning rate then 100 epochs of linear decay to 0 (:class:`TrainConfig`).
+
+    Args:
+        channels: 1 (native one-channel) or 3.
+        ngf, ndf: widths of the generators' first layer and the discriminators' first layer.
+        n_blocks: residual blocks per generator; 0 picks the reference's 9 for training crops
+            above 128 px and 6 otherwise (:meth:`blocks`).
+        d_layers: strided layers of the PatchGAN discriminator (3: 70x70 patches).
+        norm: ``instance`` or ``batch`` normalisation in all networks.
+        lambda_cycle: weight of each direction's L1 cycle-consistency loss.
+        lambda_identity: weight of the identity loss, as a fraction of ``lambda_cycle``
+            (0.5 x 10 = 5); 0 skips it.
+        pool_size: past fakes kept to show the discriminators (0: only the newest).
+        lr, betas: Adam settings, the same for generators and discriminators.
+        crop: side of the random square training crops, a multiple of 4 (0: whole images).
+        flip: random horizontal flips of the training images.
+        init_gain: standard deviation of the N(0, init_gain) initial weights.
+    """
+
+    channels: int = 1
+    ngf: int = 64
+    ndf: int = 64
+    n_blocks: int = 0
+    d_layers: int = 3
+    norm: str = "instance"
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 0.5
+    pool_size: int = 50
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    crop: int = 0
+    flip: bool = True
+    init_gain: float = 0.02
+
+    def __post_init__(self) -> None:
+        smallest = self.min_size
+        checks = [
+            (self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}"),
+            (self.ngf >= 1 and self.ndf >= 1,
+             f"ngf and ndf must be positive, got {self.ngf} and {self.ndf}"),
+            (self.n_blocks >= 0, f"n_blocks must be 0 (auto) or positive, got {self.n_blocks}"),
+            (self.d_layers >= 1, f"d_layers must be positive, got {self.d_layers}"),
+            (self.norm in ("instance", "batch"),
+             f"norm must be instance or batch, got {self.norm!r}"),
+            (self.lambda_cycle >= 0.0 and self.lambda_identity >= 0.0,
+             f"lambda_cycle and lambda_identity must not be negative, got "
+             f"{self.lambda_cycle} and {self.lambda_identity}"),
+            (self.pool_size >= 0, f"pool_size must not be negative, got {self.pool_size}"),
+            (self.lr > 0.0, f"lr must be positive, got {self.lr}"),
+            (len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+             f"betas must be two numbers in [0, 1), got {self.betas}"),
+            (self.crop >= 0 and self.crop % 4 == 0,
+             f"crop must be 0 (whole images) or a multiple of 4, got {self.crop}"),
+            (self.crop == 0 or self.crop >= smallest,
+             f"crop must be at least {smallest} px for a {self.d_layers}-layer PatchGAN, "
+             f"got {self.crop}"),
+            (self.init_gain > 0.0, f"init_gain must be positive, got {self.init_gain}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+    @property
+    def min_size(self) -> int:
+        """The smallest image side the discriminator takes (24 px for 3 layers): its map
+        must keep at least one pixel after ``d_layers`` halvings and two 4x4 convolutions."""
+        return 3 * 2 ** self.d_layers
+
+    def blocks(self, size: int) -> int:
+        """Residual blocks for training images of side ``size``: ``n_blocks`` when set, else
+        9 above 128 px and 6 up to 128 px (the reference's choice for 256 and 128 px)."""
+        if self.n_blocks:
+            return self.n_blocks
+        return 9 if size > 128 else 6

@@ -38,6 +38,7 @@ class DCGAN(nn.Module):
     """
 
     kind = "dcgan"
+    min_batch = 2  # BatchNorm needs two images
 
     def __init__(self, config: DCGANConfig) -> None:
         super().__init__()

@@ -13,6 +13,7 @@ from synthmed.augment.dataset import ImageSet
 from synthmed.errors import InputError
 from synthmed.gan import checkpoint
 from synthmed.gan.config import (
+    CycleGANConfig,
     DCGANConfig,
     TrainConfig,
     from_dict,
@@ -20,9 +21,10 @@ from synthmed.gan.config import (
     to_dict,
     with_overrides,
 )
+from synthmed.gan.cyclegan import CycleGAN
 from synthmed.gan.dcgan import DCGAN
 
-MODELS = {"dcgan": (DCGAN, DCGANConfig)}
+MODELS = {"dcgan": (DCGAN, DCGANConfig), "cyclegan": (CycleGAN, CycleGANConfig)}
 
 
 def run_config(kind: str, model: Any, train: TrainConfig) -> dict[str, Any]:
@@ -125,3 +127,46 @@ def fit_model_to_data(model: DCGANConfig, data: ImageSet, conditional: bool) -> 
                          f"{model.size}x{model.size}: pass --size {model.size}", origin)
     return with_overrides(model, channels=data.channels,
                           num_classes=len(data.class_names) if conditional else 0)
+
+
+def resolve_cyclegan_config(
+    config_file: Path | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    decay_epochs: int | None = None,
+) -> tuple[CycleGANConfig, TrainConfig]:
+    """The reference CycleGAN's defaults (batch 1; 200 epochs, the last half with the learning
+    rate falling linearly to 0), then the YAML file's sections, then single overrides.
+
+    Args:
+        decay_epochs: the last epochs with a decaying learning rate; ``None``: half of them.
+    """
+    values = load_yaml(config_file) if config_file else {}
+    where = str(config_file or "config")
+    train = TrainConfig(epochs=200, batch_size=1, lr_decay_start=100, preview=16)
+    model = from_dict(CycleGANConfig, {**to_dict(CycleGANConfig()), **values.get("model", {})},
+                      where)
+    train = from_dict(TrainConfig, {**to_dict(train), **values.get("train", {})}, where)
+    train = with_overrides(train, **(train_overrides or {}))
+    decay = train.epochs // 2 if decay_epochs is None else decay_epochs
+    if not 0 <= decay <= train.epochs:
+        raise InputError(f"--decay-epochs must be between 0 and the {train.epochs} epochs, "
+                         f"got {decay}")
+    train = with_overrides(train, lr_decay_start=train.epochs - decay if decay else None)
+    return with_overrides(model, **(model_overrides or {})), train
+
+
+def fit_cyclegan_to_data(model: CycleGANConfig, domains: list[ImageSet],
+                         crop: int | None) -> CycleGANConfig:
+    """Channels from the data; the training crop (``None``: 7/8 of the smaller image side, a
+    multiple of 4, like the reference's 256 of 286; 0: whole images) and the generators'
+    block count for it."""
+    side = min(min(domain.size) for domain in domains)
+    if crop is None:
+        crop = model.crop or max(model.min_size, side * 7 // 8 // 4 * 4)
+    if crop > side:
+        raise InputError(f"the training crop {crop} is larger than the images ({side} px): "
+                         "pass a smaller --crop", domains[0].metadata.get("origin"))
+    return with_overrides(model, channels=domains[0].channels, crop=crop,
+                          n_blocks=model.blocks(crop or side))
+

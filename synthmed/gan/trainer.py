@@ -2,8 +2,10 @@
 resume, bf16 autocast, and data-parallel training under ``torchrun``.
 
 The model supplies ``make_optimizers()``, ``train_step(batch, optimizers, rng, autocast)``,
-``preview(n, seed)``, ``state_dict()`` and optionally ``finish_epoch(seed)``; the loop knows
-nothing else about it.
+``preview(...)``, ``state_dict()``, ``min_batch`` (the smallest batch it can train on)
+and optionally ``finish_epoch(seed)``; the data
+(:mod:`synthmed.gan.data`: labelled images or two unpaired domains) supplies the batches and
+the preview's inputs. The loop knows nothing else about either.
 
 Randomness: the order of the images comes from a generator seeded with ``seed`` (the same
 on every process); noise and augmentation from one seeded with ``seed`` and the process
@@ -27,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -38,6 +39,9 @@ from synthmed.augment.preview import save_grid
 from synthmed.errors import InputError, SynthmedError
 from synthmed.gan import checkpoint, distributed
 from synthmed.gan.config import TrainConfig
+from synthmed.gan.data import LabelledImages, UnpairedImages
+
+TrainingData = LabelledImages | UnpairedImages
 
 
 class TrainingDiverged(SynthmedError):
@@ -55,7 +59,7 @@ class FitResult:
 
 def fit(
     model: nn.Module,
-    data: ImageSet,
+    data: ImageSet | TrainingData,
     train: TrainConfig,
     run_dir: Path,
     *,
@@ -66,6 +70,7 @@ def fit(
     """Train ``model`` on ``data`` into ``run_dir``; with ``resume``, continue from its checkpoint.
 
     Args:
+        data: an image set (labelled images) or a :mod:`synthmed.gan.data` object.
         run_config: the resolved configuration, written to ``config.yaml``.
         progress: show a progress bar (on the first process only).
 
@@ -74,6 +79,7 @@ def fit(
         TrainingDiverged: a loss became NaN or infinite.
     """
     run_dir = Path(run_dir)
+    data = LabelledImages(data) if isinstance(data, ImageSet) else data
     rank, world = distributed.init()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) \
         if torch.cuda.is_available() else torch.device("cpu")
@@ -116,18 +122,18 @@ def fit(
             opt.register_step_pre_hook(_average_gradients_hook(world))
         dist.barrier()
 
-    images = torch.from_numpy(data.images).to(device)
-    labels = torch.from_numpy(np.maximum(data.labels, 0)).to(device)
+    data.to(device)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                 if train.precision == "bf16" else contextlib.nullcontext())
     epoch_metrics: dict[str, float] = {}
-    steps_per_epoch = len(_batches(torch.arange(len(images)), train.batch_size, rank, world))
+    steps_per_epoch = len(_batches(torch.arange(len(data)), train.batch_size, rank, world,
+                                   model.min_batch))
     # disable=None: tqdm hides the bar when stderr is not a terminal (batch pipelines)
     bar = tqdm(total=(train.epochs - start_epoch) * steps_per_epoch, unit="step",
                disable=True if not progress or rank != 0 else None, dynamic_ncols=True)
     for epoch in range(start_epoch, train.epochs):
-        order = torch.randperm(len(images), generator=order_rng)
-        batches = _batches(order, train.batch_size, rank, world)
+        order = torch.randperm(len(data), generator=order_rng)
+        batches = _batches(order, train.batch_size, rank, world, model.min_batch)
         started = time.perf_counter()
         sums: dict[str, float] = {}
         seen = 0
@@ -135,7 +141,7 @@ def fit(
         bar.set_description(f"epoch {epoch + 1}/{train.epochs}")
         for step, index in enumerate(batches):
             index = index.to(device)
-            stats = model.train_step((images[index], labels[index]), optimizers, step_rng,
+            stats = model.train_step(data.batch(index, step_rng), optimizers, step_rng,
                                      autocast)
             if not all(math.isfinite(v) for v in stats.values()):
                 raise TrainingDiverged(
@@ -156,7 +162,7 @@ def fit(
         epoch_metrics = {key: value / len(batches) for key, value in sums.items()}
         epoch_metrics["images_per_s"] = images_per_s
         if rank == 0:
-            epoch_metrics["diversity"] = _save_preview(model, train, run_dir, epoch + 1)
+            epoch_metrics.update(_save_preview(model, data, train, run_dir, epoch + 1))
             _log(run_dir, epoch + 1, {**epoch_metrics, **learning_rates}, progress, train.epochs)
         if epoch + 1 == train.epochs or (epoch + 1) % train.checkpoint_every == 0:
             rng_states = {"order": order_rng.get_state(),
@@ -179,42 +185,16 @@ def fit(
 # -- run directory -----------------------------------------------------------------------
 
 
-def _start_run(run_dir: Path, run_config: dict[str, Any], data: ImageSet) -> None:
+def _start_run(run_dir: Path, run_config: dict[str, Any], data: TrainingData) -> None:
     if run_dir.exists() and any(run_dir.iterdir()):
         raise InputError("already holds files: pass --resume to continue that run, or choose "
                          "another --out", run_dir)
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     checkpoint.write_config(run_dir, run_config)
-    checkpoint.write_json(run_dir / checkpoint.TRAINING_DATA, training_data_record(data))
+    checkpoint.write_json(run_dir / checkpoint.TRAINING_DATA, data.record())
 
 
-def training_data_record(data: ImageSet) -> dict[str, Any]:
-    """What the model is trained on: enough to prove which images it saw, no patient ids."""
-    pairs = sorted({(float(lo), float(hi))
-                    for lo, hi in zip(data.intensity_low, data.intensity_high, strict=True)})
-    return {
-        "origin": data.metadata.get("origin", ""),
-        "fingerprint": data.fingerprint(),
-        "images": len(data),
-        "size": list(data.size),
-        "channels": data.channels,
-        "splits": sorted(set(data.splits.tolist())),
-        "class_names": list(data.class_names),
-        "class_counts": {data.class_names[k]: n for k, n in data.class_counts().items()},
-        "intensity": {
-            "unit": data.unit,
-            "modality": data.modality,
-            # Synthetic images map back with the median mapping of the training images.
-            "low": float(np.median(data.intensity_low)),
-            "high": float(np.median(data.intensity_high)),
-            "distinct_mappings": len(pairs),
-        },
-        "bit_depths": data.metadata.get("bit_depths", []),
-        "image_hashes": data.image_hashes(),
-    }
-
-
-def _require_same_data(run_dir: Path, data: ImageSet) -> None:
+def _require_same_data(run_dir: Path, data: TrainingData) -> None:
     recorded = json.loads((run_dir / checkpoint.TRAINING_DATA).read_text())
     if recorded["fingerprint"] != data.fingerprint():
         raise InputError("was trained on other data (fingerprints differ): resume with the "
@@ -237,7 +217,7 @@ def _save_checkpoint(run_dir: Path, model: nn.Module, optimizers: dict, schedule
 def _log(run_dir: Path, epoch: int, metrics: dict[str, float], progress: bool,
          epochs: int) -> None:
     """Append the epoch's metrics (and the learning rates it trained with) to metrics.jsonl."""
-    line = {"epoch": epoch, **{k: round(v, 6) for k, v in metrics.items()}}
+    line = {"epoch": epoch, **{k: float(f"{v:.6g}") for k, v in metrics.items()}}
     with (run_dir / checkpoint.METRICS).open("a") as handle:
         handle.write(json.dumps(line) + "\n")
     if progress:
@@ -254,15 +234,24 @@ def _truncate_metrics(run_dir: Path, epoch: int) -> None:
         checkpoint.atomic_write(path, "".join(f"{line}\n" for line in kept).encode())
 
 
-def _save_preview(model: nn.Module, train: TrainConfig, run_dir: Path, epoch: int) -> float:
-    """Save the fixed-noise grid; return its diversity (mean pairwise RMS distance)."""
-    images = model.preview(train.preview, seed=train.seed + 1).cpu()
-    save_grid(images.numpy(), run_dir / "samples" / f"epoch_{epoch:04d}.png",
-              columns=int(math.ceil(math.sqrt(len(images)))))
+def _save_preview(model: nn.Module, data: TrainingData, train: TrainConfig, run_dir: Path,
+                  epoch: int) -> dict[str, float]:
+    """Save the epoch's sample grid from fixed inputs.
+
+    A generator's samples ``(N, C, H, W)`` are laid out in a square and their diversity (mean
+    pairwise RMS distance, a mode-collapse signal) is returned; a translator's rows
+    ``(R, K, C, H, W)`` (e.g. A, A->B, A->B->A, ...) are laid out row by row.
+    """
+    images = model.preview(**data.preview_inputs(train.preview, train.seed + 1)).cpu()
+    path = run_dir / "samples" / f"epoch_{epoch:04d}.png"
+    if images.ndim == 5:
+        save_grid(images.flatten(0, 1).numpy(), path, columns=images.shape[1])
+        return {}
+    save_grid(images.numpy(), path, columns=int(math.ceil(math.sqrt(len(images)))))
     flat = images.flatten(1)
     distances = torch.cdist(flat, flat) / math.sqrt(flat.shape[1])
     n = len(flat)
-    return float(distances.sum() / max(n * (n - 1), 1))
+    return {"diversity": float(distances.sum() / max(n * (n - 1), 1))}
 
 
 def _save_progress_gif(run_dir: Path) -> None:
@@ -299,19 +288,20 @@ def _save_loss_plot(run_dir: Path) -> None:
 # -- steps ------------------------------------------------------------------------------
 
 
-def _batches(order: torch.Tensor, batch_size: int, rank: int, world: int) -> list[torch.Tensor]:
-    """This process's share of each global batch; a last batch too small for BatchNorm
-    (fewer than 2 images on some process) is dropped on every process, so that all take the
-    same number of steps (an extra step's gradient all-reduce would wait forever)."""
+def _batches(order: torch.Tensor, batch_size: int, rank: int, world: int,
+             minimum: int = 2) -> list[torch.Tensor]:
+    """This process's share of each global batch; a last batch too small for the model (fewer
+    than ``minimum`` images on some process: BatchNorm needs 2) is dropped on every process,
+    so that all take the same number of steps (an extra step's all-reduce would wait forever)."""
     global_size = batch_size * world
     batches = []
     for start in range(0, len(order), global_size):
         chunk = order[start:start + global_size]
-        if len(chunk) >= 2 * world:  # the smallest share has len(chunk) // world images
+        if len(chunk) >= minimum * world:  # the smallest share has len(chunk) // world images
             batches.append(chunk[rank::world])
     if not batches:
         raise SynthmedError(f"{len(order)} images are too few for training on {world} "
-                            "process(es): need at least 2 per process")
+                            f"process(es): need at least {minimum} per process")
     return batches
 
 
@@ -362,8 +352,10 @@ def _average_gradients_hook(world: int):
 
 
 def _average_buffers(model: nn.Module, world: int) -> None:
-    for buffer in model.buffers():
-        if buffer.is_floating_point():
+    """Average the normalisation statistics (``running_mean`` / ``running_var``) over the
+    processes; other buffers (a CycleGAN's pool of past fakes) stay each process's own."""
+    for name, buffer in model.named_buffers():
+        if buffer.is_floating_point() and "running_" in name.rsplit(".", 1)[-1]:
             dist.all_reduce(buffer)
             buffer /= world
 

@@ -1,0 +1,359 @@
+"""CycleGAN (Zhu et al. 2017): unpaired translation between two imaging domains A and B.
+
+As the reference implementation (junyanz/pytorch-CycleGAN-and-pix2pix): ResNet generators
+with reflection padding, 70x70 PatchGAN discriminators (MONAI's ``PatchDiscriminator``),
+least-squares GAN losses, L1 cycle and identity losses, and a pool of past fakes for the
+discriminators. The fit loop (:mod:`synthmed.gan.trainer`) drives it through
+``make_optimizers``, ``train_step`` and ``preview``; ``translate`` maps images of any size.
+
+Unlike the reference, every random draw (the image pool's) comes from an explicit generator
+and the pool is part of the ``state_dict``, so a resumed run repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import PatchDiscriminator
+from torch import nn
+
+from synthmed.gan.config import CycleGANConfig
+
+DIRECTIONS = ("a2b", "b2a")
+
+
+def _norm(kind: str, width: int) -> nn.Module:
+    """The reference's norm layers: instance norm without affine or running statistics."""
+    if kind == "instance":
+        return nn.InstanceNorm2d(width, affine=False, track_running_stats=False)
+    if kind == "batch":
+        return nn.BatchNorm2d(width)
+    raise ValueError(f"norm must be instance or batch, got {kind!r}")
+
+
+class ResnetBlock(nn.Module):
+    """``x + block(x)`` with two reflection-padded 3x3 convolutions: ``(B, C, H, W)`` kept."""
+
+    def __init__(self, width: int, norm: str) -> None:
+        super().__init__()
+        bias = norm == "instance"  # batch norm has its own shift
+        self.block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(width, width, 3, bias=bias),
+            _norm(norm, width),
+            nn.ReLU(),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(width, width, 3, bias=bias),
+            _norm(norm, width),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """Images ``(B, channels, H, W)`` -> images of the same shape in [-1, 1]; H and W must
+    be multiples of 4 and at least 8 (two stride-2 downsamplings, then reflection padding).
+
+    Args:
+        channels: image channels, in and out.
+        ngf: width of the first layer; 2x and 4x after each downsampling.
+        n_blocks: residual blocks at 1/4 resolution (reference: 9 for 256 px, 6 for 128).
+        norm: ``instance`` (reference) or ``batch``.
+
+    Examples:
+        >>> ResnetGenerator(1, ngf=8, n_blocks=2)(torch.randn(2, 1, 32, 32)).shape
+        torch.Size([2, 1, 32, 32])
+    """
+
+    def __init__(self, channels: int = 1, ngf: int = 64, n_blocks: int = 9,
+                 norm: str = "instance") -> None:
+        super().__init__()
+        bias = norm == "instance"
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(channels, ngf, 7, bias=bias),  # (B, ngf, H, W)
+            _norm(norm, ngf),
+            nn.ReLU(),
+        ]
+        for mult in (1, 2):  # (B, 2 ngf, H/2, W/2), (B, 4 ngf, H/4, W/4)
+            layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=bias),
+                       _norm(norm, ngf * mult * 2), nn.ReLU()]
+        layers += [ResnetBlock(ngf * 4, norm) for _ in range(n_blocks)]
+        for mult in (4, 2):  # (B, 2 ngf, H/2, W/2), (B, ngf, H, W)
+            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1,
+                                          output_padding=1, bias=bias),
+                       _norm(norm, ngf * mult // 2), nn.ReLU()]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, channels, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class PatchGAN(nn.Module):
+    """Images ``(B, channels, H, W)`` -> a map of real/fake scores ``(B, 1, h, w)``, one per
+    overlapping patch (70x70 for 3 layers; 256 px -> 30x30, 128 px -> 14x14).
+
+    MONAI's ``PatchDiscriminator`` with these arguments is the reference's ``NLayer``
+    discriminator: a 4x4 stride-2 convolution to ``ndf`` with LeakyReLU 0.2 and no norm,
+    ``layers - 1`` more stride-2 ones doubling the width, one stride-1 one doubling it again
+    (conv, norm, LeakyReLU each), then a 4x4 stride-1 convolution to one channel; biases only
+    where the reference has them. One difference: above 3 layers MONAI keeps doubling the
+    width, where the reference stops at 8 x ndf.
+
+    Args:
+        channels: image channels. ndf: width of the first layer.
+        layers: stride-2 convolutions (3: 70x70 patches). norm: ``instance`` or ``batch``.
+    """
+
+    def __init__(self, channels: int = 1, ndf: int = 64, layers: int = 3,
+                 norm: str = "instance") -> None:
+        super().__init__()
+        if norm not in ("instance", "batch"):
+            raise ValueError(f"norm must be instance or batch, got {norm!r}")
+        self.net = PatchDiscriminator(
+            spatial_dims=2, channels=ndf, in_channels=channels, out_channels=1,
+            num_layers_d=layers, kernel_size=4, activation=("LEAKYRELU", {"negative_slope": 0.2}),
+            norm=norm.upper(),  # MONAI's instance norm is the reference's (no affine)
+            bias=norm == "instance", padding=1, last_conv_kernel_size=4,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[-1]  # MONAI returns every layer's output; the last is the map
+
+
+def init_weights(module: nn.Module, gain: float = 0.02) -> None:
+    """The reference's ``normal`` init: convolution weights N(0, gain), affine norm weights
+    N(1, gain), biases 0."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.normal_(layer.weight, 0.0, gain)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.modules.batchnorm._NormBase) and layer.affine:
+            nn.init.normal_(layer.weight, 1.0, gain)
+            nn.init.zeros_(layer.bias)
+
+
+class ImagePool(nn.Module):
+    """The reference's history of past fakes (Shrivastava et al. 2017), which the
+    discriminators see instead of only the newest fakes.
+
+    Until ``size`` images are stored, each new image is stored and returned; after that each
+    is, with probability 1/2, swapped for a random stored one (which is returned), else
+    returned itself. ``size`` 0 returns the input. The stored images are the buffer
+    ``images`` ``(size, C, H, W)`` (allocated on the first query; ``(0,)`` before) and their
+    number the buffer ``count``, so the pool is saved and restored with the model.
+
+    Args:
+        size: images to keep (reference: 50).
+    """
+
+    def __init__(self, size: int = 50) -> None:
+        super().__init__()
+        self.size = size
+        self.register_buffer("images", torch.zeros(0))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    def query(self, images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` for the discriminator, as many as given, drawn with ``rng``
+        (never torch's global generator). All images must share one shape ``(C, H, W)``."""
+        if self.size == 0:
+            return images
+        images = images.detach()
+        if self.images.dim() == 1:
+            self.images = torch.zeros(self.size, *images.shape[1:], dtype=self.images.dtype,
+                                      device=images.device)
+        elif self.images.shape[1:] != images.shape[1:]:
+            raise ValueError(f"the image pool holds images of shape {tuple(self.images.shape[1:])}"
+                             f", got {tuple(images.shape[1:])}: train on one image size or crop")
+        returned = []
+        for image in images:
+            count = int(self.count)
+            if count < self.size:
+                self.images[count] = image
+                self.count += 1
+                returned.append(image)
+            elif torch.rand((), generator=rng, device=rng.device).item() > 0.5:
+                k = int(torch.randint(self.size, (), generator=rng, device=rng.device))
+                returned.append(self.images[k].to(image.dtype, copy=True))
+                self.images[k] = image
+            else:
+                returned.append(image)
+        return torch.stack(returned)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
+                              *args: Any, **kwargs: Any) -> None:
+        stored = state_dict.get(prefix + "images")
+        if stored is not None and stored.shape[:1] in ((0,), (self.size,)):
+            # take the stored shape (a fresh pool is empty); other sizes fail in the load
+            self.images = torch.zeros(stored.shape, dtype=self.images.dtype,
+                                      device=self.images.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class CycleGAN(nn.Module):
+    """Two generators (A -> B, B -> A), a PatchGAN per domain and a pool of fakes per domain.
+
+    ``discriminator_a`` judges domain A images (real A against fakes from B), ``pool_a``
+    holds fakes of A. Residual blocks: ``config.blocks(config.crop)``, i.e. 9 for crops
+    above 128 px and 6 otherwise; when training on whole images larger than 128 px, set
+    ``n_blocks`` (``config.blocks(size)``) to get the reference's 9.
+
+    Examples:
+        >>> model = CycleGAN(CycleGANConfig(ngf=4, ndf=4, n_blocks=1))
+        >>> model.translate(torch.zeros(2, 1, 30, 45), "a2b").shape
+        torch.Size([2, 1, 30, 45])
+    """
+
+    kind = "cyclegan"
+    min_batch = 1  # the reference trains with batch 1
+
+    def __init__(self, config: CycleGANConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        blocks = c.blocks(c.crop)
+        self.generator_ab = ResnetGenerator(c.channels, c.ngf, blocks, c.norm)
+        self.generator_ba = ResnetGenerator(c.channels, c.ngf, blocks, c.norm)
+        self.discriminator_a = PatchGAN(c.channels, c.ndf, c.d_layers, c.norm)
+        self.discriminator_b = PatchGAN(c.channels, c.ndf, c.d_layers, c.norm)
+        for net in (self.generator_ab, self.generator_ba, self.discriminator_a,
+                    self.discriminator_b):
+            init_weights(net, c.init_gain)
+        self.pool_a = ImagePool(c.pool_size)
+        self.pool_b = ImagePool(c.pool_size)
+
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """One Adam for both generators and one for both discriminators (as the reference)."""
+        c = self.config
+        generators = itertools.chain(self.generator_ab.parameters(),
+                                     self.generator_ba.parameters())
+        discriminators = itertools.chain(self.discriminator_a.parameters(),
+                                         self.discriminator_b.parameters())
+        return {"generator": torch.optim.Adam(generators, c.lr, c.betas),
+                "discriminator": torch.optim.Adam(discriminators, c.lr, c.betas)}
+
+    def train_step(
+        self,
+        batch: tuple[torch.Tensor, torch.Tensor],
+        optimizers: dict[str, torch.optim.Optimizer],
+        rng: torch.Generator,
+        autocast: contextlib.AbstractContextManager | None = None,
+    ) -> dict[str, float]:
+        """One generator update, then one discriminator update, on unpaired images
+        ``batch`` = (a ``(B, C, h, w)``, b ``(B, C, h, w)``) in [-1, 1], h and w multiples of 4.
+
+        Returns the weighted losses (``loss_g`` is the sum of the ``loss_gan_*``,
+        ``loss_cycle_*`` and ``loss_idt_*`` terms; the identity terms are 0.0 when their
+        weight is 0), each discriminator's loss and the discriminators' mean scores on real
+        images and on the (pooled) fakes.
+        """
+        autocast = autocast or contextlib.nullcontext()
+        c = self.config
+        real_a, real_b = batch
+        identity_weight = c.lambda_cycle * c.lambda_identity
+        discriminators = (self.discriminator_a, self.discriminator_b)
+
+        for parameter in itertools.chain(*(d.parameters() for d in discriminators)):
+            parameter.requires_grad_(False)
+        with autocast:
+            fake_b = self.generator_ab(real_a)
+            rec_a = self.generator_ba(fake_b)
+            fake_a = self.generator_ba(real_b)
+            rec_b = self.generator_ab(fake_a)
+            judged_b, judged_a = self.discriminator_b(fake_b), self.discriminator_a(fake_a)
+            if identity_weight > 0:
+                idt_a, idt_b = self.generator_ab(real_b), self.generator_ba(real_a)
+        losses = {
+            "loss_gan_ab": _mse(judged_b, 1.0),
+            "loss_gan_ba": _mse(judged_a, 1.0),
+            "loss_cycle_a": F.l1_loss(rec_a.float(), real_a.float()) * c.lambda_cycle,
+            "loss_cycle_b": F.l1_loss(rec_b.float(), real_b.float()) * c.lambda_cycle,
+        }
+        if identity_weight > 0:
+            losses["loss_idt_a"] = F.l1_loss(idt_a.float(), real_b.float()) * identity_weight
+            losses["loss_idt_b"] = F.l1_loss(idt_b.float(), real_a.float()) * identity_weight
+        else:
+            losses["loss_idt_a"] = losses["loss_idt_b"] = real_a.new_zeros((), dtype=torch.float)
+        loss_g = sum(losses.values())
+        optimizers["generator"].zero_grad(set_to_none=True)
+        loss_g.backward()
+        optimizers["generator"].step()
+        for parameter in itertools.chain(*(d.parameters() for d in discriminators)):
+            parameter.requires_grad_(True)
+
+        pooled_a = self.pool_a.query(fake_a.detach(), rng)
+        pooled_b = self.pool_b.query(fake_b.detach(), rng)
+        with autocast:
+            d_real_a, d_fake_a = self.discriminator_a(real_a), self.discriminator_a(pooled_a)
+            d_real_b, d_fake_b = self.discriminator_b(real_b), self.discriminator_b(pooled_b)
+        loss_d_a = 0.5 * (_mse(d_real_a, 1.0) + _mse(d_fake_a, 0.0))
+        loss_d_b = 0.5 * (_mse(d_real_b, 1.0) + _mse(d_fake_b, 0.0))
+        optimizers["discriminator"].zero_grad(set_to_none=True)
+        (loss_d_a + loss_d_b).backward()
+        optimizers["discriminator"].step()
+
+        return {
+            "loss_g": loss_g.item(),
+            **{name: value.item() for name, value in losses.items()},
+            "loss_d_a": loss_d_a.item(),
+            "loss_d_b": loss_d_b.item(),
+            "d_real": 0.5 * (d_real_a.float().mean() + d_real_b.float().mean()).item(),
+            "d_fake": 0.5 * (d_fake_a.float().mean() + d_fake_b.float().mean()).item(),
+        }
+
+    @torch.no_grad()
+    def translate(self, images: torch.Tensor, direction: str,
+                  batch_size: int = 8) -> torch.Tensor:
+        """Translate ``images`` ``(N, C, H, W)`` in [-1, 1] of any H and W: ``a2b`` or ``b2a``.
+
+        The images are padded at the bottom and right to multiples of 4 (at least 8; by
+        reflection, or by repeating the edge for tiny images), run through the generator in
+        eval mode in batches on its device, and cropped back. Returns float32 ``(N, C, H, W)``
+        in [-1, 1] on the CPU.
+        """
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        net = self.generator_ab if direction == "a2b" else self.generator_ba
+        device = next(net.parameters()).device
+        height, width = images.shape[-2:]
+        pad_h, pad_w = _padding(height), _padding(width)
+        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+        was_training = net.training
+        net.eval()
+        try:
+            outputs = []
+            for chunk in images.split(batch_size):
+                x = F.pad(chunk.to(device, torch.float32), (0, pad_w, 0, pad_h), mode=mode)
+                outputs.append(net(x)[..., :height, :width].float().clamp(-1, 1).cpu())
+        finally:
+            net.train(was_training)
+        return torch.cat(outputs)
+
+    def preview(self, examples: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The epoch's grid for examples a ``(k, C, H, W)`` and b (of the same shape):
+        ``(6, k, C, H, W)`` rows A, A->B, A->B->A, B, B->A, B->A->B on the CPU."""
+        a, b = examples
+        if a.shape != b.shape:
+            raise ValueError(f"preview examples of A and B must have one shape, got "
+                             f"{tuple(a.shape)} and {tuple(b.shape)}")
+        fake_b, fake_a = self.translate(a, "a2b"), self.translate(b, "b2a")
+        rows = [a.float().cpu(), fake_b, self.translate(fake_b, "b2a"),
+                b.float().cpu(), fake_a, self.translate(fake_a, "a2b")]
+        return torch.stack(rows)
+
+
+def _mse(scores: torch.Tensor, target: float) -> torch.Tensor:
+    """The least-squares GAN loss: mean of ``(scores - target)^2``, in float32."""
+    return (scores.float() - target).square().mean()
+
+
+def _padding(side: int) -> int:
+    """Pixels to add to ``side`` to reach a multiple of 4 that is at least 8."""
+    return max(8, -(-side // 4) * 4) - side

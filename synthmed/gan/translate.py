@@ -1,0 +1,310 @@
+"""Apply a trained CycleGAN to whole inputs: NIfTI volumes, DICOM series, picture files.
+
+Every input is normalised as the training data was (the run's read options: percentiles of
+the volume's foreground for MR, the window for CT), brought to the scale the model was trained
+at, translated whole (the generators are fully convolutional), brought back to its own grid
+and mapped to the target domain's intensity scale (the median mapping of its training images).
+
+Outputs mirror the inputs: a NIfTI volume comes out with the same shape, affine and header; a
+DICOM series as a new de-identified Secondary Capture series (new UIDs, ConversionType SYN);
+a picture as a picture of the same name. ``manifest.csv`` lists input -> output and
+``provenance.json`` the run, its fingerprint and the mapping. The output folder appears only
+when every input is done.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.transforms import Resize
+from tqdm import tqdm
+
+from synthmed import __version__
+from synthmed.augment.dataset import ImageSet
+from synthmed.augment.dicom import write_dicom
+from synthmed.augment.export import atomic_output_dir, write_files
+from synthmed.augment.intensity import (
+    foreground_mask,
+    percentile_range,
+    require_finite,
+    to_model_space,
+    to_original,
+)
+from synthmed.augment.items import ReadConfig
+from synthmed.augment.nifti import SUFFIXES as NIFTI_SUFFIXES
+from synthmed.augment.nifti import display_plane, load_volume
+from synthmed.augment.pictures import SUFFIXES as PICTURE_SUFFIXES
+from synthmed.augment.readers import read_images
+from synthmed.errors import InputError
+from synthmed.gan.run import LoadedRun
+
+DIRECTIONS = ("a2b", "b2a")
+FORMATS = ("nifti", "dicom", "png")
+
+
+@dataclass(frozen=True)
+class TranslateConfig:
+    """How to translate.
+
+    Args:
+        direction: ``a2b`` or ``b2a``.
+        format: output format, ``nifti``, ``dicom`` or ``png``; ``None``: the input's own.
+        batch_size: slices per forward pass.
+    """
+
+    direction: str = "a2b"
+    format: str | None = None
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise InputError(f"direction must be a2b or b2a, got {self.direction!r}")
+        if self.format not in (None, *FORMATS):
+            raise InputError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.batch_size < 1:
+            raise InputError("batch size must be positive")
+
+
+def read_config_of(run: LoadedRun) -> ReadConfig:
+    """The read options the run was trained with."""
+    values = dict(run.config.get("data", {}).get("read", {}))
+    values["percentiles"] = tuple(values.get("percentiles", ReadConfig.percentiles))
+    return ReadConfig(**values)
+
+
+def target_domain(run: LoadedRun, direction: str) -> dict[str, Any]:
+    """The training record of the domain ``direction`` translates into."""
+    domains = run.training_data.get("domains", {})
+    name = direction[-1]
+    if name not in domains:
+        raise InputError(f"has no record of domain {name.upper()} (training_data.json)", run.path)
+    return domains[name]
+
+
+def translate_images(run: LoadedRun, images: np.ndarray, direction: str,
+                     batch_size: int = 8) -> np.ndarray:
+    """Model-space images ``(N, C, H, W)`` of any size -> translated, same shape, in [-1, 1].
+
+    Images go to the scale the model was trained at (the run's ``--size`` and resize mode),
+    through the generator, and back to their own size.
+    """
+    read = read_config_of(run)
+    height, width = images.shape[-2:]
+    scaled = _training_shape(height, width, read)
+    tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    if scaled != (height, width):
+        tensor = torch.stack([Resize(scaled, mode="bilinear", anti_aliasing=True)(image)
+                              for image in tensor]).as_tensor()
+    out = run.model.translate(tensor, direction, batch_size=batch_size)
+    if scaled != (height, width):
+        out = torch.stack([Resize((height, width), mode="bilinear", anti_aliasing=True)(image)
+                           for image in out]).as_tensor()
+    return out.clamp(-1, 1).numpy()
+
+
+def _training_shape(height: int, width: int, read: ReadConfig) -> tuple[int, int]:
+    """Where a ``height x width`` image was brought before the model saw it in training:
+    ``resize`` stretches to the size, ``fit`` scales its longest side to it, ``pad`` keeps
+    the scale (only padding or cropping)."""
+    if read.size is None or read.resize_mode == "pad":
+        return height, width
+    if read.resize_mode == "resize":
+        return read.size, read.size
+    factor = read.size / max(height, width)
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def translate_volume(run: LoadedRun, volume: np.ndarray, direction: str,
+                     batch_size: int = 8) -> tuple[np.ndarray, int]:
+    """A 3D volume ``(X, Y, Z)`` in its original units -> the translated volume in the target
+    domain's units, slice by slice along the run's slice axis. Slices without foreground (as
+    training skipped them) become the target's background. Returns the volume and the number
+    of translated slices."""
+    read = read_config_of(run)
+    mask = foreground_mask(volume)
+    low, high = percentile_range(volume, mask, read.percentiles)
+    axis = read.slice_axis if volume.ndim == 3 else 2
+    planes = np.moveaxis(volume if volume.ndim == 3 else volume[:, :, None], axis, 0)
+    fraction = np.moveaxis(mask if volume.ndim == 3 else mask[:, :, None], axis, 0).mean((1, 2))
+    chosen = np.flatnonzero(fraction > read.min_foreground)
+    out = np.full(planes.shape, -1.0, np.float32)  # (slices, A, B) model space
+    if len(chosen):
+        images = np.stack([to_model_space(display_plane(planes[k]), low, high)[None]
+                           for k in chosen])  # (S, 1, B, A)
+        translated = translate_images(run, images, direction, batch_size)
+        for k, image in zip(chosen, translated, strict=True):
+            out[k] = display_plane(image[0])
+    target = target_domain(run, direction)["intensity"]
+    original = to_original(out, target["low"], target["high"]).astype(np.float32)
+    original = np.moveaxis(original, 0, axis)
+    return (original if volume.ndim == 3 else original[:, :, 0]), len(chosen)
+
+
+def translate_inputs(
+    run: LoadedRun,
+    inputs: Sequence[str | Path],
+    out: Path,
+    config: TranslateConfig,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Translate every input into ``out`` (see the module docstring); return the provenance.
+
+    Args:
+        inputs: NIfTI files, DICOM files or folders (one series each), pictures or folders
+            of pictures.
+
+    Raises:
+        InputError: a run that is not a CycleGAN, an input that cannot be read, an output
+            folder that exists (without ``overwrite``).
+    """
+    if run.config.get("kind") != "cyclegan":
+        raise InputError(f"is a {run.config.get('kind')!r} run: translate needs a cyclegan run",
+                         run.path)
+    paths = [Path(p) for p in inputs]
+    for path in paths:
+        if not path.exists():
+            raise InputError("no such file or folder", path)
+    names = _output_names(paths)
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(paths, unit="input", disable=True if not progress else None, dynamic_ncols=True)
+    with atomic_output_dir(out, overwrite) as work:
+        for path, name in zip(bar, names, strict=True):
+            bar.set_postfix_str(path.name)
+            rows.extend(_translate_one(run, path, work, name, config))
+        record = _provenance(run, config, rows)
+        (work / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
+        _write_manifest(work / "manifest.csv", rows)
+    return record
+
+
+def _translate_one(run: LoadedRun, path: Path, work: Path, name: str,
+                   config: TranslateConfig) -> list[dict[str, Any]]:
+    """Translate one input into ``work``; return its manifest rows."""
+    kind = _input_kind(path)
+    if kind == "nifti" and config.format in (None, "nifti"):
+        image = _load_nifti(path)
+        volume, slices = translate_volume(run, image.get_fdata(dtype=np.float32),
+                                          config.direction, config.batch_size)
+        header = image.header.copy()
+        header.set_data_dtype(np.float32)
+        header.set_slope_inter(1.0, 0.0)
+        output = work / name
+        output.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(volume, image.affine, header), output)
+        return [_row(path, name, kind, slices, config)]
+    imageset = _read_slices(run, path, kind)
+    translated = translate_images(run, imageset.images, config.direction, config.batch_size)
+    target = target_domain(run, config.direction)
+    result = replace(imageset, images=translated,
+                     intensity_low=np.full(len(imageset), target["intensity"]["low"]),
+                     intensity_high=np.full(len(imageset), target["intensity"]["high"]),
+                     unit=target["intensity"]["unit"], modality=target["intensity"]["modality"],
+                     synthetic=np.ones(len(imageset), bool))
+    format_ = config.format or ("png" if kind == "picture" else kind)
+    files = _slice_names(imageset, path, name, format_, kind)
+    if format_ == "dicom":
+        write_dicom(result, work, files,
+                    series_description=f"synthmed {config.direction} translation",
+                    deidentification="synthmed translation: new UIDs, no source attribute kept")
+    else:
+        bit_depth = 16 if max(target.get("bit_depths") or [8]) > 8 else 8
+        write_files(result, work, format_, files, bit_depth=bit_depth)
+    return [_row(path, file, kind, 1, config, source=source)
+            for file, source in zip(files, imageset.sources, strict=True)]
+
+
+def _input_kind(path: Path) -> str:
+    name = path.name.lower()
+    if path.is_file() and name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if path.is_file() and name.endswith(PICTURE_SUFFIXES):
+        return "picture"
+    if path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        if files and all(p.name.lower().endswith(PICTURE_SUFFIXES) for p in files):
+            return "picture"
+    return "dicom"
+
+
+def _load_nifti(path: Path) -> nib.Nifti1Image:
+    """The image (header and affine) after checking its voxels: 2D or 3D and finite."""
+    require_finite(load_volume(path), path)
+    return nib.load(path)
+
+
+def _read_slices(run: LoadedRun, path: Path, kind: str) -> ImageSet:
+    """A DICOM series or the pictures of ``path`` at their own size, normalised as in training."""
+    read = replace(read_config_of(run), size=None, skip_bad=False,
+                   format="image" if kind == "picture" else kind)
+    if kind == "picture" and path.is_dir():
+        sets = [read_images(p, read) for p in sorted(path.rglob("*"))
+                if p.is_file() and not p.name.startswith(".")]
+        return ImageSet.concatenate(sets) if len({s.size for s in sets}) == 1 else _mixed(sets)
+    return read_images(path, read)
+
+
+def _mixed(sets: list[ImageSet]) -> ImageSet:
+    sizes = sorted({s.size for s in sets})
+    raise InputError(f"pictures of {len(sizes)} sizes ({sizes[0]}, {sizes[1]} ...): translate "
+                     "each size in its own call", sets[0].sources[0])
+
+
+def _slice_names(imageset: ImageSet, path: Path, name: str, format_: str, kind: str) -> list[str]:
+    """A picture keeps its name (and relative folder); a series numbers its slices."""
+    suffix = {"png": ".png", "dicom": ".dcm", "nifti": ".nii.gz"}[format_]
+    if kind == "picture":
+        root = path if path.is_dir() else path.parent
+        base = Path(name) if path.is_dir() else Path(name).parent
+        return [(base / Path(source).relative_to(root)).with_suffix(suffix).as_posix()
+                for source in imageset.sources]
+    return [f"{name}/{k + 1:05d}{suffix}" for k in range(len(imageset))]
+
+
+def _output_names(paths: list[Path]) -> list[str]:
+    """Each input's name below the output: its path relative to the inputs' common folder
+    (``A/t1.nii.gz``, ``B/t1.nii.gz``), or its own name when that is unique."""
+    resolved = [p.resolve() for p in paths]
+    if len({p.name for p in resolved}) == len(resolved):
+        return [p.name for p in resolved]
+    common = Path(os.path.commonpath([p.parent for p in resolved]))
+    return [p.relative_to(common).as_posix() for p in resolved]
+
+
+def _row(path: Path, output: str, kind: str, slices: int, config: TranslateConfig,
+         source: str | None = None) -> dict[str, Any]:
+    return {"input": source or str(path), "output": output, "kind": kind, "slices": slices,
+            "direction": config.direction}
+
+
+def _write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["input", "output", "kind", "slices",
+                                                    "direction"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _provenance(run: LoadedRun, config: TranslateConfig, rows: list[dict[str, Any]]
+                ) -> dict[str, Any]:
+    target = target_domain(run, config.direction)
+    return {
+        "generator": "synthmed cyclegan translation",
+        "synthmed_version": __version__,
+        "run": str(run.path),
+        "model_fingerprint": run.fingerprint,
+        "epoch": run.epoch,
+        **asdict(config),
+        "target_intensity": target["intensity"],
+        "outputs": len(rows),
+    }

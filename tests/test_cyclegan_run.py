@@ -1,0 +1,350 @@
+"""CycleGAN runs end to end: unpaired batches, subject hold-out, the ``train cyclegan``
+command, exact resume, ``translate`` (NIfTI, DICOM, pictures) and its errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from safetensors.torch import load_file
+
+from synthmed.augment.dataset import ImageSet
+from synthmed.augment.phantom import PhantomConfig, render_phantom
+from synthmed.augment.readers import read_images
+from synthmed.augment.splits import hold_out_groups
+from synthmed.cli import cli
+from synthmed.errors import InputError
+from synthmed.gan import checkpoint
+from synthmed.gan.config import CycleGANConfig, TrainConfig
+from synthmed.gan.data import UnpairedImages, foreground_quantiles, group_hash
+from synthmed.gan.run import build_model, load_run, run_config
+from synthmed.gan.trainer import fit
+
+from .conftest import real_file
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SUBJECTS = ("s0", "s1", "s2")
+TINY = ["--ngf", "4", "--ndf", "4", "--blocks", "1", "--pool-size", "4", "--no-progress"]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def images(n: int, value: float = 0.0, group: str = "g") -> ImageSet:
+    pixels = np.full((n, 1, 16, 16), value, np.float32)
+    pixels[:, 0, 0, :] = np.arange(n, dtype=np.float32)[:, None] / 100  # item index, row 0
+    return ImageSet.from_arrays(pixels, groups=[f"{group}{k // 4}" for k in range(n)])
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory):
+    """Three phantom subjects, T1 and T2 volumes ``(32, 32, 8)`` on the same grid, with an
+    affine and header fields that translation must keep."""
+    root = tmp_path_factory.mktemp("brain")
+    slices = render_phantom(PhantomConfig(n=24, size=32, seed=1, slices_per_subject=8))
+    affine = np.diag([0.9, 0.9, 2.5, 1.0])
+    affine[:3, 3] = (-10.0, 20.0, 5.0)
+    for k, subject in enumerate(SUBJECTS):
+        (root / subject).mkdir()
+        for contrast in ("t1", "t2"):
+            stack = getattr(slices, contrast)[8 * k:8 * (k + 1)]  # (8, H, W) display images
+            volume = np.stack([image[::-1, ::-1].T for image in stack], axis=-1)  # (X, Y, Z)
+            image = nib.Nifti1Image(volume.astype(np.int16), affine)
+            image.header["descrip"] = b"phantom"
+            nib.save(image, root / subject / f"{contrast}.nii.gz")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(volumes, tmp_path_factory):
+    """A tiny T1 -> T2 run on two subjects, s2 held out."""
+    out = tmp_path_factory.mktemp("runs") / "t1t2"
+    result = run("train", "cyclegan", "--domain-a", f"{volumes}/*/t1.nii.gz",
+                 "--domain-b", f"{volumes}/*/t2.nii.gz", "--val-subjects", "s2",
+                 "--out", out, "--epochs", "2", "--crop", "24", "--checkpoint-every", "1",
+                 *TINY)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+# -- unpaired batches, hold-out ------------------------------------------------------------
+
+
+def test_unpaired_batches_never_pair_items_and_repeat_from_the_generator():
+    a, b = images(12, 0.5), images(5, -0.5)
+    data = UnpairedImages(a, b, crop=8, flip=True)
+    assert len(data) == 12
+    index = torch.arange(12)
+    first = data.batch(index, torch.Generator().manual_seed(3))
+    again = data.batch(index, torch.Generator().manual_seed(3))
+    assert all(torch.equal(x, y) for x, y in zip(first, again, strict=True))
+    assert first[0].shape == first[1].shape == (12, 1, 8, 8)
+    # B is drawn at random, whatever the A index: over many draws every B image pairs with
+    # every A position
+    data = UnpairedImages(a, b, crop=0, flip=False)
+    rng = torch.Generator().manual_seed(0)
+    seen = {(i, round(float(img[0, 0, 0]) * 100))
+            for _ in range(40) for i, img in zip(range(12), data.batch(index, rng)[1],
+                                                    strict=True)}
+    assert len(seen) > 50  # far more than the 12 of any fixed pairing
+
+
+def test_unpaired_crops_and_flips_are_random_per_image():
+    gradient = np.tile(np.linspace(-1, 1, 16, dtype=np.float32), (16, 1))
+    a = ImageSet.from_arrays(np.broadcast_to(gradient, (64, 1, 16, 16)).copy())
+    data = UnpairedImages(a, a, crop=8, flip=True)
+    crops = data.batch(torch.arange(64), torch.Generator().manual_seed(1))[0]
+    first_columns = {round(float(c[0, 0, 0]), 4) for c in crops}
+    assert len(first_columns) > 4  # crops start at many places, both flip directions
+    increasing = (crops[:, 0, 0, -1] > crops[:, 0, 0, 0]).float().mean()
+    assert 0.2 < increasing < 0.8
+
+
+def test_unpaired_data_refuses_small_images_and_channel_mix():
+    with pytest.raises(InputError, match="smaller than the training crop"):
+        UnpairedImages(images(4), images(4), crop=32)
+    rgb = ImageSet.from_arrays(np.zeros((4, 3, 16, 16), np.float32))
+    with pytest.raises(InputError, match="channel"):
+        UnpairedImages(images(4), rgb)
+
+
+def test_record_has_both_domains_quantiles_and_hashed_subjects():
+    a, b = images(8, 0.5, "alice"), images(6, -0.5, "bob")
+    record = UnpairedImages(a, b).record()
+    assert record["fingerprint"] == UnpairedImages(a, b).fingerprint()
+    assert record["fingerprint"] != UnpairedImages(b, a).fingerprint()
+    assert record["domains"]["a"]["images"] == 8 and record["domains"]["b"]["images"] == 6
+    assert record["domains"]["a"]["group_hashes"] == sorted({group_hash("alice0"),
+                                                             group_hash("alice1")})
+    assert "alice0" not in json.dumps(record)
+    assert len(record["domains"]["b"]["foreground_quantiles"]) == 101
+
+
+def test_foreground_quantiles_ignore_the_background():
+    pixels = np.full((1, 1, 10, 10), -1.0, np.float32)
+    pixels[0, 0, :5, :2] = np.linspace(0, 1, 10).reshape(5, 2)
+    levels = foreground_quantiles(pixels, levels=3)
+    assert levels == pytest.approx([0.0, 0.5, 1.0])
+
+
+def test_hold_out_groups_by_name_and_count():
+    a, b = images(12, group="p"), images(8, group="p")  # groups p0 p1 p2 / p0 p1
+    (a_kept, b_kept), held = hold_out_groups([a, b], "p1")
+    assert held == ["p1"] and "p1" not in set(a_kept.groups) | set(b_kept.groups)
+    assert len(a_kept) == 8 and len(b_kept) == 4
+    _, held_count = hold_out_groups([a, b], "1", seed=4)
+    assert held_count in (["p0"], ["p1"])  # drawn from the subjects both domains have
+    assert hold_out_groups([a, b], "1", seed=4)[1] == held_count
+    with pytest.raises(InputError, match="unknown subject"):
+        hold_out_groups([a, b], "p9")
+    with pytest.raises(InputError, match="at least one must be left"):
+        hold_out_groups([a, b], "2")
+    with pytest.raises(InputError, match="leaves no training image"):
+        hold_out_groups([a, b], "p0,p1")
+
+
+# -- train cyclegan ------------------------------------------------------------------------
+
+
+def test_train_cyclegan_writes_a_complete_run(trained):
+    config = checkpoint.read_config(trained)
+    assert config["kind"] == "cyclegan"
+    assert config["model"]["crop"] == 24 and config["model"]["channels"] == 1
+    assert config["data"]["val_subjects"] == ["s2"]
+    record = json.loads((trained / "training_data.json").read_text())
+    assert group_hash("s2") not in record["domains"]["a"]["group_hashes"]
+    assert group_hash("s0") in record["domains"]["b"]["group_hashes"]
+    lines = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    assert {"loss_g", "loss_d_a", "loss_cycle_a", "lr_generator"} <= set(lines[0])
+    assert all(math.isfinite(v) for line in lines for v in line.values())
+    grid = Image.open(trained / "samples" / "epoch_0002.png")
+    assert grid.height > grid.width  # six rows: A, A->B, A->B->A, B, B->A, B->A->B
+    for name in ("progress.gif", "losses.png", "model.safetensors", "trainer_state.pt"):
+        assert (trained / name).is_file()
+    assert load_run(trained).model.kind == "cyclegan"
+
+
+def test_cyclegan_resume_after_a_kill_repeats_an_uninterrupted_run(volumes, tmp_path):
+    a = read_images(f"{volumes}/s0/t1.nii.gz")
+    b = read_images(f"{volumes}/s1/t2.nii.gz")
+    model_config = CycleGANConfig(ngf=4, ndf=4, n_blocks=1, pool_size=3, crop=24)
+    train_config = TrainConfig(epochs=3, batch_size=2, checkpoint_every=1, seed=3, preview=8,
+                               lr_decay_start=1)
+    config = run_config("cyclegan", model_config, train_config)
+
+    def train(run_dir, model, resume=False):
+        return fit(model, UnpairedImages(a, b, crop=24), train_config, run_dir,
+                   run_config=config, resume=resume, progress=False)
+
+    train(tmp_path / "a", build_model(config, seed=3))
+    killed = build_model(config, seed=3)
+    real_step, calls = killed.train_step, [0]
+
+    def die_in_epoch_two(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 6:  # 4 steps per epoch: the second step of epoch 2
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    killed.train_step = die_in_epoch_two
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "b", killed)
+    assert checkpoint.load_state(tmp_path / "b")["epoch"] == 1
+    torch.manual_seed(999)  # a fresh process
+    train(tmp_path / "b", build_model(config, seed=42), resume=True)
+    weights = [load_file(d / "model.safetensors") for d in (tmp_path / "a", tmp_path / "b")]
+    assert set(weights[0]) == set(weights[1])
+    assert any(k.startswith("pool_") for k in weights[0])  # the image pools are saved
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    states = [checkpoint.load_state(d) for d in (tmp_path / "a", tmp_path / "b")]
+    assert states[0]["schedulers"] == states[1]["schedulers"]
+    lines = [[{k: v for k, v in json.loads(x).items() if k != "images_per_s"}
+              for x in (d / "metrics.jsonl").read_text().splitlines()]
+             for d in (tmp_path / "a", tmp_path / "b")]
+    assert lines[0] == lines[1]
+    assert [line["lr_generator"] for line in lines[0]] == pytest.approx([2e-4, 2e-4 * 2 / 3,
+                                                                         2e-4 / 3], rel=1e-5)
+
+
+def test_train_cyclegan_errors(volumes, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run("train", "cyclegan", "--domain-a", empty, "--domain-b",
+                 f"{volumes}/*/t2.nii.gz", "--out", tmp_path / "r", *TINY)
+    assert result.exit_code == 1 and "empty: no image files found" in result.output
+    assert not (tmp_path / "r").exists()
+    four_d = tmp_path / "4d.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 4, 2), np.float32), np.eye(4)), four_d)
+    result = run("train", "cyclegan", "--domain-a", four_d, "--domain-b",
+                 f"{volumes}/*/t2.nii.gz", "--out", tmp_path / "r", *TINY)
+    assert result.exit_code == 1 and "4D" in result.output
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(mixed / "gray.png")
+    red = np.zeros((16, 16, 3), np.uint8)
+    red[..., 0] = 200
+    Image.fromarray(red).save(mixed / "red.png")
+    result = run("train", "cyclegan", "--domain-a", mixed, "--domain-b", mixed,
+                 "--out", tmp_path / "r", *TINY)
+    assert result.exit_code == 1 and "channel" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+# -- translate -----------------------------------------------------------------------------
+
+
+def test_translate_a_volume_keeps_shape_affine_and_header(trained, volumes, tmp_path):
+    source = volumes / "s2" / "t1.nii.gz"
+    out = tmp_path / "out"
+    result = run("translate", trained, source, "--direction", "a2b", "--out", out,
+                 "--no-progress")
+    assert result.exit_code == 0, result.output
+    original, translated = nib.load(source), nib.load(out / "t1.nii.gz")
+    assert translated.shape == original.shape
+    assert np.allclose(translated.affine, original.affine)
+    assert translated.header["descrip"].tobytes().startswith(b"phantom")
+    values = translated.get_fdata()
+    assert np.isfinite(values).all()
+    target = json.loads((trained / "training_data.json").read_text())["domains"]["b"]
+    low, high = target["intensity"]["low"], target["intensity"]["high"]
+    assert low - 1e-3 <= values.min() and values.max() <= high + 1e-3  # the T2 scale
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    assert rows[0]["output"] == "t1.nii.gz" and int(rows[0]["slices"]) == 8
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["model_fingerprint"] == load_run(trained).fingerprint
+
+
+def test_translate_many_volumes_keeps_subject_folders(trained, volumes, tmp_path):
+    inputs = [volumes / s / "t2.nii.gz" for s in SUBJECTS]
+    result = run("translate", trained, *inputs, "--direction", "b2a", "--out", tmp_path / "o",
+                 "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert all((tmp_path / "o" / s / "t2.nii.gz").is_file() for s in SUBJECTS)
+
+
+def test_translate_a_dicom_series_into_a_new_deidentified_series(trained, tmp_path):
+    series = tmp_path / "series"
+    series.mkdir()
+    source_uids = set()
+    for k, path in enumerate(sorted(pydicom.data.get_testdata_files("MR_small.dcm"))[:1] * 3):
+        ds = pydicom.dcmread(path)
+        ds.PatientName, ds.PatientID = "Doe^Jane", "PID-12345"
+        ds.InstanceNumber = k + 1
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        source_uids |= {ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID}
+        ds.save_as(series / f"slice{k}.dcm")
+    out = tmp_path / "out"
+    result = run("translate", trained, series, "--direction", "a2b", "--out", out,
+                 "--no-progress")
+    assert result.exit_code == 0, result.output
+    files = sorted((out / "series").glob("*.dcm"))
+    assert len(files) == 3
+    written = [pydicom.dcmread(f) for f in files]
+    assert len({ds.SeriesInstanceUID for ds in written}) == 1
+    for ds in written:
+        assert ds.ConversionType == "SYN" and ds.PatientIdentityRemoved == "YES"
+        assert {ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID}.isdisjoint(
+            source_uids)
+        text = str(ds)
+        assert "Doe" not in text and "PID-12345" not in text
+        assert ds.pixel_array.shape == (64, 64)
+
+
+def test_translate_pictures_file_for_file(trained, tmp_path):
+    folder = tmp_path / "pngs" / "sub"
+    folder.mkdir(parents=True)
+    for name in ("x.png", "y.png"):
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 36), np.uint8)).save(
+            folder / name)
+    result = run("translate", trained, tmp_path / "pngs", "--direction", "a2b", "--out",
+                 tmp_path / "out", "--no-progress")
+    assert result.exit_code == 0, result.output
+    outputs = sorted(p.relative_to(tmp_path / "out").as_posix()
+                     for p in (tmp_path / "out").rglob("*.png"))
+    assert outputs == ["pngs/sub/x.png", "pngs/sub/y.png"]
+    assert Image.open(tmp_path / "out" / "pngs/sub/x.png").size == (36, 40)
+
+
+def test_translate_errors_leave_nothing(trained, volumes, tmp_path):
+    source = volumes / "s2" / "t1.nii.gz"
+    dcgan = tmp_path / "dcgan"
+    made = run("train", "dcgan", "phantom:n=16,size=32", "--out", dcgan, "--size", "32",
+               "--width", "4", "--epochs", "1", "--batch-size", "8", "--no-progress")
+    assert made.exit_code == 0, made.output
+    result = run("translate", dcgan, source, "--direction", "a2b", "--out", tmp_path / "o")
+    assert result.exit_code == 1 and "not 'cyclegan'" in result.output
+    result = run("translate", trained, source, "--direction", "up", "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "--direction" in result.output
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    result = run("translate", trained, source, "--direction", "a2b", "--out", existing)
+    assert result.exit_code == 1 and "already exists" in result.output
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti")
+    result = run("translate", trained, source, broken, "--direction", "a2b",
+                 "--out", tmp_path / "o")
+    assert result.exit_code == 1 and "broken.nii.gz" in result.output
+    assert not (tmp_path / "o").exists()
+    assert not list(tmp_path.glob(".o.partial-*"))
+
+
+def test_translate_real_brain_volume(shared_data, trained, tmp_path):
+    source = real_file(shared_data, "brain-t1t2/TCGA-DU-7294/t1.nii.gz")
+    result = run("translate", trained, source, "--direction", "a2b", "--out", tmp_path / "o",
+                 "--no-progress")
+    assert result.exit_code == 0, result.output
+    translated = nib.load(tmp_path / "o" / "t1.nii.gz")
+    assert translated.shape == nib.load(source).shape == (240, 240, 155)

@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from synthmed.augment.dataset import ImageSet
+from synthmed.augment.intensity import foreground_quantiles
 from synthmed.augment.phantom import PhantomConfig, render_phantom
 from synthmed.augment.readers import read_images
 from synthmed.augment.splits import hold_out_groups
@@ -24,7 +25,7 @@ from synthmed.cli import cli
 from synthmed.errors import InputError
 from synthmed.gan import checkpoint
 from synthmed.gan.config import CycleGANConfig, TrainConfig
-from synthmed.gan.data import UnpairedImages, foreground_quantiles, group_hash
+from synthmed.gan.data import UnpairedImages, group_hash
 from synthmed.gan.run import build_model, load_run, run_config
 from synthmed.gan.trainer import fit
 
@@ -348,3 +349,37 @@ def test_translate_real_brain_volume(shared_data, trained, tmp_path):
     assert result.exit_code == 0, result.output
     translated = nib.load(tmp_path / "o" / "t1.nii.gz")
     assert translated.shape == nib.load(source).shape == (240, 240, 155)
+
+
+# -- evaluate translation ----------------------------------------------------------------------
+
+
+def test_evaluate_translation_on_the_held_out_subject(trained, volumes, tmp_path):
+    out = tmp_path / "eval"
+    result = run("evaluate", "translation", trained, "--source", volumes / "s2" / "t1.nii.gz",
+                 "--target", volumes / "s2" / "t2.nii.gz", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "inverted histogram matching" in result.output
+    report = json.loads((out / "translation.json").read_text())
+    assert set(report["per_subject"]) == {"s2"}
+    assert {"synthmed", "identity", "best global intensity map"} <= set(report["per_subject"]["s2"])
+    assert (out / "translation.md").is_file() and (out / "panel_s2.png").is_file()
+
+
+def test_evaluate_translation_refuses_training_subjects_and_unpaired_volumes(trained, volumes,
+                                                                            tmp_path):
+    out = tmp_path / "eval"
+    seen = run("evaluate", "translation", trained, "--source", f"{volumes}/*/t1.nii.gz",
+               "--target", f"{volumes}/*/t2.nii.gz", "--out", out)
+    assert seen.exit_code == 1 and "training domain A" in seen.output
+    assert "s0" in seen.output
+    unpaired = run("evaluate", "translation", trained, "--source", f"{volumes}/s2/t1.nii.gz",
+                   "--target", f"{volumes}/*/t2.nii.gz", "--out", out)
+    assert unpaired.exit_code == 1 and "pair one to one" in unpaired.output
+    wrong_grid = tmp_path / "s2" / "t2.nii.gz"
+    wrong_grid.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.ones((16, 16, 8), np.float32), np.eye(4)), wrong_grid)
+    shape = run("evaluate", "translation", trained, "--source", volumes / "s2" / "t1.nii.gz",
+                "--target", wrong_grid, "--out", out)
+    assert shape.exit_code == 1 and "same voxel grid" in shape.output
+    assert not out.exists()

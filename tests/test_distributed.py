@@ -1,4 +1,5 @@
-"""Data-parallel training as under ``torchrun``: two CPU processes (gloo) train one DCGAN.
+"""Data-parallel training as under ``torchrun``: two CPU processes (gloo) train one DCGAN
+(and one CycleGAN).
 
 The copies must stay identical (rank 0's initial weights broadcast, gradients averaged before
 each optimiser step, normalisation statistics averaged at each epoch's end), each process must
@@ -155,6 +156,51 @@ def test_resumed_copies_are_identical_and_continue(trained):
 
     saved = load_file(trained / "run" / "model.safetensors")
     assert all(torch.equal(saved[k], resumed[0][k]) for k in saved)
+
+
+def _cyclegan_worker(rank: int, world: int, port: int, root: str) -> None:
+    """One process of a CycleGAN group (batch 1 per process): train one epoch."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from synthmed.augment.phantom import PhantomConfig, make_phantom
+    from synthmed.gan.config import CycleGANConfig, TrainConfig
+    from synthmed.gan.data import UnpairedImages
+    from synthmed.gan.run import build_model, run_config
+    from synthmed.gan.trainer import fit
+
+    t1, t2 = make_phantom(PhantomConfig(n=8, size=32))
+    train_config = TrainConfig(epochs=1, batch_size=1, preview=4, seed=3)
+    config = run_config("cyclegan", CycleGANConfig(ngf=4, ndf=4, n_blocks=1, pool_size=2,
+                                                   crop=24), train_config)
+    model = build_model(config, seed=rank + 1)
+    fit(model, UnpairedImages(t1, t2, crop=24), train_config, Path(root) / "run",
+        run_config=config, progress=False)
+    torch.save(model.state_dict(), Path(root) / f"cyclegan{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_cyclegan_copies_stay_identical_with_their_own_image_pools(tmp_path):
+    context = mp.start_processes(_cyclegan_worker, args=(WORLD, _free_port(), str(tmp_path)),
+                                 nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.monotonic() + 120
+    try:
+        while not context.join(timeout=1):
+            if time.monotonic() > deadline:
+                pytest.fail("the training processes did not finish in 120 s (deadlock?)")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+    states = [_load(tmp_path, f"cyclegan{r}.pt") for r in range(WORLD)]
+    pools = [k for k in states[0] if k.startswith("pool_") and k.endswith("images")]
+    nets = [k for k in states[0] if not k.startswith("pool_")]
+    assert pools and nets
+    assert all(torch.equal(states[0][k], states[1][k]) for k in nets)
+    # each process keeps the fakes of its own images (averaging them would blur them)
+    assert all(not torch.equal(states[0][k], states[1][k]) for k in pools)
 
 
 @pytest.mark.parametrize("n, batch_size", [(32, 4), (35, 8), (34, 8), (33, 4), (19, 4), (5, 2)])

@@ -21,6 +21,9 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 }
 
 DEFAULT_PERCENTILES = (0.5, 99.5)
+# Model-space pixels at or below this are background (readers clip the background of masked
+# scans, and the darkest foreground, to -1).
+FOREGROUND_FLOOR = -1.0 + 1e-3
 
 
 def window_range(center: float, width: float) -> tuple[float, float]:
@@ -107,3 +110,14 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     mean_above = (mass_below[-1] - mass_below) / np.maximum(weight_above, 1)
     between = weight_below * weight_above * (mean_below - mean_above) ** 2
     return float(centers[np.argmax(between)])
+
+
+def foreground_quantiles(images: np.ndarray, levels: int = 101) -> np.ndarray:
+    """Quantiles ``(levels,)`` at ``linspace(0, 1, levels)`` of the model-space pixels of
+    ``images`` above :data:`FOREGROUND_FLOOR` (float64, non-decreasing): a domain's intensity
+    distribution, for histogram matching."""
+    values = np.asarray(images)
+    values = values[values > FOREGROUND_FLOOR]
+    if values.size == 0:
+        raise InputError("no foreground pixels: every pixel is at the background value -1")
+    return np.quantile(values, np.linspace(0.0, 1.0, levels))

@@ -15,9 +15,8 @@ import numpy as np
 import torch
 
 from synthmed.augment.dataset import ImageSet
+from synthmed.augment.intensity import foreground_quantiles
 from synthmed.errors import InputError
-
-QUANTILE_LEVELS = 101
 
 
 class LabelledImages:
@@ -114,15 +113,6 @@ class UnpairedImages:
         k = max(1, min(n // 4, len(self.a), len(self.b)))
         pick = [np.linspace(0, len(d) - 1, k).round().astype(int) for d in (self.a, self.b)]
         return {"examples": (self.a[pick[0]].cpu(), self.b[pick[1]].cpu())}
-
-
-def foreground_quantiles(images: np.ndarray, levels: int = QUANTILE_LEVELS) -> np.ndarray:
-    """Quantiles ``(levels,)`` at ``0 .. 1`` of the pixels of model-space ``images`` above the
-    minimum -1 (the background of skull-stripped and masked scans maps to -1)."""
-    values = images[images > -1.0 + 1e-3]
-    if values.size == 0:
-        values = images.reshape(-1)
-    return np.quantile(values, np.linspace(0.0, 1.0, levels)).astype(np.float64)
 
 
 def imageset_record(data: ImageSet) -> dict[str, Any]:

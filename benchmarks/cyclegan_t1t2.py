@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--step-repeats", type=int, default=3)
     parser.add_argument("--skip-steps", action="store_true")
     parser.add_argument("--skip-training", action="store_true", help="reuse OUT/run")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted OUT/run from its last checkpoint")
     args = parser.parse_args()
     brain = args.data / "brain-t1t2"
     if not brain.is_dir():
@@ -109,8 +111,13 @@ def main() -> None:
             *(["--size", str(args.size)] if args.size else []),
             "--crop", str(args.crop), "--ngf", str(args.width),
             "--ndf", str(args.width), "--epochs", str(args.epochs), "--precision",
-            args.precision, "--checkpoint-every", "1", "--out", str(run), "--no-progress")
-        print(f"training: {results['train_seconds'] / 60:.1f} min")
+            args.precision, "--checkpoint-every", "1", "--out", str(run), "--no-progress",
+            *(["--resume"] if args.resume else []))
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        results["seconds_per_step_median"] = statistics.median(
+            1 / line["images_per_s"] for line in lines)
+        print(f"training: {results['train_seconds'] / 60:.1f} min in this call; median "
+              f"{results['seconds_per_step_median']:.3f} s per step over {len(lines)} epochs")
 
     source, truth = brain / HELD_OUT / "t1.nii.gz", brain / HELD_OUT / "t2.nii.gz"
     results["evaluate_seconds"] = synthmed(

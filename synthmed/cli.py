@@ -409,7 +409,158 @@ def translate_command(run: Path, inputs: tuple[str, ...], direction: str, out: P
 
 @cli.group()
 def evaluate() -> None:
-    """Measure what a model is worth: translation quality against paired truth."""
+    """Measure what synthetic data is worth: utility, fidelity, translation quality."""
+
+
+def _floats(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers",
+                                 param_hint=name) from None
+
+
+def _shard(text: str) -> tuple[int, int]:
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit()):
+        raise click.BadParameter(f"{text!r} is not K/N", param_hint="--shard")
+    return int(k), int(n)
+
+
+@evaluate.command("utility")
+@click.option("--real", "real_path", required=True,
+              help="Labelled real data with train/val/test splits (missing ones are cut from "
+                   "the training images by patient).")
+@read_options
+@click.option("--generator", "generator_run", type=click.Path(path_type=Path),
+              help="A trained conditional DCGAN run (refused if it saw a val or test image).")
+@click.option("--train-generator", type=click.Choice(["dcgan-conditional"]),
+              help="Train a conditional DCGAN on exactly each fraction's real subset.")
+@click.option("--generator-epochs", type=click.IntRange(1), default=100, show_default=True,
+              help="Epochs of each trained generator.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder; rerunning the same command skips finished models.")
+@click.option("--fractions", default="0.1,0.25,1.0", show_default=True,
+              help="Shares of the real training split.")
+@click.option("--seeds", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--ratios", default="1", show_default=True,
+              help="Synthetic images per real image in the mixed regimes.")
+@click.option("--balance", is_flag=True, help="Add regimes that fill the minority classes.")
+@click.option("--classifier", "arch", type=click.Choice(["small-cnn", "resnet18", "densenet121"]),
+              default="small-cnn", show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=600, show_default=True,
+              help="Optimiser steps of every classifier (the same in every regime).")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--metric", type=click.Choice(["auroc", "balanced_accuracy", "macro_f1"]),
+              default="auroc", show_default=True, help="The headline metric.")
+@click.option("--shard", default="1/1", show_default=True,
+              help="Run part K of N of the grid (merge the parts with `evaluate merge`).")
+@click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Path | None,
+                             train_generator: str | None, generator_epochs: int, out: Path,
+                             fractions: str, seeds: int, ratios: str, balance: bool, arch: str,
+                             steps: int, batch_size: int, metric: str, shard: str,
+                             progress: bool) -> None:
+    """Classifier gain from synthetic data: the same classifier and steps under every regime.
+
+    Example: synthmed evaluate utility --real breastmnist.npz --train-generator
+    dcgan-conditional --fractions 0.25,1 --seeds 5 --out utility-breast
+    """
+    from synthmed.augment.readers import read_images
+    from synthmed.eval.classifier import ClassifierConfig
+    from synthmed.eval.utility import (
+        GeneratorRecipe,
+        SubsetGenerators,
+        TrainedRun,
+        UtilityConfig,
+        prepare_real,
+        run_grid,
+    )
+    from synthmed.eval.utility_report import write_report
+    from synthmed.gan.run import load_run
+
+    if (generator_run is None) == (train_generator is None):
+        raise click.UsageError("pass exactly one of --generator RUN and --train-generator")
+    config = UtilityConfig(fractions=_floats(fractions, "--fractions"), seeds=seeds,
+                           ratios=_floats(ratios, "--ratios"), balance=balance, metric=metric,
+                           classifier=ClassifierConfig(arch=arch, steps=steps,
+                                                       batch_size=batch_size))
+    part = _shard(shard)
+    real = prepare_real(read_images(real_path, read_config))
+    generator = (TrainedRun(load_run(generator_run, kind="dcgan"), real) if generator_run
+                 else SubsetGenerators(GeneratorRecipe(epochs=generator_epochs),
+                                       out / "generators"))
+    results = run_grid(real, generator, config, out, shard=part, progress=progress)
+    if part == (1, 1):
+        write_report(results, out)
+        click.echo(f"{len(results['cells'])} models trained and tested; report: "
+                   f"{out / 'report.md'}")
+    else:
+        click.echo(f"shard {shard}: {len(results['cells'])} models in {out / 'results.json'}; "
+                   "join the shards with `synthmed evaluate merge`")
+
+
+@evaluate.command("merge")
+@click.argument("parts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+def evaluate_merge_command(parts: tuple[Path, ...], out: Path) -> None:
+    """Join the shards of one utility grid into one results.json and report."""
+    from synthmed.eval.utility import merge
+    from synthmed.eval.utility_report import write_report
+
+    results = merge(list(parts), out)
+    write_report(results, out)
+    click.echo(f"merged {len(parts)} shard(s), {len(results['cells'])} models; report: "
+               f"{out / 'report.md'}")
+
+
+@evaluate.command("fidelity")
+@click.option("--real", "real_path", required=True, help="Labelled real data (with splits).")
+@click.option("--synthetic", required=True,
+              help="Synthetic images (a folder, npz, manifest ...) or a trained DCGAN run.")
+@read_options
+@click.option("--n", "n_samples", type=click.IntRange(1),
+              help="Images to sample from a run (default: as many as real training images).")
+@click.option("--extractor", type=click.Path(dir_okay=False, path_type=Path),
+              help="Your own TorchScript feature extractor (default: a classifier trained "
+                   "on the real training split, cached).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+def evaluate_fidelity_command(real_path: str, synthetic: str, read_config: Any,
+                              n_samples: int | None, extractor: Path | None, out: Path,
+                              overwrite: bool) -> None:
+    """FID, KID, precision / recall / density / coverage against the real training split,
+    with the real-vs-real floor, per class, and a gallery.
+
+    Example: synthmed evaluate fidelity --real breastmnist.npz --synthetic runs/breast --out fid
+    """
+    from synthmed.augment.export import atomic_output_dir
+    from synthmed.augment.readers import read_images
+    from synthmed.eval.features import default_extractor
+    from synthmed.eval.fidelity import (
+        evaluate_fidelity,
+        save_gallery,
+        torchscript_features,
+    )
+    from synthmed.eval.utility import prepare_real, sample_run
+
+    real = prepare_real(read_images(real_path, read_config))
+    if (Path(synthetic) / "config.yaml").is_file():
+        fake = sample_run(Path(synthetic), real.train, n_samples or len(real.train))
+    else:
+        fake = read_images(synthetic, replace(read_config, size=real.train.size[0]))
+    if extractor:
+        features, name = torchscript_features(extractor), f"TorchScript model {extractor}"
+    else:
+        default = default_extractor(real)
+        features, name = default, default.name
+    report = evaluate_fidelity(real.train, fake, features, name)
+    with atomic_output_dir(out, overwrite) as work:
+        (work / "fidelity.json").write_text(json.dumps(report.to_json(), indent=1) + "\n")
+        (work / "fidelity.md").write_text(report.to_markdown())
+        save_gallery(real.train, fake, work / "gallery.png")
+    click.echo(report.to_markdown())
+    click.echo(f"report: {out / 'fidelity.md'}")
 
 
 @evaluate.command("translation")
@@ -443,6 +594,41 @@ def evaluate_translation_command(run: Path, source: str, target: str, direction:
         save_report(report, work)
     click.echo(report.to_markdown())
     click.echo(f"report: {out / 'translation.md'}")
+
+
+@cli.command("demo")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="demo-out",
+              show_default=True, help="Output folder (must not exist or be empty).")
+@click.option("--quick", is_flag=True, help="A smaller demo, about 2 minutes.")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+def demo_command(out: Path, quick: bool, progress: bool) -> None:
+    """The whole story on the embedded phantom: train, export, utility, fidelity, translation,
+    one HTML report.
+
+    Example: synthmed demo --out demo-out --quick
+    """
+    import time
+
+    from synthmed.eval.demo import DemoConfig, run_demo
+
+    started = time.perf_counter()
+    page = run_demo(out, DemoConfig.quick() if quick else DemoConfig(), progress=progress,
+                    echo=click.echo)
+    click.echo(f"demo finished in {time.perf_counter() - started:.0f} s; open {page}")
+
+
+@cli.command("report")
+@click.argument("folder", type=click.Path(path_type=Path))
+def report_command(folder: Path) -> None:
+    """One self-contained HTML page (and Markdown) for a run or evaluation FOLDER, or a
+    folder of them.
+
+    Example: synthmed report demo-out && open demo-out/synthmed-report.html
+    """
+    from synthmed.eval.report import build_report
+
+    page, markdown = build_report(folder)
+    click.echo(f"report: {page}\nmarkdown: {markdown}")
 
 
 def _parse_counts(text: str | None) -> dict[str, int]:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.intensity import foreground_quantiles
-from synthmed.augment.phantom import PhantomConfig, render_phantom
+from synthmed.augment.phantom import PhantomConfig, write_phantom_volumes
 from synthmed.augment.readers import read_images
 from synthmed.augment.splits import hold_out_groups
 from synthmed.cli import cli
@@ -52,17 +52,17 @@ def volumes(tmp_path_factory):
     """Three phantom subjects, T1 and T2 volumes ``(32, 32, 8)`` on the same grid, with an
     affine and header fields that translation must keep."""
     root = tmp_path_factory.mktemp("brain")
-    slices = render_phantom(PhantomConfig(n=24, size=32, seed=1, slices_per_subject=8))
+    names = write_phantom_volumes(root, PhantomConfig(n=24, size=32, seed=1))
     affine = np.diag([0.9, 0.9, 2.5, 1.0])
     affine[:3, 3] = (-10.0, 20.0, 5.0)
-    for k, subject in enumerate(SUBJECTS):
-        (root / subject).mkdir()
+    for name, subject in zip(names, SUBJECTS, strict=True):
+        (root / name).rename(root / subject)
         for contrast in ("t1", "t2"):
-            stack = getattr(slices, contrast)[8 * k:8 * (k + 1)]  # (8, H, W) display images
-            volume = np.stack([image[::-1, ::-1].T for image in stack], axis=-1)  # (X, Y, Z)
-            image = nib.Nifti1Image(volume.astype(np.int16), affine)
-            image.header["descrip"] = b"phantom"
-            nib.save(image, root / subject / f"{contrast}.nii.gz")
+            path = root / subject / f"{contrast}.nii.gz"
+            image = nib.load(path)
+            edited = nib.Nifti1Image(np.asarray(image.dataobj), affine, image.header)
+            edited.header["descrip"] = b"phantom"
+            nib.save(edited, path)
     return root
 
 

@@ -18,13 +18,16 @@ patient-level splits can be tested on the phantom.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.intensity import to_model_space
 from synthmed.augment.items import Item, ReadConfig, ReadResult, assemble
+from synthmed.augment.nifti import display_plane
 from synthmed.errors import InputError
 
 CLASS_NAMES = ("no lesion", "lesion")
@@ -211,6 +214,27 @@ def _imageset(
     metadata = {"reader": "phantom", "contrast": contrast.upper(), **asdict(config)}
     spec = f"phantom:{contrast}," + ",".join(f"{k}={v}" for k, v in asdict(config).items())
     return assemble(ReadResult(items, CLASS_NAMES, metadata), read_config, origin=spec)
+
+
+def write_phantom_volumes(folder: Path, config: PhantomConfig) -> list[str]:
+    """Write each subject as ``folder/<subject>/t1.nii.gz`` and ``t2.nii.gz``: int16 volumes
+    ``(X, Y, slices_per_subject)`` of the same anatomy on the same grid (1 x 1 x 4 mm), the
+    layout of paired T1 / T2 data; returns the subject names."""
+    slices = render_phantom(config)
+    affine = np.diag([1.0, 1.0, 4.0, 1.0])
+    subjects = []
+    for subject in np.unique(slices.subjects):
+        name = f"phantom-s{subject:04d}"
+        (Path(folder) / name).mkdir(parents=True, exist_ok=True)
+        members = slices.subjects == subject
+        for contrast in CONTRASTS:
+            images = getattr(slices, contrast)[members]  # (S, H, W) display images
+            volume = np.stack([display_plane(image) for image in images], axis=-1)
+            nifti = nib.Nifti1Image(np.rint(volume).astype(np.int16), affine)
+            nifti.header.set_xyzt_units("mm")
+            nib.save(nifti, Path(folder) / name / f"{contrast}.nii.gz")
+        subjects.append(name)
+    return subjects
 
 
 # -- drawing ---------------------------------------------------------------------------------

@@ -1,0 +1,413 @@
+"""The downstream classifier of the utility evaluation: networks, classic augmentation and a
+seeded, step-budgeted training loop with validation-only model selection.
+
+Every regime (real only, real + classic augmentation, real + synthetic, ...) trains for the
+same number of optimizer steps, whatever its training-set size. Batches come from seeded
+permutations of the training set, one after another, so a batch may straddle two passes.
+The best state on the validation split (highest val AUROC, ties to the lower val loss) is
+kept; the test split is never seen here (the harness calls :meth:`TrainedClassifier.
+predict_proba` on it once per trained model).
+
+Randomness: ``seed`` seeds the weight initialisation and dropout (inside
+``torch.random.fork_rng``, so the caller's global RNG is untouched), the batch order and the
+augmentation (two explicit generators, so a regime with and without augmentation sees the
+same batch order for the same seed). Same seed + same inputs + same thread count -> the same
+model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import DenseNet121, resnet18
+from torch import nn
+
+from synthmed.errors import InputError
+from synthmed.eval.metrics import choose_threshold, classification_metrics
+
+ARCHITECTURES = ("small-cnn", "resnet18", "densenet121")
+PRECISIONS = ("fp32", "bf16")
+# Smallest image side each network accepts: DenseNet121's stem and three 2x2 average-pool
+# transitions leave no pixel below 29 px.
+MIN_SIDE = {"small-cnn": 1, "resnet18": 1, "densenet121": 29}
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """How the downstream classifier is built and trained.
+
+    Args:
+        arch: one of :data:`ARCHITECTURES`.
+        steps: optimizer steps, the same for every regime.
+        batch_size: images per step (at least 2, for BatchNorm).
+        lr: AdamW learning rate, constant.
+        weight_decay: AdamW weight decay.
+        eval_every: steps between validation passes (one more at the last step).
+        width: channel width of the first small-cnn block (doubled per block).
+        precision: ``"fp32"`` or ``"bf16"`` (CPU autocast around forward passes).
+    """
+
+    arch: str = "small-cnn"
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    eval_every: int = 25
+    width: int = 16
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise InputError(f"unknown classifier arch {self.arch!r}, use one of "
+                             f"{', '.join(ARCHITECTURES)}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"unknown precision {self.precision!r}, use fp32 or bf16")
+        for name, minimum in (("steps", 1), ("batch_size", 2), ("eval_every", 1), ("width", 1)):
+            if getattr(self, name) < minimum:
+                raise InputError(f"classifier {name} must be at least {minimum}, "
+                                 f"got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise InputError(f"classifier lr must be positive, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise InputError(f"classifier weight_decay must be >= 0, got {self.weight_decay}")
+
+
+# -- networks ---------------------------------------------------------------------------------
+
+
+class Classifier(nn.Module):
+    """A body that maps images to pooled features and a linear head on them.
+
+    Args:
+        body: ``(B, C, H, W) -> (B, D)``, ending with global pooling.
+        head: linear ``D -> K``.
+        dropout: dropout rate before the head (training only).
+
+    Examples:
+        >>> net = build_classifier("small-cnn", in_channels=1, num_classes=3, width=8)
+        >>> x = torch.zeros(2, 1, 28, 28)
+        >>> net.features(x).shape, net(x).shape
+        (torch.Size([2, 64]), torch.Size([2, 3]))
+    """
+
+    def __init__(self, body: nn.Module, head: nn.Linear, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.body = body
+        self.dropout = nn.Dropout(dropout)
+        self.head = head
+
+    @property
+    def feature_dim(self) -> int:
+        return self.head.in_features
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate representation ``(B, D)`` of images ``(B, C, H, W)``."""
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K)``."""
+        return self.head(self.dropout(self.features(x)))
+
+
+def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True)]
+
+
+def small_cnn(in_channels: int, num_classes: int, width: int = 32) -> Classifier:
+    """Four blocks of (conv3x3-BN-ReLU) x 2 + 2x2 max-pool with widths w, 2w, 4w, 8w, global
+    average pool, dropout 0.2, linear. Pools use ``ceil_mode`` so a 1 px map stays 1 px
+    (28 -> 14 -> 7 -> 4 -> 2, 64 -> 32 -> 16 -> 8 -> 4). About 1.17 M parameters at w = 32."""
+    layers: list[nn.Module] = []
+    c_in = in_channels
+    for c_out in (width, 2 * width, 4 * width, 8 * width):
+        layers += _conv_bn_relu(c_in, c_out) + _conv_bn_relu(c_out, c_out)
+        layers.append(nn.MaxPool2d(2, ceil_mode=True))  # (B, c_out, ceil(H/2), ceil(W/2))
+        c_in = c_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]  # (B, 8w)
+    return Classifier(nn.Sequential(*layers), nn.Linear(c_in, num_classes), dropout=0.2)
+
+
+def build_classifier(arch: str, in_channels: int, num_classes: int,
+                     width: int = 32) -> Classifier:
+    """A randomly initialised classifier with ``features(x) -> (B, D)`` and logits ``(B, K)``.
+
+    ``small-cnn`` is :func:`small_cnn` (D = 8 * width). ``resnet18`` is MONAI's 2D ResNet-18
+    (7x7 stride-1 stem + max-pool, D = 512): its ``fc`` becomes the head and the rest, which
+    ends with average pool + flatten, the body. ``densenet121`` is MONAI's 2D DenseNet121
+    (D = 1024, images of at least 29 px): ``features`` + the class layers' ReLU, pool and
+    flatten form the body, their final linear the head. No pretrained weights are loaded.
+
+    Args:
+        arch: one of :data:`ARCHITECTURES`.
+        in_channels: image channels C.
+        num_classes: K, at least 2.
+        width: small-cnn channel width (ignored by the MONAI networks).
+    """
+    if num_classes < 2:
+        raise InputError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if arch == "small-cnn":
+        return small_cnn(in_channels, num_classes, width)
+    if arch == "resnet18":
+        net = resnet18(pretrained=False, spatial_dims=2, n_input_channels=in_channels,
+                       num_classes=num_classes)
+        head, net.fc = net.fc, None  # without fc, MONAI's forward returns the pooled features
+        return Classifier(net, head)
+    if arch == "densenet121":
+        net = DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=num_classes,
+                          pretrained=False)
+        tail = net.class_layers
+        return Classifier(nn.Sequential(net.features, tail.relu, tail.pool, tail.flatten),
+                          tail.out)
+    raise InputError(f"unknown classifier arch {arch!r}, use one of {', '.join(ARCHITECTURES)}")
+
+
+# -- classic augmentation ---------------------------------------------------------------------
+
+
+def classic_augment(images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Classic augmentation of a batch ``(B, C, H, W)`` in [-1, 1], clamped to [-1, 1].
+
+    Per image: a horizontal flip with probability 1/2, a rotation of up to ±10°, an isotropic
+    scale in [0.9, 1.1] and a translation of up to ±6 % of each side, applied as one batched
+    bilinear resampling (``affine_grid`` / ``grid_sample``, reflection padding as in MONAI's
+    ``Affine``; rotation in pixel units, so non-square images are not sheared); then contrast
+    x [0.9, 1.1] about the image mean and brightness ±0.1. All parameters are drawn from
+    ``rng`` (on its device), none from the global RNG.
+    """
+    if images.ndim != 4:
+        raise InputError(f"classic_augment needs images (B, C, H, W), got {tuple(images.shape)}")
+    b, _, h, w = images.shape
+
+    def uniform(low: float, high: float) -> torch.Tensor:  # (B,)
+        u = torch.rand(b, generator=rng, device=rng.device, dtype=torch.float64)
+        return (low + (high - low) * u).to(images.device)
+
+    flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
+    angle = torch.deg2rad(uniform(-10, 10))
+    scale = uniform(0.9, 1.1)
+    shift_x, shift_y = uniform(-0.12, 0.12), uniform(-0.12, 0.12)  # 6 % of a side spans 2
+    contrast, brightness = uniform(0.9, 1.1), uniform(-0.1, 0.1)
+
+    # theta maps output to input coordinates, normalised to [-1, 1] per axis; the rotation
+    # is in pixels, hence the aspect factors h / w and w / h.
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([
+        torch.stack([cos * flip, -sin * h / w, shift_x], dim=1),
+        torch.stack([sin * w / h * flip, cos, shift_y], dim=1),
+    ], dim=1).to(images.dtype)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # (B, H, W, 2)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
+                        align_corners=False)  # (B, C, H, W)
+
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
+    out = (out - mean) * contrast.view(b, 1, 1, 1).to(out.dtype) + mean
+    out = out + brightness.view(b, 1, 1, 1).to(out.dtype)
+    return out.clamp(-1.0, 1.0)
+
+
+# -- training ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainedClassifier:
+    """A trained classifier with its validation curve.
+
+    Args:
+        model: the best-on-validation weights, in eval mode.
+        curve: one entry per validation pass: ``step``, ``val_loss``, ``val_auroc`` (nan when
+            the validation set lacks a class) and ``train_loss`` (mean over the steps since
+            the previous pass).
+        best_step: the step of the selected state.
+        converged: the best pass is not among the last 3 passes.
+        threshold: binary only, the threshold on ``p[:, 1]`` with the highest balanced
+            accuracy (Youden's J) on validation (0.5 when validation lacks a class);
+            ``None`` for K > 2.
+        precision: ``"fp32"`` or ``"bf16"``, used for inference too.
+    """
+
+    model: nn.Module
+    curve: list[dict[str, float]]
+    best_step: int
+    converged: bool
+    threshold: float | None
+    precision: str = "fp32"
+
+    def predict_proba(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Softmax probabilities ``(N, K)`` float64 of images ``(N, C, H, W)`` in [-1, 1]."""
+        logits = _run(self.model, _as_images(images, "images"), batch_size, self.precision,
+                      self.model)
+        return torch.softmax(logits.double(), dim=1).numpy()
+
+    def features(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Penultimate features ``(N, D)`` float32 of images ``(N, C, H, W)``."""
+        feats = _run(self.model, _as_images(images, "images"), batch_size, self.precision,
+                     self.model.features)
+        return feats.float().numpy()
+
+
+def train_classifier(
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    num_classes: int,
+    config: ClassifierConfig,
+    seed: int,
+    *,
+    augment: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> TrainedClassifier:
+    """Train ``config.arch`` for exactly ``config.steps`` AdamW steps; keep the best state on
+    validation.
+
+    Cross-entropy loss, constant learning rate. A validation pass every ``eval_every`` steps
+    and at the last step scores val loss and val AUROC (binary: on ``p[:, 1]``; K > 2: macro
+    one-vs-rest); the state with the highest AUROC (ties: lower loss) is kept, or the lowest
+    loss when the validation set lacks a class.
+
+    Args:
+        train_images: ``(N, C, H, W)`` in [-1, 1].
+        train_labels: ``(N,)`` ints in ``[0, num_classes)``.
+        val_images: ``(M, C, H, W)``, the model-selection split.
+        val_labels: ``(M,)``.
+        num_classes: K, at least 2.
+        config: architecture and optimisation settings.
+        seed: seeds initialisation, dropout, batch order and augmentation.
+        augment: apply :func:`classic_augment` to every training batch.
+        progress: called with the number of steps just done, after each validation pass.
+    """
+    x_train, y_train = _check_split(train_images, train_labels, num_classes, "train")
+    x_val, y_val = _check_split(val_images, val_labels, num_classes, "val")
+    if x_val.shape[1] != x_train.shape[1]:
+        raise InputError(f"val images have {x_val.shape[1]} channels, train images "
+                         f"{x_train.shape[1]}")
+    side = min(x_train.shape[2:])
+    if side < MIN_SIDE[config.arch]:
+        raise InputError(f"{config.arch} needs images of at least {MIN_SIDE[config.arch]} px, "
+                         f"got {tuple(x_train.shape[2:])}")
+    order_seed, augment_seed = np.random.SeedSequence(seed).generate_state(2)
+    order_rng = torch.Generator().manual_seed(int(order_seed))
+    augment_rng = torch.Generator().manual_seed(int(augment_seed))
+    y_val_np = y_val.numpy()
+    val_complete = len(np.unique(y_val_np)) == num_classes
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # weight init and dropout
+        model = build_classifier(config.arch, x_train.shape[1], num_classes, config.width)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                      weight_decay=config.weight_decay)
+        batches = _batches(len(x_train), config.batch_size, order_rng)
+        curve: list[dict[str, float]] = []
+        best_key, best_index, best_state, best_probs = None, 0, None, None
+        train_losses: list[float] = []
+        for step in range(1, config.steps + 1):
+            model.train()
+            index = next(batches)
+            x = x_train[index]  # (B, C, H, W)
+            if augment:
+                x = classic_augment(x, augment_rng)
+            with _autocast(config.precision):
+                logits = model(x)  # (B, K)
+            loss = F.cross_entropy(logits.float(), y_train[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            train_losses.append(loss.item())
+            if step % config.eval_every and step != config.steps:
+                continue
+
+            model.eval()
+            logits = _run(model, x_val, 256, config.precision, model).double()  # (M, K)
+            probs = torch.softmax(logits, dim=1).numpy()
+            val_loss = F.cross_entropy(logits, y_val).item()
+            auroc = classification_metrics(y_val_np, probs)["auroc"]
+            curve.append({"step": step, "val_loss": val_loss, "val_auroc": auroc,
+                          "train_loss": float(np.mean(train_losses))})
+            key = (auroc, -val_loss) if val_complete else (-val_loss,)
+            if best_key is None or key > best_key:
+                best_key, best_index, best_probs = key, len(curve) - 1, probs
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if progress is not None:
+                progress(len(train_losses))
+            train_losses = []
+
+    model.load_state_dict(best_state)
+    model.eval()
+    threshold = None
+    if num_classes == 2:
+        threshold = choose_threshold(y_val_np, best_probs[:, 1]) if val_complete else 0.5
+    return TrainedClassifier(model=model, curve=curve, best_step=int(curve[best_index]["step"]),
+                             converged=best_index < len(curve) - 3, threshold=threshold,
+                             precision=config.precision)
+
+
+def _batches(n: int, batch_size: int, rng: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index batches ``(batch_size,)`` cut from a stream of permutations of ``range(n)``."""
+    pending = torch.empty(0, dtype=torch.long)
+    while True:
+        while len(pending) < batch_size:
+            pending = torch.cat([pending, torch.randperm(n, generator=rng)])
+        yield pending[:batch_size]
+        pending = pending[batch_size:]
+
+
+def _autocast(precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def _run(model: nn.Module, images: torch.Tensor, batch_size: int, precision: str,
+         fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``fn`` over ``images`` in batches with ``model`` in eval mode, as float32."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    was_training = model.training
+    model.eval()
+    try:
+        outs = []
+        for start in range(0, len(images), batch_size):
+            with _autocast(precision):
+                outs.append(fn(images[start:start + batch_size]).float())
+        return torch.cat(outs)
+    finally:
+        model.train(was_training)
+
+
+def _as_images(images: np.ndarray, name: str) -> torch.Tensor:
+    array = np.asarray(images)
+    if array.ndim != 4:
+        raise InputError(f"{name} must be (N, C, H, W), got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.number):
+        raise InputError(f"{name} must be numeric, got dtype {array.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def _check_split(images: np.ndarray, labels: np.ndarray, num_classes: int,
+                 split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``(N, C, H, W)`` float32 and labels ``(N,)`` int64 as tensors, or InputError."""
+    if num_classes < 2:
+        raise InputError(f"a classifier needs at least 2 classes, got num_classes={num_classes}")
+    x = _as_images(images, f"{split} images")
+    y = np.asarray(labels)
+    if y.ndim != 1:
+        raise InputError(f"{split} labels must be (N,), got shape {y.shape}")
+    if len(y) != len(x):
+        raise InputError(f"{split} has {len(x)} images but {len(y)} labels")
+    if len(x) == 0:
+        raise InputError(f"the {split} set is empty")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise InputError(f"{split} labels must be integers, got dtype {y.dtype}")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise InputError(f"{split} labels must lie in [0, {num_classes - 1}], found "
+                         f"{y.min()}..{y.max()}")
+    if not torch.isfinite(x).all():
+        raise InputError(f"{split} images contain NaN or infinite values")
+    return x, torch.from_numpy(y.astype(np.int64))

@@ -1,0 +1,510 @@
+"""Does synthetic data help a classifier? The utility harness.
+
+The same classifier, hyper-parameters and number of optimiser steps are used in every regime:
+
+- ``real``: the real training images of the fraction;
+- ``real+classic``: the same with classic augmentation (flips, small affine, intensity);
+- ``real-repeated``: the real images repeated to the size of the largest real + synthetic set,
+  with classic augmentation: the control that shows how much of a gain is only extra training;
+- ``real+synthetic xR`` / ``real+classic+synthetic xR``: R synthetic images per real one (class
+  mix of the real subset), or ``balance``: synthetic images fill every class up to the largest;
+- ``synthetic only``: as many synthetic images as real ones, tested on real images.
+
+Grid: fractions (stratified subsets of the real training split, drawn per seed) x seeds x
+regimes. All regimes of one (fraction, seed) share its real subset and synthetic images, so
+comparisons across regimes are paired by seed. Model selection uses the real validation split;
+the test split is scored once per trained model.
+
+No leakage: with a generator recipe, the generator of a (fraction, seed) is trained on exactly
+that subset (cached by its fingerprint); with a trained run, its ``training_data.json`` must
+not contain any validation or test image.
+
+A cell's result depends only on its (fraction, seed, regime), never on which process runs it,
+so ``shard=(k, n)`` runs one disjoint part of the grid and :func:`merge` joins the parts into
+the same ``results.json`` a single process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from synthmed import __version__
+from synthmed.augment.dataset import ImageSet
+from synthmed.augment.splits import split_by_group
+from synthmed.errors import InputError
+from synthmed.eval.classifier import ClassifierConfig, train_classifier
+from synthmed.eval.metrics import classification_metrics
+from synthmed.gan import checkpoint
+from synthmed.gan.config import DCGANConfig, TrainConfig
+from synthmed.gan.run import LoadedRun, build_model, load_run, run_config
+from synthmed.gan.trainer import fit
+
+RESULTS = "results.json"
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One way of building the classifier's training set.
+
+    Args:
+        name: shown in reports.
+        real: real images included. classic: classic augmentation on every batch.
+        synthetic: ``None``, a ratio of synthetic to real images, or ``"balance"``.
+        repeat_to: the real images repeated to this multiple of their count (the control).
+    """
+
+    name: str
+    real: bool = True
+    classic: bool = False
+    synthetic: float | str | None = None
+    repeat_to: float = 1.0
+
+    @property
+    def uses_synthetic(self) -> bool:
+        return self.synthetic is not None
+
+
+def make_regimes(ratios: tuple[float, ...], balance: bool) -> list[Regime]:
+    """The regimes of the grid, baselines first."""
+    mixes: list[float | str] = [*ratios, *(["balance"] if balance else [])]
+    largest = 1.0 + max(ratios, default=1.0)
+    regimes = [Regime("real"), Regime("real+classic", classic=True),
+               Regime("real-repeated", classic=True, repeat_to=largest)]
+    for mix in mixes:
+        label = "balance" if mix == "balance" else f"x{mix:g}"
+        regimes.append(Regime(f"real+synthetic {label}", synthetic=mix))
+        regimes.append(Regime(f"real+classic+synthetic {label}", classic=True, synthetic=mix))
+    regimes.append(Regime("synthetic only", real=False, synthetic=1.0))
+    return regimes
+
+
+@dataclass(frozen=True)
+class GeneratorRecipe:
+    """The class-conditional DCGAN trained on each real subset (``--train-generator``)."""
+
+    epochs: int = 100
+    width: int = 32
+    batch_size: int = 64
+    r1_gamma: float = 1.0
+    ema_decay: float = 0.999
+    diffaugment: tuple[str, ...] = ("translation", "cutout")
+    precision: str = "bf16"
+
+
+@dataclass(frozen=True)
+class UtilityConfig:
+    """The grid and its classifier.
+
+    Args:
+        fractions: shares of the real training split, each in (0, 1].
+        seeds: repeats of every (fraction, regime); seed ``s`` draws the subset, the
+            synthetic images and the classifier's initialisation and batch order.
+        ratios: synthetic images per real image in the mixed regimes.
+        balance: add the regimes where synthetic images fill the minority classes.
+        metric: the headline metric (``auroc``, ``balanced_accuracy``, ``macro_f1``).
+    """
+
+    fractions: tuple[float, ...] = (0.1, 0.25, 1.0)
+    seeds: int = 5
+    ratios: tuple[float, ...] = (1.0,)
+    balance: bool = False
+    metric: str = "auroc"
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+    def __post_init__(self) -> None:
+        if not self.fractions or not all(0 < f <= 1 for f in self.fractions):
+            raise InputError(f"fractions must be in (0, 1], got {list(self.fractions)}")
+        if self.seeds < 1:
+            raise InputError(f"seeds must be at least 1, got {self.seeds}")
+        if not all(r > 0 for r in self.ratios):
+            raise InputError(f"ratios must be positive, got {list(self.ratios)}")
+        if self.metric not in ("auroc", "balanced_accuracy", "macro_f1", "accuracy"):
+            raise InputError(f"unknown metric {self.metric!r}")
+
+    @property
+    def regimes(self) -> list[Regime]:
+        return make_regimes(self.ratios, self.balance)
+
+
+# -- data --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RealData:
+    """The real splits the harness uses, and what was done to make them."""
+
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    notes: list[str]
+
+
+def prepare_real(real: ImageSet, seed: int = 0) -> RealData:
+    """Train / val / test from the data's own splits (a missing val or test split is cut from
+    the training images by patient group); validation and test images identical to a training
+    image (or test to validation) are dropped, so no test image is also a training image."""
+    if not real.is_labelled or len(real.class_names) < 2:
+        raise InputError("the utility harness needs labelled data with at least 2 classes",
+                         real.metadata.get("origin"))
+    notes: list[str] = []
+    splits = set(real.splits.tolist())
+    if not {"train", "val", "test"} <= splits:
+        pool = real.subset(np.flatnonzero(real.splits != "test")) if "test" in splits else real
+        names = split_by_group(pool.with_splits([""] * len(pool)), val_fraction=0.15,
+                               test_fraction=0.0 if "test" in splits else 0.15, seed=seed)
+        cut = pool.with_splits(names)
+        real = ImageSet.concatenate([cut, real.split("test")]) if "test" in splits else cut
+        notes.append(f"the data had splits {sorted(splits - {''}) or 'none'}: "
+                     "missing splits were cut from the training images by patient group")
+    train, val, test = (real.split(name) for name in ("train", "val", "test"))
+    train_hashes = set(train.image_hashes())
+    val, dropped_val = _drop_seen(val, train_hashes)
+    test, dropped_test = _drop_seen(test, train_hashes | set(val.image_hashes()))
+    if dropped_val or dropped_test:
+        notes.append(f"dropped {dropped_val} validation and {dropped_test} test image(s) "
+                     "identical to an image of an earlier split")
+    for name, part in (("train", train), ("val", val), ("test", test)):
+        if len(part.class_counts()) < len(real.class_names):
+            raise InputError(f"the {name} split lacks a class (counts {part.class_counts()})",
+                             real.metadata.get("origin"))
+    return RealData(train, val, test, notes)
+
+
+def _drop_seen(part: ImageSet, seen: set[str]) -> tuple[ImageSet, int]:
+    keep = np.array([h not in seen for h in part.image_hashes()], bool)
+    return part.subset(np.flatnonzero(keep)), int((~keep).sum())
+
+
+def fraction_subset(train: ImageSet, fraction: float, seed: int) -> ImageSet:
+    """A stratified share of the training images (at least 2 per class), drawn with ``seed``;
+    the whole set for ``fraction == 1``."""
+    if fraction >= 1.0:
+        return train
+    rng = np.random.default_rng([seed, round(fraction * 1e6)])
+    chosen = []
+    for label in sorted(train.class_counts()):
+        members = np.flatnonzero(train.labels == label)
+        count = max(2, round(fraction * len(members)))
+        chosen.append(rng.choice(members, size=min(count, len(members)), replace=False))
+    return train.subset(np.sort(np.concatenate(chosen)))
+
+
+# -- generators -----------------------------------------------------------------------------
+
+
+SampleFn = Callable[[ImageSet, np.ndarray, int], np.ndarray]
+
+
+class TrainedRun:
+    """Synthetic images from one trained run, checked for leakage against val and test."""
+
+    def __init__(self, run: LoadedRun, real: RealData) -> None:
+        record = run.training_data
+        seen = set(record.get("image_hashes", []))
+        for name, part in (("validation", real.val), ("test", real.test)):
+            leaked = seen & set(part.image_hashes())
+            if leaked:
+                raise InputError(f"the generator was trained on {len(leaked)} {name} image(s): "
+                                 "train it on the training split only (train dcgan --split "
+                                 "train), or use --train-generator", run.path)
+        if list(record.get("class_names", [])) != list(real.train.class_names):
+            raise InputError(f"the generator's classes {record.get('class_names')} are not the "
+                             f"data's {list(real.train.class_names)}", run.path)
+        self.run = run
+        self.images_seen = int(record.get("images", 0))
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "run", "path": str(self.run.path), "fingerprint": self.run.fingerprint,
+                "epoch": self.run.epoch, "images_seen": self.images_seen}
+
+    def sample(self, subset: ImageSet, labels: np.ndarray, seed: int) -> np.ndarray:
+        if self.images_seen > len(subset):
+            warnings.warn(f"the generator saw {self.images_seen} real training images, more "
+                          f"than the {len(subset)} of this fraction: its synthetic images carry "
+                          "information the classifier's real subset does not", stacklevel=2)
+        return _sample(self.run.model, labels, seed)
+
+
+class SubsetGenerators:
+    """A conditional DCGAN trained on each real subset, cached under ``folder`` by the
+    subset's fingerprint (so a rerun, a shard or a fraction of 1 reuses it)."""
+
+    def __init__(self, recipe: GeneratorRecipe, folder: Path) -> None:
+        self.recipe, self.folder = recipe, Path(folder)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "trained per subset", "model": "conditional DCGAN",
+                **asdict(self.recipe)}
+
+    def sample(self, subset: ImageSet, labels: np.ndarray, seed: int) -> np.ndarray:
+        return _sample(load_run(self.train(subset)).model, labels, seed)
+
+    def train(self, subset: ImageSet, progress: bool = False) -> Path:
+        """The run directory of the generator of ``subset``, trained (or finished) if needed."""
+        run_dir = self.folder / subset.fingerprint()[:16]
+        if not (run_dir / checkpoint.WEIGHTS).is_file() or not _finished(run_dir):
+            self._train(subset, run_dir, progress)
+        return run_dir
+
+    def _train(self, subset: ImageSet, run_dir: Path, progress: bool) -> None:
+        recipe = self.recipe
+        size = subset.size[0]
+        model = DCGANConfig(size=size, channels=subset.channels, width=recipe.width,
+                            num_classes=len(subset.class_names), r1_gamma=recipe.r1_gamma,
+                            ema_decay=recipe.ema_decay, diffaugment=recipe.diffaugment,
+                            upsample="resize", d_norm="none", spectral_norm=True)
+        train = TrainConfig(epochs=recipe.epochs, batch_size=min(recipe.batch_size, len(subset)),
+                            precision=recipe.precision, checkpoint_every=recipe.epochs)
+        config = run_config("dcgan", model, train)
+        resume = (run_dir / checkpoint.STATE).is_file()
+        if run_dir.exists() and not resume:
+            raise InputError("holds an unfinished generator without a checkpoint: delete it",
+                             run_dir)
+        fit(build_model(config, seed=0), subset, train, run_dir, run_config=config,
+            resume=resume, progress=progress)
+
+
+def _finished(run_dir: Path) -> bool:
+    config = checkpoint.read_config(run_dir)
+    return int(checkpoint.load_state(run_dir)["epoch"]) >= int(config["train"]["epochs"])
+
+
+def _sample(model: Any, labels: np.ndarray, seed: int, block: int = 256) -> np.ndarray:
+    """Images ``(len(labels), C, H, W)`` for the labels, from noise seeded with ``seed``."""
+    rng = torch.Generator().manual_seed(seed)
+    parts = [model.sample(len(chunk), labels=torch.from_numpy(chunk), generator=rng).numpy()
+             for chunk in np.array_split(labels, max(1, -(-len(labels) // block)))]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def sample_run(path: Path, like: ImageSet, n: int, seed: int = 0) -> ImageSet:
+    """``n`` images from a trained DCGAN run, in the class mix of ``like`` when the run is
+    class-conditional (then labelled with ``like``'s class names), else unlabelled."""
+    run = load_run(path, kind="dcgan")
+    if run.model.conditional:
+        counts = like.class_counts()
+        share = np.array([counts.get(k, 0) for k in range(len(like.class_names))], float)
+        labels = np.random.default_rng(seed).choice(len(share), size=n, p=share / share.sum())
+    else:
+        labels = np.zeros(n, np.int64)
+    images = _sample(run.model, labels.astype(np.int64), seed)
+    return ImageSet.from_arrays(
+        images, labels=labels if run.model.conditional else None,
+        class_names=like.class_names if run.model.conditional else None, synthetic=True,
+        metadata={"origin": str(path)})
+
+
+def synthetic_labels(subset: ImageSet, mix: float | str, rng: np.random.Generator
+                     ) -> np.ndarray:
+    """Labels of the synthetic images for a subset: ``ratio x`` its count in its class mix
+    (rounded per class), or for ``balance`` enough to bring every class up to the largest."""
+    counts = subset.class_counts()
+    if mix == "balance":
+        top = max(counts.values())
+        wanted = {label: top - n for label, n in counts.items()}
+    else:
+        wanted = {label: round(float(mix) * n) for label, n in counts.items()}
+    labels = np.concatenate([np.full(n, label, np.int64) for label, n in wanted.items()])
+    return rng.permutation(labels)
+
+
+# -- the grid -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    fraction: float
+    seed: int
+    regime: Regime
+
+
+def grid(config: UtilityConfig, shard: tuple[int, int] = (1, 1)) -> list[Cell]:
+    """The cells of shard ``k`` of ``n``: whole (fraction, seed) pairs, dealt round robin, so
+    each shard trains each of its generators once."""
+    k, n = shard
+    if not 1 <= k <= n:
+        raise InputError(f"shard must be K/N with 1 <= K <= N, got {k}/{n}")
+    pairs = [(f, s) for f in config.fractions for s in range(config.seeds)]
+    return [Cell(f, s, regime) for i, (f, s) in enumerate(pairs) if i % n == k - 1
+            for regime in config.regimes]
+
+
+def run_grid(
+    real: RealData,
+    generator: TrainedRun | SubsetGenerators,
+    config: UtilityConfig,
+    out: Path,
+    *,
+    shard: tuple[int, int] = (1, 1),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train and test every cell of the shard; write ``out/results.json`` and return it.
+
+    ``results.json`` is rewritten after every (fraction, seed), so a killed run keeps its
+    finished cells; running the same command again skips them.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = grid(config, shard)
+    results = _header(real, generator, config)
+    done = _load_cells(out / RESULTS, results)
+    bar = tqdm(total=len(cells), unit="model", disable=True if not progress else None,
+               dynamic_ncols=True)
+    for fraction, seed in dict.fromkeys((c.fraction, c.seed) for c in cells):
+        todo = [c for c in cells if (c.fraction, c.seed) == (fraction, seed)
+                and _key(c) not in done]
+        bar.update(sum(1 for c in cells if (c.fraction, c.seed) == (fraction, seed)) - len(todo))
+        if not todo:
+            continue
+        subset = fraction_subset(real.train, fraction, seed)
+        synthetic = _synthetic_sets(subset, todo, generator, seed)
+        for cell in todo:
+            bar.set_postfix_str(f"f={fraction:g} seed={seed} {cell.regime.name}")
+            done[_key(cell)] = _run_cell(cell, subset, synthetic, real, config)
+            bar.update()
+        results["cells"] = _ordered(done.values(), config)
+        checkpoint.write_json(out / RESULTS, results)
+    bar.close()
+    results["cells"] = _ordered(done.values(), config)
+    checkpoint.write_json(out / RESULTS, results)
+    return results
+
+
+def _header(real: RealData, generator: TrainedRun | SubsetGenerators,
+            config: UtilityConfig) -> dict[str, Any]:
+    """Everything but the cells: what was run on what (no timings, so shards agree), as it
+    reads back from JSON."""
+    return _as_json({
+        "synthmed_version": __version__,
+        "config": asdict(config),
+        "regimes": [asdict(r) for r in config.regimes],
+        "data": {
+            "origin": real.train.metadata.get("origin", ""),
+            "class_names": list(real.train.class_names),
+            "size": list(real.train.size),
+            "channels": real.train.channels,
+            "counts": {name: {real.train.class_names[k]: n for k, n in part.class_counts().items()}
+                       for name, part in (("train", real.train), ("val", real.val),
+                                          ("test", real.test))},
+            "fingerprints": {"train": real.train.fingerprint(), "val": real.val.fingerprint(),
+                             "test": real.test.fingerprint()},
+            "notes": real.notes,
+        },
+        "generator": generator.describe(),
+        "cells": [],
+    })
+
+
+def _load_cells(path: Path, header: dict[str, Any]) -> dict[tuple, dict[str, Any]]:
+    """Finished cells of an earlier run of the same grid on the same data."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    if {k: v for k, v in earlier.items() if k != "cells"} != \
+            {k: v for k, v in header.items() if k != "cells"}:
+        raise InputError("holds results of another grid, data or generator: choose another "
+                         "--out", path.parent)
+    return {(c["fraction"], c["seed"], c["regime"]): c for c in earlier["cells"]}
+
+
+def _key(cell: Cell) -> tuple:
+    return (cell.fraction, cell.seed, cell.regime.name)
+
+
+def _ordered(cells: Any, config: UtilityConfig) -> list[dict[str, Any]]:
+    order = {r.name: k for k, r in enumerate(config.regimes)}
+    return sorted(cells, key=lambda c: (c["fraction"], c["seed"], order[c["regime"]]))
+
+
+def _synthetic_sets(subset: ImageSet, cells: list[Cell], generator: TrainedRun |
+                    SubsetGenerators, seed: int) -> dict[Any, tuple[np.ndarray, np.ndarray]]:
+    """Synthetic (images, labels) per mix the cells need, drawn once per (fraction, seed)."""
+    mixes = dict.fromkeys(c.regime.synthetic for c in cells if c.regime.uses_synthetic)
+    sets = {}
+    for k, mix in enumerate(mixes):
+        labels = synthetic_labels(subset, mix, np.random.default_rng([seed, k]))
+        sets[mix] = (generator.sample(subset, labels, seed * 1000 + k), labels)
+    return sets
+
+
+def _run_cell(cell: Cell, subset: ImageSet, synthetic: dict, real: RealData,
+              config: UtilityConfig) -> dict[str, Any]:
+    """Train one classifier and score it once on the test split."""
+    regime = cell.regime
+    images, labels = [], []
+    n_real = n_synthetic = 0
+    if regime.real:
+        n_real = max(1, round(regime.repeat_to * len(subset)))
+        index = np.resize(np.arange(len(subset)), n_real)  # the subset repeated, then cut
+        images.append(subset.images[index])
+        labels.append(subset.labels[index])
+    if regime.uses_synthetic:
+        synthetic_images, synthetic_labels_ = synthetic[regime.synthetic]
+        n_synthetic = len(synthetic_images)
+        images.append(synthetic_images)
+        labels.append(synthetic_labels_)
+    trained = train_classifier(np.concatenate(images), np.concatenate(labels), real.val.images,
+                               real.val.labels, len(real.train.class_names), config.classifier,
+                               seed=cell.seed, augment=regime.classic)
+    probabilities = trained.predict_proba(real.test.images)
+    test = classification_metrics(real.test.labels, probabilities, trained.threshold)
+    return {
+        "fraction": cell.fraction, "seed": cell.seed, "regime": regime.name,
+        "n_real_images": len(subset), "n_real": n_real, "n_synthetic": n_synthetic,
+        "best_step": trained.best_step, "converged": trained.converged,
+        "threshold": trained.threshold, "curve": trained.curve,
+        "test": test,
+    }
+
+
+# -- merging shards ----------------------------------------------------------------------------
+
+
+def merge(parts: list[Path], out: Path) -> dict[str, Any]:
+    """Join the ``results.json`` of shards of one grid into ``out/results.json``."""
+    loaded = []
+    for part in parts:
+        path = Path(part) / RESULTS
+        if not path.is_file():
+            raise InputError(f"has no {RESULTS}", part)
+        loaded.append(json.loads(path.read_text()))
+    header = {k: v for k, v in loaded[0].items() if k != "cells"}
+    for part, other in zip(parts[1:], loaded[1:], strict=True):
+        if {k: v for k, v in other.items() if k != "cells"} != header:
+            raise InputError("is a shard of another grid, data or generator", part)
+    cells: dict[tuple, dict[str, Any]] = {}
+    for other in loaded:
+        for cell in other["cells"]:
+            cells[(cell["fraction"], cell["seed"], cell["regime"])] = cell
+    config = _config_from(header["config"])
+    expected = {_key(c) for c in grid(config)}
+    missing = sorted(expected - set(cells))
+    if missing:
+        raise InputError(f"{len(missing)} cell(s) of the grid are missing, e.g. fraction "
+                         f"{missing[0][0]}, seed {missing[0][1]}, {missing[0][2]}: merge every "
+                         "shard")
+    results = {**header, "cells": _ordered(cells.values(), config)}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    checkpoint.write_json(Path(out) / RESULTS, results)
+    return results
+
+
+def _config_from(values: dict[str, Any]) -> UtilityConfig:
+    classifier = ClassifierConfig(**values["classifier"])
+    rest = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
+            if k != "classifier"}
+    return replace(UtilityConfig(**rest), classifier=classifier)
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(value))

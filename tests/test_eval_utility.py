@@ -1,0 +1,215 @@
+"""The utility harness: regimes, real-data preparation, subsets, leakage refusal, the grid with
+its outputs, exact resume, sharding + merge, and the ``evaluate utility`` command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from synthmed.augment.dataset import ImageSet
+from synthmed.augment.phantom import PhantomConfig, make_phantom
+from synthmed.augment.splits import split_by_group
+from synthmed.cli import cli
+from synthmed.errors import InputError
+from synthmed.eval import utility
+from synthmed.eval.classifier import ClassifierConfig
+from synthmed.eval.utility import (
+    GeneratorRecipe,
+    SubsetGenerators,
+    TrainedRun,
+    UtilityConfig,
+    fraction_subset,
+    make_regimes,
+    merge,
+    prepare_real,
+    run_grid,
+    synthetic_labels,
+)
+from synthmed.eval.utility_report import write_report
+from synthmed.gan.config import DCGANConfig, TrainConfig
+from synthmed.gan.run import build_model, load_run, run_config
+from synthmed.gan.trainer import fit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = UtilityConfig(fractions=(0.5,), seeds=2, ratios=(1.0,),
+                     classifier=ClassifierConfig(steps=6, eval_every=3, batch_size=16, width=4))
+RECIPE = GeneratorRecipe(epochs=1, width=8, batch_size=16, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def phantom() -> ImageSet:
+    """160 labelled 32 px slices of 20 subjects, split by subject."""
+    t1, _ = make_phantom(PhantomConfig(n=160, size=32))
+    return t1.with_splits(split_by_group(t1, 0.2, 0.2, seed=0))
+
+
+@pytest.fixture(scope="module")
+def real(phantom):
+    return prepare_real(phantom)
+
+
+@pytest.fixture(scope="module")
+def grid_run(real, tmp_path_factory):
+    out = tmp_path_factory.mktemp("utility")
+    generators = SubsetGenerators(RECIPE, out / "generators")
+    results = run_grid(real, generators, TINY, out, progress=False)
+    return out, results, generators
+
+
+def test_regimes_include_the_controls_and_every_mix():
+    names = [r.name for r in make_regimes((0.5, 2.0), balance=True)]
+    assert names[:3] == ["real", "real+classic", "real-repeated"]
+    assert {"real+synthetic x0.5", "real+classic+synthetic x2", "real+synthetic balance",
+            "synthetic only"} <= set(names)
+    repeated = make_regimes((0.5, 2.0), balance=False)[2]
+    assert repeated.repeat_to == 3.0 and repeated.classic and not repeated.uses_synthetic
+
+
+def test_prepare_real_cuts_missing_splits_by_patient_and_drops_seen_images(phantom):
+    unsplit = phantom.with_splits([""] * len(phantom))
+    cut = prepare_real(unsplit)
+    assert len(cut.train) + len(cut.val) + len(cut.test) == len(phantom)
+    assert not set(cut.train.groups) & (set(cut.val.groups) | set(cut.test.groups))
+    # a test image that is also a training image is dropped, and said so
+    train_index = np.flatnonzero(phantom.splits == "train")[0]
+    copy = phantom.subset([train_index]).with_splits(["test"])
+    leaky = prepare_real(ImageSet.concatenate([phantom, copy]))
+    assert len(leaky.test) == len(prepare_real(phantom).test)
+    assert any("dropped 0 validation and 1 test" in note for note in leaky.notes)
+
+
+def test_prepare_real_needs_labels(phantom):
+    unlabelled = ImageSet.from_arrays(phantom.images)
+    with pytest.raises(InputError, match="labelled data"):
+        prepare_real(unlabelled)
+
+
+def test_fraction_subsets_are_stratified_and_seeded(real):
+    subset = fraction_subset(real.train, 0.25, seed=1)
+    counts, full = subset.class_counts(), real.train.class_counts()
+    assert all(counts[k] == max(2, round(0.25 * full[k])) for k in full)
+    assert fraction_subset(real.train, 0.25, seed=1).fingerprint() == subset.fingerprint()
+    assert fraction_subset(real.train, 0.25, seed=2).fingerprint() != subset.fingerprint()
+    assert fraction_subset(real.train, 1.0, seed=3) is real.train
+
+
+def test_synthetic_labels_follow_the_mix(real):
+    rng = np.random.default_rng(0)
+    subset = ImageSet.from_arrays(np.zeros((10, 1, 4, 4), np.float32), labels=[0] * 7 + [1] * 3)
+    assert np.bincount(synthetic_labels(subset, 2.0, rng)).tolist() == [14, 6]
+    assert np.bincount(synthetic_labels(subset, "balance", rng), minlength=2).tolist() == [0, 4]
+
+
+def test_a_generator_that_saw_test_images_is_refused(real, tmp_path):
+    leaked = ImageSet.concatenate([real.train, real.test])
+    model, train = DCGANConfig(size=32, width=4, num_classes=2), TrainConfig(epochs=1,
+                                                                            batch_size=32)
+    config = run_config("dcgan", model, train)
+    fit(build_model(config), leaked, train, tmp_path / "run", run_config=config, progress=False)
+    with pytest.raises(InputError, match=rf"trained on {len(real.test)} test image"):
+        TrainedRun(load_run(tmp_path / "run"), real)
+
+
+def test_a_generator_trained_on_more_images_than_the_fraction_warns(real, tmp_path):
+    model, train = DCGANConfig(size=32, width=4, num_classes=2), TrainConfig(epochs=1,
+                                                                            batch_size=32)
+    config = run_config("dcgan", model, train)
+    fit(build_model(config), real.train, train, tmp_path / "run", run_config=config,
+        progress=False)
+    generator = TrainedRun(load_run(tmp_path / "run"), real)
+    subset = fraction_subset(real.train, 0.25, seed=0)
+    with pytest.warns(UserWarning, match="more than the"):
+        images = generator.sample(subset, np.array([0, 1, 1]), seed=0)
+    assert images.shape == (3, 1, 32, 32)
+
+
+def test_grid_trains_every_cell_on_its_own_subset(grid_run, real):
+    out, results, generators = grid_run
+    regimes = [r.name for r in TINY.regimes]
+    assert [(c["seed"], c["regime"]) for c in results["cells"]] == [
+        (s, r) for s in range(2) for r in regimes]
+    for cell in results["cells"]:
+        assert set(cell["test"]) >= {"auroc", "balanced_accuracy", "macro_f1", "sensitivity"}
+        assert cell["curve"] and cell["best_step"] in [p["step"] for p in cell["curve"]]
+    by_regime = {c["regime"]: c for c in results["cells"] if c["seed"] == 0}
+    subset_size = len(fraction_subset(real.train, 0.5, seed=0))
+    assert by_regime["real"]["n_real"] == subset_size and by_regime["real"]["n_synthetic"] == 0
+    assert by_regime["real+synthetic x1"]["n_synthetic"] == subset_size
+    assert by_regime["real-repeated"]["n_real"] == 2 * subset_size
+    assert by_regime["synthetic only"]["n_real"] == 0
+    # one generator per (fraction, seed), each trained on exactly its subset
+    runs = sorted(p for p in generators.folder.iterdir())
+    assert len(runs) == 2
+    for seed in range(2):
+        subset = fraction_subset(real.train, 0.5, seed)
+        record = json.loads((generators.folder / subset.fingerprint()[:16] /
+                             "training_data.json").read_text())
+        assert record["fingerprint"] == subset.fingerprint()
+        assert set(record["image_hashes"]).isdisjoint(real.test.image_hashes())
+
+
+def test_report_files(grid_run):
+    out, results, _ = grid_run
+    paths = write_report(results, out)
+    assert {p.name for p in paths} == {"summary.json", "report.md", "gain.png", "fractions.png"}
+    report = (out / "report.md").read_text()
+    for regime in TINY.regimes:
+        assert f"| {regime.name} |" in report
+    assert "Headline" in report and "real-repeated" in report
+    summary = json.loads((out / "summary.json").read_text())
+    gain = summary["0.5"]["regimes"]["real+classic"]["auroc"]["gain"]
+    assert {"gain_mean", "gain_ci_low", "t_p_holm", "wilcoxon_p_holm", "resolvable"} <= set(gain)
+
+
+def test_a_rerun_skips_finished_cells(grid_run, real, monkeypatch):
+    out, results, generators = grid_run
+    monkeypatch.setattr(utility, "train_classifier",
+                        lambda *a, **k: pytest.fail("a finished cell was trained again"))
+    again = run_grid(real, generators, TINY, out, progress=False)
+    assert again == results
+
+
+def test_a_rerun_with_another_grid_is_refused(grid_run, real):
+    out, _, generators = grid_run
+    with pytest.raises(InputError, match="another grid"):
+        run_grid(real, generators, UtilityConfig(fractions=(0.5,), seeds=3,
+                                                 classifier=TINY.classifier), out,
+                 progress=False)
+
+
+def test_shards_merge_into_the_single_process_results(grid_run, real, tmp_path):
+    out, results, generators = grid_run
+    for k in (1, 2):
+        run_grid(real, generators, TINY, tmp_path / f"shard{k}", shard=(k, 2), progress=False)
+    shard_cells = [json.loads((tmp_path / f"shard{k}" / "results.json").read_text())["cells"]
+                   for k in (1, 2)]
+    assert shard_cells[0] and shard_cells[1]
+    assert {c["seed"] for c in shard_cells[0]}.isdisjoint({c["seed"] for c in shard_cells[1]})
+    merged = merge([tmp_path / "shard1", tmp_path / "shard2"], tmp_path / "merged")
+    assert merged == results
+    assert (tmp_path / "merged" / "results.json").read_text() == \
+        (out / "results.json").read_text()
+    with pytest.raises(InputError, match="missing"):
+        merge([tmp_path / "shard1"], tmp_path / "half")
+
+
+def test_evaluate_utility_command(tmp_path, phantom):
+    from synthmed.augment.medmnist import write_npz
+
+    data = tmp_path / "phantom.npz"
+    write_npz(phantom, data)
+    out = tmp_path / "utility"
+    args = ["evaluate", "utility", "--real", str(data), "--out", str(out), "--fractions", "0.5",
+            "--seeds", "2", "--steps", "4", "--batch-size", "16", "--generator-epochs", "1",
+            "--no-progress"]
+    both = CliRunner().invoke(cli, [*args, "--train-generator", "dcgan-conditional",
+                                    "--generator", str(tmp_path)])
+    assert both.exit_code == 2 and "exactly one" in both.output
+    result = CliRunner().invoke(cli, [*args, "--train-generator", "dcgan-conditional"])
+    assert result.exit_code == 0, result.output
+    assert {"results.json", "report.md", "gain.png", "fractions.png"} <= {
+        p.name for p in out.iterdir()}

@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 EXTRAS ?= dev,dicom-codecs,privacy
 DEMO_OUT ?= demo-out
-DEMO_EPOCHS ?= 15
+DEMO_FLAGS ?=
 
 .PHONY: install demo test lint clean
 
@@ -22,14 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/synthmed data phantom --out $(DEMO_OUT)/phantom --n 2000 --size 32 --overwrite
-	$(BIN)/synthmed data inspect $(DEMO_OUT)/phantom/t1 --preview $(DEMO_OUT)/real-t1.png
-	rm -rf $(DEMO_OUT)/run
-	$(BIN)/synthmed train dcgan $(DEMO_OUT)/phantom/t1 --out $(DEMO_OUT)/run --conditional \
-	    --size 32 --width 32 --epochs $(DEMO_EPOCHS) --batch-size 64 --r1 1
-	$(BIN)/synthmed generate $(DEMO_OUT)/run --per-class "lesion=500,no lesion=500" \
-	    --format dicom --out $(DEMO_OUT)/synthetic --overwrite
-	$(BIN)/synthmed data inspect $(DEMO_OUT)/synthetic --preview $(DEMO_OUT)/synthetic-t1.png
+	$(BIN)/synthmed demo --out $(DEMO_OUT) --overwrite $(DEMO_FLAGS)
 
 test: install
 	$(BIN)/ruff check .

@@ -599,22 +599,20 @@ def evaluate_translation_command(run: Path, source: str, target: str, direction:
 @cli.command("demo")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="demo-out",
               show_default=True, help="Output folder (must not exist or be empty).")
-@click.option("--quick", is_flag=True, help="A smaller demo, about 2 minutes.")
+@click.option("--quick", is_flag=True, help="A smaller demo, under 2 minutes.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
-def demo_command(out: Path, quick: bool, progress: bool) -> None:
+def demo_command(out: Path, quick: bool, overwrite: bool, progress: bool) -> None:
     """The whole story on the embedded phantom: train, export, utility, fidelity, translation,
     one HTML report.
 
     Example: synthmed demo --out demo-out --quick
     """
-    import time
-
     from synthmed.eval.demo import DemoConfig, run_demo
 
-    started = time.perf_counter()
-    page = run_demo(out, DemoConfig.quick() if quick else DemoConfig(), progress=progress,
-                    echo=click.echo)
-    click.echo(f"demo finished in {time.perf_counter() - started:.0f} s; open {page}")
+    page = run_demo(out, DemoConfig.quick() if quick else DemoConfig(), overwrite=overwrite,
+                    progress=progress, echo=click.echo)
+    click.echo(f"demo finished; open {page}")
 
 
 @cli.command("report")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,19 +71,26 @@ class DemoConfig:
                    classifier_steps=120, cyclegan_subjects=4, cyclegan_epochs=2)
 
 
-def run_demo(out: Path, config: DemoConfig, *, progress: bool = True,
+def run_demo(out: Path, config: DemoConfig, *, overwrite: bool = False, progress: bool = True,
              echo: Callable[[str], None] = print) -> Path:
-    """Run every step into ``out`` (which must not hold files); return the HTML report."""
+    """Run every step into ``out`` (which must not hold files unless ``overwrite``); return
+    the HTML report. ``out`` appears (or is replaced) only when every step has finished."""
     out = Path(out).absolute()
-    with atomic_output_dir(out) as work:
+    started = time.perf_counter()
+
+    def timed(message: str) -> None:
+        echo(f"[{time.perf_counter() - started:5.0f} s] {message}")
+
+    with atomic_output_dir(out, overwrite) as work:
         # paths recorded in runs and manifests are relative to the demo folder
         here = os.getcwd()
         os.chdir(work)
         try:
-            _demo_steps(Path("."), config, progress, echo)
+            _demo_steps(Path("."), config, progress, timed)
         finally:
             os.chdir(here)
     page, _ = build_report(out)
+    timed(f"report: {page}")
     return page
 
 

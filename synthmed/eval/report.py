@@ -4,7 +4,8 @@ for any run or evaluation directory, or a folder of them (the demo's output).
 Each folder below DIR becomes a section by what it holds: a training run (``config.yaml``:
 its settings, last metrics, latest samples, ``progress.gif``, ``losses.png``), an evaluation
 (``report.md``, ``translation.md``, ``fidelity.md``, ``privacy.md`` and the plots beside
-them) or an export (``provenance.json`` and ``manifest.csv``). The page checks its own images
+them), an export (``provenance.json`` and ``manifest.csv``) or a few loose pictures (a
+preview); sections follow the order the folders were written in. The page checks its own images
 once loaded and records any that failed in ``<body data-broken-images>``.
 """
 
@@ -25,6 +26,7 @@ HTML_NAME = "synthmed-report.html"
 MARKDOWN_NAME = "synthmed-report.md"
 EVALUATION_FILES = ("report.md", "translation.md", "fidelity.md", "privacy.md")
 MIME = {".png": "image/png", ".gif": "image/gif"}
+MAX_LOOSE_PICTURES = 8  # a folder of only a few pictures (a preview) gets a section
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222}table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;
 padding:3px 8px;text-align:left}th{background:#f3f3f3}img{max-width:100%;margin:.5em 0;
@@ -45,8 +47,9 @@ def build_report(folder: Path) -> tuple[Path, Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError("no such folder", folder)
-    sections = [section for path in [folder, *sorted(p for p in folder.rglob("*") if p.is_dir())]
-                if not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    folders = [folder, *(p for p in folder.rglob("*") if p.is_dir()
+                         and not any(part.startswith(".") for part in p.relative_to(folder).parts))]
+    sections = [section for path in sorted(folders, key=_made_at)
                 for section in _sections(path, folder)]
     if not sections:
         raise InputError("holds no run, evaluation or export to report on", folder)
@@ -62,6 +65,12 @@ def build_report(folder: Path) -> tuple[Path, Path]:
     return paths
 
 
+def _made_at(folder: Path) -> tuple[float, str]:
+    """When a folder's oldest file was written: sections follow the order the work was done."""
+    times = [p.stat().st_mtime for p in folder.iterdir() if p.is_file()]
+    return min(times, default=float("inf")), folder.as_posix()
+
+
 def _sections(path: Path, root: Path) -> list[dict[str, str]]:
     """The sections one folder contributes (none for a plain folder)."""
     name = path.relative_to(root).as_posix() if path != root else path.name
@@ -72,6 +81,10 @@ def _sections(path: Path, root: Path) -> list[dict[str, str]]:
         return [_evaluation_section(path, name, found, root)]
     if (path / "provenance.json").is_file():
         return [_export_section(path, name)]
+    pictures = sorted(path.glob("*.png"))
+    inside_run = (path.parent / checkpoint.CONFIG).is_file()  # a run's samples/ are shown
+    if 0 < len(pictures) <= MAX_LOOSE_PICTURES and not inside_run:
+        return [_section([f"## Images `{name}`", ""], pictures, root)]
     return []
 
 

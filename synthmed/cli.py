@@ -567,33 +567,56 @@ def evaluate_fidelity_command(real_path: str, synthetic: str, read_config: Any,
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--source", required=True,
               help="NIfTI volume(s) to translate: a file or a glob, e.g. 'brain/*/t1.nii.gz'.")
-@click.option("--target", required=True,
+@click.option("--target",
               help="The true target volumes on the same grids, paired by subject folder.")
+@click.option("--reference",
+              help="Without paired truth: real target-domain images (any reader input) to "
+                   "compare the translated distribution with.")
 @click.option("--direction", type=click.Choice(["a2b", "b2a"]), default="a2b",
               show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for translation.json, translation.md and panels.")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-def evaluate_translation_command(run: Path, source: str, target: str, direction: str,
-                                 out: Path, batch_size: int, overwrite: bool) -> None:
-    """MAE, PSNR and SSIM of a CycleGAN RUN against paired truth, with baselines.
+def evaluate_translation_command(run: Path, source: str, target: str | None,
+                                 reference: str | None, direction: str, out: Path,
+                                 batch_size: int, overwrite: bool) -> None:
+    """Translation quality of a CycleGAN RUN, with baselines; subjects it trained on are
+    refused.
 
-    Baselines in the same run: identity, histogram matching to the target domain and the
-    same with inverted contrast; subjects the run trained on are refused.
+    With --target (paired truth): MAE, PSNR and SSIM against the truth, beside identity,
+    histogram matching to the target domain and the same with inverted contrast. With
+    --reference (no paired truth): FID, KID, precision / recall / density / coverage of the
+    translated images against real target-domain images, beside the untranslated source.
 
     Example: synthmed evaluate translation runs/t1t2 --source "brain/S3/t1.nii.gz"
     --target "brain/S3/t2.nii.gz" --out eval-t1t2
     """
     from synthmed.augment.export import atomic_output_dir
-    from synthmed.eval.translation import evaluate_run, save_report
+    from synthmed.eval.translation import evaluate_run, evaluate_unpaired, save_report
     from synthmed.gan.run import load_run
 
-    report = evaluate_run(load_run(run, kind="cyclegan"), source, target, direction, batch_size)
-    with atomic_output_dir(out, overwrite) as work:
-        save_report(report, work)
-    click.echo(report.to_markdown())
-    click.echo(f"report: {out / 'translation.md'}")
+    if (target is None) == (reference is None):
+        raise click.UsageError("pass exactly one of --target (paired truth) and --reference")
+    loaded = load_run(run, kind="cyclegan")
+    if target is not None:
+        report = evaluate_run(loaded, source, target, direction, batch_size)
+        with atomic_output_dir(out, overwrite) as work:
+            save_report(report, work)
+        text = report.to_markdown()
+    else:
+        reports = evaluate_unpaired(loaded, source, reference, direction, batch_size)
+        text = "\n".join(
+            f"# Translation without paired truth: {title}\n\n"
+            + reports[key].to_markdown().replace("# Fidelity", "## Fidelity", 1)
+            for key, title in (("synthmed", "translated source (synthmed)"),
+                               ("identity", "untranslated source (identity)")))
+        with atomic_output_dir(out, overwrite) as work:
+            (work / "fidelity.md").write_text(text)
+            (work / "unpaired.json").write_text(json.dumps(
+                {key: r.to_json() for key, r in reports.items()}, indent=1) + "\n")
+    click.echo(text)
+    click.echo(f"report in {out}")
 
 
 @cli.command("demo")

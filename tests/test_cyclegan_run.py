@@ -383,3 +383,27 @@ def test_evaluate_translation_refuses_training_subjects_and_unpaired_volumes(tra
                 "--target", wrong_grid, "--out", out)
     assert shape.exit_code == 1 and "same voxel grid" in shape.output
     assert not out.exists()
+
+
+def test_evaluate_translation_without_paired_truth(trained, volumes, tmp_path):
+    """A new subject of 16 slices (the metrics need 12 reference images for their floor)."""
+    (subject,) = write_phantom_volumes(tmp_path / "new", PhantomConfig(
+        n=16, size=32, seed=7, slices_per_subject=16))
+    new = tmp_path / "new" / subject
+    out = tmp_path / "unpaired"
+    result = run("evaluate", "translation", trained, "--source", new / "t1.nii.gz",
+                 "--reference", new / "t2.nii.gz", "--out", out)
+    assert result.exit_code == 0, result.output
+    reports = json.loads((out / "unpaired.json").read_text())
+    assert set(reports) == {"synthmed", "identity"}
+    for report in reports.values():
+        assert report["extractor"].startswith("domain classifier")
+        assert {"fid", "kid", "precision", "recall"} <= set(report["overall"])
+        assert report["floor"]["fid"] is not None
+    assert "untranslated source (identity)" in (out / "fidelity.md").read_text()
+    both = run("evaluate", "translation", trained, "--source", volumes / "s2" / "t1.nii.gz",
+               "--out", tmp_path / "x")
+    assert both.exit_code == 2 and "exactly one" in both.output
+    seen = run("evaluate", "translation", trained, "--source", f"{volumes}/*/t1.nii.gz",
+               "--reference", volumes / "s2" / "t2.nii.gz", "--out", tmp_path / "y")
+    assert seen.exit_code == 1 and "training domain A" in seen.output

@@ -30,7 +30,7 @@ import io
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ import torch
 from monai.metrics import MAEMetric, PSNRMetric, SSIMMetric
 from PIL import Image
 
+from synthmed.augment.dataset import ImageSet
 from synthmed.augment.intensity import (
     FOREGROUND_FLOOR,
     foreground_mask,
@@ -51,7 +52,10 @@ from synthmed.augment.items import ReadConfig
 from synthmed.augment.nifti import display_plane, load_volume
 from synthmed.augment.preview import image_grid
 from synthmed.augment.readers import read_images
+from synthmed.augment.splits import split_by_group
 from synthmed.errors import InputError
+from synthmed.eval.classifier import ClassifierConfig, train_classifier
+from synthmed.eval.fidelity import FidelityReport, evaluate_fidelity
 from synthmed.gan.checkpoint import atomic_write, write_json
 from synthmed.gan.data import group_hash
 from synthmed.gan.run import LoadedRun
@@ -561,12 +565,64 @@ def _pair_by_subject(sources: list[Path], targets: list[Path]) -> list[tuple[str
 
 
 def _refuse_training_images(run: LoadedRun, path: Path, read: ReadConfig) -> None:
-    """A volume whose subject or slices the run trained on cannot measure generalisation."""
-    images = read_images(path, read)
+    """A volume whose subject (its folder) or slices the run trained on."""
+    _refuse_seen(run, read_images(path, read), {path.parent.name}, path)
+
+
+def _refuse_seen(run: LoadedRun, images: ImageSet, subjects: set[str], where: Any) -> None:
+    """Images or subjects the run trained on cannot measure how it generalises."""
+    hashes = set(images.image_hashes())
     for name, domain in run.training_data.get("domains", {}).items():
-        seen = set(domain.get("image_hashes", [])) & set(images.image_hashes())
-        if seen or group_hash(path.parent.name) in domain.get("group_hashes", []):
+        seen = hashes & set(domain.get("image_hashes", []))
+        known = {group_hash(s) for s in subjects} & set(domain.get("group_hashes", []))
+        if seen or known:
             raise InputError(
-                f"this subject was in the run's training domain {name.upper()} "
-                f"({len(seen)} identical slice(s)): evaluate on held-out subjects "
-                "(train with --val-subjects)", path)
+                f"{len(seen)} image(s) and {len(known)} subject(s) of it were in the run's "
+                f"training domain {name.upper()}: evaluate on held-out subjects (train with "
+                "--val-subjects)", where)
+
+
+# -- without paired truth ---------------------------------------------------------------------
+
+
+def evaluate_unpaired(run: LoadedRun, source: str, reference: str, direction: str = "a2b",
+                      batch_size: int = 8, steps: int = 300) -> dict[str, FidelityReport]:
+    """Distribution distance between translated source images and real target-domain images
+    when no paired truth exists: the fidelity metrics (FID, KID, precision / recall / density
+    / coverage, with the real-vs-real floor) in a learned feature space, for the translator
+    and for the untranslated source (the gap a translator has to close).
+
+    The feature space is a domain classifier (source domain vs target domain) trained on the
+    source and reference images, with a validation split of slices for model selection;
+    translated images are never shown to it.
+
+    Returns:
+        ``{"synthmed": report, "identity": report}``.
+    """
+    read = read_config_of(run)
+    source_set, target_set = read_images(source, read), read_images(reference, read)
+    for images, where in ((source_set, source), (target_set, reference)):
+        _refuse_seen(run, images, set(images.groups.tolist()), where)
+    if source_set.size != target_set.size:
+        raise InputError(f"source images are {source_set.size} and reference images "
+                         f"{target_set.size}: pass --size to the run's training size", reference)
+    translated = replace(source_set, images=translate_images(run, source_set.images, direction,
+                                                             batch_size))
+    domains = ImageSet.concatenate([_labelled(source_set, 0), _labelled(target_set, 1)])
+    # a slice-level validation split: it only selects the feature extractor's weights
+    by_slice = replace(domains, groups=domains.sources)
+    domains = domains.with_splits(split_by_group(by_slice, val_fraction=0.2, test_fraction=0.0))
+    train, val = domains.split("train"), domains.split("val")
+    classifier = train_classifier(train.images, train.labels, val.images, val.labels, 2,
+                                  ClassifierConfig(steps=steps), seed=0)
+    name = (f"domain classifier (source vs target domain, small-cnn, {steps} steps) trained on "
+            f"the {len(source_set)} source and {len(target_set)} reference images")
+    return {method: evaluate_fidelity(_labelled(target_set, -1), _labelled(images, -1),
+                                      classifier.features, name)
+            for method, images in (("synthmed", translated), ("identity", source_set))}
+
+
+def _labelled(images: ImageSet, label: int) -> ImageSet:
+    """Every image with one label (``-1``: unlabelled) of the classes source / target."""
+    return replace(images, labels=np.full(len(images), label, np.int64),
+                   class_names=("source", "target") if label >= 0 else ())

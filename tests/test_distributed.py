@@ -78,7 +78,13 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
 def trained(tmp_path_factory) -> Path:
     """Run the two processes once; fail (and stop them) if they hang."""
     root = tmp_path_factory.mktemp("ddp")
-    context = mp.start_processes(_worker, args=(WORLD, _free_port(), str(root)), nprocs=WORLD,
+    _spawn(_worker, root)
+    return root
+
+
+def _spawn(worker, root: Path) -> None:
+    """Run ``worker`` in WORLD processes; fail (and stop them) if they hang."""
+    context = mp.start_processes(worker, args=(WORLD, _free_port(), str(root)), nprocs=WORLD,
                                  join=False, start_method="spawn")
     deadline = time.monotonic() + 120
     try:
@@ -89,7 +95,6 @@ def trained(tmp_path_factory) -> Path:
         for process in context.processes:
             if process.is_alive():
                 process.kill()
-    return root
 
 
 def _load(root: Path, name: str):
@@ -183,17 +188,7 @@ def _cyclegan_worker(rank: int, world: int, port: int, root: str) -> None:
 
 
 def test_cyclegan_copies_stay_identical_with_their_own_image_pools(tmp_path):
-    context = mp.start_processes(_cyclegan_worker, args=(WORLD, _free_port(), str(tmp_path)),
-                                 nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + 120
-    try:
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail("the training processes did not finish in 120 s (deadlock?)")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
+    _spawn(_cyclegan_worker, tmp_path)
     states = [_load(tmp_path, f"cyclegan{r}.pt") for r in range(WORLD)]
     pools = [k for k in states[0] if k.startswith("pool_") and k.endswith("images")]
     nets = [k for k in states[0] if not k.startswith("pool_")]

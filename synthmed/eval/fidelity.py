@@ -37,7 +37,7 @@ from sklearn.neighbors import NearestNeighbors
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.preview import image_grid
 from synthmed.errors import InputError
-from synthmed.gan.checkpoint import atomic_write
+from synthmed.gan.checkpoint import atomic_write, json_safe
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # images (N, C, H, W) in [-1, 1] -> (N, D) float
 
@@ -216,7 +216,7 @@ class FidelityReport:
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON values; non-finite numbers become ``None``."""
-        return _finite_or_none({
+        return json_safe({
             "extractor": self.extractor,
             "overall": self.overall,
             "floor": self.floor,
@@ -353,17 +353,6 @@ def _cells(metrics: dict[str, float]) -> list[str]:
 
 def _number(value: float, spec: str) -> str:
     return format(value, spec) if math.isfinite(value) else "n/a"
-
-
-def _finite_or_none(value: Any) -> Any:
-    """``value`` with every NaN / inf float (nested in dicts and lists) replaced by ``None``."""
-    if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_or_none(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # -- gallery ----------------------------------------------------------------------------------

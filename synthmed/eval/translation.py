@@ -56,7 +56,7 @@ from synthmed.augment.splits import split_by_group
 from synthmed.errors import InputError
 from synthmed.eval.classifier import ClassifierConfig, train_classifier
 from synthmed.eval.fidelity import FidelityReport, evaluate_fidelity
-from synthmed.gan.checkpoint import atomic_write, write_json
+from synthmed.gan.checkpoint import atomic_write, json_safe, write_json
 from synthmed.gan.data import group_hash
 from synthmed.gan.run import LoadedRun
 from synthmed.gan.translate import read_config_of, target_domain, translate_images
@@ -134,7 +134,7 @@ class TranslationReport:
 
     def to_json(self) -> dict[str, Any]:
         """Everything but the panels as JSON values; non-finite numbers become ``None``."""
-        return _finite_or_none({
+        return json_safe({
             "methods": self.methods,
             "best_global_map": self.best_global_map,
             "beats_best_global_map": self.beats_best_global_map(),
@@ -499,17 +499,6 @@ def _format(stats: dict[str, float], metric: str) -> str:
     mean, sd = {"mae": (".4g", ".2g"), "psnr": (".2f", ".2f")}.get(metric, (".3f", ".3f"))
     text = "inf" if math.isinf(stats["mean"]) else format(stats["mean"], mean)
     return text if math.isnan(stats["std"]) else f"{text} ± {format(stats['std'], sd)}"
-
-
-def _finite_or_none(value: Any) -> Any:
-    """``value`` with every NaN / inf float (nested in dicts and lists) replaced by ``None``."""
-    if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_or_none(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # -- a trained run ---------------------------------------------------------------------------

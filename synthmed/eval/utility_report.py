@@ -18,7 +18,7 @@ import numpy as np
 
 from synthmed.eval.metrics import METRICS
 from synthmed.eval.stats import holm, paired_comparison, resolvable_difference, summarize
-from synthmed.gan.checkpoint import atomic_write
+from synthmed.gan.checkpoint import atomic_write, write_json
 
 BASELINE = "real"
 
@@ -249,21 +249,8 @@ def _save(figure: Any, path: Path) -> None:
 
 def write_report(results: dict[str, Any], out: Path) -> list[Path]:
     """``summary.json``, ``report.md``, ``gain.png`` and ``fractions.png`` in ``out``."""
-    from synthmed.gan.checkpoint import write_json
-
     summary = summarize_results(results)
-    write_json(Path(out) / "summary.json", _finite(summary))
+    write_json(Path(out) / "summary.json", summary)
     atomic_write(Path(out) / "report.md", to_markdown(results, summary).encode())
     return [Path(out) / "summary.json", Path(out) / "report.md",
             *save_plots(results, summary, Path(out))]
-
-
-def _finite(value: Any) -> Any:
-    """NaN and inf as None: JSON has neither."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

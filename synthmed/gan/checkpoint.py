@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -86,8 +87,21 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     return config
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN / inf float (nested in dicts, lists and tuples) as ``None``:
+    strict JSON has neither."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_json(path: Path, value: Any) -> None:
-    atomic_write(path, (json.dumps(value, indent=1) + "\n").encode())
+    """``value`` as strict JSON (NaN and inf written as null), atomically."""
+    atomic_write(path, (json.dumps(json_safe(value), indent=1, allow_nan=False) + "\n").encode())
 
 
 def save_weights(run_dir: Path, state: dict[str, torch.Tensor], kind: str, epoch: int) -> None:

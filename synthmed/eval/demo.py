@@ -60,15 +60,15 @@ class DemoConfig:
     size: int = 32
     fraction: float = 0.25
     seeds: int = 3
-    generator_epochs: int = 60
-    classifier_steps: int = 300
+    generator_epochs: int = 50
+    classifier_steps: int = 250
     cyclegan_subjects: int = 6
     cyclegan_epochs: int = 6
 
     @classmethod
     def quick(cls) -> DemoConfig:
-        return cls(slices=800, fraction=0.25, seeds=2, generator_epochs=20,
-                   classifier_steps=120, cyclegan_subjects=4, cyclegan_epochs=2)
+        return cls(slices=640, fraction=0.25, seeds=2, generator_epochs=15,
+                   classifier_steps=100, cyclegan_subjects=4, cyclegan_epochs=2)
 
 
 def run_demo(out: Path, config: DemoConfig, *, overwrite: bool = False, progress: bool = True,

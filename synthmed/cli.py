@@ -274,6 +274,8 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
 @click.option("--ndf", type=click.IntRange(1), help="Discriminator width (default 64).")
 @click.option("--blocks", "n_blocks", type=click.IntRange(1),
               help="ResNet blocks per generator (default 6 up to 128 px crops, else 9).")
+@click.option("--upsample", type=click.Choice(["convtranspose", "resize"]),
+              help="Generator upsampling: convtranspose (reference) or resize + conv.")
 @click.option("--lambda-cycle", type=float, help="Cycle-consistency weight (default 10).")
 @click.option("--lambda-identity", type=float,
               help="Identity weight as a share of --lambda-cycle (default 0.5).")

@@ -61,6 +61,7 @@ def test_blocks_auto_and_explicit():
     (dict(n_blocks=-1), "n_blocks"),
     (dict(d_layers=0), "d_layers"),
     (dict(norm="layer"), "norm"),
+    (dict(upsample="bicubic"), "upsample"),
     (dict(lambda_cycle=-1.0), "lambda_cycle"),
     (dict(lambda_identity=-0.5), "lambda_identity"),
     (dict(pool_size=-1), "pool_size"),
@@ -80,10 +81,14 @@ def test_invalid_config_raises_input_error(overrides, message):
 
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("norm", ["instance", "batch"])
-def test_generator_keeps_the_shape(channels, norm):
-    out = ResnetGenerator(channels, ngf=4, n_blocks=1, norm=norm)(torch.randn(2, channels, 32, 48))
+@pytest.mark.parametrize("upsample", ["convtranspose", "resize"])
+def test_generator_keeps_the_shape(channels, norm, upsample):
+    net = ResnetGenerator(channels, ngf=4, n_blocks=1, norm=norm, upsample=upsample)
+    out = net(torch.randn(2, channels, 32, 48))
     assert out.shape == (2, channels, 32, 48)
     assert out.abs().max() <= 1.0
+    transposed = any(isinstance(m, torch.nn.ConvTranspose2d) for m in net.modules())
+    assert transposed == (upsample == "convtranspose")
 
 
 def test_generator_is_the_reference_layout():

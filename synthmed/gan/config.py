@@ -177,6 +177,8 @@ class CycleGANConfig:
             above 128 px and 6 otherwise (:meth:`blocks`).
         d_layers: strided layers of the PatchGAN discriminator (3: 70x70 patches).
         norm: ``instance`` or ``batch`` normalisation in all networks.
+        upsample: the generators' upsampling, ``convtranspose`` (reference) or ``resize``
+            (nearest x2 + conv, without checkerboard artefacts).
         lambda_cycle: weight of each direction's L1 cycle-consistency loss.
         lambda_identity: weight of the identity loss, as a fraction of ``lambda_cycle``
             (0.5 x 10 = 5); 0 skips it.
@@ -193,6 +195,7 @@ class CycleGANConfig:
     n_blocks: int = 0
     d_layers: int = 3
     norm: str = "instance"
+    upsample: str = "convtranspose"
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5
     pool_size: int = 50
@@ -212,6 +215,8 @@ class CycleGANConfig:
             (self.d_layers >= 1, f"d_layers must be positive, got {self.d_layers}"),
             (self.norm in ("instance", "batch"),
              f"norm must be instance or batch, got {self.norm!r}"),
+            (self.upsample in ("convtranspose", "resize"),
+             f"upsample must be convtranspose or resize, got {self.upsample!r}"),
             (self.lambda_cycle >= 0.0 and self.lambda_identity >= 0.0,
              f"lambda_cycle and lambda_identity must not be negative, got "
              f"{self.lambda_cycle} and {self.lambda_identity}"),

@@ -64,6 +64,8 @@ class ResnetGenerator(nn.Module):
         ngf: width of the first layer; 2x and 4x after each downsampling.
         n_blocks: residual blocks at 1/4 resolution (reference: 9 for 256 px, 6 for 128).
         norm: ``instance`` (reference) or ``batch``.
+        upsample: ``convtranspose`` (reference) or ``resize`` (nearest-neighbour x2, then a
+            3x3 convolution: no checkerboard artefacts).
 
     Examples:
         >>> ResnetGenerator(1, ngf=8, n_blocks=2)(torch.randn(2, 1, 32, 32)).shape
@@ -71,7 +73,7 @@ class ResnetGenerator(nn.Module):
     """
 
     def __init__(self, channels: int = 1, ngf: int = 64, n_blocks: int = 9,
-                 norm: str = "instance") -> None:
+                 norm: str = "instance", upsample: str = "convtranspose") -> None:
         super().__init__()
         bias = norm == "instance"
         layers: list[nn.Module] = [
@@ -85,9 +87,13 @@ class ResnetGenerator(nn.Module):
                        _norm(norm, ngf * mult * 2), nn.ReLU()]
         layers += [ResnetBlock(ngf * 4, norm) for _ in range(n_blocks)]
         for mult in (4, 2):  # (B, 2 ngf, H/2, W/2), (B, ngf, H, W)
-            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1,
-                                          output_padding=1, bias=bias),
-                       _norm(norm, ngf * mult // 2), nn.ReLU()]
+            if upsample == "resize":
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"),
+                           nn.Conv2d(ngf * mult, ngf * mult // 2, 3, padding=1, bias=bias)]
+            else:
+                layers.append(nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2,
+                                                 padding=1, output_padding=1, bias=bias))
+            layers += [_norm(norm, ngf * mult // 2), nn.ReLU()]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, channels, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
@@ -219,8 +225,8 @@ class CycleGAN(nn.Module):
         self.config = config
         c = config
         blocks = c.blocks(c.crop)
-        self.generator_ab = ResnetGenerator(c.channels, c.ngf, blocks, c.norm)
-        self.generator_ba = ResnetGenerator(c.channels, c.ngf, blocks, c.norm)
+        self.generator_ab = ResnetGenerator(c.channels, c.ngf, blocks, c.norm, c.upsample)
+        self.generator_ba = ResnetGenerator(c.channels, c.ngf, blocks, c.norm, c.upsample)
         self.discriminator_a = PatchGAN(c.channels, c.ndf, c.d_layers, c.norm)
         self.discriminator_b = PatchGAN(c.channels, c.ndf, c.d_layers, c.norm)
         for net in (self.generator_ab, self.generator_ba, self.discriminator_a,

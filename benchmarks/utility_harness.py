@@ -46,7 +46,7 @@ def main() -> None:
                         default=Path(os.environ.get("SYNTHMED_TEST_DATA", "../shared/data")))
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--seeds", type=int, help="override the seeds of every set")
-    parser.add_argument("--generator-epochs", default="100")
+    parser.add_argument("--generator-steps", default="2000")
     args = parser.parse_args()
     timings = {}
     for name in args.sets.split(","):
@@ -57,7 +57,7 @@ def main() -> None:
         out = args.out / name
         timings[name] = synthmed(
             "evaluate", "utility", "--real", str(data), *read, "--train-generator",
-            "dcgan-conditional", "--generator-epochs", args.generator_epochs, "--fractions",
+            "dcgan-conditional", "--generator-steps", args.generator_steps, "--fractions",
             fractions, "--seeds", str(args.seeds or seeds), "--out", str(out), "--no-progress")
         summary = json.loads((out / "summary.json").read_text())
         for fraction, part in summary.items():

@@ -438,8 +438,8 @@ def _shard(text: str) -> tuple[int, int]:
               help="A trained conditional DCGAN run (refused if it saw a val or test image).")
 @click.option("--train-generator", type=click.Choice(["dcgan-conditional"]),
               help="Train a conditional DCGAN on exactly each fraction's real subset.")
-@click.option("--generator-epochs", type=click.IntRange(1), default=100, show_default=True,
-              help="Epochs of each trained generator.")
+@click.option("--generator-steps", type=click.IntRange(1), default=2000, show_default=True,
+              help="Optimiser steps of each trained generator (the same for every fraction).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder; rerunning the same command skips finished models.")
 @click.option("--fractions", default="0.1,0.25,1.0", show_default=True,
@@ -459,7 +459,7 @@ def _shard(text: str) -> tuple[int, int]:
               help="Run part K of N of the grid (merge the parts with `evaluate merge`).")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Path | None,
-                             train_generator: str | None, generator_epochs: int, out: Path,
+                             train_generator: str | None, generator_steps: int, out: Path,
                              fractions: str, seeds: int, ratios: str, balance: bool, arch: str,
                              steps: int, batch_size: int, metric: str, shard: str,
                              progress: bool) -> None:
@@ -490,7 +490,7 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
     part = _shard(shard)
     real = prepare_real(read_images(real_path, read_config))
     generator = (TrainedRun(load_run(generator_run, kind="dcgan"), real) if generator_run
-                 else SubsetGenerators(GeneratorRecipe(epochs=generator_epochs),
+                 else SubsetGenerators(GeneratorRecipe(steps=generator_steps),
                                        out / "generators"))
     results = run_grid(real, generator, config, out, shard=part, progress=progress)
     if part == (1, 1):

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = UtilityConfig(fractions=(0.5,), seeds=2, ratios=(1.0,),
                      classifier=ClassifierConfig(steps=6, eval_every=3, batch_size=16, width=4))
-RECIPE = GeneratorRecipe(epochs=1, width=8, batch_size=16, precision="fp32")
+RECIPE = GeneratorRecipe(steps=2, width=8, batch_size=16, precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +204,7 @@ def test_evaluate_utility_command(tmp_path, phantom):
     write_npz(phantom, data)
     out = tmp_path / "utility"
     args = ["evaluate", "utility", "--real", str(data), "--out", str(out), "--fractions", "0.5",
-            "--seeds", "2", "--steps", "4", "--batch-size", "16", "--generator-epochs", "1",
+            "--seeds", "2", "--steps", "4", "--batch-size", "16", "--generator-steps", "2",
             "--no-progress"]
     both = CliRunner().invoke(cli, [*args, "--train-generator", "dcgan-conditional",
                                     "--generator", str(tmp_path)])

@@ -60,14 +60,14 @@ class DemoConfig:
     size: int = 32
     fraction: float = 0.25
     seeds: int = 3
-    generator_epochs: int = 50
-    classifier_steps: int = 250
+    generator_steps: int = 500
+    classifier_steps: int = 200
     cyclegan_subjects: int = 6
     cyclegan_epochs: int = 6
 
     @classmethod
     def quick(cls) -> DemoConfig:
-        return cls(slices=640, fraction=0.25, seeds=2, generator_epochs=15,
+        return cls(slices=640, fraction=0.25, seeds=2, generator_steps=150,
                    classifier_steps=100, cyclegan_subjects=4, cyclegan_epochs=2)
 
 
@@ -107,7 +107,7 @@ def _demo_steps(work: Path, config: DemoConfig, progress: bool,
     subset = fraction_subset(real.train, config.fraction, seed=0)
     echo(f"2/6 conditional DCGAN on {len(subset)} slices ({config.fraction:.0%} of the "
          "training patients' slices)")
-    generators = SubsetGenerators(GeneratorRecipe(epochs=config.generator_epochs),
+    generators = SubsetGenerators(GeneratorRecipe(steps=config.generator_steps),
                                   work / "utility" / "generators")
     run_dir = generators.train(subset, progress=progress)
 

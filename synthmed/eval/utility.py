@@ -27,6 +27,7 @@ the same ``results.json`` a single process writes.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -45,10 +46,12 @@ from synthmed.eval.classifier import ClassifierConfig, train_classifier
 from synthmed.eval.metrics import classification_metrics
 from synthmed.gan import checkpoint
 from synthmed.gan.config import DCGANConfig, TrainConfig
+from synthmed.gan.data import LabelledImages
 from synthmed.gan.run import LoadedRun, build_model, load_run, run_config
 from synthmed.gan.trainer import fit
 
 RESULTS = "results.json"
+STEPS_PER_EPOCH = 50  # a generator's epoch spans repeats of a small subset (one grid each)
 
 
 @dataclass(frozen=True)
@@ -89,14 +92,16 @@ def make_regimes(ratios: tuple[float, ...], balance: bool) -> list[Regime]:
 
 @dataclass(frozen=True)
 class GeneratorRecipe:
-    """The class-conditional DCGAN trained on each real subset (``--train-generator``)."""
+    """The class-conditional DCGAN trained on each real subset (``--train-generator``).
 
-    epochs: int = 100
+    The budget is in optimiser steps, so a small subset gets as many updates as a large one
+    (in epochs, 10 % of a data set would get a tenth of the training).
+    """
+
+    steps: int = 2000
     width: int = 32
     batch_size: int = 64
     r1_gamma: float = 1.0
-    ema_decay: float = 0.999
-    diffaugment: tuple[str, ...] = ("translation", "cutout")
     precision: str = "bf16"
 
 
@@ -259,18 +264,19 @@ class SubsetGenerators:
         recipe = self.recipe
         size = subset.size[0]
         model = DCGANConfig(size=size, channels=subset.channels, width=recipe.width,
-                            num_classes=len(subset.class_names), r1_gamma=recipe.r1_gamma,
-                            ema_decay=recipe.ema_decay, diffaugment=recipe.diffaugment,
-                            upsample="resize", d_norm="none", spectral_norm=True)
-        train = TrainConfig(epochs=recipe.epochs, batch_size=min(recipe.batch_size, len(subset)),
-                            precision=recipe.precision, checkpoint_every=recipe.epochs)
+                            num_classes=len(subset.class_names), r1_gamma=recipe.r1_gamma)
+        batch = min(recipe.batch_size, len(subset))
+        repeats = math.ceil(STEPS_PER_EPOCH * batch / len(subset))
+        epochs = math.ceil(recipe.steps / (len(subset) * repeats // batch))
+        train = TrainConfig(epochs=epochs, batch_size=batch, precision=recipe.precision,
+                            checkpoint_every=max(1, epochs // 10))
         config = run_config("dcgan", model, train)
         resume = (run_dir / checkpoint.STATE).is_file()
         if run_dir.exists() and not resume:
             raise InputError("holds an unfinished generator without a checkpoint: delete it",
                              run_dir)
-        fit(build_model(config, seed=0), subset, train, run_dir, run_config=config,
-            resume=resume, progress=progress)
+        fit(build_model(config, seed=0), LabelledImages(subset, repeats), train, run_dir,
+            run_config=config, resume=resume, progress=progress)
 
 
 def _finished(run_dir: Path) -> bool:

@@ -184,7 +184,8 @@ def _describe_generator(generator: dict[str, Any]) -> str:
         return (f"trained run `{generator['path']}` (epoch {generator['epoch']}, "
                 f"{generator['images_seen']} real training images seen)")
     return (f"a conditional DCGAN trained on exactly each fraction's real subset "
-            f"({generator['epochs']} epochs, width {generator['width']})")
+            f"({generator['steps']} steps of batch {generator['batch_size']}, width "
+            f"{generator['width']}, R1 {generator['r1_gamma']})")
 
 
 def _p(value: float) -> str:

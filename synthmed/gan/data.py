@@ -20,21 +20,28 @@ from synthmed.errors import InputError
 
 
 class LabelledImages:
-    """One image set; a batch is ``(images (B, C, H, W), labels (B,))``, unlabelled as 0."""
+    """One image set; a batch is ``(images (B, C, H, W), labels (B,))``, unlabelled as 0.
 
-    def __init__(self, imageset: ImageSet) -> None:
+    ``repeats`` makes an epoch that many passes over the set (item ``i`` is image
+    ``i mod N``): for a small set, fewer and longer epochs, so the per-epoch work (sample
+    grid, metrics line) does not dominate training.
+    """
+
+    def __init__(self, imageset: ImageSet, repeats: int = 1) -> None:
         self.imageset = imageset
         self.images = torch.from_numpy(imageset.images)
         self.labels = torch.from_numpy(np.maximum(imageset.labels, 0))
+        self.repeats = repeats
 
     def __len__(self) -> int:
-        return len(self.imageset)
+        return len(self.imageset) * self.repeats
 
     def to(self, device: torch.device) -> LabelledImages:
         self.images, self.labels = self.images.to(device), self.labels.to(device)
         return self
 
     def batch(self, index: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, ...]:
+        index = index % len(self.imageset)
         return self.images[index], self.labels[index]
 
     def fingerprint(self) -> str:

@@ -60,7 +60,7 @@ class DemoConfig:
     size: int = 32
     fraction: float = 0.25
     seeds: int = 3
-    generator_steps: int = 500
+    generator_steps: int = 300
     classifier_steps: int = 200
     cyclegan_subjects: int = 6
     cyclegan_epochs: int = 6

@@ -67,8 +67,8 @@ class DemoConfig:
 
     @classmethod
     def quick(cls) -> DemoConfig:
-        return cls(slices=640, fraction=0.25, seeds=2, generator_steps=150,
-                   classifier_steps=100, cyclegan_subjects=4, cyclegan_epochs=2)
+        return cls(slices=640, fraction=0.25, seeds=2, generator_steps=100,
+                   classifier_steps=60, cyclegan_subjects=4, cyclegan_epochs=2)
 
 
 def run_demo(out: Path, config: DemoConfig, *, overwrite: bool = False, progress: bool = True,

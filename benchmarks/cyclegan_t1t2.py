@@ -26,14 +26,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
+from common import add_data_options, synthmed
 
 from synthmed.gan.config import CycleGANConfig
 from synthmed.gan.cyclegan import CycleGAN
@@ -64,18 +62,9 @@ def step_times(sizes: tuple[int, ...], steps: int) -> dict[str, float]:
     return {key: statistics.median(values) for key, values in times.items()}
 
 
-def synthmed(*args: str) -> float:
-    """Run the CLI; return its wall time."""
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "synthmed.cli", *args], check=True)
-    return time.perf_counter() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--data", type=Path,
-                        default=Path(os.environ.get("SYNTHMED_TEST_DATA", "../shared/data")))
+    add_data_options(parser)
     parser.add_argument("--size", type=int, default=0,
                         help="resize slices to SIZE (0: keep the native 240 px)")
     parser.add_argument("--crop", type=int, default=112)

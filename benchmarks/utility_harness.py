@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
-from pathlib import Path
+
+from common import add_data_options, synthmed
 
 SETS = {
     "breastmnist": ("medmnist/breastmnist.npz", [], "0.25,1.0", 5),
@@ -32,18 +30,9 @@ SETS = {
 }
 
 
-def synthmed(*args: str) -> float:
-    """Run the CLI; return its wall time in seconds."""
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "synthmed.cli", *args], check=True)
-    return time.perf_counter() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--data", type=Path,
-                        default=Path(os.environ.get("SYNTHMED_TEST_DATA", "../shared/data")))
+    add_data_options(parser)
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--seeds", type=int, help="override the seeds of every set")
     parser.add_argument("--generator-steps", default="2000")

@@ -203,6 +203,13 @@ def train() -> None:
 @click.option("--r1", "r1_gamma", type=float, help="R1 penalty weight on D's real gradients.")
 @click.option("--lr-g", type=float, help="Generator learning rate.")
 @click.option("--lr-d", type=float, help="Discriminator learning rate.")
+@click.option("--dp-epsilon", type=click.FloatRange(0, min_open=True),
+              help="Differential privacy: train D with DP-SGD (Opacus) to spend this epsilon "
+                   "by the last epoch; D then has no BatchNorm.")
+@click.option("--dp-delta", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Its delta (default min(1e-5, 1/(10 N)) for N training images).")
+@click.option("--dp-max-grad-norm", type=click.FloatRange(0, min_open=True),
+              help="Its per-image gradient clipping norm (default 1).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Path | None,
@@ -214,12 +221,20 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
     """
     from synthmed.augment.readers import read_images
     from synthmed.gan import checkpoint
-    from synthmed.gan.config import DCGANConfig, TrainConfig, from_dict, with_overrides
-    from synthmed.gan.run import build_model, fit_model_to_data, resolve_dcgan_config, run_config
+    from synthmed.gan.config import DCGANConfig, DPConfig, TrainConfig, from_dict, with_overrides
+    from synthmed.gan.run import (
+        build_model,
+        fit_model_to_data,
+        resolve_dcgan_config,
+        resolve_privacy,
+        run_config,
+    )
     from synthmed.gan.trainer import fit
 
     train_keys = ("epochs", "batch_size", "precision", "seed", "checkpoint_every")
     train_overrides = {k: options.pop(k) for k in train_keys}
+    privacy = resolve_privacy(options.pop("dp_epsilon"), options.pop("dp_delta"),
+                              options.pop("dp_max_grad_norm"))
     if options["diffaugment"] is not None:
         options["diffaugment"] = tuple(p.strip() for p in options["diffaugment"].split(",") if p)
     if resume:
@@ -227,22 +242,26 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
         model_config = from_dict(DCGANConfig, saved["model"], str(out))
         train_config = with_overrides(from_dict(TrainConfig, saved["train"], str(out)),
                                       epochs=train_overrides["epochs"])
+        privacy = from_dict(DPConfig, saved["privacy"], str(out)) if "privacy" in saved else None
     else:
         model_config, train_config = resolve_dcgan_config(
-            preset, config_file, {**options, "size": read_config.size}, train_overrides)
+            preset, config_file, {**options, "size": read_config.size}, train_overrides,
+            private=privacy is not None)
     imageset = read_images(data, replace(read_config, size=model_config.size))
     if split == "train" and "train" in imageset.splits:
         imageset = imageset.split("train")
     if not resume:
         model_config = fit_model_to_data(model_config, imageset, conditional)
-    model = build_model(run_config("dcgan", model_config, train_config),
-                        seed=train_config.seed)
+    config = run_config("dcgan", model_config, train_config, privacy)
+    model = build_model(config, seed=train_config.seed)
     result = fit(model, imageset, train_config, out, resume=resume, progress=progress,
-                 run_config={**run_config("dcgan", model_config, train_config),
-                             "data": {"source": data, "split": split, "read": asdict(read_config)}})
+                 privacy=privacy, run_config={**config, "data": {
+                     "source": data, "split": split, "read": asdict(read_config)}})
     shown = "  ".join(f"{k} {v:.3g}" for k, v in result.metrics.items())
     click.echo(f"trained {model_config.preset} DCGAN on {len(imageset)} images for "
                f"{result.epochs} epochs -> {out}\n{shown}")
+    if result.note:
+        click.echo(result.note)
 
 
 @train.command("cyclegan")
@@ -327,7 +346,8 @@ def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config:
         domains, held = hold_out_groups(domains, val_subjects, seed=train_config.seed)
     if not resume:
         model_config = fit_cyclegan_to_data(model_config, domains, crop)
-    data = UnpairedImages(*domains, crop=model_config.crop, flip=model_config.flip)
+    data = UnpairedImages(*domains, crop=model_config.crop, flip=model_config.flip,
+                          standardize=model_config.standardize)
     config = run_config("cyclegan", model_config, train_config)
     model = build_model(config, seed=train_config.seed)
     result = fit(model, data, train_config, out, resume=resume, progress=progress,
@@ -354,26 +374,58 @@ def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config:
               default="png", show_default=True)
 @click.option("--bit-depth", type=click.Choice(["8", "16"]), default=None,
               help="PNG bit depth; default 16 when the training data was wider than 8 bits.")
+@click.option("--privacy-filter", is_flag=True,
+              help="Drop images nearer to a training image than --threshold (pixel distance) "
+                   "and draw new ones; needs --train.")
+@click.option("--train", "train_data",
+              help="The run's training data, for --privacy-filter; read with the run's own "
+                   "read options and split, so pixels compare.")
+@click.option("--train-read", multiple=True, metavar="KEY=VALUE",
+              help="A read option replacing the run's own for --train, e.g. skip_bad=true "
+                   "(repeatable).")
+@click.option("--threshold", type=float,
+              help="Near-copy pixel distance (default: the 5th percentile of the distances "
+                   "from 20 % of the training subjects to the others).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 def generate_command(run: Path, out: Path, n: int | None, per_class: str | None, balance: bool,
-                     seed: int, format_: str, bit_depth: str | None, overwrite: bool,
-                     progress: bool) -> None:
+                     seed: int, format_: str, bit_depth: str | None, privacy_filter: bool,
+                     train_data: str | None, train_read: tuple[str, ...],
+                     threshold: float | None, overwrite: bool, progress: bool) -> None:
     """Generate a synthetic data set from a trained RUN, with manifest.csv and provenance.json.
 
     Interrupted? Run the same command again: finished blocks are kept.
 
     Example: synthmed generate runs/breast --per-class malignant=1000 --format dicom --out syn
+    --privacy-filter --train breastmnist.npz
     """
-    from synthmed.gan.generate import GenerateConfig, generate
+    from synthmed.errors import InputError
+    from synthmed.gan.generate import GenerateConfig, PrivacyFilterConfig, generate
     from synthmed.gan.run import load_run
 
+    if not privacy_filter and (train_data or train_read or threshold is not None):
+        raise InputError("--train, --train-read and --threshold need --privacy-filter")
+    privacy = PrivacyFilterConfig(train=train_data or "", read=_parse_settings(train_read),
+                                  threshold=threshold) if privacy_filter else None
     config = GenerateConfig(n=n, per_class=_parse_counts(per_class), balance=balance, seed=seed,
-                            format=format_, bit_depth=None if bit_depth is None else int(bit_depth))
+                            format=format_, bit_depth=None if bit_depth is None else int(bit_depth),
+                            privacy_filter=privacy)
     record = generate(load_run(run), out, config, overwrite=overwrite, progress=progress)
     counts = ", ".join(f"{k} {v}" for k, v in record["class_counts"].items())
     click.echo(f"wrote {record['images']} synthetic image(s) as {format_} to {out}"
                + (f" ({counts})" if counts else ""))
+    if privacy:
+        near = record["privacy_filter"]
+        click.echo(f"privacy filter: dropped and redrew {near['dropped']} near-copies, nearer "
+                   f"than {near['threshold']:.4g} to one of {near['training_images']} training "
+                   f"images (threshold: {near['threshold_rule']}); training data "
+                   f"{near['training_data_fingerprint'][:16]}"
+                   + ("" if near["matches_run_training_data"] else ", not the run's own"))
+    if "differential_privacy" in record:
+        dp = record["differential_privacy"]
+        click.echo(f"generator trained with DP-SGD: epsilon {dp['epsilon']:.3g}, delta "
+                   f"{dp['delta']:.3g} (recorded in provenance.json"
+                   + (" and every DICOM header)" if format_ == "dicom" else ")"))
 
 
 @cli.command("translate")
@@ -411,7 +463,8 @@ def translate_command(run: Path, inputs: tuple[str, ...], direction: str, out: P
 
 @cli.group()
 def evaluate() -> None:
-    """Measure what synthetic data is worth: utility, fidelity, translation quality."""
+    """Measure what synthetic data is worth: utility, fidelity, privacy, translation
+    quality."""
 
 
 def _floats(text: str, name: str) -> tuple[float, ...]:
@@ -565,6 +618,76 @@ def evaluate_fidelity_command(real_path: str, synthetic: str, read_config: Any,
     click.echo(f"report: {out / 'fidelity.md'}")
 
 
+@evaluate.command("privacy")
+@click.option("--synthetic", required=True,
+              help="Synthetic images (a folder, npz, manifest ...) or a trained DCGAN run "
+                   "(adds the white-box attack).")
+@click.option("--train", "train_path", required=True,
+              help="The real images the generator was trained on (members).")
+@click.option("--holdout", "holdout_path", required=True,
+              help="Real images from the same source that it never saw (non-members).")
+@read_options
+@click.option("--train-split", default="train", show_default=True,
+              help="Use only this split of --train when it has one ('all': every image).")
+@click.option("--holdout-split", default="test", show_default=True,
+              help="Use only this split of --holdout when it has one ('all': every image).")
+@click.option("--n", "n_samples", type=click.IntRange(1),
+              help="Images to sample from a run (default: as many as training images).")
+@click.option("--extractor", type=click.Path(dir_okay=False, path_type=Path),
+              help="Your own TorchScript feature extractor (default: a classifier trained on "
+                   "the training images, cached; none for unlabelled data).")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(1), default=1000, show_default=True,
+              help="Bootstrap resamples of each interval.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Run sampling, subsampling, held-out halves and bootstrap.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+def evaluate_privacy_command(synthetic: str, train_path: str, holdout_path: str,
+                             read_config: Any, train_split: str, holdout_split: str,
+                             n_samples: int | None, extractor: Path | None, n_boot: int,
+                             seed: int, out: Path, overwrite: bool) -> None:
+    """Privacy audit: distance of each synthetic image to the closest training vs held-out
+    image (pixels and features), near-copies, and membership inference with a control.
+
+    Example: synthmed evaluate privacy --synthetic runs/breast --train breastmnist.npz
+    --holdout breastmnist.npz --out privacy-breast
+    """
+    from synthmed.augment.export import atomic_output_dir
+    from synthmed.augment.readers import read_images
+    from synthmed.eval.features import default_extractor
+    from synthmed.eval.fidelity import torchscript_features
+    from synthmed.eval.privacy import PrivacyConfig, check_inputs, evaluate_privacy
+    from synthmed.eval.utility import RealData, sample_run
+    from synthmed.gan.run import load_run
+
+    def read(path: str, split: str) -> Any:
+        images = read_images(path, read_config)
+        return images.split(split) if split in images.split_names() else images
+
+    train, holdout = read(train_path, train_split), read(holdout_path, holdout_split)
+    run = None
+    if (Path(synthetic) / "config.yaml").is_file():
+        run = load_run(synthetic, kind="dcgan")
+        fake = sample_run(Path(synthetic), train, n_samples or len(train), seed)
+    else:
+        fake = read_images(synthetic, read_config)
+    check_inputs(fake, train, holdout, run)  # before an extractor is trained
+    features, name = None, ""
+    if extractor:
+        features, name = torchscript_features(extractor), f"TorchScript model {extractor}"
+    elif (train.is_labelled and len(train.class_names) >= 2
+          and list(holdout.class_names) == list(train.class_names)):
+        default = default_extractor(RealData(train, holdout, holdout, []))  # uses train, val
+        features = default
+        name = f"{default.name}; checkpoint selected on the held-out images"
+    report = evaluate_privacy(fake, train, holdout, features=features, extractor=name, run=run,
+                              config=PrivacyConfig(n_boot=n_boot, seed=seed))
+    with atomic_output_dir(out, overwrite) as work:
+        report.save(work)
+    click.echo(report.to_markdown())
+    click.echo(f"report: {out / 'privacy.md'}")
+
+
 @evaluate.command("translation")
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--source", required=True,
@@ -665,6 +788,24 @@ def _parse_counts(text: str | None) -> dict[str, int]:
             raise click.BadParameter(f"{part!r} is not CLASS=COUNT", param_hint="--per-class")
         counts[name.strip()] = int(count)
     return counts
+
+
+def _parse_settings(texts: tuple[str, ...]) -> dict[str, Any]:
+    """``("window=brain", "skip_bad=true")`` -> ``{"window": "brain", "skip_bad": True}``:
+    values read as YAML scalars."""
+    import yaml
+
+    settings: dict[str, Any] = {}
+    for text in texts:
+        key, has_value, value = text.partition("=")
+        if not key.strip() or not has_value:
+            raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="--train-read")
+        try:
+            settings[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise click.BadParameter(f"{value!r} is not a YAML value",
+                                     param_hint="--train-read") from None
+    return settings
 
 
 def main() -> None:

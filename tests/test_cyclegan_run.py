@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -17,7 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from synthmed.augment.dataset import ImageSet
-from synthmed.augment.intensity import foreground_quantiles
+from synthmed.augment.intensity import foreground_mask, foreground_quantiles
 from synthmed.augment.phantom import PhantomConfig, write_phantom_volumes
 from synthmed.augment.readers import read_images
 from synthmed.augment.splits import hold_out_groups
@@ -28,6 +29,7 @@ from synthmed.gan.config import CycleGANConfig, TrainConfig
 from synthmed.gan.data import UnpairedImages, group_hash
 from synthmed.gan.run import build_model, load_run, run_config
 from synthmed.gan.trainer import fit
+from synthmed.gan.translate import translate_volume
 
 from .conftest import real_file
 
@@ -83,7 +85,7 @@ def trained(volumes, tmp_path_factory):
 
 def test_unpaired_batches_never_pair_items_and_repeat_from_the_generator():
     a, b = images(12, 0.5), images(5, -0.5)
-    data = UnpairedImages(a, b, crop=8, flip=True)
+    data = UnpairedImages(a, b, crop=8, flip=True, standardize=False)
     assert len(data) == 12
     index = torch.arange(12)
     first = data.batch(index, torch.Generator().manual_seed(3))
@@ -92,7 +94,7 @@ def test_unpaired_batches_never_pair_items_and_repeat_from_the_generator():
     assert first[0].shape == first[1].shape == (12, 1, 8, 8)
     # B is drawn at random, whatever the A index: over many draws every B image pairs with
     # every A position
-    data = UnpairedImages(a, b, crop=0, flip=False)
+    data = UnpairedImages(a, b, crop=0, flip=False, standardize=False)
     rng = torch.Generator().manual_seed(0)
     seen = {(i, round(float(img[0, 0, 0]) * 100))
             for _ in range(40) for i, img in zip(range(12), data.batch(index, rng)[1],
@@ -103,7 +105,7 @@ def test_unpaired_batches_never_pair_items_and_repeat_from_the_generator():
 def test_unpaired_crops_and_flips_are_random_per_image():
     gradient = np.tile(np.linspace(-1, 1, 16, dtype=np.float32), (16, 1))
     a = ImageSet.from_arrays(np.broadcast_to(gradient, (64, 1, 16, 16)).copy())
-    data = UnpairedImages(a, a, crop=8, flip=True)
+    data = UnpairedImages(a, a, crop=8, flip=True, standardize=False)
     crops = data.batch(torch.arange(64), torch.Generator().manual_seed(1))[0]
     first_columns = {round(float(c[0, 0, 0]), 4) for c in crops}
     assert len(first_columns) > 4  # crops start at many places, both flip directions
@@ -129,6 +131,23 @@ def test_record_has_both_domains_quantiles_and_hashed_subjects():
                                                              group_hash("alice1")})
     assert "alice0" not in json.dumps(record)
     assert len(record["domains"]["b"]["foreground_quantiles"]) == 101
+
+
+def test_standardized_training_subjects_share_their_domain_histogram():
+    rng = np.random.default_rng(0)
+    pixels = np.full((8, 1, 16, 16), -1.0, np.float32)
+    pixels[:, :, 4:12, 4:12] = rng.uniform(-0.5, 0.5, (8, 1, 8, 8))
+    pixels[4:] = np.where(pixels[4:] > -1, pixels[4:] ** 3 * 4 + 0.3, -1.0)  # other scanner
+    domain = ImageSet.from_arrays(pixels, groups=["s0"] * 4 + ["s1"] * 4)
+    data = UnpairedImages(domain, domain, standardize=True)
+    pooled = np.asarray(data.record()["domains"]["a"]["foreground_quantiles"])
+    assert np.allclose(pooled, foreground_quantiles(pixels))  # the read images' quantiles
+    for subject in (slice(0, 4), slice(4, 8)):
+        assert foreground_quantiles(data.a[subject].numpy()) == pytest.approx(pooled, abs=0.02)
+        assert (data.a[subject].numpy() == -1).sum() == (pixels[subject] == -1).sum()
+    assert data.record()["domains"]["a"]["image_hashes"] == domain.image_hashes()
+    raw = UnpairedImages(domain, domain, standardize=False)
+    assert np.array_equal(raw.a.numpy(), pixels)
 
 
 def test_foreground_quantiles_ignore_the_background():
@@ -264,6 +283,25 @@ def test_translate_a_volume_keeps_shape_affine_and_header(trained, volumes, tmp_
     assert rows[0]["output"] == "t1.nii.gz" and int(rows[0]["slices"]) == 8
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["model_fingerprint"] == load_run(trained).fingerprint
+
+
+def test_standardized_translation_ignores_how_the_scanner_spread_intensities(
+        trained, volumes, monkeypatch):
+    loaded = load_run(trained)
+    # an identity "generator" shows what the model is given
+    monkeypatch.setattr(loaded.model, "translate", lambda images, *args, **kwargs: images)
+    volume = nib.load(volumes / "s2" / "t1.nii.gz").get_fdata()
+    volume = np.where(foreground_mask(volume), volume, 0.0)  # skull-stripped: background 0
+    curved = np.where(volume > 0, volume ** 2 / volume.max() + 7.0, 0.0)  # monotone, nonlinear
+    assert loaded.model.config.standardize
+    plain, _ = translate_volume(loaded, volume, "a2b")
+    again, _ = translate_volume(loaded, curved, "a2b")
+    span = plain.max() - plain.min()
+    assert np.abs(plain - again).mean() < 0.01 * span
+    loaded.model.config = replace(loaded.model.config, standardize=False)
+    plain, _ = translate_volume(loaded, volume, "a2b")
+    again, _ = translate_volume(loaded, curved, "a2b")
+    assert np.abs(plain - again).mean() > 0.03 * span
 
 
 def test_translate_many_volumes_keeps_subject_folders(trained, volumes, tmp_path):

@@ -28,7 +28,7 @@ def demo(tmp_path_factory):
 @pytest.mark.slow
 def test_demo_writes_every_step(demo):
     out, output = demo
-    assert all(f"{k}/6" in output for k in range(1, 7))
+    assert all(f"{k}/7" in output for k in range(1, 8))
     assert (out / "data" / "phantom-t1.npz").is_file()
     rows = list(csv.DictReader((out / "synthetic" / "manifest.csv").open()))
     assert rows and {row["class_name"] for row in rows} == {"lesion", "no lesion"}
@@ -37,6 +37,10 @@ def test_demo_writes_every_step(demo):
     assert {"real", "real-repeated", "real+synthetic x1", "synthetic only"} <= regimes
     assert "Headline" in (out / "utility" / "report.md").read_text()
     assert "real vs real (floor)" in (out / "fidelity" / "fidelity.md").read_text()
+    privacy = json.loads((out / "privacy" / "privacy.json").read_text())
+    assert set(privacy["membership"]) == {"pixels", "features", "discriminator"}
+    assert privacy["settings"]["train_seen_by_run"] == privacy["settings"]["n_train"]
+    assert (out / "privacy" / "closest_pairs.png").is_file()
     translation = json.loads((out / "translation" / "translation.json").read_text())
     assert len(translation["per_subject"]) == 1
     assert not list(out.rglob(".*partial*"))
@@ -48,7 +52,8 @@ def test_demo_report_renders(demo):
     page = out / "synthmed-report.html"
     text = page.read_text()
     for section in ("Export <code>synthetic</code>", "Evaluation <code>utility</code>",
-                    "Evaluation <code>fidelity</code>", "Evaluation <code>translation</code>"):
+                    "Evaluation <code>fidelity</code>", "Evaluation <code>privacy</code>",
+                    "Evaluation <code>translation</code>"):
         assert section in text
     assert rendered_body(page)["data-broken-images"] == "0"
 

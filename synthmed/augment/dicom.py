@@ -221,6 +221,7 @@ def write_dicom(
     deidentification: str = "synthmed synthetic image; no source patient data",
     series: tuple[str, str] | None = None,
     first_instance: int = 1,
+    note: str = "",
 ) -> None:
     """Write each item as a Secondary Capture file, one new study and series for the export.
 
@@ -239,6 +240,9 @@ def write_dicom(
         series: ``(StudyInstanceUID, SeriesInstanceUID)`` shared by an export written in
             several calls; new UIDs when ``None``.
         first_instance: InstanceNumber of the first item.
+        note: how the images were made beyond synthesis, up to 64 characters (e.g. the
+            generator's DP-SGD guarantee): a second DeidentificationMethod value, and with
+            the first one, ImageComments.
     """
     if len(names) != len(imageset):
         raise ValueError(f"{len(names)} names for {len(imageset)} images")
@@ -249,7 +253,7 @@ def write_dicom(
     # a mixed set (``CT+MR``) has no single modality
     modality = imageset.modality if imageset.modality.isalnum() else "OT"
     for i, name in enumerate(names):
-        ds = _secondary_capture(now, patient_id, deidentification)
+        ds = _secondary_capture(now, patient_id, deidentification, note)
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
         ds.Modality = modality
         ds.SeriesDescription = series_description
@@ -265,8 +269,10 @@ def write_dicom(
         ds.save_as(path, enforce_file_format=True)
 
 
-def _secondary_capture(now: datetime, patient_id: str, deidentification: str) -> Dataset:
-    """A Secondary Capture dataset with every module except the image and study / series UIDs."""
+def _secondary_capture(now: datetime, patient_id: str, deidentification: str,
+                       note: str) -> Dataset:
+    """A Secondary Capture dataset with every module except the image and study / series UIDs
+    (``note``: see :func:`write_dicom`)."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -280,7 +286,8 @@ def _secondary_capture(now: datetime, patient_id: str, deidentification: str) ->
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = deidentification
+    # LO values hold 64 characters: the note is a value of its own
+    ds.DeidentificationMethod = [deidentification, note] if note else deidentification
     # Study and series (UIDs set by the caller)
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
@@ -295,6 +302,8 @@ def _secondary_capture(now: datetime, patient_id: str, deidentification: str) ->
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.BurnedInAnnotation = "NO"
     ds.PatientOrientation = ""
+    if note:
+        ds.ImageComments = f"{deidentification}; {note}"
     return ds
 
 

@@ -113,16 +113,19 @@ def write_files(
     bit_depth: int = 8,
     dicom_series: tuple[str, str] | None = None,
     first_instance: int = 1,
+    dicom_note: str = "",
 ) -> None:
     """Write item ``i`` to ``folder / names[i]`` as PNG, DICOM or NIfTI (one file per image).
 
-    ``dicom_series`` and ``first_instance`` let an export written in parts share one series.
+    ``dicom_series`` and ``first_instance`` let an export written in parts share one series;
+    ``dicom_note`` states how the images were made beyond synthesis (see
+    :func:`~synthmed.augment.dicom.write_dicom`'s ``note``).
     """
     if format == "png":
         pictures.write_pictures(imageset, folder, names, bit_depth=bit_depth)
     elif format == "dicom":
         dicom.write_dicom(imageset, folder, names, series=dicom_series,
-                          first_instance=first_instance)
+                          first_instance=first_instance, note=dicom_note)
     elif format == "nifti":
         nifti.write_nifti(imageset, folder, names)
     else:

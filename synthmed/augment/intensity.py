@@ -121,3 +121,51 @@ def foreground_quantiles(images: np.ndarray, levels: int = 101) -> np.ndarray:
     if values.size == 0:
         raise InputError("no foreground pixels: every pixel is at the background value -1")
     return np.quantile(values, np.linspace(0.0, 1.0, levels))
+
+
+def match_histogram(
+    images: np.ndarray,
+    quantiles: np.ndarray,
+    invert: bool = False,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Map the foreground of model-space ``images`` ``(N, C, H, W)`` so its quantiles become
+    ``quantiles`` (or, with ``invert``, those of ``-images``: a decreasing map); pixels
+    outside ``mask`` ``(N, H, W)`` (default: any channel above :data:`FOREGROUND_FLOOR`),
+    and all pixels of images without foreground, become -1.
+
+    The images' own quantiles are taken over all their foreground pixels together (the rule
+    of :func:`foreground_quantiles`); levels where they repeat a value map to the mean of the
+    target quantiles at those levels.
+    """
+    matched = np.full(images.shape, -1.0, np.float32)
+    foreground = images > FOREGROUND_FLOOR
+    if not foreground.any():
+        return matched
+    quantiles = np.asarray(quantiles, np.float64)
+    levels = np.linspace(0.0, 1.0, len(quantiles))
+    signed = -images if invert else images
+    own, tied = np.unique(np.quantile(signed[foreground], levels), return_inverse=True)
+    onto = np.bincount(tied, weights=quantiles) / np.bincount(tied)
+    inside = np.broadcast_to((foreground.any(1) if mask is None else mask)[:, None],
+                             images.shape)
+    matched[inside] = np.interp(signed[inside], own, onto)
+    return matched
+
+
+def standardize_groups(images: np.ndarray, groups: np.ndarray,
+                       quantiles: np.ndarray) -> np.ndarray:
+    """Histogram standardisation (Nyúl & Udupa 2000): each group's images (one subject's
+    slices) get the foreground quantiles ``quantiles`` of their domain, so scanners and
+    protocols that spread the same tissues differently over [-1, 1] look alike.
+
+    Args:
+        images: ``(N, C, H, W)`` model space.
+        groups: ``(N,)`` the subject of each image.
+        quantiles: ``(Q,)`` at levels ``linspace(0, 1, Q)`` (:func:`foreground_quantiles`).
+    """
+    standardized = np.empty(images.shape, np.float32)
+    for group in np.unique(groups):
+        members = groups == group
+        standardized[members] = match_histogram(images[members], quantiles)
+    return standardized

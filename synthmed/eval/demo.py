@@ -10,9 +10,12 @@
    real + synthetic, synthetic only) over a few seeds, with intervals and paired tests.
 5. ``fidelity/``: FID, KID, precision / recall / density / coverage of the synthetic slices
    against the real training split, with the real-vs-real floor, and a gallery.
-6. ``translation/``: a small CycleGAN T1 -> T2 trained on phantom volumes of all subjects but
+6. ``privacy/``: the privacy audit of the exported slices: distance to the closest training
+   (the generator's subset) vs held-out (test split) slice, near-copies, and membership
+   inference (black-box and with the generator's discriminator) against a control.
+7. ``translation/``: a small CycleGAN T1 -> T2 trained on phantom volumes of all subjects but
    one, evaluated on the held-out subject against its true T2 and the intensity baselines.
-7. ``synthmed-report.html``: everything on one page.
+8. ``synthmed-report.html``: everything on one page.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from synthmed.augment.splits import hold_out_groups, split_by_group
 from synthmed.eval.classifier import ClassifierConfig
 from synthmed.eval.features import default_extractor
 from synthmed.eval.fidelity import evaluate_fidelity, save_gallery
+from synthmed.eval.privacy import evaluate_privacy
 from synthmed.eval.report import build_report
 from synthmed.eval.translation import evaluate_run, save_report
 from synthmed.eval.utility import (
@@ -96,7 +100,7 @@ def run_demo(out: Path, config: DemoConfig, *, overwrite: bool = False, progress
 
 def _demo_steps(work: Path, config: DemoConfig, progress: bool,
                 echo: Callable[[str], None]) -> None:
-    echo(f"1/6 phantom: {config.slices} labelled T1 slices, patient-level split")
+    echo(f"1/7 phantom: {config.slices} labelled T1 slices, patient-level split")
     t1, _ = make_phantom(PhantomConfig(n=config.slices, size=config.size))
     t1 = t1.with_splits(split_by_group(t1, val_fraction=0.15, test_fraction=0.15, seed=0))
     (work / "data").mkdir()
@@ -105,23 +109,23 @@ def _demo_steps(work: Path, config: DemoConfig, progress: bool,
     real = prepare_real(read_images(work / "data" / "phantom-t1.npz"))
 
     subset = fraction_subset(real.train, config.fraction, seed=0)
-    echo(f"2/6 conditional DCGAN on {len(subset)} slices ({config.fraction:.0%} of the "
+    echo(f"2/7 conditional DCGAN on {len(subset)} slices ({config.fraction:.0%} of the "
          "training patients' slices)")
     generators = SubsetGenerators(GeneratorRecipe(steps=config.generator_steps),
                                   work / "utility" / "generators")
     run_dir = generators.train(subset, progress=progress)
 
-    echo(f"3/6 export: {len(real.train)} synthetic slices, as many as real training slices")
+    echo(f"3/7 export: {len(real.train)} synthetic slices, as many as real training slices")
     generate(load_run(run_dir), work / "synthetic",
              GenerateConfig(n=len(real.train), format="png"), progress=False)
 
-    echo(f"4/6 utility harness: {config.seeds} seeds x {len(UtilityConfig().regimes)} regimes")
+    echo(f"4/7 utility harness: {config.seeds} seeds x {len(UtilityConfig().regimes)} regimes")
     utility = UtilityConfig(fractions=(config.fraction,), seeds=config.seeds,
                             classifier=ClassifierConfig(steps=config.classifier_steps))
     write_report(run_grid(real, generators, utility, work / "utility", progress=progress),
                  work / "utility")
 
-    echo("5/6 fidelity against the real training split")
+    echo("5/7 fidelity against the real training split")
     extractor = default_extractor(real, ClassifierConfig(steps=config.classifier_steps))
     synthetic = read_images(work / "synthetic")
     report = evaluate_fidelity(real.train, synthetic, extractor, extractor.name)
@@ -130,7 +134,13 @@ def _demo_steps(work: Path, config: DemoConfig, progress: bool,
     (work / "fidelity" / "fidelity.md").write_text(report.to_markdown())
     save_gallery(real.train, synthetic, work / "fidelity" / "gallery.png")
 
-    echo(f"6/6 CycleGAN T1 -> T2 on {config.cyclegan_subjects - 1} phantom subjects, "
+    echo(f"6/7 privacy: the synthetic slices against the generator's {len(subset)} training "
+         f"slices and {len(real.test)} unseen test slices")
+    (work / "privacy").mkdir()
+    evaluate_privacy(synthetic, subset, real.test, features=extractor, extractor=extractor.name,
+                     run=load_run(run_dir)).save(work / "privacy")
+
+    echo(f"7/7 CycleGAN T1 -> T2 on {config.cyclegan_subjects - 1} phantom subjects, "
          "evaluated on one more")
     _translation(work, config, progress)
 

@@ -281,8 +281,8 @@ def evaluate_fidelity(
         raise InputError(f"fidelity with k = {k} needs at least {2 * (k + 1)} real images (two "
                          f"halves for the real-vs-real floor) and {k + 1} synthetic ones, got "
                          f"{len(real)} real and {len(synthetic)} synthetic")
-    real_features = _features(features, real.images, "real")
-    fake_features = _features(features, synthetic.images, "synthetic")
+    real_features = checked_features(features, real.images, "real")
+    fake_features = checked_features(features, synthetic.images, "synthetic")
     if real_features.shape[1] != fake_features.shape[1]:
         raise InputError(f"the feature extractor gave {real_features.shape[1]} features per real "
                          f"image but {fake_features.shape[1]} per synthetic image")
@@ -311,7 +311,7 @@ def evaluate_fidelity(
     return FidelityReport(extractor, overall, floor, per_class, skipped)
 
 
-def _features(features: FeatureFn, images: np.ndarray, what: str) -> np.ndarray:
+def checked_features(features: FeatureFn, images: np.ndarray, what: str) -> np.ndarray:
     """``features(images)`` checked: float64 ``(N, D)``, finite."""
     values = np.asarray(features(images), np.float64)
     if values.ndim != 2 or len(values) != len(images):

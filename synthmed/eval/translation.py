@@ -43,6 +43,7 @@ from synthmed.augment.dataset import ImageSet
 from synthmed.augment.intensity import (
     FOREGROUND_FLOOR,
     foreground_mask,
+    match_histogram,
     percentile_range,
     require_finite,
     to_model_space,
@@ -364,34 +365,10 @@ def _outputs(
     return {
         SYNTHMED: np.clip(translated, -1.0, 1.0).astype(np.float32),
         IDENTITY: slices.source,
-        MATCHING: _match(slices.source, slices.source_mask, quantiles, invert=False),
-        INVERTED: _match(slices.source, slices.source_mask, quantiles, invert=True),
+        MATCHING: match_histogram(slices.source, quantiles, mask=slices.source_mask),
+        INVERTED: match_histogram(slices.source, quantiles, invert=True,
+                                  mask=slices.source_mask),
     }
-
-
-def _match(
-    source: np.ndarray, mask: np.ndarray, quantiles: np.ndarray, invert: bool
-) -> np.ndarray:
-    """Quantile mapping of ``source`` (or ``-source``) onto ``quantiles``; -1 outside ``mask``.
-
-    The source's own quantiles are taken over its foreground (the rule of
-    :func:`foreground_quantiles`); levels where the source repeats a value map to the mean of
-    the target quantiles at those levels.
-
-    Args:
-        source: ``(S, 1, H, W)`` model space.
-        mask: ``(S, H, W)`` the source's foreground mask.
-        quantiles: ``(Q,)`` target quantiles at levels ``linspace(0, 1, Q)``.
-    """
-    levels = np.linspace(0.0, 1.0, len(quantiles))
-    signed = -source if invert else source
-    own = np.quantile(signed[source > FOREGROUND_FLOOR], levels)
-    own, tied = np.unique(own, return_inverse=True)
-    onto = np.bincount(tied, weights=quantiles) / np.bincount(tied)
-    matched = np.full(source.shape, -1.0, np.float32)
-    inside = mask[:, None]
-    matched[inside] = np.interp(signed[inside], own, onto)
-    return matched
 
 
 def _score(

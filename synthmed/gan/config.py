@@ -1,7 +1,8 @@
 """Configuration dataclasses for models and training, and their YAML form.
 
 A YAML file has one section per dataclass (``model:``, ``train:``); CLI options override
-single fields; the resolved configuration is written into the run directory.
+single fields; the resolved configuration is written into the run directory (with a
+``privacy:`` section for a differentially private run).
 """
 
 from __future__ import annotations
@@ -116,12 +117,45 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DPConfig:
+    """Differentially private training of a DCGAN's discriminator (:mod:`synthmed.gan.privacy`).
+
+    Args:
+        epsilon: the target epsilon, spent by the end of the planned epochs.
+        delta: the target delta; ``None``: ``min(1e-5, 1 / (10 N))`` for N training images.
+        max_grad_norm: every image's gradient is clipped to this L2 norm.
+    """
+
+    epsilon: float
+    delta: float | None = None
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epsilon > 0.0, f"epsilon must be positive, got {self.epsilon}"),
+            (self.delta is None or 0.0 < self.delta < 1.0,
+             f"delta must be in (0, 1), got {self.delta}"),
+            (self.max_grad_norm > 0.0,
+             f"max_grad_norm must be positive, got {self.max_grad_norm}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+    def delta_for(self, images: int) -> float:
+        """The delta for ``images`` training images: the set one, or ``min(1e-5, 1 / (10 N))``
+        (well below 1 / N, the chance of simply publishing one image)."""
+        return self.delta if self.delta is not None else min(1e-5, 1.0 / (10 * images))
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a run needs, as written to ``RUN/config.yaml``."""
 
     model: DCGANConfig = field(default_factory=DCGANConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     kind: str = "dcgan"
+    privacy: DPConfig | None = None
 
 
 def from_dict(cls: type[C], values: dict[str, Any], where: str = "config") -> C:
@@ -186,6 +220,10 @@ class CycleGANConfig:
         lr, betas: Adam settings, the same for generators and discriminators.
         crop: side of the random square training crops, a multiple of 4 (0: whole images).
         flip: random horizontal flips of the training images.
+        standardize: match each subject's foreground histogram to its domain's pooled one
+            before training and translation (Nyúl-style histogram standardisation), so a
+            scanner that spreads the same tissues differently over [-1, 1] is not mistaken
+            for different anatomy.
         init_gain: standard deviation of the N(0, init_gain) initial weights.
     """
 
@@ -203,6 +241,7 @@ class CycleGANConfig:
     betas: tuple[float, float] = (0.5, 0.999)
     crop: int = 0
     flip: bool = True
+    standardize: bool = True
     init_gain: float = 0.02
 
     def __post_init__(self) -> None:

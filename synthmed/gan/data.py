@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from synthmed.augment.dataset import ImageSet
-from synthmed.augment.intensity import foreground_quantiles
+from synthmed.augment.intensity import foreground_quantiles, standardize_groups
 from synthmed.errors import InputError
 
 
@@ -59,10 +59,13 @@ class UnpairedImages:
     """Two domains that are never paired: item ``i`` of an epoch is image ``i mod len(A)`` of
     domain A with a random image of domain B (as the reference CycleGAN loader); an epoch has
     ``max(len(A), len(B))`` items. A batch is ``(a (B, C, crop, crop), b (B, C, crop, crop))``:
-    random crops of side ``crop`` (0: whole images) and random horizontal flips.
+    random crops of side ``crop`` (0: whole images) and random horizontal flips. With
+    ``standardize`` each subject's images are histogram-standardised onto its domain's pooled
+    foreground quantiles (:func:`standardize_groups`); the record keeps the read images' hashes.
     """
 
-    def __init__(self, a: ImageSet, b: ImageSet, crop: int = 0, flip: bool = True) -> None:
+    def __init__(self, a: ImageSet, b: ImageSet, crop: int = 0, flip: bool = True,
+                 standardize: bool = True) -> None:
         for name, domain in (("A", a), ("B", b)):
             if crop and min(domain.size) < crop:
                 raise InputError(f"domain {name} images are {domain.size[0]}x{domain.size[1]}, "
@@ -72,7 +75,11 @@ class UnpairedImages:
             raise InputError(f"domain A has {a.channels} channel(s) and domain B {b.channels}: "
                              "pass --channels 1 or --channels 3")
         self.domains = (a, b)
-        self.a, self.b = torch.from_numpy(a.images), torch.from_numpy(b.images)
+        self.quantiles = [foreground_quantiles(domain.images) for domain in self.domains]
+        self.a, self.b = (
+            torch.from_numpy(standardize_groups(domain.images, domain.groups, quantiles)
+                             if standardize else domain.images)
+            for domain, quantiles in zip(self.domains, self.quantiles, strict=True))
         self.crop, self.flip = crop, flip
 
     def __len__(self) -> int:
@@ -109,9 +116,8 @@ class UnpairedImages:
     def record(self) -> dict[str, Any]:
         """Both domains' records, each with the quantiles of its foreground intensities."""
         domains = {}
-        for name, domain in zip("ab", self.domains, strict=True):
-            domains[name] = {**imageset_record(domain),
-                             "foreground_quantiles": foreground_quantiles(domain.images).tolist()}
+        for name, domain, quantiles in zip("ab", self.domains, self.quantiles, strict=True):
+            domains[name] = {**imageset_record(domain), "foreground_quantiles": quantiles.tolist()}
         return {"kind": "unpaired", "fingerprint": self.fingerprint(),
                 "images": sum(len(d) for d in self.domains), "domains": domains}
 

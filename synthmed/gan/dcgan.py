@@ -1,17 +1,22 @@
 """The DCGAN model: networks, one training step and sampling.
 
 The fit loop (:mod:`synthmed.gan.trainer`) drives it through ``make_optimizers``,
-``train_step`` and ``preview`` and never knows which GAN it trains.
+``train_step`` and ``preview`` and never knows which GAN it trains. With
+:meth:`DCGAN.make_private` its discriminator trains with differential privacy
+(:mod:`synthmed.gan.privacy`).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from synthmed.errors import InputError
 from synthmed.gan.config import DCGANConfig
 from synthmed.gan.losses import (
     diff_augment,
@@ -26,6 +31,11 @@ from synthmed.gan.nets import (
     TutorialDiscriminator,
     TutorialGenerator,
 )
+
+if TYPE_CHECKING:
+    from synthmed.gan.privacy import PrivateDiscriminator
+
+Judge = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 class DCGAN(nn.Module):
@@ -58,19 +68,49 @@ class DCGAN(nn.Module):
                           use_buffers=True)
             if config.ema_decay else None
         )
+        self.private: PrivateDiscriminator | None = None
 
     @property
     def conditional(self) -> bool:
         return self.config.num_classes > 0
 
-    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """Adam for G and D with their own learning rates."""
+    def make_private(self, private: PrivateDiscriminator) -> None:
+        """Train D with DP-SGD (:mod:`synthmed.gan.privacy`): call before
+        :meth:`make_optimizers`, which then wraps D's optimiser.
+
+        Raises:
+            InputError: a D that mixes the images of a batch, or that per-sample gradients
+                cannot handle.
+        """
         c = self.config
+        batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                         for m in self.discriminator.modules())
+        checks = [
+            (not batch_norm, "--d-norm batch mixes the images of a batch, which differential "
+                             "privacy forbids: pass --d-norm none (the default with --dp-epsilon)"),
+            (not c.minibatch_std, "--minibatch-std mixes the images of a batch, which "
+                                  "differential privacy forbids: leave it out with --dp-epsilon"),
+            (not c.spectral_norm, "--spectral-norm does not work with per-sample gradients: "
+                                  "leave it out with --dp-epsilon"),
+            (c.r1_gamma == 0, "--r1 needs a double backward pass, which per-sample gradients "
+                              "do not support: leave it out with --dp-epsilon"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+        self.private = private
+
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Adam for G and D with their own learning rates; D's made private when D is."""
+        c = self.config
+        discriminator = torch.optim.Adam(self.discriminator.parameters(), c.lr_d, c.betas,
+                                         eps=c.adam_eps)
+        if self.private is not None:
+            discriminator = self.private.attach(self.discriminator, discriminator)
         return {
             "generator": torch.optim.Adam(self.generator.parameters(), c.lr_g, c.betas,
                                           eps=c.adam_eps),
-            "discriminator": torch.optim.Adam(self.discriminator.parameters(), c.lr_d, c.betas,
-                                              eps=c.adam_eps),
+            "discriminator": discriminator,
         }
 
     def train_step(
@@ -83,50 +123,89 @@ class DCGAN(nn.Module):
         """One D update then one G update on ``batch`` = (images ``(B, C, H, W)``, labels ``(B,)``).
 
         Fakes are drawn for the batch's own labels when conditional, so both sides see the
-        same class mix. Returns the losses, D's mean scores on real and fake, and D's accuracy.
+        same class mix; for a private D, ``batch_size`` fakes with random labels, so that
+        nothing about the batch reaches G but through D. Returns the losses, D's mean scores
+        on real and fake, and D's accuracy; ``loss_d`` and ``d_real`` are left out for a
+        batch without images (Poisson sampling can draw one).
         """
         autocast = autocast or contextlib.nullcontext()
         real, labels = batch
         labels = labels if self.conditional else None
-        z = torch.randn(real.shape[0], self.config.nz, generator=rng, device=real.device)
+        fakes, fake_labels = real.shape[0], labels
+        if self.private is not None:
+            fakes = self.private.batch_size
+            fake_labels = (torch.randint(self.config.num_classes, (fakes,), generator=rng,
+                                         device=real.device) if self.conditional else None)
+        z = torch.randn(fakes, self.config.nz, generator=rng, device=real.device)
         augment = self.config.diffaugment
 
-        def judge(images: torch.Tensor) -> torch.Tensor:
+        def judge(images: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
             if augment:
                 images = diff_augment(images, augment, rng)
-            return self.discriminator(images, labels).float()
+            return self.discriminator(images, classes).float()
 
-        gamma = self.config.r1_gamma
-        real = real.detach().requires_grad_(gamma > 0)
         with autocast:
-            fake = self.generator(z, labels)
-            d_real, d_fake = judge(real), judge(fake.detach())
-        loss_d = discriminator_loss(self.config.loss, d_real, d_fake)
-        if gamma > 0:  # R1: penalise D's gradient on real images (Mescheder et al. 2018)
-            (gradient,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
-            loss_d = loss_d + gamma / 2 * gradient.float().square().sum(dim=(1, 2, 3)).mean()
+            fake = self.generator(z, fake_labels)
+        discriminator_step = (self._discriminator_loss if self.private is None
+                              else self._private_discriminator_loss)
+        d_real, d_fake, loss_d = discriminator_step(judge, real, labels, fake.detach(),
+                                                    fake_labels, autocast)
         optimizers["discriminator"].zero_grad(set_to_none=True)
         loss_d.backward()
         optimizers["discriminator"].step()
 
-        with autocast:
-            d_fake_for_g = judge(fake)
-        loss_g = generator_loss(self.config.loss, d_fake_for_g)
-        optimizers["generator"].zero_grad(set_to_none=True)
-        loss_g.backward()
-        optimizers["generator"].step()
+        with self.private.paused() if self.private is not None else contextlib.nullcontext():
+            with autocast:
+                d_fake_for_g = judge(fake, fake_labels)
+            loss_g = generator_loss(self.config.loss, d_fake_for_g)
+            optimizers["generator"].zero_grad(set_to_none=True)
+            loss_g.backward()
+            optimizers["generator"].step()
         if self.ema is not None:
             self.ema.update_parameters(self.generator)
 
         kind = self.config.loss
         correct = real_decision(kind, d_real).sum() + (~real_decision(kind, d_fake)).sum()
-        return {
+        stats = {
             "loss_d": loss_d.item(),
             "loss_g": loss_g.item(),
             "d_real": real_score(kind, d_real).mean().item(),
             "d_fake": real_score(kind, d_fake).mean().item(),
-            "d_accuracy": correct.item() / (2 * real.shape[0]),
+            "d_accuracy": correct.item() / (len(d_real) + len(d_fake)),
         }
+        if len(d_real) == 0:
+            del stats["loss_d"], stats["d_real"]
+        return stats
+
+    def _discriminator_loss(
+        self, judge: Judge, real: torch.Tensor, labels: torch.Tensor | None,
+        fake: torch.Tensor, fake_labels: torch.Tensor | None,
+        autocast: contextlib.AbstractContextManager,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """D's scores on real and fake images ``(B,)`` and its loss, with the R1 penalty."""
+        gamma = self.config.r1_gamma
+        real = real.detach().requires_grad_(gamma > 0)
+        with autocast:
+            d_real, d_fake = judge(real, labels), judge(fake, fake_labels)
+        loss = discriminator_loss(self.config.loss, d_real, d_fake)
+        if gamma > 0:  # R1: penalise D's gradient on real images (Mescheder et al. 2018)
+            (gradient,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
+            loss = loss + gamma / 2 * gradient.float().square().sum(dim=(1, 2, 3)).mean()
+        return d_real, d_fake, loss
+
+    def _private_discriminator_loss(
+        self, judge: Judge, real: torch.Tensor, labels: torch.Tensor | None,
+        fake: torch.Tensor, fake_labels: torch.Tensor | None,
+        autocast: contextlib.AbstractContextManager,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The same for a private D: real and fake images in one pass, so that each has its
+        own per-sample gradient, and the loss's gradient that of its sum over images (its
+        value stays the mean), so that no image's gradient depends on the batch size."""
+        with autocast:
+            scores = judge(torch.cat([real, fake]),
+                           None if labels is None else torch.cat([labels, fake_labels]))
+        d_real, d_fake = (_as_sum(part) for part in scores.split([len(real), len(fake)]))
+        return d_real, d_fake, discriminator_loss(self.config.loss, d_real, d_fake)
 
     @torch.no_grad()
     def sample(
@@ -196,6 +275,14 @@ class DCGAN(nn.Module):
         if self.conditional:
             labels = torch.arange(n) * self.config.num_classes // n  # equal blocks per class
         return self.generate(z, labels)
+
+
+def _as_sum(scores: torch.Tensor) -> torch.Tensor:
+    """``scores`` ``(n,)`` with their gradient multiplied by ``n``: a mean of them
+    backpropagates as their sum."""
+    count = len(scores)
+    scores.register_hook(lambda grad: grad * count)
+    return scores
 
 
 def _ema_with_warmup(decay: float):

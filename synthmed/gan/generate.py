@@ -5,6 +5,17 @@ generator seeded with ``(seed, k)``, so an image depends only on the seed and it
 the output is the same whatever the number of processes and however often the export was
 interrupted. Under ``torchrun`` process ``r`` makes the blocks ``k % world == r``.
 
+With a privacy filter, an image nearer (Euclidean, model-space pixels) to a training image
+than a threshold is a near-copy: it is dropped and its slot redrawn. Round ``r`` of block
+``k`` draws ``BLOCK`` more vectors from the block's generator, and each slot still holding a
+near-copy takes its own vector of that round, so a block's output still depends only on the
+seed, the block and the training data. The manifest's ``noise_index`` (the slot) and
+``noise_round`` (0 for the first draw) identify the vector that made each file: vector
+``noise_index % BLOCK`` of draw ``noise_round`` (counted from 0) of ``BLOCK`` vectors from the
+generator of block ``noise_index // BLOCK``; the rounds add up to the images dropped. A run
+trained with differential privacy passes its guarantee on to ``provenance.json`` and the
+DICOM headers.
+
 Files go to a hidden ``.OUT.partial`` folder beside ``OUT``. Each finished block leaves a
 manifest part there; re-running the same command skips the finished blocks. When every block
 is done, the parts are merged into ``manifest.csv`` and the folder is renamed to ``OUT``, so
@@ -19,8 +30,9 @@ import io
 import json
 import shutil
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,14 +49,80 @@ from synthmed.augment.export import (
     file_names,
     write_files,
 )
+from synthmed.augment.items import ReadConfig
+from synthmed.augment.readers import read_images
 from synthmed.errors import InputError
+from synthmed.eval.privacy import flatten_pixels, near_copy_threshold, nearest_distances
 from synthmed.gan import checkpoint, distributed
+from synthmed.gan.config import from_dict, to_dict
 from synthmed.gan.run import LoadedRun
+from synthmed.gan.translate import read_config_of
 
 BLOCK = 256
 NPZ_NAME = "images.npz"
-MANIFEST_COLUMNS = ("path", "label", "class_name", "seed", "noise_index", "model_fingerprint",
-                    "synthmed_version")
+MANIFEST_COLUMNS = ("path", "label", "class_name", "seed", "noise_index", "noise_round",
+                    "model_fingerprint", "synthmed_version")
+HOLDOUT_SEED = 0
+
+
+@dataclass(frozen=True)
+class PrivacyFilterConfig:
+    """Drop synthetic images that are near-copies of training images and draw new ones.
+
+    Args:
+        train: the run's training data (anything the readers take). It is read with the
+            run's own read options (size: the model's) and split, so pixels compare.
+        read: read options replacing the run's own, e.g. ``{"skip_bad": True}``.
+        threshold: the pixel distance (Euclidean over ``C*H*W`` model-space values in
+            [-1, 1]) below which an image is a near-copy; ``None``: derived from ``train``.
+        holdout_fraction, percentile: the derived threshold is the ``percentile``-th
+            percentile of the distances from each image of a held-aside ``holdout_fraction``
+            of the training subjects (drawn with seed ``HOLDOUT_SEED``; images when there is
+            one subject) to its nearest image of the other subjects: closer than all but
+            ``percentile`` % of real unseen images.
+        max_redraws: new draws per image before giving up on a generator that copies.
+    """
+
+    train: str
+    read: dict[str, Any] = field(default_factory=dict)
+    threshold: float | None = None
+    holdout_fraction: float = 0.2
+    percentile: float = 5.0
+    max_redraws: int = 10
+
+    def __post_init__(self) -> None:
+        if not self.train:
+            raise InputError("--privacy-filter needs --train DATA (the run's training data)")
+        if self.threshold is not None and not self.threshold > 0:
+            raise InputError(f"--threshold must be positive, got {self.threshold}")
+        if not 0 < self.holdout_fraction <= 0.5:
+            raise InputError(f"holdout_fraction must be in (0, 0.5], got {self.holdout_fraction}")
+        if not 0 <= self.percentile <= 100:
+            raise InputError(f"percentile must be in [0, 100], got {self.percentile}")
+        if self.max_redraws < 1:
+            raise InputError(f"max_redraws must be at least 1, got {self.max_redraws}")
+
+
+@dataclass(frozen=True)
+class NearCopyFilter:
+    """The training images and the distance below which a synthetic image copies one.
+
+    Args:
+        train: training images flattened, ``(M, C*H*W)`` float32.
+        threshold: a synthetic image nearer than this to a training image is dropped.
+        max_redraws: new draws per image before giving up.
+        record: how the filter was made, for ``provenance.json``.
+    """
+
+    train: np.ndarray
+    threshold: float
+    max_redraws: int
+    record: dict[str, Any]
+
+    def copies(self, images: np.ndarray) -> np.ndarray:
+        """``(N, C, H, W)`` -> ``(N,)`` bool: nearer to a training image than the threshold."""
+        distances, _ = nearest_distances(flatten_pixels(images), self.train)
+        return distances < self.threshold
 
 
 @dataclass(frozen=True)
@@ -60,6 +138,7 @@ class GenerateConfig:
         format: ``png``, ``npz``, ``dicom`` or ``nifti``.
         bit_depth: 8 or 16 for PNG; ``None`` picks 16 when the training data's original
             units fit 16-bit pictures and were not 8-bit, else 8.
+        privacy_filter: drop near-copies of training images (``None``: keep every image).
     """
 
     n: int | None = None
@@ -68,6 +147,7 @@ class GenerateConfig:
     seed: int = 0
     format: str = "png"
     bit_depth: int | None = None
+    privacy_filter: PrivacyFilterConfig | None = None
 
     def __post_init__(self) -> None:
         if sum(x is not None and x is not False and x != {}
@@ -121,7 +201,8 @@ def generate(
         raise InputError("already exists and is not empty: choose another --out or pass "
                          "--overwrite", out)
     labels = plan_labels(run, config)
-    record = _provenance(run, config, labels)
+    near = near_copy_filter(run, config.privacy_filter) if config.privacy_filter else None
+    record = _provenance(run, config, labels, near)
     work = out.parent / f".{out.name}.partial"
     if rank == 0:
         _prepare_work_dir(work, record)
@@ -134,24 +215,91 @@ def generate(
     for block in blocks:
         start, stop = block * BLOCK, min((block + 1) * BLOCK, len(labels))
         if not (work / "parts" / f"{block:06d}.csv").is_file():
-            _write_block(run, config, record, plan, labels, block, work)
+            _write_block(run, config, record, plan, labels, block, work, near)
         bar.update((stop - start) * world)
     bar.close()
     distributed.barrier()
     if rank == 0:
         _finish(work, out, config, record, labels, overwrite)
     distributed.barrier()
-    return record
+    return json.loads((out / "provenance.json").read_text())
+
+
+def near_copy_filter(run: LoadedRun, config: PrivacyFilterConfig) -> NearCopyFilter:
+    """Read the training data as the run did and fix the near-copy threshold.
+
+    Raises:
+        InputError: unreadable data, images of another shape than the generator's, too few
+            images to derive a threshold.
+    """
+    train = read_training_data(run, config)
+    shape = (run.model.config.channels, run.model.config.size, run.model.config.size)
+    if train.images.shape[1:] != shape:
+        raise InputError(f"images are {'x'.join(map(str, train.images.shape[1:]))} but the "
+                         f"generator makes {'x'.join(map(str, shape))}: read them as the run "
+                         "did", config.train)
+    pixels = flatten_pixels(train.images)  # (M, C*H*W)
+    if config.threshold is None:
+        threshold = _derived_threshold(train, pixels, config)
+        rule = (f"percentile {config.percentile:g} of the distances from the images of "
+                f"{config.holdout_fraction:.0%} of the training subjects (seed {HOLDOUT_SEED}; "
+                "images if there is one subject) to their nearest image of the other subjects")
+    else:
+        threshold, rule = config.threshold, "given (--threshold)"
+    fingerprint = train.fingerprint()
+    record = {
+        "space": "pixels: Euclidean distance over C*H*W model-space values in [-1, 1]",
+        "threshold": threshold,
+        "threshold_rule": rule,
+        "training_data": config.train,
+        "training_data_fingerprint": fingerprint,
+        "training_images": len(train),
+        "matches_run_training_data": fingerprint == run.training_data.get("fingerprint"),
+        "max_redraws": config.max_redraws,
+    }
+    return NearCopyFilter(pixels, threshold, config.max_redraws, record)
+
+
+def read_training_data(run: LoadedRun, config: PrivacyFilterConfig) -> ImageSet:
+    """``config.train`` read with the run's read options (size: the model's; ``config.read``
+    replacing some), and only its train split when the run trained on that."""
+    saved = replace(read_config_of(run), size=run.model.config.size)
+    try:
+        read = from_dict(ReadConfig, {**to_dict(saved), **config.read}, "--train-read")
+    except TypeError as error:  # e.g. size=abc
+        raise InputError(f"a value of the wrong type ({error})", "--train-read") from None
+    data = read_images(config.train, read)
+    trained_on_train_split = run.config.get("data", {}).get("split", "train") == "train"
+    return data.split("train") if trained_on_train_split and "train" in data.splits else data
+
+
+def _derived_threshold(train: ImageSet, pixels: np.ndarray, config: PrivacyFilterConfig
+                       ) -> float:
+    """The threshold rule of :class:`PrivacyFilterConfig` applied to ``train`` (its images
+    flattened: ``pixels`` ``(M, C*H*W)``)."""
+    single = len(set(train.groups.tolist())) < 2
+    units = np.arange(len(train)).astype(str) if single else train.groups.astype(str)
+    names = np.unique(units)
+    if len(names) < 2:
+        raise InputError("one training image cannot give a near-copy threshold: pass "
+                         "--threshold", config.train)
+    count = max(1, round(config.holdout_fraction * len(names)))
+    aside = np.isin(units, np.random.default_rng(HOLDOUT_SEED).permutation(names)[:count])
+    threshold = near_copy_threshold(pixels[~aside], pixels[aside], config.percentile)
+    if threshold == 0:
+        raise InputError(f"{config.percentile:g} % of the held-aside training images or more have "
+                         "exact duplicates in the rest, so the threshold would be 0: pass "
+                         "--threshold", config.train)
+    return threshold
 
 
 def _write_block(run: LoadedRun, config: GenerateConfig, record: dict, plan: dict,
-                 labels: np.ndarray, block: int, work: Path) -> None:
+                 labels: np.ndarray, block: int, work: Path, near: NearCopyFilter | None
+                 ) -> None:
     start = block * BLOCK
     block_labels = labels[start:start + BLOCK]
     rng = torch.Generator().manual_seed(_block_seed(config.seed, block))
-    z = torch.randn(BLOCK, run.model.config.nz, generator=rng)[:len(block_labels)]
-    images = run.model.generate(z, torch.from_numpy(block_labels) if run.model.conditional
-                                else None).numpy()
+    images, rounds = _draw_block(run, block_labels, rng, near)
     chunk = _as_imageset(images, block_labels, run)
     if config.format == "npz":
         np.save(work / "parts" / f"{block:06d}.npy", medmnist.medmnist_pixels(images))
@@ -159,30 +307,73 @@ def _write_block(run: LoadedRun, config: GenerateConfig, record: dict, plan: dic
     else:
         names = file_names(chunk, SUFFIX[config.format], first=start, total=len(labels))
         write_files(chunk, work, config.format, names, bit_depth=record["bit_depth"],
-                    dicom_series=tuple(plan["dicom_series"]), first_instance=start + 1)
+                    dicom_series=tuple(plan["dicom_series"]), first_instance=start + 1,
+                    dicom_note=_dicom_note(record))
     rows = io.StringIO()
     writer = csv.writer(rows)
     for offset, name in enumerate(names):
         label = int(block_labels[offset])
         writer.writerow([name, label if label >= 0 else "",
                          run.class_names[label] if label >= 0 else "", config.seed,
-                         start + offset, record["model_fingerprint"], __version__])
+                         start + offset, rounds[offset], record["model_fingerprint"],
+                         __version__])
     checkpoint.atomic_write(work / "parts" / f"{block:06d}.csv", rows.getvalue().encode())
+
+
+def _draw_block(run: LoadedRun, labels: np.ndarray, rng: torch.Generator,
+                near: NearCopyFilter | None) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(n, C, H, W)`` for a block's labels ``(n,)`` and the round of each one's noise.
+
+    Each round draws ``BLOCK`` noise vectors from ``rng``; slot ``i`` takes vector ``i`` of
+    round 0, then of each next round while its image is a near-copy.
+
+    Raises:
+        InputError: images still near-copies after ``near.max_redraws`` new draws.
+    """
+    nz = run.model.config.nz
+    images = _generate(run, torch.randn(BLOCK, nz, generator=rng)[:len(labels)], labels)
+    rounds = np.zeros(len(labels), np.int64)
+    if near is None:
+        return images, rounds
+    copies = near.copies(images)  # (n,) bool
+    for round_ in range(1, near.max_redraws + 1):
+        if not copies.any():
+            break
+        redo = np.flatnonzero(copies)
+        z = torch.randn(BLOCK, nz, generator=rng)[redo]
+        images[redo] = _generate(run, z, labels[redo])
+        rounds[redo] = round_
+        copies[redo] = near.copies(images[redo])
+    if copies.any():
+        raise InputError(f"{copies.sum()} image(s) were still near-copies of training images "
+                         f"after {near.max_redraws} new draws each: the generator reproduces "
+                         f"its training data (threshold {near.threshold:.4g})", run.path)
+    return images, rounds
+
+
+def _generate(run: LoadedRun, z: torch.Tensor, labels: np.ndarray) -> np.ndarray:
+    """Images ``(n, C, H, W)`` for the noise ``z`` ``(n, nz)`` and labels ``(n,)``."""
+    conditional = torch.from_numpy(labels) if run.model.conditional else None
+    return run.model.generate(z, conditional).numpy()
 
 
 def _finish(work: Path, out: Path, config: GenerateConfig, record: dict, labels: np.ndarray,
             overwrite: bool) -> None:
-    """Merge the manifest parts, assemble the npz, and move the folder into place."""
-    parts = sorted((work / "parts").glob("*.csv"))
+    """Merge the manifest parts (counting the dropped near-copies), assemble the npz, and move
+    the folder into place."""
+    parts = [part.read_text() for part in sorted((work / "parts").glob("*.csv"))]
     with (work / MANIFEST_NAME).open("w", newline="", encoding="utf-8") as handle:
         handle.write(",".join(MANIFEST_COLUMNS) + "\r\n")
-        for part in parts:
-            handle.write(part.read_text())
+        handle.writelines(parts)
     if config.format == "npz":
         blocks = sorted((work / "parts").glob("*.npy"))
         first = np.load(blocks[0], mmap_mode="r")
         medmnist.write_npz_blocks(work / NPZ_NAME, _load_each(blocks), first.shape[1:],
                                   labels, record["class_names"])
+    if "privacy_filter" in record:
+        column = MANIFEST_COLUMNS.index("noise_round")
+        dropped = sum(int(row[column]) for part in parts for row in csv.reader(io.StringIO(part)))
+        record = {**record, "privacy_filter": {**record["privacy_filter"], "dropped": dropped}}
     checkpoint.write_json(work / "provenance.json", record)
     shutil.rmtree(work / "parts")
     (work / "plan.json").unlink()
@@ -207,10 +398,13 @@ def _prepare_work_dir(work: Path, record: dict) -> None:
     checkpoint.write_json(plan_path, plan)
 
 
-def _provenance(run: LoadedRun, config: GenerateConfig, labels: np.ndarray) -> dict:
-    """Everything that decides the output bytes, plus where the images come from."""
+def _provenance(run: LoadedRun, config: GenerateConfig, labels: np.ndarray,
+                near: NearCopyFilter | None) -> dict:
+    """Everything that decides the output bytes, plus where the images come from: with the
+    filter's record and the run's differential privacy guarantee when there are."""
     counts = {name: int((labels == k).sum()) for k, name in enumerate(run.class_names)}
     intensity = run.training_data.get("intensity", {})
+    dp = run.training_data.get("differential_privacy")
     return {
         "synthmed_version": __version__,
         "generator_run": str(run.path),
@@ -226,7 +420,17 @@ def _provenance(run: LoadedRun, config: GenerateConfig, labels: np.ndarray) -> d
         "bit_depth": config.bit_depth or _auto_bit_depth(run),
         "intensity": intensity,
         "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest(),
+        **({"privacy_filter": near.record} if near else {}),
+        **({"differential_privacy": dp} if dp else {}),
     }
+
+
+def _dicom_note(record: dict) -> str:
+    """The DP-SGD guarantee of the generator for the DICOM header ("" without one)."""
+    dp = record.get("differential_privacy")
+    if not dp:
+        return ""
+    return f"generator trained with DP-SGD (epsilon={dp['epsilon']:.3g}, delta={dp['delta']:.3g})"
 
 
 def _auto_bit_depth(run: LoadedRun) -> int:

@@ -15,6 +15,7 @@ from synthmed.gan import checkpoint
 from synthmed.gan.config import (
     CycleGANConfig,
     DCGANConfig,
+    DPConfig,
     TrainConfig,
     from_dict,
     load_yaml,
@@ -27,9 +28,12 @@ from synthmed.gan.dcgan import DCGAN
 MODELS = {"dcgan": (DCGAN, DCGANConfig), "cyclegan": (CycleGAN, CycleGANConfig)}
 
 
-def run_config(kind: str, model: Any, train: TrainConfig) -> dict[str, Any]:
-    """The ``config.yaml`` document of a run (less the versions ``write_config`` adds)."""
-    return {"kind": kind, "model": to_dict(model), "train": to_dict(train)}
+def run_config(kind: str, model: Any, train: TrainConfig,
+               privacy: DPConfig | None = None) -> dict[str, Any]:
+    """The ``config.yaml`` document of a run (less the versions ``write_config`` adds); a
+    differentially private run has a ``privacy`` section."""
+    config = {"kind": kind, "model": to_dict(model), "train": to_dict(train)}
+    return config if privacy is None else {**config, "privacy": to_dict(privacy)}
 
 
 def build_model(config: dict[str, Any], where: str = "config", seed: int = 0):
@@ -100,9 +104,11 @@ def resolve_dcgan_config(
     config_file: Path | None = None,
     model_overrides: dict[str, Any] | None = None,
     train_overrides: dict[str, Any] | None = None,
+    private: bool = False,
 ) -> tuple[DCGANConfig, TrainConfig]:
     """Preset defaults, then the YAML file's ``model:`` / ``train:`` sections, then single
-    overrides (``None`` values are ignored)."""
+    overrides (``None`` values are ignored). A ``private`` D defaults to no normalisation
+    (BatchNorm mixes the images of a batch)."""
     values = load_yaml(config_file) if config_file else {}
     where = str(config_file or "config")
     if preset == "tutorial":
@@ -110,10 +116,22 @@ def resolve_dcgan_config(
         train = TrainConfig(batch_size=256, checkpoint_every=15)
     else:
         model, train = DCGANConfig(), TrainConfig()
+    if private:
+        model = with_overrides(model, d_norm="none")
     model = from_dict(DCGANConfig, {**to_dict(model), **values.get("model", {})}, where)
     train = from_dict(TrainConfig, {**to_dict(train), **values.get("train", {})}, where)
     return (with_overrides(model, **(model_overrides or {})),
             with_overrides(train, **(train_overrides or {})))
+
+
+def resolve_privacy(epsilon: float | None, delta: float | None = None,
+                    max_grad_norm: float | None = None) -> DPConfig | None:
+    """The differential privacy the ``--dp-*`` options ask for; ``None`` without an epsilon."""
+    if epsilon is None:
+        if delta is not None or max_grad_norm is not None:
+            raise InputError("--dp-delta and --dp-max-grad-norm need --dp-epsilon")
+        return None
+    return with_overrides(DPConfig(epsilon), delta=delta, max_grad_norm=max_grad_norm)
 
 
 def fit_model_to_data(model: DCGANConfig, data: ImageSet, conditional: bool) -> DCGANConfig:

@@ -3,7 +3,7 @@ resume, bf16 autocast, and data-parallel training under ``torchrun``.
 
 The model supplies ``make_optimizers()``, ``train_step(batch, optimizers, rng, autocast)``,
 ``preview(...)``, ``state_dict()``, ``min_batch`` (the smallest batch it can train on)
-and optionally ``finish_epoch(seed)``; the data
+and optionally ``finish_epoch(seed)`` and ``make_private(private)``; the data
 (:mod:`synthmed.gan.data`: labelled images or two unpaired domains) supplies the batches and
 the preview's inputs. The loop knows nothing else about either.
 
@@ -16,6 +16,12 @@ Under ``torchrun`` each process trains on its own share of every batch order; gr
 are averaged across processes (all-reduce, gloo on CPU, NCCL on GPUs) before each
 optimiser step and normalisation statistics at each epoch's end, so all copies of the
 model stay identical.
+
+With ``privacy`` (a DCGAN on one process) the discriminator trains with DP-SGD
+(:mod:`synthmed.gan.privacy`): batches are Poisson samples drawn from the order generator,
+the accountant's state is saved with every checkpoint, the spend is logged each epoch and
+kept in ``training_data.json``, and training stops early, with a checkpoint, when another
+epoch would spend more than the target epsilon.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -38,8 +44,11 @@ from synthmed.augment.dataset import ImageSet
 from synthmed.augment.preview import save_grid
 from synthmed.errors import InputError, SynthmedError
 from synthmed.gan import checkpoint, distributed
-from synthmed.gan.config import TrainConfig
+from synthmed.gan.config import DPConfig, TrainConfig
 from synthmed.gan.data import LabelledImages, UnpairedImages
+
+if TYPE_CHECKING:
+    from synthmed.gan.privacy import PrivateDiscriminator
 
 TrainingData = LabelledImages | UnpairedImages
 
@@ -50,11 +59,13 @@ class TrainingDiverged(SynthmedError):
 
 @dataclass(frozen=True)
 class FitResult:
-    """What a finished fit left: the run directory, epochs done and the last epoch's metrics."""
+    """What a finished fit left: the run directory, epochs done, the last epoch's metrics and
+    why it stopped before the planned epochs (or ``""``)."""
 
     run_dir: Path
     epochs: int
     metrics: dict[str, float]
+    note: str = ""
 
 
 def fit(
@@ -66,6 +77,7 @@ def fit(
     run_config: dict[str, Any],
     resume: bool = False,
     progress: bool = True,
+    privacy: DPConfig | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data`` into ``run_dir``; with ``resume``, continue from its checkpoint.
 
@@ -73,9 +85,11 @@ def fit(
         data: an image set (labelled images) or a :mod:`synthmed.gan.data` object.
         run_config: the resolved configuration, written to ``config.yaml``.
         progress: show a progress bar (on the first process only).
+        privacy: train the discriminator with differential privacy (DCGAN only).
 
     Raises:
-        InputError: the run directory is in use (without ``resume``) or belongs to other data.
+        InputError: the run directory is in use (without ``resume``) or belongs to other data
+            or other privacy settings; privacy asked of a model or setting without it.
         TrainingDiverged: a loss became NaN or infinite.
     """
     run_dir = Path(run_dir)
@@ -84,16 +98,24 @@ def fit(
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) \
         if torch.cuda.is_available() else torch.device("cpu")
     model.to(device)
-    optimizers = model.make_optimizers()
-    schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(train))
-                  for name, opt in optimizers.items()}
     order_rng = torch.Generator().manual_seed(train.seed)
     step_rng = torch.Generator(device=device).manual_seed(train.seed * 1_000 + rank)
     torch.manual_seed(train.seed * 1_000 + rank)
-    start_epoch = 0
-    if resume:
-        state = checkpoint.load_state(run_dir)
+    state = checkpoint.load_state(run_dir) if resume else None
+    if state is not None:
         _require_same_data(run_dir, data)
+        if (privacy is None) != ("privacy" not in state):
+            raise InputError("was trained with other differential privacy settings: resume "
+                             "with the same options", run_dir)
+    private = None
+    if privacy is not None:
+        private = _make_private(model, data, train, privacy, world, step_rng,
+                                state["privacy"] if state is not None else None)
+    optimizers = model.make_optimizers()
+    schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(train))
+                  for name, opt in optimizers.items()}
+    start_epoch = 0
+    if state is not None:
         model.load_state_dict(state["model"])
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
@@ -110,7 +132,7 @@ def fit(
         problem = None
         if rank == 0:
             try:
-                _start_run(run_dir, run_config, data)
+                _start_run(run_dir, run_config, data, private)
             except InputError as error:
                 problem = error
         if not distributed.all_succeeded(problem is None):
@@ -126,16 +148,23 @@ def fit(
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                 if train.precision == "bf16" else contextlib.nullcontext())
     epoch_metrics: dict[str, float] = {}
-    steps_per_epoch = len(_batches(torch.arange(len(data)), train.batch_size, rank, world,
-                                   model.min_batch))
+    steps_per_epoch = (private.steps_per_epoch if private is not None else
+                       len(_batches(torch.arange(len(data)), train.batch_size, rank, world,
+                                    model.min_batch)))
     # disable=None: tqdm hides the bar when stderr is not a terminal (batch pipelines)
     bar = tqdm(total=(train.epochs - start_epoch) * steps_per_epoch, unit="step",
                disable=True if not progress or rank != 0 else None, dynamic_ncols=True)
+    epochs_done = start_epoch
+    budget_left = private is None or private.affords(steps_per_epoch)
     for epoch in range(start_epoch, train.epochs):
-        order = torch.randperm(len(data), generator=order_rng)
-        batches = _batches(order, train.batch_size, rank, world, model.min_batch)
+        if not budget_left:
+            break
+        batches = (private.batches(order_rng) if private is not None else
+                   _batches(torch.randperm(len(data), generator=order_rng), train.batch_size,
+                            rank, world, model.min_batch))
         started = time.perf_counter()
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         seen = 0
         learning_rates = {f"lr_{name}": s.get_last_lr()[0] for name, s in schedulers.items()}
         bar.set_description(f"epoch {epoch + 1}/{train.epochs}")
@@ -148,6 +177,7 @@ def fit(
                     _divergence_message(run_dir, epoch, step, stats, last_checkpoint))
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value
+                counts[key] = counts.get(key, 0) + 1
             seen += len(index) * world
             bar.set_postfix(_postfix(stats, seen / (time.perf_counter() - started)))
             bar.update()
@@ -159,39 +189,74 @@ def fit(
                 model.finish_epoch(seed=train.seed + epoch)
         if world > 1:
             _average_buffers(model, world)
-        epoch_metrics = {key: value / len(batches) for key, value in sums.items()}
+        epoch_metrics = {key: value / counts[key] for key, value in sums.items()}
         epoch_metrics["images_per_s"] = images_per_s
+        if private is not None:
+            epoch_metrics.update(private.metrics())
+            budget_left = private.affords(steps_per_epoch)
         if rank == 0:
             epoch_metrics.update(_save_preview(model, data, train, run_dir, epoch + 1))
             _log(run_dir, epoch + 1, {**epoch_metrics, **learning_rates}, progress, train.epochs)
-        if epoch + 1 == train.epochs or (epoch + 1) % train.checkpoint_every == 0:
+        if (epoch + 1 == train.epochs or (epoch + 1) % train.checkpoint_every == 0
+                or not budget_left):
             rng_states = {"order": order_rng.get_state(),
                           "step": _gather(step_rng.get_state(), world, device),
                           "torch": _gather(torch.get_rng_state(), world, device)}
             if device.type == "cuda":
                 rng_states["cuda"] = _gather(torch.cuda.get_rng_state(), world, device)
             if rank == 0:
-                _save_checkpoint(run_dir, model, optimizers, schedulers, epoch + 1, rng_states)
+                _save_checkpoint(run_dir, model, optimizers, schedulers, epoch + 1, rng_states,
+                                 private)
             last_checkpoint = epoch + 1
         if world > 1:
             dist.barrier()
+        epochs_done = epoch + 1
     bar.close()
     if rank == 0:
         _save_progress_gif(run_dir)
         _save_loss_plot(run_dir)
-    return FitResult(run_dir, train.epochs, epoch_metrics)
+    note = ""
+    if private is not None and epochs_done < train.epochs:
+        note = (f"privacy budget spent: epsilon {private.epsilon():.3g} of {privacy.epsilon:g} "
+                f"after {epochs_done} of {train.epochs} epochs (another would exceed it); "
+                f"training stopped, the checkpoint of epoch {epochs_done} is kept")
+    return FitResult(run_dir, epochs_done, epoch_metrics, note)
 
 
 # -- run directory -----------------------------------------------------------------------
 
 
-def _start_run(run_dir: Path, run_config: dict[str, Any], data: TrainingData) -> None:
+def _make_private(model: nn.Module, data: TrainingData, train: TrainConfig, privacy: DPConfig,
+                  world: int, noise: torch.Generator,
+                  state: dict[str, Any] | None) -> PrivateDiscriminator:
+    """Make ``model``'s discriminator private (before its optimisers are made)."""
+    from synthmed.gan.privacy import PrivateDiscriminator  # Opacus takes seconds to import
+
+    if not hasattr(model, "make_private"):
+        raise InputError(f"differential privacy is available for DCGAN training only, not "
+                         f"{model.kind}")
+    if world > 1:
+        raise InputError("differential privacy does not run under torchrun yet: train on one "
+                         "process")
+    if data.repeats != 1:
+        raise InputError("differential privacy needs every image once per epoch (repeats 1)")
+    private = PrivateDiscriminator(privacy, len(data), train.batch_size, train.epochs, noise,
+                                   state)
+    model.make_private(private)
+    return private
+
+
+def _start_run(run_dir: Path, run_config: dict[str, Any], data: TrainingData,
+               private: PrivateDiscriminator | None) -> None:
     if run_dir.exists() and any(run_dir.iterdir()):
         raise InputError("already holds files: pass --resume to continue that run, or choose "
                          "another --out", run_dir)
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     checkpoint.write_config(run_dir, run_config)
-    checkpoint.write_json(run_dir / checkpoint.TRAINING_DATA, data.record())
+    record = data.record()
+    if private is not None:
+        record["differential_privacy"] = private.record()
+    checkpoint.write_json(run_dir / checkpoint.TRAINING_DATA, record)
 
 
 def _require_same_data(run_dir: Path, data: TrainingData) -> None:
@@ -202,7 +267,8 @@ def _require_same_data(run_dir: Path, data: TrainingData) -> None:
 
 
 def _save_checkpoint(run_dir: Path, model: nn.Module, optimizers: dict, schedulers: dict,
-                     epoch: int, rng_states: dict[str, Any]) -> None:
+                     epoch: int, rng_states: dict[str, Any],
+                     private: PrivateDiscriminator | None) -> None:
     state = {
         "epoch": epoch,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -210,6 +276,11 @@ def _save_checkpoint(run_dir: Path, model: nn.Module, optimizers: dict, schedule
         "schedulers": {name: s.state_dict() for name, s in schedulers.items()},
         "rng": rng_states,
     }
+    if private is not None:  # the record first: a kill in between overstates the spend
+        path = run_dir / checkpoint.TRAINING_DATA
+        record = json.loads(path.read_text())
+        checkpoint.write_json(path, {**record, "differential_privacy": private.record()})
+        state["privacy"] = private.state_dict()
     checkpoint.save_state(run_dir, state)
     checkpoint.save_weights(run_dir, state["model"], model.kind, epoch)
 

@@ -34,6 +34,7 @@ from synthmed.augment.dicom import write_dicom
 from synthmed.augment.export import atomic_output_dir, write_files
 from synthmed.augment.intensity import (
     foreground_mask,
+    match_histogram,
     percentile_range,
     require_finite,
     to_model_space,
@@ -83,8 +84,11 @@ def read_config_of(run: LoadedRun) -> ReadConfig:
 
 def target_domain(run: LoadedRun, direction: str) -> dict[str, Any]:
     """The training record of the domain ``direction`` translates into."""
+    return _domain(run, direction[-1])
+
+
+def _domain(run: LoadedRun, name: str) -> dict[str, Any]:
     domains = run.training_data.get("domains", {})
-    name = direction[-1]
     if name not in domains:
         raise InputError(f"has no record of domain {name.upper()} (training_data.json)", run.path)
     return domains[name]
@@ -94,9 +98,14 @@ def translate_images(run: LoadedRun, images: np.ndarray, direction: str,
                      batch_size: int = 8) -> np.ndarray:
     """Model-space images ``(N, C, H, W)`` of any size -> translated, same shape, in [-1, 1].
 
-    Images go to the scale the model was trained at (the run's ``--size`` and resize mode),
-    through the generator, and back to their own size.
+    When the run standardised its training subjects, the images (taken as one subject) are
+    histogram-standardised onto the source domain's training quantiles first. Images go to
+    the scale the model was trained at (the run's ``--size`` and resize mode), through the
+    generator, and back to their own size.
     """
+    if run.model.config.standardize:
+        quantiles = _domain(run, direction[0])["foreground_quantiles"]
+        images = match_histogram(images, np.asarray(quantiles))
     read = read_config_of(run)
     height, width = images.shape[-2:]
     scaled = _training_shape(height, width, read)

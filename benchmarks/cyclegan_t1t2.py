@@ -70,6 +70,9 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=112)
     parser.add_argument("--width", type=int, default=32, help="ngf and ndf")
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--lambda-identity", default="0.5",
+                        help="identity loss weight as a share of the cycle weight")
+    parser.add_argument("--upsample", default="convtranspose", help="or resize")
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--step-repeats", type=int, default=3)
     parser.add_argument("--skip-steps", action="store_true")
@@ -99,7 +102,8 @@ def main() -> None:
             "--domain-b", f"{brain}/*/t2.nii.gz", "--val-subjects", HELD_OUT,
             *(["--size", str(args.size)] if args.size else []),
             "--crop", str(args.crop), "--ngf", str(args.width),
-            "--ndf", str(args.width), "--epochs", str(args.epochs), "--precision",
+            "--ndf", str(args.width), "--epochs", str(args.epochs), "--lambda-identity",
+            args.lambda_identity, "--upsample", args.upsample, "--precision",
             args.precision, "--checkpoint-every", "1", "--out", str(run), "--no-progress",
             *(["--resume"] if args.resume else []))
         lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

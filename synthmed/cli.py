@@ -6,10 +6,12 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import shutil
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,29 @@ from typing import Any
 import click
 
 from synthmed import __version__
-from synthmed.errors import SynthmedError
+from synthmed.errors import InputError, SynthmedError
+
+
+class _Command(click.Command):
+    """A command whose OS errors that name no file (a full disk: ``write`` failing with
+    ENOSPC) name its ``--out`` folder."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as error:
+            out = ctx.params.get("out")
+            if error.filename or out is None:
+                raise
+            raise InputError(f"cannot be written ({error.strerror or error})", out) from error
 
 
 class _Group(click.Group):
-    """A click group that turns user errors into one clear line."""
+    """A click group that turns user errors into one clear line; its groups and commands
+    inherit that."""
+
+    command_class = _Command
+    group_class = type
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -30,12 +50,28 @@ class _Group(click.Group):
             if (ctx.obj or {}).get("verbose"):
                 traceback.print_exc()
             message = str(error) if isinstance(error, SynthmedError) else _os_message(error)
-            raise click.ClickException(message) from None
+            # one line even when a file name or a file's own text holds a line break
+            raise click.ClickException("\\n".join(message.splitlines())) from None
 
 
 def _os_message(error: OSError) -> str:
     where = f"{error.filename}: " if error.filename else ""
     return f"{where}{error.strerror or error}"
+
+
+@contextlib.contextmanager
+def _training_into(out: Path, resume: bool) -> Iterator[None]:
+    """When training fails before its first checkpoint, remove the run directory ``out`` it
+    made: nothing in it could be resumed, and it would block a new start."""
+    from synthmed.gan.checkpoint import STATE
+
+    new = not resume and not out.exists()
+    try:
+        yield
+    except BaseException:
+        if new and not (out / STATE).is_file():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,16 +113,21 @@ def read_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="NIfTI: skip slices whose foreground fraction is not above this."),
         click.option("--skip-bad", is_flag=True,
                      help="Skip unreadable files and list them instead of stopping."),
+        click.option("--root", type=click.Path(exists=True, file_okay=False, resolve_path=True),
+                     default=None,
+                     help="Confine reading to this folder: every file the data, a manifest, "
+                          "folder or glob names must resolve (symlinks followed) inside it."),
     ]
 
     @functools.wraps(command)
     def wrapper(*args: Any, format_: str, size: int | None, resize_mode: str,
                 channels: str | None, window: str | None, slice_axis: int,
-                min_foreground: float, skip_bad: bool, **kwargs: Any) -> Any:
+                min_foreground: float, skip_bad: bool, root: str | None,
+                **kwargs: Any) -> Any:
         config = ReadConfig(format=format_, size=size, resize_mode=resize_mode,
                             channels=None if channels is None else int(channels), window=window,
                             slice_axis=slice_axis, min_foreground=min_foreground,
-                            skip_bad=skip_bad)
+                            skip_bad=skip_bad, root=root)
         return command(*args, read_config=config, **kwargs)
 
     for option in reversed(options):
@@ -254,9 +295,10 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
         model_config = fit_model_to_data(model_config, imageset, conditional)
     config = run_config("dcgan", model_config, train_config, privacy)
     model = build_model(config, seed=train_config.seed)
-    result = fit(model, imageset, train_config, out, resume=resume, progress=progress,
-                 privacy=privacy, run_config={**config, "data": {
-                     "source": data, "split": split, "read": asdict(read_config)}})
+    with _training_into(out, resume):
+        result = fit(model, imageset, train_config, out, resume=resume, progress=progress,
+                     privacy=privacy, run_config={**config, "data": {
+                         "source": data, "split": split, "read": asdict(read_config)}})
     shown = "  ".join(f"{k} {v:.3g}" for k, v in result.metrics.items())
     click.echo(f"trained {model_config.preset} DCGAN on {len(imageset)} images for "
                f"{result.epochs} epochs -> {out}\n{shown}")
@@ -295,6 +337,8 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
               help="ResNet blocks per generator (default 6 up to 128 px crops, else 9).")
 @click.option("--upsample", type=click.Choice(["convtranspose", "resize"]),
               help="Generator upsampling: convtranspose (reference) or resize + conv.")
+@click.option("--standardize/--no-standardize", default=None,
+              help="Match each subject's histogram to its domain's (default: on).")
 @click.option("--lambda-cycle", type=float, help="Cycle-consistency weight (default 10).")
 @click.option("--lambda-identity", type=float,
               help="Identity weight as a share of --lambda-cycle (default 0.5).")
@@ -350,10 +394,11 @@ def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config:
                           standardize=model_config.standardize)
     config = run_config("cyclegan", model_config, train_config)
     model = build_model(config, seed=train_config.seed)
-    result = fit(model, data, train_config, out, resume=resume, progress=progress,
-                 run_config={**config, "data": {
-                     "domain_a": domain_a, "domain_b": domain_b, "split": split,
-                     "val_subjects": held, "read": asdict(read_config)}})
+    with _training_into(out, resume):
+        result = fit(model, data, train_config, out, resume=resume, progress=progress,
+                     run_config={**config, "data": {
+                         "domain_a": domain_a, "domain_b": domain_b, "split": split,
+                         "val_subjects": held, "read": asdict(read_config)}})
     shown = "  ".join(f"{k} {v:.3g}" for k, v in result.metrics.items())
     click.echo(f"trained CycleGAN on {len(domains[0])} A and {len(domains[1])} B images "
                f"(held out: {', '.join(held) or 'none'}) for {result.epochs} epochs -> {out}\n"
@@ -399,7 +444,6 @@ def generate_command(run: Path, out: Path, n: int | None, per_class: str | None,
     Example: synthmed generate runs/breast --per-class malignant=1000 --format dicom --out syn
     --privacy-filter --train breastmnist.npz
     """
-    from synthmed.errors import InputError
     from synthmed.gan.generate import GenerateConfig, PrivacyFilterConfig, generate
     from synthmed.gan.run import load_run
 

@@ -180,6 +180,7 @@ def test_train_cyclegan_writes_a_complete_run(trained):
     config = checkpoint.read_config(trained)
     assert config["kind"] == "cyclegan"
     assert config["model"]["crop"] == 24 and config["model"]["channels"] == 1
+    assert config["model"]["standardize"] is True
     assert config["data"]["val_subjects"] == ["s2"]
     record = json.loads((trained / "training_data.json").read_text())
     assert group_hash("s2") not in record["domains"]["a"]["group_hashes"]
@@ -193,6 +194,16 @@ def test_train_cyclegan_writes_a_complete_run(trained):
     for name in ("progress.gif", "losses.png", "model.safetensors", "trainer_state.pt"):
         assert (trained / name).is_file()
     assert load_run(trained).model.kind == "cyclegan"
+
+
+def test_no_standardize_option_reaches_the_run(volumes, tmp_path):
+    out = tmp_path / "plain"
+    result = run("train", "cyclegan", "--domain-a", f"{volumes}/s0/t1.nii.gz", "--domain-b",
+                 f"{volumes}/s1/t2.nii.gz", "--out", out, "--epochs", "1", "--crop", "24",
+                 "--no-standardize", *TINY)
+    assert result.exit_code == 0, result.output
+    assert checkpoint.read_config(out)["model"]["standardize"] is False
+    assert load_run(out).model.config.standardize is False
 
 
 def test_cyclegan_resume_after_a_kill_repeats_an_uninterrupted_run(volumes, tmp_path):

@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_rescale, get_decoder
+from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     RLELossless,
@@ -140,7 +141,7 @@ def _read_file(path: Path, config: ReadConfig) -> _File:
 
 def _file_images(ds: Dataset, path: Path, config: ReadConfig) -> _File:
     """Decode ``ds``'s pixels to original units and note its series, group and sort key."""
-    if not any(keyword in ds for keyword in PIXEL_KEYWORDS):
+    if not any(ds.get(keyword) for keyword in PIXEL_KEYWORDS):
         raise InputError("has no pixel data (not an image)", path)
     pixels = _decode(ds, path)
     photometric = str(ds.get("PhotometricInterpretation", ""))
@@ -185,23 +186,51 @@ def _decode(ds: Dataset, path: Path) -> np.ndarray:
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
-        raise InputError(f"transfer syntax {syntax.name} ({syntax}) is not supported", path) \
-            from None
+        raise InputError(f"transfer syntax {syntax.name!r} ({str(syntax)!r}) is not supported",
+                         path) from None
     if not decoder.is_available:
         raise InputError(f"cannot decode {syntax.name}: {CODEC_HINT}", path)
     if syntax == RLELossless:
         # pylibjpeg-rle panics on some corrupt data, with a BaseException no error handler sees
         ds.pixel_array_options(decoding_plugin="pydicom")
-    return ds.pixel_array
+    pixels = ds.pixel_array
+    if not syntax.is_encapsulated:
+        _require_native_length(ds, path)
+    return pixels
+
+
+def _require_native_length(ds: Dataset, path: Path) -> None:
+    """Refuse uncompressed pixel data longer than the header describes by more than one row.
+
+    pydicom drops such excess as padding (some writers pad a little) or returns it as extra
+    frames, which would silently cut or misshape an image whose Rows, Columns, Bits Allocated
+    or Number of Frames are wrong. (Too little pixel data pydicom refuses itself.)
+    """
+    keyword = next(k for k in PIXEL_KEYWORDS if ds.get(k))
+    actual, expected = len(ds[keyword].value), get_expected_length(ds)
+    row = math.ceil(int(ds.Columns) * int(ds.SamplesPerPixel) * int(ds.BitsAllocated) / 8)
+    if actual > expected + expected % 2 + row:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        raise InputError(
+            f"{keyword} holds {actual} bytes, but {frames} frame(s) of {ds.Rows}x{ds.Columns} "
+            f"pixels, {ds.SamplesPerPixel} sample(s) of {ds.BitsAllocated} bits, need "
+            f"{expected}: Rows, Columns, Bits Allocated or Number of Frames disagree with the "
+            "pixel data",
+            path,
+        )
 
 
 def _file_window(ds: Dataset) -> tuple[float, float] | None:
-    """The file's first WindowCenter / WindowWidth as ``(low, high)``, if it has a valid one."""
+    """The file's first WindowCenter / WindowWidth as ``(low, high)``, if it has a usable one
+    (see :func:`~synthmed.augment.intensity.window_range`)."""
     center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
     if center is None or width is None:
         return None
     center, width = (float(v[0] if isinstance(v, MultiValue) else v) for v in (center, width))
-    return window_range(center, width) if width > 0 else None
+    try:
+        return window_range(center, width)
+    except InputError:  # zero, NaN or infinite: the percentiles map the image instead
+        return None
 
 
 def _one_line(error: Exception) -> str:

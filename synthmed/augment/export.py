@@ -120,7 +120,13 @@ def write_files(
     ``dicom_series`` and ``first_instance`` let an export written in parts share one series;
     ``dicom_note`` states how the images were made beyond synthesis (see
     :func:`~synthmed.augment.dicom.write_dicom`'s ``note``).
+
+    Raises:
+        InputError: a name that would land outside ``folder`` (``../x``, ``/x``).
     """
+    for name in names:
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise InputError(f"file name {name!r} leads outside the output folder")
     if format == "png":
         pictures.write_pictures(imageset, folder, names, bit_depth=bit_depth)
     elif format == "dicom":
@@ -135,11 +141,12 @@ def write_files(
 def file_names(imageset: ImageSet, suffix: str, first: int = 0, total: int | None = None
                ) -> list[str]:
     """Relative path of each item: ``[split/][class/]NNNNN{suffix}``, numbered from ``first``
-    with as many digits as ``total`` items (default: this set) need."""
+    with as many digits as ``total`` items (default: this set) need. Split and class names
+    become safe folder names (see :func:`_safe_folder`)."""
     width = max(5, len(str(total if total is not None else len(imageset))))
     names = []
     for offset in range(len(imageset)):
-        parts = [imageset.splits[offset]]
+        parts = [_safe_folder(imageset.splits[offset]) if imageset.splits[offset] else ""]
         if imageset.labels[offset] >= 0:
             parts.append(_safe_folder(imageset.class_names[imageset.labels[offset]]))
         parts.append(f"{first + offset:0{width}d}{suffix}")
@@ -165,6 +172,8 @@ def write_manifest(imageset: ImageSet, path: Path, names: list[str]) -> None:
 
 
 def _safe_folder(name: str) -> str:
-    """A class name as a folder name: path separators and control characters replaced."""
+    """A split or class name as one folder name inside the output: path separators, control
+    and reserved characters replaced, leading and trailing dots and spaces dropped (no ``..``),
+    ``_`` for what is left empty."""
     cleaned = re.sub(r"[\\/\x00-\x1f:*?\"<>|]", "_", name).strip(" .")
     return cleaned or "_"

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from synthmed.augment.dataset import ImageSet
+from synthmed.augment.intensity import to_original
 from synthmed.augment.splits import duplicate_summary, find_group_leakage
 
 
@@ -72,14 +73,16 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _intensity_stats(imageset: ImageSet, chunk: int = 1024) -> dict[str, dict[str, float]]:
+def _intensity_stats(imageset: ImageSet) -> dict[str, dict[str, float]]:
+    """Model-space mean, std, min and max; the original units' range from each image's own
+    extremes (its map back is linear), so no copy of the images is made in float64."""
     images = imageset.images
-    low, high = np.inf, -np.inf
-    for start in range(0, len(imageset), chunk):
-        original = imageset.to_original_units(np.arange(start, min(start + chunk, len(imageset))))
-        low, high = min(low, float(original.min())), max(high, float(original.max()))
+    flat = images.reshape(len(images), -1)
+    extremes = np.stack([flat.min(axis=1), flat.max(axis=1)], axis=1)  # (N, 2)
+    original = to_original(extremes, imageset.intensity_low[:, None],
+                           imageset.intensity_high[:, None])
     return {
         "model": {"mean": float(images.mean()), "std": float(images.std()),
                   "min": float(images.min()), "max": float(images.max())},
-        "original": {"min": low, "max": high},
+        "original": {"min": float(original.min()), "max": float(original.max())},
     }

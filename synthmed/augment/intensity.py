@@ -6,6 +6,7 @@ clipped. ``low > high`` is an inverted mapping (DICOM MONOCHROME1).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +28,14 @@ FOREGROUND_FLOOR = -1.0 + 1e-3
 
 
 def window_range(center: float, width: float) -> tuple[float, float]:
-    """``(low, high)`` of a window given by center and width."""
-    if width <= 0:
+    """``(low, high)`` of a window given by center and width: finite, ``low < high``."""
+    if not width > 0:
         raise InputError(f"window width must be positive, got {width}")
-    return center - width / 2.0, center + width / 2.0
+    low, high = center - width / 2.0, center + width / 2.0
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise InputError(f"window {center:g},{width:g} is unusable: its ends are infinite or "
+                         "equal in floating point")
+    return low, high
 
 
 def parse_window(spec: str) -> tuple[float, float]:
@@ -53,13 +58,19 @@ def percentile_range(
 ) -> tuple[float, float]:
     """``(low, high)`` at the given percentiles of ``values`` (inside ``mask`` when given).
 
-    A constant input gets a unit-wide range so the mapping stays invertible.
+    A constant input gets a range as :func:`widened` makes it.
     """
     selected = values[mask] if mask is not None and mask.any() else values.reshape(-1)
     low, high = np.percentile(selected, percentiles)
+    return widened(float(low), float(high))
+
+
+def widened(low: float, high: float) -> tuple[float, float]:
+    """``(low, high)``, a unit wide when ``high <= low`` (a constant input), so the mapping
+    stays invertible; at least one float step wide, for values so large that 1 is lost."""
     if high <= low:
-        high = low + 1.0
-    return float(low), float(high)
+        high = max(low + 1.0, float(np.nextafter(low, np.inf)))
+    return low, high
 
 
 def to_model_space(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -93,8 +104,10 @@ def foreground_mask(volume: np.ndarray) -> np.ndarray:
     Otsu threshold (air around a CT or an unmasked MR).
     """
     values, counts = np.unique(volume, return_counts=True)
+    if len(values) == 1:  # a constant volume is all foreground (no histogram to cut at 1e30)
+        return np.ones(volume.shape, bool)
     most_common = values[np.argmax(counts)]
-    if counts.max() >= 0.1 * volume.size and len(values) > 1:
+    if counts.max() >= 0.1 * volume.size:
         return volume != most_common
     return volume > otsu_threshold(volume)
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from synthmed.errors import InputError
 
 T = TypeVar("T")
 ResizeMode = Literal["resize", "pad", "fit"]
+# Numeric labels name class indices 0 .. label; beyond this a label is an id or a date, not one
+MAX_CLASSES = 10_000
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class ReadConfig:
         slice_axis: NIfTI axis to slice 3D volumes along (2 = axial for RAS volumes).
         min_foreground: NIfTI slices whose foreground fraction is not above this are skipped.
         skip_bad: skip unreadable files (listed in ``metadata["skipped"]``) instead of failing.
+        root: confine reading to this folder: every file a path, folder, glob or manifest
+            names must resolve (symlinks followed) inside it; ``None`` reads anywhere.
     """
 
     format: str = "auto"
@@ -47,6 +52,7 @@ class ReadConfig:
     slice_axis: int = 2
     min_foreground: float = 0.01
     skip_bad: bool = False
+    root: str | None = None
 
     def __post_init__(self) -> None:
         if self.channels not in (None, 1, 3):
@@ -59,6 +65,19 @@ class ReadConfig:
             parse_window(self.window)
         if self.resize_mode not in ("resize", "pad", "fit"):
             raise InputError(f"resize mode must be resize, pad or fit, got {self.resize_mode!r}")
+        if self.root is not None and not Path(self.root).is_dir():
+            raise InputError("--root must be an existing folder", self.root)
+
+    def require_inside_root(self, path: Path, where: str | None = None) -> None:
+        """Refuse ``path`` unless it resolves (symlinks followed) inside :attr:`root`.
+
+        Args:
+            where: what the error names when not the path itself, e.g. ``manifest.csv:3``.
+        """
+        if self.root is None or Path(path).resolve().is_relative_to(Path(self.root).resolve()):
+            return
+        problem = f"is outside --root {self.root}"
+        raise InputError(problem if where is None else f"{str(path)!r} {problem}", where or path)
 
 
 @dataclass
@@ -132,7 +151,7 @@ def assemble(result: ReadResult, config: ReadConfig, origin: str) -> ImageSet:
         raise InputError("no images found", origin)
     pixels = [_conform_channels(_conform_size(item, config), item, config) for item in items]
     _require_uniform(pixels, items)
-    class_names, labels = _label_indices(items, result.class_names)
+    class_names, labels = _label_indices(items, result.class_names, origin)
     units = sorted({item.unit for item in items})
     modalities = sorted({item.modality for item in items} - {""})
     return ImageSet.from_arrays(
@@ -198,7 +217,7 @@ def _require_uniform(pixels: Sequence[np.ndarray], items: Sequence[Item]) -> Non
 
 
 def _label_indices(
-    items: Sequence[Item], class_names: tuple[str, ...] | None
+    items: Sequence[Item], class_names: tuple[str, ...] | None, origin: str
 ) -> tuple[tuple[str, ...], list[int]]:
     names = [item.label for item in items]
     if all(name is None for name in names):
@@ -208,7 +227,7 @@ def _label_indices(
         raise InputError("has no label while other images do", missing.source)
     if class_names is None:
         unique = set(names)
-        numeric = {name for name in unique if name.isdigit()}
+        numeric = {name for name in unique if name.isdecimal()}
         if numeric and numeric != unique:
             example = next(item for item in items if item.label not in numeric)
             raise InputError(
@@ -217,9 +236,17 @@ def _label_indices(
                 example.source,
             )
         if numeric:
-            class_names = tuple(str(k) for k in range(max(int(n) for n in unique) + 1))
+            top = max(numeric, key=int)
+            if int(top) >= MAX_CLASSES:
+                example = next(item for item in items if item.label == top)
+                raise InputError(f"label {top} is not a class index (0 .. {MAX_CLASSES - 1}): "
+                                 "number the classes from 0 or name them", example.source)
+            class_names = tuple(str(k) for k in range(int(top) + 1))
         else:
             class_names = tuple(sorted(unique))
+    repeated = [name for name, count in Counter(class_names).items() if count > 1]
+    if repeated:
+        raise InputError(f"class name {repeated[0]!r} names more than one class index", origin)
     index = {name: k for k, name in enumerate(class_names)}
     for item in items:
         if item.label not in index:

@@ -8,13 +8,14 @@ file name is a known MedMNIST set, or from a ``class_names`` array (our exports 
 from __future__ import annotations
 
 import zipfile
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from synthmed.augment.dataset import ImageSet
-from synthmed.augment.intensity import require_finite, to_model_space, to_uint8
+from synthmed.augment.intensity import require_finite, to_model_space, to_uint8, widened
 from synthmed.augment.items import Item, ReadResult
 from synthmed.errors import InputError
 
@@ -47,26 +48,30 @@ def read_npz(path: Path) -> ReadResult:
         raise InputError(
             f"no train_images / val_images / test_images arrays (has: {', '.join(arrays)})", path
         )
+    orphan = next((s for s in SPLITS if f"{s}_labels" in arrays and s not in present), None)
+    if orphan:
+        raise InputError(f"has {orphan}_labels but no {orphan}_images", path)
     class_names = _class_names(path, arrays)
-    wide = [arrays[f"{s}_images"] for s in present if arrays[f"{s}_images"].dtype != np.uint8]
-    low, high = (0.0, 255.0)
+    images = {split: _images(path, arrays, split) for split in present}
+    # uint8 maps 0..255; wider types share one mapping, from their minimum to their maximum
+    wide = [a for a in images.values() if a.dtype != np.uint8 and a.size]
+    low, high = (0.0, 1.0)
     if wide:
-        low, high = float(min(a.min() for a in wide)), float(max(a.max() for a in wide))
-        high = high if high > low else low + 1.0
+        low, high = widened(float(min(a.min() for a in wide)), float(max(a.max() for a in wide)))
     items: list[Item] = []
     for split in present:
-        images = _images(path, arrays, split)
-        labels = _labels(path, arrays, split, len(images))
-        for index, image in enumerate(images):
+        labels = _labels(path, arrays, split, len(images[split]))
+        item_low, item_high = (0.0, 255.0) if images[split].dtype == np.uint8 else (low, high)
+        for index, image in enumerate(images[split]):
             items.append(Item(
-                pixels=to_model_space(image, low, high),
+                pixels=to_model_space(image, item_low, item_high),
                 source=f"{path}#{split}={index}",
                 group=f"{path.stem}:{split}:{index}",
-                low=low,
-                high=high,
+                low=item_low,
+                high=item_high,
                 label=None if labels is None else _label_name(labels[index], class_names, path),
                 split=split,
-                unit="uint8" if images.dtype == np.uint8 else "a.u.",
+                unit="uint8" if image.dtype == np.uint8 else "a.u.",
             ))
     return ReadResult(items, class_names, metadata={"reader": "npz", "file": str(path)})
 
@@ -99,8 +104,12 @@ def _load(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
-        raise InputError(f"not a readable npz archive ({error})", path) from None
+    # NotImplementedError, RuntimeError: zip features numpy cannot read (e.g. encryption);
+    # MemoryError: an array header claiming more than fits in memory
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, NotImplementedError,
+            RuntimeError, MemoryError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise InputError(f"not a readable npz archive ({reason})", path) from None
 
 
 def _images(path: Path, arrays: dict[str, np.ndarray], split: str) -> np.ndarray:
@@ -114,6 +123,9 @@ def _images(path: Path, arrays: dict[str, np.ndarray], split: str) -> np.ndarray
         raise InputError(
             f"{split}_images has shape {images.shape}; expected (N, H, W) or (N, H, W, 3)", path
         )
+    if 0 in images.shape[2:]:
+        raise InputError(f"{split}_images has shape {arrays[f'{split}_images'].shape}: its "
+                         "images have no pixels", path)
     if images.dtype.kind not in "uif":
         raise InputError(f"{split}_images has dtype {images.dtype}, not numbers", path)
     require_finite(images, path)
@@ -142,7 +154,11 @@ def _labels(path: Path, arrays: dict[str, np.ndarray], split: str, n: int) -> np
 
 def _class_names(path: Path, arrays: dict[str, np.ndarray]) -> tuple[str, ...] | None:
     if "class_names" in arrays:
-        return tuple(str(name) for name in arrays["class_names"])
+        names = arrays["class_names"]
+        if names.ndim != 1:
+            raise InputError(f"class_names has shape {names.shape}; expected a list of names",
+                             path)
+        return tuple(str(name) for name in names)
     return KNOWN_CLASS_NAMES.get(path.stem.lower().split("_")[0])
 
 

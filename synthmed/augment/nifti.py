@@ -126,8 +126,11 @@ def load_volume(path: Path) -> np.ndarray:
     """The voxels of one file as float32 (scaling applied), 2D or 3D."""
     try:
         image = nib.load(path)
-    except (ImageFileError, HeaderDataError, OSError, ValueError):
+    except (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error):
         raise InputError("not a NIfTI file, or its header is damaged", path) from None
+    if image.get_data_dtype().kind not in "iuf":
+        raise InputError(f"voxels of type {image.get_data_dtype()} are not supported: only "
+                         "numbers (not RGB or complex)", path)
     shape = image.shape
     if len(shape) > 3 and np.prod(shape[3:]) == 1:
         shape = shape[:3]
@@ -137,9 +140,12 @@ def load_volume(path: Path) -> np.ndarray:
             "3D volumes can be cut into slices (split a 4D series into 3D volumes first)",
             path,
         )
+    if 0 in shape:
+        raise InputError(f"has no voxels ({'x'.join(map(str, image.shape))})", path)
     try:
         return image.get_fdata(dtype=np.float32).reshape(shape)
-    except (OSError, EOFError, ValueError, zlib.error):
+    # OverflowError: negative sizes or offsets; MemoryError: more voxels than fit in memory
+    except (OSError, EOFError, ValueError, OverflowError, MemoryError, zlib.error):
         raise InputError("truncated or damaged file: its voxels cannot be read", path) from None
 
 

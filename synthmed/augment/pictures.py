@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from synthmed.augment.dataset import ImageSet
-from synthmed.augment.intensity import require_finite, to_model_space, to_uint8
+from synthmed.augment.intensity import require_finite, to_model_space, to_uint8, widened
 from synthmed.augment.items import Item, ReadConfig, ReadResult, read_each, split_name
 from synthmed.errors import InputError
 
@@ -35,7 +35,8 @@ def read_picture(path: Path) -> np.ndarray:
                 pixels = np.asarray(image.convert("L" if image.mode != "P" else "RGB"))
             else:
                 pixels = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+            ValueError) as error:
         raise InputError(f"not a readable picture ({error})", path) from None
     if pixels.ndim == 3:
         pixels = np.moveaxis(pixels, -1, 0)
@@ -60,8 +61,7 @@ def read_picture_folder(
     low, high = (
         (float(min(p.min() for p in wide)), float(max(p.max() for p in wide))) if wide else (0, 1)
     )
-    if high <= low:
-        high = low + 1.0
+    low, high = widened(low, high)
     items = []
     for path, pixels in raw:
         item_low, item_high = (0.0, 255.0) if pixels.dtype == np.uint8 else (low, high)

@@ -22,7 +22,14 @@ from pathlib import Path
 
 from synthmed.augment import dicom, medmnist, nifti, phantom, pictures
 from synthmed.augment.dataset import ImageSet
-from synthmed.augment.items import Item, ReadConfig, ReadResult, assemble, split_name
+from synthmed.augment.items import (
+    MAX_CLASSES,
+    Item,
+    ReadConfig,
+    ReadResult,
+    assemble,
+    split_name,
+)
 from synthmed.errors import InputError
 
 MANIFEST_NAME = "manifest.csv"
@@ -94,6 +101,7 @@ def file_format(path: Path, config: ReadConfig) -> str:
 
 
 def _read_file(path: Path, config: ReadConfig, skipped: list[dict[str, str]]) -> ReadResult:
+    config.require_inside_root(path)
     kind = file_format(path, config)
     if kind == "npz":
         return medmnist.read_npz(path)
@@ -108,6 +116,7 @@ def _read_files(
     """Read many files of one kind (DICOM, NIfTI or pictures) found below ``root``."""
     by_kind: dict[str, list[Path]] = {}
     for path in files:
+        config.require_inside_root(path)
         by_kind.setdefault(file_format(path, config), []).append(path)
     unknown = by_kind.pop("unknown", [])
     for path in unknown:
@@ -144,21 +153,30 @@ def _read_manifest(path: Path, config: ReadConfig, skipped: list[dict[str, str]]
     Paths are relative to the CSV's folder; ``file#K`` names the K-th image of a file that
     holds many (an npz, a multi-frame DICOM, a NIfTI volume's kept slices). Labels are
     integers or class names; the optional ``class_name`` column (written by our exporters)
-    names integer labels.
+    names integer labels. With ``config.root``, a path outside it is refused (even with
+    ``skip_bad``) before it is looked at. Listed files are read by their own format; a listed
+    CSV is refused (a manifest lists images, not manifests).
     """
     rows = _manifest_rows(path)
+    listed = replace(config, format="auto")
     items: list[Item] = []
     names: dict[int, str] = {}
+    kinds: dict[str, str] = {}  # kind of label (none, index, name) -> its first line
     files: dict[Path, list[Item]] = {}
     for line, row in rows:
         relative, _, index = row["path"].partition("#")
         file = (path.parent / relative).resolve() if relative else None
         where = f"{path}:{line}"
+        if relative:
+            config.require_inside_root(path.parent / relative, where)
         try:
-            if file is None or not file.is_file():
+            if file is None or not _is_file(file, where):
                 raise InputError(f"file {row['path']!r} not found", where)
+            if file_format(file, listed) == "csv":
+                raise InputError(f"file {row['path']!r} is a CSV: a manifest lists image files, "
+                                 "not other manifests", where)
             if file not in files:
-                files[file] = _read_file(file, config, skipped).items
+                files[file] = _read_file(file, listed, skipped).items
             read = [replace(item) for item in _select(files[file], index, where)]
         except InputError as error:
             if not config.skip_bad:
@@ -166,8 +184,16 @@ def _read_manifest(path: Path, config: ReadConfig, skipped: list[dict[str, str]]
             skipped.append({"path": error.path or where, "problem": error.problem})
             continue
         label = _manifest_label(row.get("label", ""), where)
-        if label is not None and label.isdigit() and row.get("class_name"):
-            names[int(label)] = label = row["class_name"]
+        kind = "none" if label is None else "index" if label.isdecimal() else "name"
+        kinds.setdefault(kind, where)
+        if len(kinds) > 1:
+            raise InputError(_mixed_labels(label, *next(iter(kinds.items()))), where)
+        name = row.get("class_name")
+        if kind == "index" and name:
+            names.setdefault(int(label), name)
+            if names[int(label)] != name or list(names.values()).count(name) > 1:
+                raise InputError(f"class_name {name!r} of label {label} disagrees with an "
+                                 "earlier line: one name per class index", where)
         for item in read:
             item.label = label
             item.split = split_name(row.get("split") or item.split)
@@ -175,18 +201,45 @@ def _read_manifest(path: Path, config: ReadConfig, skipped: list[dict[str, str]]
             item.modality = row.get("modality") or item.modality
             items.append(item)
     class_names = None
-    if names:
-        class_names = tuple(names.get(k, str(k)) for k in range(max(names) + 1))
+    if names:  # every label is a class index: name them all
+        top = max([*names, *(int(item.label) for item in items)])
+        class_names = tuple(names.get(k, str(k)) for k in range(top + 1))
+        for item in items:
+            item.label = class_names[int(item.label)]
     return ReadResult(items, class_names)
+
+
+def _mixed_labels(label: str | None, first: str, at: str) -> str:
+    """Why a row's label does not fit the earlier rows, whose labels are ``first`` (``none``,
+    ``index`` or ``name``) since line ``at``."""
+    if label is None:
+        return f"has no label while other rows have one ({at})"
+    if first == "none":
+        return f"has a label while other rows have none ({at})"
+    if first == "index":
+        return (f"label {label!r} is a name while other labels are class indices ({at}): use "
+                "one or the other")
+    return (f"label {label!r} is a class index while other labels are names ({at}): use one "
+            "or the other")
 
 
 def _select(items: list[Item], index: str, where: str) -> list[Item]:
     """All items of a file, or item ``index`` of a multi-image file (``images.npz#17``)."""
     if not index:
         return items
-    if not index.isdigit() or int(index) >= len(items):
+    if not index.isdecimal() or int(index) >= len(items):
         raise InputError(f"no image #{index} in a file of {len(items)} images", where)
     return [items[int(index)]]
+
+
+def _is_file(path: Path, where: str) -> bool:
+    """Whether ``path`` is a file; a path the system refuses (name too long ...) is an
+    InputError naming the manifest line ``where``."""
+    try:
+        return path.is_file()
+    except OSError as error:
+        raise InputError(f"file {str(path)!r} cannot be opened ({error.strerror})", where) \
+            from None
 
 
 def _manifest_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
@@ -202,14 +255,20 @@ def _manifest_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
                     path,
                 )
             reader.fieldnames = columns
-            return [
+            rows = [
                 (line, {k: (v or "").strip() for k, v in row.items() if k is not None})
                 for line, row in enumerate(reader, start=2)
             ]
     except UnicodeDecodeError:
         raise InputError("not a UTF-8 text CSV file", path) from None
+    except OSError as error:
+        raise InputError(f"cannot be read ({error.strerror})", path) from None
     except csv.Error as error:
         raise InputError(f"malformed CSV ({error})", path) from None
+    nul = next((line for line, row in rows if "\x00" in row["path"]), None)
+    if nul is not None:
+        raise InputError("path holds a NUL character", f"{path}:{nul}")
+    return rows
 
 
 def _manifest_label(text: str, where: str) -> str | None:
@@ -220,8 +279,9 @@ def _manifest_label(text: str, where: str) -> str | None:
         number = float(text)
     except ValueError:
         return text
-    if not number.is_integer() or number < 0:
-        raise InputError(f"label {text!r} is neither a class index (0, 1, ...) nor a name", where)
+    if not number.is_integer() or not 0 <= number < MAX_CLASSES:
+        raise InputError(f"label {text!r} is neither a class index (0 .. {MAX_CLASSES - 1}) "
+                         "nor a name", where)
     return str(int(number))
 
 

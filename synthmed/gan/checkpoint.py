@@ -22,6 +22,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         raise InputError(f"not a synthmed run: {CONFIG} is missing", run_dir)
     try:
         config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+    except (yaml.YAMLError, UnicodeDecodeError):  # safe_load builds no Python objects
         raise InputError("is not valid YAML", path) from None
     if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
         raise InputError(f"unknown run format (expected format_version {FORMAT_VERSION})", path)
@@ -143,10 +144,13 @@ def load_state(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{STATE} is missing: nothing to resume", run_dir)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError ...
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
-        raise InputError(f"cannot be loaded safely ({first_line})", path) from None
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": we refuse anyway
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch raises UnpicklingError, RuntimeError, EOFError ...
+        # torch's own message suggests weights_only=False: never an option here
+        raise InputError("cannot be loaded safely: corrupt, or holds more than tensors and "
+                         "plain values (nothing in it was run)", path) from None
 
 
 def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:

@@ -75,7 +75,8 @@ def load_run(path: str | Path, kind: str | None = None) -> LoadedRun:
 
     Raises:
         InputError: unknown or incomplete run directory, weights of another model kind,
-            weights that fail their checksum.
+            weights that fail their checksum, an unreadable training data record. Nothing
+            is unpickled: weights come from safetensors, the rest from YAML and JSON.
     """
     path = Path(path)
     config = checkpoint.read_config(path)
@@ -92,11 +93,22 @@ def load_run(path: str | Path, kind: str | None = None) -> LoadedRun:
         raise InputError(f"weights do not fit the configured model (missing {len(missing)}, "
                          f"unexpected {len(unexpected)} tensors)", path / checkpoint.WEIGHTS)
     model.eval()
-    record_path = path / checkpoint.TRAINING_DATA
-    training_data = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    return LoadedRun(path, model, config, training_data, int(metadata.get("epoch", 0)),
+    return LoadedRun(path, model, config, _training_data(path), int(metadata.get("epoch", 0)),
                      metadata["tensors_sha256"])
 
+
+def _training_data(run_dir: Path) -> dict[str, Any]:
+    """The run's ``training_data.json`` record; ``{}`` when it has none."""
+    path = run_dir / checkpoint.TRAINING_DATA
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InputError("is not valid JSON (corrupt or tampered)", path) from None
+    if not isinstance(record, dict):
+        raise InputError("is not a training data record (a JSON object)", path)
+    return record
 
 
 def resolve_dcgan_config(

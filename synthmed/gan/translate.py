@@ -76,8 +76,10 @@ class TranslateConfig:
 
 
 def read_config_of(run: LoadedRun) -> ReadConfig:
-    """The read options the run was trained with."""
+    """The read options the run was trained with, less its ``root``: confining reads is each
+    command's own choice (``--root``), not a property of the run."""
     values = dict(run.config.get("data", {}).get("read", {}))
+    values.pop("root", None)
     values["percentiles"] = tuple(values.get("percentiles", ReadConfig.percentiles))
     return ReadConfig(**values)
 

@@ -108,6 +108,7 @@ def test_a_generator_that_copies_its_training_images_is_flagged(sets):
     assert abs(attack["control_auc"] - 0.5) < 0.2
     findings = " ".join(report.findings())
     assert "near-copies" in findings and "better than chance" in findings
+    assert "closer to a training image than to a held-out one" in findings
     assert report.pairs[2].max() < 1e-3  # the gallery shows exact copies
 
 

@@ -238,7 +238,8 @@ class PrivacyReport:
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray]
 
     def findings(self) -> list[str]:
-        """Plain sentences: each excess of near-copies or membership advantage, or none."""
+        """Plain sentences: each excess of near-copies, of synthetic images closer to training
+        than to held-out data, or of membership advantage; or none."""
         rate = self.settings["config"]["percentile"] / 100
         found = []
         for space, distances in self.distances.items():
@@ -250,13 +251,21 @@ class PrivacyReport:
                              f"({summary['near_copy_share']:.0%}) are near-copies of a training "
                              f"image in {SPACES[space]} space, more than the {rate:.0%} of "
                              f"unseen real images (binomial p = {p:.2g}).")
+            closer, untied = _closer_to_train(distances)
+            p = binomtest(closer, untied, 0.5, alternative="greater").pvalue if untied else 1.0
+            if p < 0.05:
+                found.append(f"{summary['closer_to_train_share']:.0%} of synthetic images are "
+                             f"closer to a training image than to a held-out one in "
+                             f"{SPACES[space]} space, more than the 50 % of a generator that "
+                             f"learned the population (binomial p = {p:.2g}).")
         for name, attack in self.attacks.items():
             if attack["advantage_ci"][0] > 0:
                 found.append(f"The {ATTACKS[name]} attack tells training images from unseen "
                              f"ones better than chance: AUC {attack['auc']:.3f}, advantage "
                              f"{attack['advantage']:.3f} (CI {_interval(attack['advantage_ci'])}).")
-        return found or ["No excess of near-copies and no membership advantage detected at "
-                         "these sample sizes (this is not a proof of privacy)."]
+        return found or ["No excess of near-copies or of images closer to training data, and "
+                         "no membership advantage detected at these sample sizes (this is not a "
+                         "proof of privacy)."]
 
     def to_json(self) -> dict[str, Any]:
         """Every number and setting as JSON values (non-finite numbers become ``None``)."""
@@ -527,6 +536,13 @@ def check_inputs(synthetic: ImageSet, train: ImageSet, holdout: ImageSet,
                              "white-box attack needs real images with the same labels, got "
                              f"{list(imageset.class_names) if imageset.is_labelled else 'none'}",
                              imageset.metadata.get("origin"))
+
+
+def _closer_to_train(distances: Distances) -> tuple[int, int]:
+    """Synthetic images strictly closer to training than to held-out data (equal-size
+    references), and those not tied."""
+    closer = int((distances.fair_train < distances.fair_holdout).sum())
+    return closer, closer + int((distances.fair_train > distances.fair_holdout).sum())
 
 
 def _shape(imageset: ImageSet) -> str:

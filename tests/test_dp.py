@@ -11,12 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from click.testing import CliRunner
 from opacus.accountants import RDPAccountant
 from safetensors.torch import load_file
 
 from synthmed.augment.phantom import PhantomConfig, make_phantom
-from synthmed.cli import cli
 from synthmed.errors import InputError
 from synthmed.gan import checkpoint
 from synthmed.gan.config import CycleGANConfig, DCGANConfig, DPConfig, TrainConfig
@@ -24,6 +22,8 @@ from synthmed.gan.data import UnpairedImages
 from synthmed.gan.privacy import PrivateDiscriminator
 from synthmed.gan.run import build_model, load_run, run_config
 from synthmed.gan.trainer import fit
+
+from .test_dcgan_train import invoke, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,14 +41,6 @@ def phantom():
     return make_phantom(PhantomConfig(n=16, size=32))
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(result, text: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert text in result.output
-    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 
 def opacus_epsilon(sigma: float, sample_rate: float, steps: int, delta: float) -> float:

@@ -21,7 +21,6 @@ vectors in [-1, 1]) and, when a feature extractor is given, in its feature space
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from synthmed.augment.preview import image_grid
 from synthmed.errors import InputError
 from synthmed.eval.fidelity import FeatureFn, checked_features
 from synthmed.eval.stats import bootstrap_ci
+from synthmed.eval.utility_report import save_figure
 from synthmed.gan.checkpoint import atomic_write, json_safe
 from synthmed.gan.run import LoadedRun
 
@@ -395,7 +395,7 @@ class PrivacyReport:
                             "of each reference set)")
             axis.set_ylabel("synthetic images")
             axis.legend(fontsize=7)
-        _save_figure(figure, path)
+        save_figure(figure, path)
 
     def _plot_roc(self, path: Path) -> None:
         import matplotlib.pyplot as plt
@@ -413,7 +413,7 @@ class PrivacyReport:
         axis.set_xlabel("false positive rate (non-members called members)")
         axis.set_ylabel("true positive rate (members found)")
         axis.legend(fontsize=6)
-        _save_figure(figure, path)
+        save_figure(figure, path)
 
     def _plot_pairs(self, path: Path) -> None:
         import matplotlib.pyplot as plt
@@ -430,7 +430,7 @@ class PrivacyReport:
             axes[0, column].set_title(f"{distance:.2f}", fontsize=7)
         figure.suptitle("closest synthetic images (top) and their nearest training image "
                         "(bottom); pixel distance above", fontsize=8)
-        _save_figure(figure, path)
+        save_figure(figure, path)
 
 
 def evaluate_privacy(
@@ -551,13 +551,3 @@ def _shape(imageset: ImageSet) -> str:
 
 def _interval(bounds: list[float]) -> str:
     return f"{bounds[0]:.3f} to {bounds[1]:.3f}"
-
-
-def _save_figure(figure: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    atomic_write(path, buffer.getvalue())

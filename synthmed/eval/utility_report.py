@@ -220,7 +220,7 @@ def save_plots(results: dict[str, Any], summary: dict[str, Any], out: Path) -> l
         axis.set_xlabel(f"test {metric} (95 % CI)")
     axes[0][0].invert_yaxis()
     paths = [out / "gain.png", out / "fractions.png"]
-    _save(figure, paths[0])
+    save_figure(figure, paths[0])
     figure, axis = plt.subplots(figsize=(6, 4))
     xs = [float(f) for f in fractions]
     for name in regimes:
@@ -232,11 +232,12 @@ def save_plots(results: dict[str, Any], summary: dict[str, Any], out: Path) -> l
     axis.set_xlabel("real-data fraction")
     axis.set_ylabel(f"test {metric}")
     axis.legend(fontsize=7)
-    _save(figure, paths[1])
+    save_figure(figure, paths[1])
     return paths
 
 
-def _save(figure: Any, path: Path) -> None:
+def save_figure(figure: Any, path: Path) -> None:
+    """Write a matplotlib figure as a PNG atomically and close it."""
     import io
 
     import matplotlib.pyplot as plt

@@ -1,5 +1,6 @@
 # make demo: set up .venv and run the demo on the embedded phantom data.
 # make test: set up .venv and run the linter and the test suite.
+# make bench: run every benchmark (hours on 2 cores) and write benchmarks/RESULTS.md.
 # Real-data tests read $SYNTHMED_TEST_DATA (e.g. ../shared/data) and are skipped without it.
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,8 +11,9 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= dev,dicom-codecs,privacy
 DEMO_OUT ?= demo-out
 DEMO_FLAGS ?=
+BENCH_FLAGS ?=
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test bench lint clean
 
 install: $(VENV)/.installed
 
@@ -28,8 +30,11 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
+bench: install
+	$(BIN)/python benchmarks/run_all.py --out bench-out $(BENCH_FLAGS)
+
 lint: install
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_OUT) bench-out .pytest_cache .ruff_cache

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from common import add_data_options, synthmed
 
@@ -32,7 +33,8 @@ SETTINGS = {"non-private": [], "epsilon 10": ["--dp-epsilon", "10"],
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_options(parser)
-    parser.add_argument("--epochs", default="100")
+    parser.add_argument("--epochs", default="120")
+    parser.add_argument("--size", default="28", help="image size (BreastMNIST's own: 28)")
     parser.add_argument("--seeds", default="3", help="seeds of the utility grid")
     parser.add_argument("--settings", default=",".join(SETTINGS))
     args = parser.parse_args()
@@ -43,20 +45,34 @@ def main() -> None:
     for name in args.settings.split(","):
         out = args.out / name.replace(" ", "-")
         run = out / "run"
-        seconds = {"train": synthmed(
-            "train", "dcgan", str(data), "--out", str(run), "--conditional", "--d-norm", "none",
-            "--epochs", args.epochs, "--precision", "bf16", "--no-progress", *SETTINGS[name])}
-        seconds["fidelity"] = synthmed("evaluate", "fidelity", "--real", str(data),
-                                       "--synthetic", str(run), "--out", str(out / "fidelity"))
-        seconds["privacy"] = synthmed("evaluate", "privacy", "--synthetic", str(run), "--train",
-                                      str(data), "--holdout", str(data), "--out",
-                                      str(out / "privacy"))
-        seconds["utility"] = synthmed(
-            "evaluate", "utility", "--real", str(data), "--generator", str(run), "--fractions",
-            "1.0", "--seeds", args.seeds, "--out", str(out / "utility"), "--no-progress")
-        rows[name] = _row(out, seconds)
+        steps = {
+            "train": ["train", "dcgan", str(data), "--out", str(run), "--conditional",
+                      "--d-norm", "none", "--epochs", args.epochs, "--size", args.size,
+                      "--precision", "bf16", "--no-progress", *SETTINGS[name]],
+            "fidelity": ["evaluate", "fidelity", "--real", str(data), "--synthetic", str(run),
+                         "--out", str(out / "fidelity")],
+            "privacy": ["evaluate", "privacy", "--synthetic", str(run), "--train", str(data),
+                        "--holdout", str(data), "--out", str(out / "privacy")],
+            "utility": ["evaluate", "utility", "--real", str(data), "--generator", str(run),
+                        "--fractions", "1.0", "--seeds", args.seeds, "--out",
+                        str(out / "utility"), "--no-progress"],
+        }
+        rows[name] = _row(out, _run_steps(out, steps))
         print(_format(name, rows[name]), flush=True)
     (args.out / "privacy.json").write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def _run_steps(out: Path, steps: dict[str, list[str]]) -> dict[str, float]:
+    """Run each command not yet done (a rerun after a kill skips the finished ones; a killed
+    training resumes) and return their wall-clock seconds, kept in ``out/seconds.json``."""
+    record = out / "seconds.json"
+    seconds = json.loads(record.read_text()) if record.is_file() else {}
+    for key, args in steps.items():
+        if key not in seconds:
+            resume = ["--resume"] if key == "train" and (out / "run").exists() else []
+            seconds[key] = synthmed(*args, *resume)
+            record.write_text(json.dumps(seconds, indent=1) + "\n")
+    return seconds
 
 
 def _row(out, seconds: dict[str, float]) -> dict:

@@ -74,6 +74,15 @@ def _training_into(out: Path, resume: bool) -> Iterator[None]:
         raise
 
 
+def _reads_saved_config(out: Path, resume: bool) -> bool:
+    """Whether ``--resume`` takes the model and training options from the run's config.yaml:
+    not when a kill came before the run saved it (it then starts again from the options)."""
+    from synthmed.gan import checkpoint
+
+    killed_early = checkpoint.is_unstarted(out) and not (out / checkpoint.CONFIG).exists()
+    return resume and not killed_early
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--verbose", is_flag=True, help="Show the full traceback when something fails.")
 @click.version_option(__version__, prog_name="synthmed")
@@ -251,7 +260,8 @@ def train() -> None:
               help="Its delta (default min(1e-5, 1/(10 N)) for N training images).")
 @click.option("--dp-max-grad-norm", type=click.FloatRange(0, min_open=True),
               help="Its per-image gradient clipping norm (default 1).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint "
+              "(one killed before its first checkpoint starts again).")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Path | None,
                         preset: str, conditional: bool, split: str, resume: bool,
@@ -278,7 +288,8 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
                               options.pop("dp_max_grad_norm"))
     if options["diffaugment"] is not None:
         options["diffaugment"] = tuple(p.strip() for p in options["diffaugment"].split(",") if p)
-    if resume:
+    saved_config = _reads_saved_config(out, resume)
+    if saved_config:
         saved = checkpoint.read_config(out)
         model_config = from_dict(DCGANConfig, saved["model"], str(out))
         train_config = with_overrides(from_dict(TrainConfig, saved["train"], str(out)),
@@ -291,7 +302,7 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
     imageset = read_images(data, replace(read_config, size=model_config.size))
     if split == "train" and "train" in imageset.splits:
         imageset = imageset.split("train")
-    if not resume:
+    if not saved_config:
         model_config = fit_model_to_data(model_config, imageset, conditional)
     config = run_config("dcgan", model_config, train_config, privacy)
     model = build_model(config, seed=train_config.seed)
@@ -344,7 +355,8 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
               help="Identity weight as a share of --lambda-cycle (default 0.5).")
 @click.option("--pool-size", type=click.IntRange(0), help="Past fakes shown to D (default 50).")
 @click.option("--lr", type=float, help="Adam learning rate (default 2e-4).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint "
+              "(one killed before its first checkpoint starts again).")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config: Any,
                            config_file: Path | None, val_subjects: str | None, split: str,
@@ -374,7 +386,8 @@ def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config:
     train_keys = ("epochs", "batch_size", "precision", "seed", "checkpoint_every")
     train_overrides = {k: options.pop(k) for k in train_keys}
     crop = options.pop("crop")
-    if resume:
+    saved_config = _reads_saved_config(out, resume)
+    if saved_config:
         saved = checkpoint.read_config(out)
         model_config = from_dict(CycleGANConfig, saved["model"], str(out))
         train_config = from_dict(TrainConfig, saved["train"], str(out))
@@ -388,7 +401,7 @@ def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config:
     held: list[str] = []
     if val_subjects:
         domains, held = hold_out_groups(domains, val_subjects, seed=train_config.seed)
-    if not resume:
+    if not saved_config:
         model_config = fit_cyclegan_to_data(model_config, domains, crop)
     data = UnpairedImages(*domains, crop=model_config.crop, flip=model_config.flip,
                           standardize=model_config.standardize)
@@ -601,9 +614,16 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
 
 @evaluate.command("merge")
 @click.argument("parts", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the merged results.json, report.md and plots.")
 def evaluate_merge_command(parts: tuple[Path, ...], out: Path) -> None:
-    """Join the shards of one utility grid into one results.json and report."""
+    """Join the shards of one utility grid into one results.json and report.
+
+    PARTS are the --out folders of `evaluate utility ... --shard K/N` for K = 1..N, run with
+    the same options; every shard must be there.
+
+    Example: synthmed evaluate merge shard-1 shard-2 shard-3 --out utility
+    """
     from synthmed.eval.utility import merge
     from synthmed.eval.utility_report import write_report
 
@@ -700,7 +720,12 @@ def evaluate_privacy_command(synthetic: str, train_path: str, holdout_path: str,
     from synthmed.augment.readers import read_images
     from synthmed.eval.features import default_extractor
     from synthmed.eval.fidelity import torchscript_features
-    from synthmed.eval.privacy import PrivacyConfig, check_inputs, evaluate_privacy
+    from synthmed.eval.privacy import (
+        PrivacyConfig,
+        check_inputs,
+        evaluate_privacy,
+        without_training_copies,
+    )
     from synthmed.eval.utility import RealData, sample_run
     from synthmed.gan.run import load_run
 
@@ -715,7 +740,8 @@ def evaluate_privacy_command(synthetic: str, train_path: str, holdout_path: str,
         fake = sample_run(Path(synthetic), train, n_samples or len(train), seed)
     else:
         fake = read_images(synthetic, read_config)
-    check_inputs(fake, train, holdout, run)  # before an extractor is trained
+    # before an extractor is trained; evaluate_privacy drops and counts the copies again
+    check_inputs(fake, train, without_training_copies(holdout, train)[0], run)
     features, name = None, ""
     if extractor:
         features, name = torchscript_features(extractor), f"TorchScript model {extractor}"

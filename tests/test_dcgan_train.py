@@ -413,7 +413,7 @@ def test_fresh_fit_refuses_a_used_run_dir(tmp_path, phantom):
 
 def test_resume_without_a_checkpoint(tmp_path, phantom):
     with pytest.raises(InputError, match="nothing to resume"):
-        train_run(tmp_path, phantom[0], *configs(), resume=True)
+        train_run(tmp_path / "never-made", phantom[0], *configs(), resume=True)
 
 
 @pytest.mark.parametrize("bad_call, value, where, kept", [

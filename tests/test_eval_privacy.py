@@ -159,8 +159,19 @@ def test_bad_inputs(sets):
         evaluate_privacy(fresh, train, ImageSet.from_arrays(blobs(20, 5, size=12)))
     with pytest.raises(InputError, match="at least 4 held-out"):
         evaluate_privacy(fresh, train, holdout.subset([0, 1, 2]))
-    with pytest.raises(InputError, match="3 held-out image.* are also training"):
-        evaluate_privacy(fresh, train, ImageSet.concatenate([holdout, train.subset([0, 1, 2])]))
+
+
+def test_held_out_copies_of_training_images_are_left_out_of_the_non_members(sets):
+    train, holdout, fresh = sets
+    config = PrivacyConfig(n_boot=50)
+    plain = evaluate_privacy(fresh, train, holdout, config=config)
+    with_copies = evaluate_privacy(
+        fresh, train, ImageSet.concatenate([holdout, train.subset([0, 1, 2])]), config=config)
+    assert with_copies.settings["holdout_training_copies_dropped"] == 3
+    assert with_copies.settings["n_holdout"] == len(holdout)
+    assert with_copies.to_json()["dcr"] == plain.to_json()["dcr"]
+    assert "3 held-out image(s) were exact copies" in with_copies.to_markdown()
+    assert plain.settings["holdout_training_copies_dropped"] == 0
 
 
 # -- white-box ---------------------------------------------------------------------------------

@@ -4,17 +4,20 @@ NIfTI, with a ``manifest.csv`` (path, label, class name, split, group, modality)
 
 Every export is atomic: files go to a hidden temporary folder beside the output, which is
 renamed into place only when everything is written. A failed export leaves nothing behind and
-an earlier output untouched.
+an earlier output untouched; the folder of one killed outright (SIGKILL, power loss) is removed
+by the next export to the same output on the same machine.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,8 +45,9 @@ def atomic_output_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
         raise InputError("already exists and is not empty: choose another --out or pass "
                          "--overwrite", out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_killed_work_dirs(out)
     try:
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        work = Path(tempfile.mkdtemp(prefix=f"{_work_prefix(out)}{os.getpid()}-", dir=out.parent))
     except OSError as error:
         raise InputError(f"cannot write here ({error.strerror})", out.parent) from None
     try:
@@ -58,6 +62,31 @@ def atomic_output_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+def _work_prefix(out: Path) -> str:
+    """The start of the names of this machine's temporary folders for ``out``; the id of the
+    process writing one follows."""
+    return f".{out.name}.partial-{socket.gethostname()}-"
+
+
+def _remove_killed_work_dirs(out: Path) -> None:
+    """Delete temporary folders for ``out`` whose process, on this machine, is gone."""
+    prefix = _work_prefix(out)
+    for work in out.parent.glob(glob.escape(prefix) + "*"):
+        pid = work.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not _is_running(int(pid)):
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def export_imageset(

@@ -271,12 +271,8 @@ class SubsetGenerators:
         train = TrainConfig(epochs=epochs, batch_size=batch, precision=recipe.precision,
                             checkpoint_every=max(1, epochs // 10))
         config = run_config("dcgan", model, train)
-        resume = (run_dir / checkpoint.STATE).is_file()
-        if run_dir.exists() and not resume:
-            raise InputError("holds an unfinished generator without a checkpoint: delete it",
-                             run_dir)
         fit(build_model(config, seed=0), LabelledImages(subset, repeats), train, run_dir,
-            run_config=config, resume=resume, progress=progress)
+            run_config=config, resume=run_dir.exists(), progress=progress)
 
 
 def _finished(run_dir: Path) -> bool:

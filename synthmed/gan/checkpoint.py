@@ -12,6 +12,10 @@ RUN/samples/epoch_0001.png, RUN/progress.gif, RUN/losses.png
 ``trainer_state.pt`` alone resumes a run, so one atomic rename commits a checkpoint;
 ``model.safetensors`` follows it. Nothing is pickled: the state holds tensors and plain
 values only and is read with ``torch.load(weights_only=True)``.
+
+A run killed (even by SIGKILL) loses at most the epochs since its last checkpoint. One killed
+before its first checkpoint holds nothing to resume: a new start (or ``--resume``) replaces
+what it left. Temporary files of writes a kill interrupted are removed on the next start.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import io
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -41,6 +47,9 @@ WEIGHTS = "model.safetensors"
 STATE = "trainer_state.pt"
 TRAINING_DATA = "training_data.json"
 METRICS = "metrics.jsonl"
+SAMPLES = "samples"
+_UNSTARTED_FILES = {CONFIG, TRAINING_DATA, METRICS, SAMPLES}
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}")  # atomic_write's mkstemp names
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -57,6 +66,33 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def is_unstarted(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds only what a run stopped before its first checkpoint left
+    (config, data record, metric lines, sample grids, temporary files), and so nothing to
+    resume or to keep."""
+    run_dir = Path(run_dir)
+    return run_dir.is_dir() and not (run_dir / STATE).exists() and all(
+        path.name in _UNSTARTED_FILES or _is_temporary(path) for path in run_dir.iterdir())
+
+
+def discard_unstarted(run_dir: Path) -> None:
+    """Empty a run directory for which :func:`is_unstarted` is true."""
+    for path in Path(run_dir).iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def remove_temporaries(run_dir: Path) -> None:
+    """Delete the temporary files of atomic writes that a kill interrupted."""
+    for folder in (Path(run_dir), Path(run_dir) / SAMPLES):
+        for path in folder.glob(".*") if folder.is_dir() else ():
+            if _is_temporary(path):
+                path.unlink()
+
+
+def _is_temporary(path: Path) -> bool:
+    return path.is_file() and _TEMPORARY.fullmatch(path.name) is not None
 
 
 def _umask() -> int:

@@ -27,6 +27,7 @@ epoch would spend more than the target epsilon.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -79,7 +80,8 @@ def fit(
     progress: bool = True,
     privacy: DPConfig | None = None,
 ) -> FitResult:
-    """Train ``model`` on ``data`` into ``run_dir``; with ``resume``, continue from its checkpoint.
+    """Train ``model`` on ``data`` into ``run_dir``; with ``resume``, continue from its checkpoint
+    (or start again when a kill came before the first one).
 
     Args:
         data: an image set (labelled images) or a :mod:`synthmed.gan.data` object.
@@ -101,7 +103,8 @@ def fit(
     order_rng = torch.Generator().manual_seed(train.seed)
     step_rng = torch.Generator(device=device).manual_seed(train.seed * 1_000 + rank)
     torch.manual_seed(train.seed * 1_000 + rank)
-    state = checkpoint.load_state(run_dir) if resume else None
+    restart = resume and checkpoint.is_unstarted(run_dir)  # killed before its first checkpoint
+    state = checkpoint.load_state(run_dir) if resume and not restart else None
     if state is not None:
         _require_same_data(run_dir, data)
         if (privacy is None) != ("privacy" not in state):
@@ -128,11 +131,12 @@ def fit(
         start_epoch = int(state["epoch"])
         if rank == 0:
             _truncate_metrics(run_dir, start_epoch)
+            checkpoint.remove_temporaries(run_dir)
     else:
         problem = None
         if rank == 0:
             try:
-                _start_run(run_dir, run_config, data, private)
+                _start_run(run_dir, run_config, data, private, restart)
             except InputError as error:
                 problem = error
         if not distributed.all_succeeded(problem is None):
@@ -247,11 +251,15 @@ def _make_private(model: nn.Module, data: TrainingData, train: TrainConfig, priv
 
 
 def _start_run(run_dir: Path, run_config: dict[str, Any], data: TrainingData,
-               private: PrivateDiscriminator | None) -> None:
-    if run_dir.exists() and any(run_dir.iterdir()):
+               private: PrivateDiscriminator | None, restart: bool) -> None:
+    """Write the run's config and data record; ``restart`` replaces what a run killed before
+    its first checkpoint left in ``run_dir``."""
+    if restart:
+        checkpoint.discard_unstarted(run_dir)
+    elif run_dir.exists() and any(run_dir.iterdir()):
         raise InputError("already holds files: pass --resume to continue that run, or choose "
                          "another --out", run_dir)
-    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    (run_dir / checkpoint.SAMPLES).mkdir(parents=True, exist_ok=True)
     checkpoint.write_config(run_dir, run_config)
     record = data.record()
     if private is not None:
@@ -297,11 +305,11 @@ def _log(run_dir: Path, epoch: int, metrics: dict[str, float], progress: bool,
 
 
 def _truncate_metrics(run_dir: Path, epoch: int) -> None:
-    """Drop metric lines a killed run wrote after its last checkpoint."""
+    """Drop the metric lines (one per epoch, the last perhaps torn by a kill) that a killed
+    run wrote after its last checkpoint."""
     path = run_dir / checkpoint.METRICS
     if path.is_file():
-        kept = [line for line in path.read_text().splitlines()
-                if line and json.loads(line)["epoch"] <= epoch]
+        kept = path.read_text().splitlines()[:epoch]
         checkpoint.atomic_write(path, "".join(f"{line}\n" for line in kept).encode())
 
 
@@ -314,7 +322,7 @@ def _save_preview(model: nn.Module, data: TrainingData, train: TrainConfig, run_
     ``(R, K, C, H, W)`` (e.g. A, A->B, A->B->A, ...) are laid out row by row.
     """
     images = model.preview(**data.preview_inputs(train.preview, train.seed + 1)).cpu()
-    path = run_dir / "samples" / f"epoch_{epoch:04d}.png"
+    path = run_dir / checkpoint.SAMPLES / f"epoch_{epoch:04d}.png"
     if images.ndim == 5:
         save_grid(images.flatten(0, 1).numpy(), path, columns=images.shape[1])
         return {}
@@ -328,10 +336,12 @@ def _save_preview(model: nn.Module, data: TrainingData, train: TrainConfig, run_
 def _save_progress_gif(run_dir: Path) -> None:
     from PIL import Image
 
-    frames = [Image.open(p) for p in sorted((run_dir / "samples").glob("epoch_*.png"))]
+    frames = [Image.open(p) for p in sorted((run_dir / checkpoint.SAMPLES).glob("epoch_*.png"))]
     if frames:
-        frames[0].save(run_dir / "progress.gif", save_all=True, append_images=frames[1:],
+        buffer = io.BytesIO()
+        frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:],
                        duration=300, loop=0)
+        checkpoint.atomic_write(run_dir / "progress.gif", buffer.getvalue())
 
 
 def _save_loss_plot(run_dir: Path) -> None:
@@ -352,8 +362,10 @@ def _save_loss_plot(run_dir: Path) -> None:
         axis.set_title(title)
         axis.legend()
     figure.tight_layout()
-    figure.savefig(run_dir / "losses.png", dpi=100)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
+    checkpoint.atomic_write(run_dir / "losses.png", buffer.getvalue())
 
 
 # -- steps ------------------------------------------------------------------------------

@@ -1,0 +1,52 @@
+"""``make bench``'s runner: each benchmark's output, command and status end up in RESULTS.md."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+RUNNER = Path(__file__).resolve().parents[1] / "benchmarks" / "run_all.py"
+
+
+@pytest.fixture
+def run_all(monkeypatch, tmp_path):
+    spec = importlib.util.spec_from_file_location("run_all", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    script = tmp_path / "fake_benchmark.py"
+    script.write_text("import sys\nprint('ratio 1.50x', sys.argv[-1].endswith('ok'))\n"
+                      "sys.exit(0 if sys.argv[-1].endswith('ok') else 3)\n")
+    monkeypatch.setattr(module, "BENCHMARKS", {
+        "ok": ("a benchmark that works", [str(script), "--out", module.OUT]),
+        "broken": ("a benchmark that fails", [str(script), "--out", module.OUT]),
+        "never": ("a benchmark not run", [str(script)]),
+    })
+    return module
+
+
+def test_results_hold_each_benchmark_output_status_and_command(run_all, tmp_path, monkeypatch):
+    results = tmp_path / "RESULTS.md"
+    monkeypatch.setattr(sys, "argv", ["run_all.py", "--out", str(tmp_path / "bench"), "--only",
+                                      "ok,broken", "--results", str(results)])
+    run_all.main()
+    text = results.read_text()
+    ok, broken = text.split("## broken")
+    assert "ratio 1.50x True" in ok and "failed" not in ok
+    assert "ratio 1.50x False" in broken and "**failed (exit 3)**" in broken
+    assert f"--out {tmp_path / 'bench' / 'ok'}" in ok or "bench/ok" in ok
+    assert "a benchmark not run: not run yet." in text
+
+    # rerunning one keeps the other's last result
+    monkeypatch.setattr(sys, "argv", ["run_all.py", "--out", str(tmp_path / "bench"), "--only",
+                                      "ok", "--results", str(results)])
+    run_all.main()
+    assert "**failed (exit 3)**" in results.read_text()
+
+
+def test_unknown_benchmark_is_refused(run_all, monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["run_all.py", "--out", str(tmp_path), "--only", "nope"])
+    with pytest.raises(SystemExit, match="unknown benchmark"):
+        run_all.main()

@@ -750,7 +750,8 @@ def evaluate_privacy_command(synthetic: str, train_path: str, holdout_path: str,
         default = default_extractor(RealData(train, holdout, holdout, []))  # uses train, val
         features = default
         name = f"{default.name}; checkpoint selected on the held-out images"
-    report = evaluate_privacy(fake, train, holdout, features=features, extractor=name, run=run,
+    report = evaluate_privacy(fake, train, holdout, features=features, extractor=name,
+                              features_fit_on_train=not extractor, run=run,
                               config=PrivacyConfig(n_boot=n_boot, seed=seed))
     with atomic_output_dir(out, overwrite) as work:
         report.save(work)

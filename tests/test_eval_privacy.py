@@ -130,16 +130,18 @@ def test_a_generator_of_unseen_images_is_not_flagged(sets):
     assert report.findings()[0].startswith("No excess")
 
 
+def centroids(images: np.ndarray) -> np.ndarray:
+    """A feature space ``(N, 2)``: each blob's centre of mass."""
+    weights = images[:, 0] + 1
+    grid = np.arange(images.shape[-1])
+    total = weights.sum(axis=(1, 2))
+    return np.stack([(weights.sum(1) * grid).sum(1) / total,
+                     (weights.sum(2) * grid).sum(1) / total], axis=1)
+
+
 def test_feature_space_and_json(sets):
     train, holdout, fresh = sets
-
-    def features(images: np.ndarray) -> np.ndarray:  # (N, 2): blob centre of mass
-        weights = images[:, 0] + 1
-        grid = np.arange(images.shape[-1])
-        total = weights.sum(axis=(1, 2))
-        return np.stack([(weights.sum(1) * grid).sum(1) / total,
-                         (weights.sum(2) * grid).sum(1) / total], axis=1)
-
+    features = centroids
     report = evaluate_privacy(fresh, train, holdout, features=features, extractor="centroid",
                               config=CONFIG)
     document = json.loads(json.dumps(report.to_json()))
@@ -267,3 +269,19 @@ def test_cli_errors_leave_no_output(tmp_path, sets, tiny_run, case, message):
     assert message in result.output and result.output.count("\n") == 1, result.output
     assert not out.exists()
     assert not list(tmp_path.glob(".out*"))
+
+
+@pytest.mark.parametrize("fit_on_train", [True, False])
+def test_a_feature_space_learnt_from_the_training_images_is_named_in_the_finding(
+        sets, fit_on_train):
+    train, holdout, _ = sets
+    copies = ImageSet.from_arrays(train.images.copy(), synthetic=True)
+    report = evaluate_privacy(copies, train, holdout, features=centroids, extractor="centroid",
+                              features_fit_on_train=fit_on_train, config=CONFIG)
+    closer = [f for f in report.findings() if "closer to a training image" in f]
+    assert len(closer) == 2  # pixels and features
+    pixels, features = sorted(closer, key=lambda f: "feature space" in f)
+    assert "Caution" not in pixels
+    assert ("Caution: this feature space was learnt from the training images" in features) \
+        == fit_on_train
+    assert report.settings["features_fit_on_train"] == fit_on_train

@@ -138,7 +138,7 @@ def _demo_steps(work: Path, config: DemoConfig, progress: bool,
          f"slices and {len(real.test)} unseen test slices")
     (work / "privacy").mkdir()
     evaluate_privacy(synthetic, subset, real.test, features=extractor, extractor=extractor.name,
-                     run=load_run(run_dir)).save(work / "privacy")
+                     features_fit_on_train=True, run=load_run(run_dir)).save(work / "privacy")
 
     echo(f"7/7 CycleGAN T1 -> T2 on {config.cyclegan_subjects - 1} phantom subjects, "
          "evaluated on one more")

@@ -257,7 +257,9 @@ class PrivacyReport:
                 found.append(f"{summary['closer_to_train_share']:.0%} of synthetic images are "
                              f"closer to a training image than to a held-out one in "
                              f"{SPACES[space]} space, more than the 50 % of a generator that "
-                             f"learned the population (binomial p = {p:.2g}).")
+                             f"learned the population (binomial p = {p:.2g})."
+                             + (FIT_ON_TRAIN if space == "features"
+                                and self.settings.get("features_fit_on_train") else ""))
         for name, attack in self.attacks.items():
             if attack["advantage_ci"][0] > 0:
                 found.append(f"The {ATTACKS[name]} attack tells training images from unseen "
@@ -436,6 +438,12 @@ class PrivacyReport:
         save_figure(figure, path)
 
 
+FIT_ON_TRAIN = (" Caution: this feature space was learnt from the training images, which "
+                "draws images it does not recognise towards them; without the same excess in "
+                "pixel space or near-copies, it may say more about the extractor than about "
+                "the generator.")
+
+
 def evaluate_privacy(
     synthetic: ImageSet,
     train: ImageSet,
@@ -443,6 +451,7 @@ def evaluate_privacy(
     *,
     features: FeatureFn | None = None,
     extractor: str = "",
+    features_fit_on_train: bool = False,
     run: LoadedRun | None = None,
     config: PrivacyConfig | None = None,
 ) -> PrivacyReport:
@@ -451,6 +460,9 @@ def evaluate_privacy(
     Args:
         features: images ``(N, C, H, W)`` -> features ``(N, D)``; ``None``: pixel space only.
         extractor: the name of the feature space, stated in the report.
+        features_fit_on_train: the feature space was learnt from ``train`` (the default
+            extractor is): it pulls any image towards the training images, and the report
+            says so beside an excess closer to them in that space.
         run: the DCGAN run that made ``synthetic``: adds the white-box attack and refuses a
             held-out image its training record lists.
         config: see :class:`PrivacyConfig`.
@@ -499,6 +511,7 @@ def evaluate_privacy(
                                          "epoch": run.epoch},
         "train_seen_by_run": (sum(h in seen for h in train.image_hashes()) if seen else None),
         "extractor": extractor if features is not None else "",
+        "features_fit_on_train": features is not None and features_fit_on_train,
         "config": asdict(config),
     }
     return PrivacyReport(settings, distances, attacks, scores, pairs)

@@ -14,8 +14,9 @@ RUN/samples/epoch_0001.png, RUN/progress.gif, RUN/losses.png
 values only and is read with ``torch.load(weights_only=True)``.
 
 A run killed (even by SIGKILL) loses at most the epochs since its last checkpoint. One killed
-before its first checkpoint holds nothing to resume: a new start (or ``--resume``) replaces
-what it left. Temporary files of writes a kill interrupted are removed on the next start.
+before its first checkpoint holds nothing to resume: ``--resume`` replaces what it left and
+starts again (a fresh start never replaces a folder). Temporary files of writes a kill
+interrupted are removed on resume.
 """
 
 from __future__ import annotations

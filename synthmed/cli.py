@@ -551,7 +551,8 @@ def _shard(text: str) -> tuple[int, int]:
 @click.option("--generator-steps", type=click.IntRange(1), default=2000, show_default=True,
               help="Optimiser steps of each trained generator (the same for every fraction).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Output folder; rerunning the same command skips finished models.")
+              help="Output folder; rerunning the same command skips finished models, "
+                   "also with more --seeds or --fractions.")
 @click.option("--fractions", default="0.1,0.25,1.0", show_default=True,
               help="Shares of the real training split.")
 @click.option("--seeds", type=click.IntRange(1), default=5, show_default=True)

@@ -4,6 +4,8 @@ its outputs, exact resume, sharding + merge, and the ``evaluate utility`` comman
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -173,12 +175,30 @@ def test_a_rerun_skips_finished_cells(grid_run, real, monkeypatch):
     assert again == results
 
 
+def test_a_larger_grid_keeps_the_finished_cells_and_runs_only_the_new(grid_run, real, tmp_path,
+                                                                      monkeypatch):
+    out, results, _ = grid_run
+    shutil.copytree(out, tmp_path / "grown")
+    generators = SubsetGenerators(RECIPE, tmp_path / "grown" / "generators")
+    trained = []
+    real_train = utility.train_classifier
+    monkeypatch.setattr(utility, "train_classifier",
+                        lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    grown = run_grid(real, generators, replace(TINY, seeds=3), tmp_path / "grown", progress=False)
+    assert len(trained) == len(TINY.regimes)
+    assert grown["cells"][:len(results["cells"])] == results["cells"]
+    assert {c["seed"] for c in grown["cells"]} == {0, 1, 2}
+
+
 def test_a_rerun_with_another_grid_is_refused(grid_run, real):
     out, _, generators = grid_run
+    before = (out / "results.json").read_text()
+    other_classifier = replace(TINY, classifier=replace(TINY.classifier, steps=7))
     with pytest.raises(InputError, match="another grid"):
-        run_grid(real, generators, UtilityConfig(fractions=(0.5,), seeds=3,
-                                                 classifier=TINY.classifier), out,
-                 progress=False)
+        run_grid(real, generators, other_classifier, out, progress=False)
+    with pytest.raises(InputError, match="outside this grid"):
+        run_grid(real, generators, replace(TINY, seeds=1), out, progress=False)
+    assert (out / "results.json").read_text() == before
 
 
 def test_shards_merge_into_the_single_process_results(grid_run, real, tmp_path):

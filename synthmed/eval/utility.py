@@ -352,13 +352,14 @@ def run_grid(
     """Train and test every cell of the shard; write ``out/results.json`` and return it.
 
     ``results.json`` is rewritten after every (fraction, seed), so a killed run keeps its
-    finished cells; running the same command again skips them.
+    finished cells; running the same command again skips them, and so does a larger grid (more
+    seeds or fractions) in the same ``out``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cells = grid(config, shard)
     results = _header(real, generator, config)
-    done = _load_cells(out / RESULTS, results)
+    done = _load_cells(out / RESULTS, results, config)
     bar = tqdm(total=len(cells), unit="model", disable=True if not progress else None,
                dynamic_ncols=True)
     for fraction, seed in dict.fromkeys((c.fraction, c.seed) for c in cells):
@@ -406,16 +407,30 @@ def _header(real: RealData, generator: TrainedRun | SubsetGenerators,
     })
 
 
-def _load_cells(path: Path, header: dict[str, Any]) -> dict[tuple, dict[str, Any]]:
-    """Finished cells of an earlier run of the same grid on the same data."""
+def _load_cells(path: Path, header: dict[str, Any], config: UtilityConfig
+                ) -> dict[tuple, dict[str, Any]]:
+    """Finished cells of an earlier run of the same grid on the same data. The grid may have
+    grown (more seeds, more fractions): its finished cells are kept and only the new ones run."""
     if not path.is_file():
         return {}
     earlier = json.loads(path.read_text())
-    if {k: v for k, v in earlier.items() if k != "cells"} != \
-            {k: v for k, v in header.items() if k != "cells"}:
+    if _grid_identity(earlier) != _grid_identity(header):
         raise InputError("holds results of another grid, data or generator: choose another "
                          "--out", path.parent)
-    return {(c["fraction"], c["seed"], c["regime"]): c for c in earlier["cells"]}
+    cells = {(c["fraction"], c["seed"], c["regime"]): c for c in earlier["cells"]}
+    outside = sorted(set(cells) - {_key(c) for c in grid(config)})
+    if outside:
+        raise InputError(f"holds {len(outside)} finished cell(s) outside this grid, e.g. "
+                         f"fraction {outside[0][0]}, seed {outside[0][1]}: rerun with those "
+                         "--fractions and --seeds or choose another --out", path.parent)
+    return cells
+
+
+def _grid_identity(results: dict[str, Any]) -> dict[str, Any]:
+    """What must match for cells to be reused: everything but the cells, the seed count and
+    the fractions."""
+    config = {k: v for k, v in results["config"].items() if k not in ("seeds", "fractions")}
+    return {**{k: v for k, v in results.items() if k != "cells"}, "config": config}
 
 
 def _key(cell: Cell) -> tuple:

@@ -222,6 +222,7 @@ class StubModel(nn.Module):
     """A model whose step does nothing: ``fit`` around it costs only its own bookkeeping."""
 
     kind = "dcgan"
+    min_batch = 1
 
     def __init__(self) -> None:
         super().__init__()

@@ -50,3 +50,18 @@ def test_unknown_benchmark_is_refused(run_all, monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["run_all.py", "--out", str(tmp_path), "--only", "nope"])
     with pytest.raises(SystemExit, match="unknown benchmark"):
         run_all.main()
+
+
+@pytest.mark.slow
+def test_train_throughput_runs_end_to_end(capsys):
+    """The throughput benchmark drives fit with a stub model and the real DCGAN: it breaks
+    when the model protocol grows, which only a run shows."""
+    path = RUNNER.parent / "train_throughput.py"
+    spec = importlib.util.spec_from_file_location("train_throughput", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--images", "512", "--epochs", "2", "--repeats", "1", "--steps", "1",
+                 "--precisions", "fp32"])
+    printed = capsys.readouterr().out
+    assert "3. fit's own per-step cost (stub model)" in printed
+    assert "4. our end-to-end fit() per epoch" in printed and "fp32:" in printed

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=default_data(), help="breastmnist.npz")
     parser.add_argument("--out", type=Path, default=None,
-                        help="run directory (default /tmp/synthmed-breastmnist-TIME)")
+                        help="run directory, continued when it exists (default "
+                             "/tmp/synthmed-breastmnist-TIME)")
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--width", type=int, default=32)
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
                "--spectral-norm", "--d-norm", "none", "--loss", "hinge",
                "--precision", args.precision, "--epochs", str(args.epochs),
                "--batch-size", str(args.batch_size), "--seed", str(args.seed),
-               "--checkpoint-every", "25", "--no-progress"]
+               "--checkpoint-every", "25", "--no-progress",
+               *(["--resume"] if out.exists() else [])]  # a killed benchmark continues
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("command: synthmed " + " ".join(command))
     if not args.skip_train:

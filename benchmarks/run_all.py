@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-OUT = "{out}"  # replaced by the benchmark's output folder
+OUT = "{out}"  # replaced by the benchmark's output folder, also inside an argument
 
 # name -> (what it measures, command); the order of RESULTS.md
 BENCHMARKS = {
@@ -37,7 +37,7 @@ BENCHMARKS = {
     "large_inputs": ("reading a 2,000-file DICOM series and a 512x512x300 NIfTI",
                      [str(HERE / "large_inputs.py"), "--out", OUT]),
     "breastmnist_quality": ("conditional DCGAN quality on BreastMNIST",
-                            [str(HERE / "breastmnist_quality.py"), "--out", OUT]),
+                            [str(HERE / "breastmnist_quality.py"), "--out", f"{OUT}/run"]),
     "cyclegan_t1t2": ("CycleGAN step times and T1 -> T2 quality against baselines",
                       [str(HERE / "cyclegan_t1t2.py"), "--out", OUT]),
     "utility_harness": ("classifier gain from synthetic data on real sets",
@@ -67,8 +67,7 @@ def main() -> None:
 def run_one(name: str, out: Path) -> None:
     """Run one benchmark, keeping its output, command, exit status and wall time in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, *(str(out) if part == OUT else part
-                                 for part in BENCHMARKS[name][1])]
+    command = [sys.executable, *(part.replace(OUT, str(out)) for part in BENCHMARKS[name][1])]
     print(f"== {name}: {' '.join(command)}", flush=True)
     started = time.perf_counter()
     with (out / "stdout.txt").open("w") as stdout:

@@ -201,6 +201,25 @@ def test_a_rerun_with_another_grid_is_refused(grid_run, real):
     assert (out / "results.json").read_text() == before
 
 
+def test_a_moved_generator_run_keeps_the_finished_cells(real, tmp_path, monkeypatch):
+    model, train = DCGANConfig(size=32, width=4, num_classes=2), TrainConfig(epochs=1,
+                                                                            batch_size=32)
+    config = run_config("dcgan", model, train)
+    fit(build_model(config), real.train, train, tmp_path / "run", run_config=config,
+        progress=False)
+    one_seed = replace(TINY, seeds=1)
+    with pytest.warns(UserWarning, match="more than the"):
+        results = run_grid(real, TrainedRun(load_run(tmp_path / "run"), real), one_seed,
+                           tmp_path / "grid", progress=False)
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    monkeypatch.setattr(utility, "train_classifier",
+                        lambda *a, **k: pytest.fail("a finished cell was trained again"))
+    again = run_grid(real, TrainedRun(load_run(tmp_path / "moved"), real), one_seed,
+                     tmp_path / "grid", progress=False)
+    assert again["cells"] == results["cells"]
+    assert again["generator"]["path"] == str(tmp_path / "moved")
+
+
 def test_shards_merge_into_the_single_process_results(grid_run, real, tmp_path):
     out, results, generators = grid_run
     for k in (1, 2):

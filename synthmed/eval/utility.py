@@ -427,10 +427,14 @@ def _load_cells(path: Path, header: dict[str, Any], config: UtilityConfig
 
 
 def _grid_identity(results: dict[str, Any]) -> dict[str, Any]:
-    """What must match for cells to be reused: everything but the cells, the seed count and
-    the fractions."""
+    """What must match for cells to be reused or merged: everything but the cells, the seed
+    count, the fractions and where the data and the generator lie (their fingerprints say
+    what they are)."""
     config = {k: v for k, v in results["config"].items() if k not in ("seeds", "fractions")}
-    return {**{k: v for k, v in results.items() if k != "cells"}, "config": config}
+    data = {k: v for k, v in results["data"].items() if k != "origin"}
+    generator = {k: v for k, v in results["generator"].items() if k != "path"}
+    return {**{k: v for k, v in results.items() if k != "cells"}, "config": config,
+            "data": data, "generator": generator}
 
 
 def _key(cell: Cell) -> tuple:
@@ -496,7 +500,8 @@ def merge(parts: list[Path], out: Path) -> dict[str, Any]:
         loaded.append(json.loads(path.read_text()))
     header = {k: v for k, v in loaded[0].items() if k != "cells"}
     for part, other in zip(parts[1:], loaded[1:], strict=True):
-        if {k: v for k, v in other.items() if k != "cells"} != header:
+        if _grid_identity(other) != _grid_identity(loaded[0]) or \
+                other["config"] != header["config"]:
             raise InputError("is a shard of another grid, data or generator", part)
     cells: dict[tuple, dict[str, Any]] = {}
     for other in loaded:

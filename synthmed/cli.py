@@ -550,6 +550,11 @@ def _shard(text: str) -> tuple[int, int]:
               help="Train a conditional DCGAN on exactly each fraction's real subset.")
 @click.option("--generator-steps", type=click.IntRange(1), default=2000, show_default=True,
               help="Optimiser steps of each trained generator (the same for every fraction).")
+@click.option("--generator-diffaugment", default="", show_default=True,
+              help="DiffAugment policy of each trained generator: comma list of "
+                   "color,translation,cutout.")
+@click.option("--generator-ema", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              show_default=True, help="EMA decay of each trained generator, e.g. 0.999.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder; rerunning the same command skips finished models, "
                    "also with more --seeds or --fractions.")
@@ -570,7 +575,8 @@ def _shard(text: str) -> tuple[int, int]:
               help="Run part K of N of the grid (merge the parts with `evaluate merge`).")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Path | None,
-                             train_generator: str | None, generator_steps: int, out: Path,
+                             train_generator: str | None, generator_steps: int,
+                             generator_diffaugment: str, generator_ema: float, out: Path,
                              fractions: str, seeds: int, ratios: str, balance: bool, arch: str,
                              steps: int, batch_size: int, metric: str, shard: str,
                              progress: bool) -> None:
@@ -601,8 +607,10 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
     part = _shard(shard)
     real = prepare_real(read_images(real_path, read_config))
     generator = (TrainedRun(load_run(generator_run, kind="dcgan"), real) if generator_run
-                 else SubsetGenerators(GeneratorRecipe(steps=generator_steps),
-                                       out / "generators"))
+                 else SubsetGenerators(GeneratorRecipe(
+                     steps=generator_steps, ema_decay=generator_ema,
+                     diffaugment=tuple(p.strip() for p in generator_diffaugment.split(",") if p)),
+                     out / "generators"))
     results = run_grid(real, generator, config, out, shard=part, progress=progress)
     if part == (1, 1):
         write_report(results, out)

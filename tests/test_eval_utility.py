@@ -30,7 +30,8 @@ from synthmed.eval.utility import (
     run_grid,
     synthetic_labels,
 )
-from synthmed.eval.utility_report import write_report
+from synthmed.eval.utility_report import _describe_generator, write_report
+from synthmed.gan import checkpoint
 from synthmed.gan.config import DCGANConfig, TrainConfig
 from synthmed.gan.run import build_model, load_run, run_config
 from synthmed.gan.trainer import fit
@@ -154,6 +155,18 @@ def test_grid_trains_every_cell_on_its_own_subset(grid_run, real):
         assert set(record["image_hashes"]).isdisjoint(real.test.image_hashes())
 
 
+def test_the_recipe_small_data_remedies_reach_each_generator(real, tmp_path):
+    with pytest.raises(InputError, match="diffaugment takes"):
+        GeneratorRecipe(diffaugment=("blur",))
+    recipe = replace(RECIPE, diffaugment=("translation", "cutout"), ema_decay=0.9)
+    run_dir = SubsetGenerators(recipe, tmp_path).train(fraction_subset(real.train, 0.5, 0))
+    model = checkpoint.read_config(run_dir)["model"]
+    assert (model["diffaugment"], model["ema_decay"]) == (["translation", "cutout"], 0.9)
+    assert load_run(run_dir).model.ema is not None
+    described = _describe_generator(SubsetGenerators(recipe, tmp_path).describe())
+    assert "DiffAugment translation/cutout, EMA 0.9" in described
+
+
 def test_report_files(grid_run):
     out, results, _ = grid_run
     paths = write_report(results, out)
@@ -248,7 +261,10 @@ def test_evaluate_utility_command(tmp_path, phantom):
     both = CliRunner().invoke(cli, [*args, "--train-generator", "dcgan-conditional",
                                     "--generator", str(tmp_path)])
     assert both.exit_code == 2 and "exactly one" in both.output
-    result = CliRunner().invoke(cli, [*args, "--train-generator", "dcgan-conditional"])
+    result = CliRunner().invoke(cli, [*args, "--train-generator", "dcgan-conditional",
+                                      "--generator-diffaugment", "translation",
+                                      "--generator-ema", "0.9"])
     assert result.exit_code == 0, result.output
+    assert "DiffAugment translation, EMA 0.9" in (out / "report.md").read_text()
     assert {"results.json", "report.md", "gain.png", "fractions.png"} <= {
         p.name for p in out.iterdir()}

@@ -95,14 +95,21 @@ class GeneratorRecipe:
     """The class-conditional DCGAN trained on each real subset (``--train-generator``).
 
     The budget is in optimiser steps, so a small subset gets as many updates as a large one
-    (in epochs, 10 % of a data set would get a tenth of the training).
+    (in epochs, 10 % of a data set would get a tenth of the training). ``diffaugment`` and
+    ``ema_decay`` are the small-data remedies of :class:`DCGANConfig`.
     """
 
     steps: int = 2000
     width: int = 32
     batch_size: int = 64
     r1_gamma: float = 1.0
+    diffaugment: tuple[str, ...] = ()
+    ema_decay: float = 0.0
     precision: str = "bf16"
+
+    def __post_init__(self) -> None:  # bad options fail here, not at the first generator
+        DCGANConfig(width=self.width, r1_gamma=self.r1_gamma, diffaugment=self.diffaugment,
+                    ema_decay=self.ema_decay)
 
 
 @dataclass(frozen=True)
@@ -264,7 +271,8 @@ class SubsetGenerators:
         recipe = self.recipe
         size = subset.size[0]
         model = DCGANConfig(size=size, channels=subset.channels, width=recipe.width,
-                            num_classes=len(subset.class_names), r1_gamma=recipe.r1_gamma)
+                            num_classes=len(subset.class_names), r1_gamma=recipe.r1_gamma,
+                            diffaugment=recipe.diffaugment, ema_decay=recipe.ema_decay)
         batch = min(recipe.batch_size, len(subset))
         repeats = math.ceil(STEPS_PER_EPOCH * batch / len(subset))
         epochs = math.ceil(recipe.steps / (len(subset) * repeats // batch))

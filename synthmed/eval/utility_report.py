@@ -106,12 +106,12 @@ def to_markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
     config, data = results["config"], results["data"]
     metric = config["metric"]
     seeds = config["seeds"]
+    classes = ", ".join(f"`{name}`" for name in data["class_names"])  # names may hold commas
     lines = [
         "# Does synthetic data help the classifier?",
         "",
-        f"Data: `{data['origin']}`, {len(data['class_names'])} classes "
-        f"({', '.join(data['class_names'])}), {data['size'][0]}x{data['size'][1]}x"
-        f"{data['channels']}; train / val / test: "
+        f"Data: `{data['origin']}`, {len(data['class_names'])} classes ({classes}), "
+        f"{data['size'][0]}x{data['size'][1]}x{data['channels']}; train / val / test: "
         + " / ".join(str(sum(data["counts"][p].values())) for p in ("train", "val", "test"))
         + ".",
         *[f"- {note}" for note in data["notes"]],
@@ -183,9 +183,12 @@ def _describe_generator(generator: dict[str, Any]) -> str:
     if generator["kind"] == "run":
         return (f"trained run `{generator['path']}` (epoch {generator['epoch']}, "
                 f"{generator['images_seen']} real training images seen)")
+    remedies = "".join([f", DiffAugment {'/'.join(generator['diffaugment'])}"
+                        if generator.get("diffaugment") else "",
+                        f", EMA {generator['ema_decay']}" if generator.get("ema_decay") else ""])
     return (f"a conditional DCGAN trained on exactly each fraction's real subset "
             f"({generator['steps']} steps of batch {generator['batch_size']}, width "
-            f"{generator['width']}, R1 {generator['r1_gamma']})")
+            f"{generator['width']}, R1 {generator['r1_gamma']}{remedies})")
 
 
 def _p(value: float) -> str:

@@ -29,7 +29,7 @@ OUT = "{out}"  # replaced by the benchmark's output folder, also inside an argum
 # name -> (what it measures, command); the order of RESULTS.md
 BENCHMARKS = {
     "demo": ("`synthmed demo` wall time on the embedded phantom",
-             ["-m", "synthmed.cli", "demo", "--out", OUT, "--overwrite"]),
+             ["-m", "synthmed.cli", "demo", "--out", f"{OUT}/demo-out", "--overwrite"]),
     "train_throughput": ("training throughput of the tutorial DCGAN against a plain PyTorch loop",
                          [str(HERE / "train_throughput.py")]),
     "export_throughput": ("generate + export throughput and peak memory",

@@ -183,9 +183,11 @@ def _describe_generator(generator: dict[str, Any]) -> str:
     if generator["kind"] == "run":
         return (f"trained run `{generator['path']}` (epoch {generator['epoch']}, "
                 f"{generator['images_seen']} real training images seen)")
-    remedies = "".join([f", DiffAugment {'/'.join(generator['diffaugment'])}"
-                        if generator.get("diffaugment") else "",
-                        f", EMA {generator['ema_decay']}" if generator.get("ema_decay") else ""])
+    remedies = ""
+    if generator.get("diffaugment"):
+        remedies += f", DiffAugment {'/'.join(generator['diffaugment'])}"
+    if generator.get("ema_decay"):
+        remedies += f", EMA {generator['ema_decay']}"
     return (f"a conditional DCGAN trained on exactly each fraction's real subset "
             f"({generator['steps']} steps of batch {generator['batch_size']}, width "
             f"{generator['width']}, R1 {generator['r1_gamma']}{remedies})")

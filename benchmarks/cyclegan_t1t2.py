@@ -73,8 +73,6 @@ def main() -> None:
     parser.add_argument("--lambda-identity", default="0.5",
                         help="identity loss weight as a share of the cycle weight")
     parser.add_argument("--upsample", default="convtranspose", help="or resize")
-    parser.add_argument("--intensity-mlp", default="0",
-                        help="hidden width of the generators' per-pixel intensity map (0: none)")
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--step-repeats", type=int, default=3)
     parser.add_argument("--skip-steps", action="store_true")
@@ -105,8 +103,7 @@ def main() -> None:
             *(["--size", str(args.size)] if args.size else []),
             "--crop", str(args.crop), "--ngf", str(args.width),
             "--ndf", str(args.width), "--epochs", str(args.epochs), "--lambda-identity",
-            args.lambda_identity, "--upsample", args.upsample, "--intensity-mlp",
-            args.intensity_mlp, "--precision",
+            args.lambda_identity, "--upsample", args.upsample, "--precision",
             args.precision, "--checkpoint-every", "1", "--out", str(run), "--no-progress",
             *(["--resume"] if args.resume else []))
         lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

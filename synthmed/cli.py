@@ -348,9 +348,6 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
               help="ResNet blocks per generator (default 6 up to 128 px crops, else 9).")
 @click.option("--upsample", type=click.Choice(["convtranspose", "resize"]),
               help="Generator upsampling: convtranspose (reference) or resize + conv.")
-@click.option("--intensity-mlp", type=click.IntRange(0),
-              help="Hidden width of a per-pixel intensity map added to each generator's "
-                   "output (default 0: none, as the reference).")
 @click.option("--standardize/--no-standardize", default=None,
               help="Match each subject's histogram to its domain's (default: on).")
 @click.option("--lambda-cycle", type=float, help="Cycle-consistency weight (default 10).")

@@ -91,22 +91,6 @@ def test_generator_keeps_the_shape(channels, norm, upsample):
     assert transposed == (upsample == "convtranspose")
 
 
-def test_the_intensity_map_is_per_pixel_and_added_before_the_tanh():
-    torch.manual_seed(0)
-    net = ResnetGenerator(1, ngf=4, n_blocks=1, intensity_mlp=8)
-    x = torch.randn(2, 1, 32, 32)
-    with torch.no_grad():
-        resnet_only = torch.tanh(net.model(x))
-        last = net.model[-1]  # the ResNet's output convolution
-        last.weight.zero_(), last.bias.zero_()
-        pointwise = net(x)
-        shuffled = torch.randperm(32 * 32)
-        moved = net(x.flatten(2)[..., shuffled].view_as(x))
-    assert not torch.allclose(pointwise, resnet_only)
-    assert torch.allclose(moved, pointwise.flatten(2)[..., shuffled].view_as(x), atol=1e-6)
-    assert ResnetGenerator(1, ngf=4, n_blocks=1).intensity is None  # the reference has none
-
-
 def test_generator_is_the_reference_layout():
     """Parameter counts of the reference's 3-channel networks (as printed by its trainer)."""
     count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731

@@ -213,8 +213,6 @@ class CycleGANConfig:
         norm: ``instance`` or ``batch`` normalisation in all networks.
         upsample: the generators' upsampling, ``convtranspose`` (reference) or ``resize``
             (nearest x2 + conv, without checkerboard artefacts).
-        intensity_mlp: hidden width of the generators' per-pixel intensity map, added
-            before their tanh (0: none, the reference; see ``ResnetGenerator``).
         lambda_cycle: weight of each direction's L1 cycle-consistency loss.
         lambda_identity: weight of the identity loss, as a fraction of ``lambda_cycle``
             (0.5 x 10 = 5); 0 skips it.
@@ -236,7 +234,6 @@ class CycleGANConfig:
     d_layers: int = 3
     norm: str = "instance"
     upsample: str = "convtranspose"
-    intensity_mlp: int = 0
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5
     pool_size: int = 50
@@ -254,8 +251,6 @@ class CycleGANConfig:
             (self.ngf >= 1 and self.ndf >= 1,
              f"ngf and ndf must be positive, got {self.ngf} and {self.ndf}"),
             (self.n_blocks >= 0, f"n_blocks must be 0 (auto) or positive, got {self.n_blocks}"),
-            (self.intensity_mlp >= 0,
-             f"intensity_mlp must be 0 (none) or positive, got {self.intensity_mlp}"),
             (self.d_layers >= 1, f"d_layers must be positive, got {self.d_layers}"),
             (self.norm in ("instance", "batch"),
              f"norm must be instance or batch, got {self.norm!r}"),

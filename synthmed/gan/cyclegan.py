@@ -66,11 +66,6 @@ class ResnetGenerator(nn.Module):
         norm: ``instance`` (reference) or ``batch``.
         upsample: ``convtranspose`` (reference) or ``resize`` (nearest-neighbour x2, then a
             3x3 convolution: no checkerboard artefacts).
-        intensity_mlp: hidden width of a per-pixel intensity map (three 1x1 convolutions)
-            whose output is added to the ResNet's before the tanh; 0: none (reference). It
-            learns a global, possibly non-monotone, intensity mapping between the domains
-            (T1 -> T2 inverts most tissue contrasts), leaving the ResNet the parts that need
-            context.
 
     Examples:
         >>> ResnetGenerator(1, ngf=8, n_blocks=2)(torch.randn(2, 1, 32, 32)).shape
@@ -78,8 +73,7 @@ class ResnetGenerator(nn.Module):
     """
 
     def __init__(self, channels: int = 1, ngf: int = 64, n_blocks: int = 9,
-                 norm: str = "instance", upsample: str = "convtranspose",
-                 intensity_mlp: int = 0) -> None:
+                 norm: str = "instance", upsample: str = "convtranspose") -> None:
         super().__init__()
         bias = norm == "instance"
         layers: list[nn.Module] = [
@@ -100,18 +94,11 @@ class ResnetGenerator(nn.Module):
                 layers.append(nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2,
                                                  padding=1, output_padding=1, bias=bias))
             layers += [_norm(norm, ngf * mult // 2), nn.ReLU()]
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, channels, 7)]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, channels, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
-        self.intensity = None if not intensity_mlp else nn.Sequential(
-            nn.Conv2d(channels, intensity_mlp, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(intensity_mlp, intensity_mlp, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(intensity_mlp, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)  # (B, channels, H, W), before the tanh
-        if self.intensity is not None:
-            out = out + self.intensity(x)
-        return torch.tanh(out)
+        return self.model(x)
 
 
 class PatchGAN(nn.Module):
@@ -238,9 +225,8 @@ class CycleGAN(nn.Module):
         self.config = config
         c = config
         blocks = c.blocks(c.crop)
-        self.generator_ab, self.generator_ba = (
-            ResnetGenerator(c.channels, c.ngf, blocks, c.norm, c.upsample, c.intensity_mlp)
-            for _ in DIRECTIONS)
+        self.generator_ab = ResnetGenerator(c.channels, c.ngf, blocks, c.norm, c.upsample)
+        self.generator_ba = ResnetGenerator(c.channels, c.ngf, blocks, c.norm, c.upsample)
         self.discriminator_a = PatchGAN(c.channels, c.ndf, c.d_layers, c.norm)
         self.discriminator_b = PatchGAN(c.channels, c.ndf, c.d_layers, c.norm)
         for net in (self.generator_ab, self.generator_ba, self.discriminator_a,

@@ -287,7 +287,7 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
     privacy = resolve_privacy(options.pop("dp_epsilon"), options.pop("dp_delta"),
                               options.pop("dp_max_grad_norm"))
     if options["diffaugment"] is not None:
-        options["diffaugment"] = tuple(p.strip() for p in options["diffaugment"].split(",") if p)
+        options["diffaugment"] = _names(options["diffaugment"])
     saved_config = _reads_saved_config(out, resume)
     if saved_config:
         saved = checkpoint.read_config(out)
@@ -524,6 +524,11 @@ def evaluate() -> None:
     quality."""
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """``"color, cutout"`` -> ``("color", "cutout")``; empty parts are dropped."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def _floats(text: str, name: str) -> tuple[float, ...]:
     try:
         return tuple(float(part) for part in text.split(",") if part.strip())
@@ -607,10 +612,10 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
     part = _shard(shard)
     real = prepare_real(read_images(real_path, read_config))
     generator = (TrainedRun(load_run(generator_run, kind="dcgan"), real) if generator_run
-                 else SubsetGenerators(GeneratorRecipe(
-                     steps=generator_steps, ema_decay=generator_ema,
-                     diffaugment=tuple(p.strip() for p in generator_diffaugment.split(",") if p)),
-                     out / "generators"))
+                 else SubsetGenerators(GeneratorRecipe(steps=generator_steps,
+                                                       diffaugment=_names(generator_diffaugment),
+                                                       ema_decay=generator_ema),
+                                       out / "generators"))
     results = run_grid(real, generator, config, out, shard=part, progress=progress)
     if part == (1, 1):
         write_report(results, out)

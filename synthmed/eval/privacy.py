@@ -42,6 +42,11 @@ from synthmed.gan.checkpoint import atomic_write, json_safe
 from synthmed.gan.run import LoadedRun
 
 SPACES = {"pixels": "pixel", "features": "feature"}
+# Said beside a feature-space excess when the extractor learnt from the training images.
+FIT_ON_TRAIN = (" Caution: this feature space was learnt from the training images, which "
+                "draws images it does not recognise towards them; without the same excess in "
+                "pixel space or near-copies, it may say more about the extractor than about "
+                "the generator.")
 ATTACKS = {"pixels": "black-box, pixel distance", "features": "black-box, feature distance",
            "discriminator": "white-box, discriminator logit"}
 
@@ -253,13 +258,13 @@ class PrivacyReport:
                              f"unseen real images (binomial p = {p:.2g}).")
             closer, untied = _closer_to_train(distances)
             p = binomtest(closer, untied, 0.5, alternative="greater").pvalue if untied else 1.0
+            biased_space = space == "features" and self.settings.get("features_fit_on_train")
             if p < 0.05:
                 found.append(f"{summary['closer_to_train_share']:.0%} of synthetic images are "
                              f"closer to a training image than to a held-out one in "
                              f"{SPACES[space]} space, more than the 50 % of a generator that "
                              f"learned the population (binomial p = {p:.2g})."
-                             + (FIT_ON_TRAIN if space == "features"
-                                and self.settings.get("features_fit_on_train") else ""))
+                             + (FIT_ON_TRAIN if biased_space else ""))
         for name, attack in self.attacks.items():
             if attack["advantage_ci"][0] > 0:
                 found.append(f"The {ATTACKS[name]} attack tells training images from unseen "
@@ -436,12 +441,6 @@ class PrivacyReport:
         figure.suptitle("closest synthetic images (top) and their nearest training image "
                         "(bottom); pixel distance above", fontsize=8)
         save_figure(figure, path)
-
-
-FIT_ON_TRAIN = (" Caution: this feature space was learnt from the training images, which "
-                "draws images it does not recognise towards them; without the same excess in "
-                "pixel space or near-copies, it may say more about the extractor than about "
-                "the generator.")
 
 
 def evaluate_privacy(

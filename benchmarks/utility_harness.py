@@ -1,7 +1,8 @@
 """The utility harness on real data: does a conditional DCGAN's synthetic data help?
 
 Runs ``synthmed evaluate utility --train-generator dcgan-conditional`` (a generator trained on
-exactly each fraction's real subset) on:
+exactly each fraction's real subset), with synthetic images at ratio 1 and in balance mode
+(filling the minority classes), on:
 
 - BreastMNIST (28 px, 2 classes): fractions 0.25 and 1.0, 5 seeds;
 - the brain tumour MRI set (4 classes, 32 px gray; cross-split duplicates are dropped by the
@@ -48,7 +49,8 @@ def main() -> None:
         timings[name] = synthmed(
             "evaluate", "utility", "--real", str(data), *read, "--train-generator",
             "dcgan-conditional", "--generator-steps", args.generator_steps, "--fractions",
-            fractions, "--seeds", str(args.seeds or seeds), "--out", str(out), "--no-progress")
+            fractions, "--seeds", str(args.seeds or seeds), "--ratios", "1", "--balance",
+            "--out", str(out), "--no-progress")
         summary = json.loads((out / "summary.json").read_text())
         for fraction, part in summary.items():
             head = part["headline"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from common import add_data_options, synthmed
 
@@ -39,14 +40,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, help="override the seeds of every set")
     parser.add_argument("--generator-steps", default="2000")
     args = parser.parse_args()
-    timings = {}
     for name in args.sets.split(","):
         path, read, fractions, seeds = SETS[name]
         data = args.data / path
         if not data.exists():
             sys.exit(f"{data}: not found (set SYNTHMED_TEST_DATA)")
         out = args.out / name
-        timings[name] = synthmed(
+        fresh = not (out / "results.json").is_file()
+        seconds = synthmed(
             "evaluate", "utility", "--real", str(data), *read, "--train-generator",
             "dcgan-conditional", "--generator-steps", args.generator_steps, "--fractions",
             fractions, "--seeds", str(args.seeds or seeds), "--ratios", "1", "--balance",
@@ -57,8 +58,17 @@ def main() -> None:
             print(f"{name} fraction {fraction}: {head['best_synthetic']} vs "
                   f"{head['best_without']}: {head['metric']} gain {head['gain_mean']:+.3f} "
                   f"[{head['gain_ci_low']:+.3f}, {head['gain_ci_high']:+.3f}]")
-        print(f"{name}: {timings[name] / 60:.1f} min")
-    (args.out / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+        calls = record_timing(args.out / "timings.json", name, seconds, fresh)
+        print(f"{name}: {sum(calls) / 60:.1f} min of wall time over {len(calls)} call(s)")
+
+
+def record_timing(path: Path, name: str, seconds: float, fresh: bool) -> list[float]:
+    """Add this call's wall time to the set's earlier calls (a resumed grid costs all of
+    them; a fresh grid starts a new list) and return the set's calls."""
+    timings = json.loads(path.read_text()) if path.is_file() else {}
+    timings[name] = ([] if fresh else timings.get(name, [])) + [seconds]
+    path.write_text(json.dumps(timings, indent=1) + "\n")
+    return timings[name]
 
 
 if __name__ == "__main__":

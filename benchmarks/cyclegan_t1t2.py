@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--lambda-identity", default="0.5",
                         help="identity loss weight as a share of the cycle weight")
+    parser.add_argument("--lambda-structure", default="0",
+                        help="weight of the sign-blind structure loss (squared local NCC)")
     parser.add_argument("--upsample", default="convtranspose", help="or resize")
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--step-repeats", type=int, default=3)
@@ -103,8 +105,9 @@ def main() -> None:
             *(["--size", str(args.size)] if args.size else []),
             "--crop", str(args.crop), "--ngf", str(args.width),
             "--ndf", str(args.width), "--epochs", str(args.epochs), "--lambda-identity",
-            args.lambda_identity, "--upsample", args.upsample, "--precision",
-            args.precision, "--checkpoint-every", "1", "--out", str(run), "--no-progress",
+            args.lambda_identity, "--lambda-structure", args.lambda_structure, "--upsample",
+            args.upsample, "--precision", args.precision, "--checkpoint-every", "1", "--out",
+            str(run), "--no-progress",
             *(["--resume"] if args.resume else []))
         lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         results["seconds_per_step_median"] = statistics.median(

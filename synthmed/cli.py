@@ -353,6 +353,10 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
 @click.option("--lambda-cycle", type=float, help="Cycle-consistency weight (default 10).")
 @click.option("--lambda-identity", type=float,
               help="Identity weight as a share of --lambda-cycle (default 0.5).")
+@click.option("--lambda-structure", type=float,
+              help="Weight of a contrast-sign-blind structure loss (squared local NCC of "
+                   "each generator's input and output) against invented texture; default 0, "
+                   "as the reference.")
 @click.option("--pool-size", type=click.IntRange(0), help="Past fakes shown to D (default 50).")
 @click.option("--lr", type=float, help="Adam learning rate (default 2e-4).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint "

@@ -16,7 +16,8 @@ from synthmed.gan.cyclegan import CycleGAN, ImagePool, PatchGAN, ResnetGenerator
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 LOSS_KEYS = {"loss_g", "loss_gan_ab", "loss_gan_ba", "loss_cycle_a", "loss_cycle_b",
-             "loss_idt_a", "loss_idt_b", "loss_d_a", "loss_d_b"}
+             "loss_structure_ab", "loss_structure_ba", "loss_idt_a", "loss_idt_b", "loss_d_a",
+             "loss_d_b"}
 STAT_KEYS = LOSS_KEYS | {"d_real", "d_fake"}
 
 
@@ -45,6 +46,7 @@ def test_config_defaults_are_the_reference():
     assert (c.lr, c.betas, c.init_gain) == (2e-4, (0.5, 0.999), 0.02)
     assert (c.crop, c.flip) == (0, True)
     assert c.lambda_cycle * c.lambda_identity == 5.0
+    assert c.lambda_structure == 0.0  # not in the reference
 
 
 def test_blocks_auto_and_explicit():
@@ -64,6 +66,7 @@ def test_blocks_auto_and_explicit():
     (dict(upsample="bicubic"), "upsample"),
     (dict(lambda_cycle=-1.0), "lambda_cycle"),
     (dict(lambda_identity=-0.5), "lambda_identity"),
+    (dict(lambda_structure=-1.0), "lambda_structure"),
     (dict(pool_size=-1), "pool_size"),
     (dict(lr=0.0), "lr"),
     (dict(betas=(0.5, 1.0)), "betas"),
@@ -209,6 +212,25 @@ def test_no_identity_loss_when_its_weight_is_0():
     assert set(stats) == STAT_KEYS
     assert stats["loss_idt_a"] == stats["loss_idt_b"] == 0.0
     assert len(calls) == 2  # A -> B and the cycle B -> A -> B; no identity pass
+
+
+def test_structure_loss_is_blind_to_the_contrast_sign_but_not_to_invented_texture():
+    model = CycleGAN(tiny(lambda_structure=2.0))
+    source = smooth_images(2)
+    inverted = model._structure_loss(-0.5 * source, source)  # an inverted contrast
+    textured = model._structure_loss(source + 0.3 * torch.randn(source.shape), source)
+    assert inverted.item() == pytest.approx(0.0, abs=1e-3)
+    assert 0.2 < textured.item() <= 2.0  # the weight x (1 - squared NCC in [0, 1])
+    assert CycleGAN(tiny())._structure_loss(source + 0.3, source).item() == 0.0
+
+
+def test_structure_loss_joins_the_generator_loss():
+    model = CycleGAN(tiny(lambda_structure=1.0))
+    stats = model.train_step((smooth_images(1), smooth_images(1, seed=1)),
+                             model.make_optimizers(), torch.Generator())
+    assert stats["loss_structure_ab"] > 0 and stats["loss_structure_ba"] > 0
+    parts = [stats[k] for k in LOSS_KEYS - {"loss_g", "loss_d_a", "loss_d_b"}]
+    assert stats["loss_g"] == pytest.approx(sum(parts), rel=1e-5)
 
 
 def test_train_step_under_bf16_autocast():

@@ -196,14 +196,17 @@ def test_train_cyclegan_writes_a_complete_run(trained):
     assert load_run(trained).model.kind == "cyclegan"
 
 
-def test_no_standardize_option_reaches_the_run(volumes, tmp_path):
+def test_no_standardize_and_structure_options_reach_the_run(volumes, tmp_path):
     out = tmp_path / "plain"
     result = run("train", "cyclegan", "--domain-a", f"{volumes}/s0/t1.nii.gz", "--domain-b",
                  f"{volumes}/s1/t2.nii.gz", "--out", out, "--epochs", "1", "--crop", "24",
-                 "--no-standardize", *TINY)
+                 "--no-standardize", "--lambda-structure", "1.5", *TINY)
     assert result.exit_code == 0, result.output
-    assert checkpoint.read_config(out)["model"]["standardize"] is False
-    assert load_run(out).model.config.standardize is False
+    saved = checkpoint.read_config(out)["model"]
+    assert (saved["standardize"], saved["lambda_structure"]) == (False, 1.5)
+    assert load_run(out).model.config.lambda_structure == 1.5
+    metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert metrics["loss_structure_ab"] > 0
 
 
 def test_cyclegan_resume_after_a_kill_repeats_an_uninterrupted_run(volumes, tmp_path):

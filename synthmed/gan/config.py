@@ -216,6 +216,12 @@ class CycleGANConfig:
         lambda_cycle: weight of each direction's L1 cycle-consistency loss.
         lambda_identity: weight of the identity loss, as a fraction of ``lambda_cycle``
             (0.5 x 10 = 5); 0 skips it.
+        lambda_structure: weight of each direction's structure loss, 1 - the mean squared
+            local normalised cross-correlation (MONAI's LNCC, 9 px windows) between a
+            generator's input and output. Squared, so it is blind to the sign of the
+            contrast: an inverted map (T1 -> T2) costs nothing, but texture that the input
+            does not have, or contrast that flips inside a window, does (the cycle's hidden
+            codes). 0 skips it, as the reference.
         pool_size: past fakes kept to show the discriminators (0: only the newest).
         lr, betas: Adam settings, the same for generators and discriminators.
         crop: side of the random square training crops, a multiple of 4 (0: whole images).
@@ -236,6 +242,7 @@ class CycleGANConfig:
     upsample: str = "convtranspose"
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5
+    lambda_structure: float = 0.0
     pool_size: int = 50
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
@@ -256,9 +263,9 @@ class CycleGANConfig:
              f"norm must be instance or batch, got {self.norm!r}"),
             (self.upsample in ("convtranspose", "resize"),
              f"upsample must be convtranspose or resize, got {self.upsample!r}"),
-            (self.lambda_cycle >= 0.0 and self.lambda_identity >= 0.0,
-             f"lambda_cycle and lambda_identity must not be negative, got "
-             f"{self.lambda_cycle} and {self.lambda_identity}"),
+            (min(self.lambda_cycle, self.lambda_identity, self.lambda_structure) >= 0.0,
+             f"lambda_cycle, lambda_identity and lambda_structure must not be negative, got "
+             f"{self.lambda_cycle}, {self.lambda_identity} and {self.lambda_structure}"),
             (self.pool_size >= 0, f"pool_size must not be negative, got {self.pool_size}"),
             (self.lr > 0.0, f"lr must be positive, got {self.lr}"),
             (len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),

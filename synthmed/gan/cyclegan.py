@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from monai.losses import LocalNormalizedCrossCorrelationLoss
 from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
@@ -232,6 +233,7 @@ class CycleGAN(nn.Module):
         for net in (self.generator_ab, self.generator_ba, self.discriminator_a,
                     self.discriminator_b):
             init_weights(net, c.init_gain)
+        self.local_ncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=2, kernel_size=9)
         self.pool_a = ImagePool(c.pool_size)
         self.pool_b = ImagePool(c.pool_size)
 
@@ -256,9 +258,9 @@ class CycleGAN(nn.Module):
         ``batch`` = (a ``(B, C, h, w)``, b ``(B, C, h, w)``) in [-1, 1], h and w multiples of 4.
 
         Returns the weighted losses (``loss_g`` is the sum of the ``loss_gan_*``,
-        ``loss_cycle_*`` and ``loss_idt_*`` terms; the identity terms are 0.0 when their
-        weight is 0), each discriminator's loss and the discriminators' mean scores on real
-        images and on the (pooled) fakes.
+        ``loss_cycle_*``, ``loss_structure_*`` and ``loss_idt_*`` terms; the structure and
+        identity terms are 0.0 when their weight is 0), each discriminator's loss and the
+        discriminators' mean scores on real images and on the (pooled) fakes.
         """
         autocast = autocast or contextlib.nullcontext()
         c = self.config
@@ -281,6 +283,8 @@ class CycleGAN(nn.Module):
             "loss_gan_ba": _mse(judged_a, 1.0),
             "loss_cycle_a": F.l1_loss(rec_a.float(), real_a.float()) * c.lambda_cycle,
             "loss_cycle_b": F.l1_loss(rec_b.float(), real_b.float()) * c.lambda_cycle,
+            "loss_structure_ab": self._structure_loss(fake_b, real_a),
+            "loss_structure_ba": self._structure_loss(fake_a, real_b),
         }
         if identity_weight > 0:
             losses["loss_idt_a"] = F.l1_loss(idt_a.float(), real_b.float()) * identity_weight
@@ -313,6 +317,14 @@ class CycleGAN(nn.Module):
             "d_real": 0.5 * (d_real_a.float().mean() + d_real_b.float().mean()).item(),
             "d_fake": 0.5 * (d_fake_a.float().mean() + d_fake_b.float().mean()).item(),
         }
+
+    def _structure_loss(self, output: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """``lambda_structure`` x (1 - mean squared local NCC of ``output`` and ``source``),
+        both ``(B, C, h, w)``; a float 0 when the weight is 0."""
+        if not self.config.lambda_structure:
+            return source.new_zeros((), dtype=torch.float)
+        squared_ncc = -self.local_ncc(output.float(), source.float())
+        return (1.0 - squared_ncc) * self.config.lambda_structure
 
     @torch.no_grad()
     def translate(self, images: torch.Tensor, direction: str,

@@ -573,6 +573,9 @@ def _shard(text: str) -> tuple[int, int]:
 @click.option("--ratios", default="1", show_default=True,
               help="Synthetic images per real image in the mixed regimes.")
 @click.option("--balance", is_flag=True, help="Add regimes that fill the minority classes.")
+@click.option("--best-of", type=click.IntRange(1), default=1, show_default=True,
+              help="Draw K candidates per synthetic image and keep the one a classifier "
+                   "trained on the fraction's real images finds most typical of its class.")
 @click.option("--classifier", "arch", type=click.Choice(["small-cnn", "resnet18", "densenet121"]),
               default="small-cnn", show_default=True)
 @click.option("--steps", type=click.IntRange(1), default=600, show_default=True,
@@ -586,9 +589,9 @@ def _shard(text: str) -> tuple[int, int]:
 def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Path | None,
                              train_generator: str | None, generator_steps: int,
                              generator_diffaugment: str, generator_ema: float, out: Path,
-                             fractions: str, seeds: int, ratios: str, balance: bool, arch: str,
-                             steps: int, batch_size: int, metric: str, shard: str,
-                             progress: bool) -> None:
+                             fractions: str, seeds: int, ratios: str, balance: bool,
+                             best_of: int, arch: str, steps: int, batch_size: int, metric: str,
+                             shard: str, progress: bool) -> None:
     """Classifier gain from synthetic data: the same classifier and steps under every regime.
 
     Example: synthmed evaluate utility --real breastmnist.npz --train-generator
@@ -610,7 +613,8 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
     if (generator_run is None) == (train_generator is None):
         raise click.UsageError("pass exactly one of --generator RUN and --train-generator")
     config = UtilityConfig(fractions=_floats(fractions, "--fractions"), seeds=seeds,
-                           ratios=_floats(ratios, "--ratios"), balance=balance, metric=metric,
+                           ratios=_floats(ratios, "--ratios"), balance=balance,
+                           best_of=best_of, metric=metric,
                            classifier=ClassifierConfig(arch=arch, steps=steps,
                                                        batch_size=batch_size))
     part = _shard(shard)

@@ -23,6 +23,7 @@ from synthmed.eval.utility import (
     SubsetGenerators,
     TrainedRun,
     UtilityConfig,
+    best_of,
     fraction_subset,
     make_regimes,
     merge,
@@ -128,6 +129,36 @@ def test_a_generator_trained_on_more_images_than_the_fraction_warns(real, tmp_pa
     with pytest.warns(UserWarning, match="more than the"):
         images = generator.sample(subset, np.array([0, 1, 1]), seed=0)
     assert images.shape == (3, 1, 32, 32)
+
+
+class BrightIsClassOne:
+    """A judge whose probability of class 1 is an image's mean brightness in [0, 1]."""
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        bright = (images.mean(axis=(1, 2, 3)) + 1) / 2
+        return np.stack([1 - bright, bright], axis=1)
+
+
+def test_best_of_keeps_the_candidate_most_typical_of_each_label():
+    levels = np.array([-0.8, 0.6, -0.2, 0.9, 0.1, -0.9])  # 3 candidates for each of 2 labels
+    candidates = np.ones((6, 1, 4, 4), np.float32) * levels[:, None, None, None]
+    chosen = best_of(candidates, np.array([1, 0]), BrightIsClassOne())
+    assert chosen.shape == (2, 1, 4, 4)
+    assert chosen[:, 0, 0, 0].tolist() == pytest.approx([0.6, -0.9])  # brightest, darkest
+    with pytest.raises(InputError, match="best_of"):
+        UtilityConfig(best_of=0)
+
+
+def test_results_written_before_best_of_existed_keep_their_cells(grid_run, real, tmp_path,
+                                                                 monkeypatch):
+    out, results, generators = grid_run
+    older = json.loads((out / "results.json").read_text())
+    del older["config"]["best_of"]
+    (tmp_path / "results.json").write_text(json.dumps(older))
+    monkeypatch.setattr(utility, "train_classifier",
+                        lambda *a, **k: pytest.fail("a finished cell was trained again"))
+    assert run_grid(real, generators, TINY, tmp_path, progress=False)["cells"] == \
+        results["cells"]
 
 
 def test_grid_trains_every_cell_on_its_own_subset(grid_run, real):
@@ -263,8 +294,10 @@ def test_evaluate_utility_command(tmp_path, phantom):
     assert both.exit_code == 2 and "exactly one" in both.output
     result = CliRunner().invoke(cli, [*args, "--train-generator", "dcgan-conditional",
                                       "--generator-diffaugment", "translation",
-                                      "--generator-ema", "0.9"])
+                                      "--generator-ema", "0.9", "--best-of", "2"])
     assert result.exit_code == 0, result.output
-    assert "DiffAugment translation, EMA 0.9" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "DiffAugment translation, EMA 0.9" in report and "the best of 2 candidates" in report
+    assert json.loads((out / "results.json").read_text())["config"]["best_of"] == 2
     assert {"results.json", "report.md", "gain.png", "fractions.png"} <= {
         p.name for p in out.iterdir()}

@@ -42,7 +42,7 @@ from synthmed import __version__
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.splits import split_by_group
 from synthmed.errors import InputError
-from synthmed.eval.classifier import ClassifierConfig, train_classifier
+from synthmed.eval.classifier import ClassifierConfig, TrainedClassifier, train_classifier
 from synthmed.eval.metrics import classification_metrics
 from synthmed.gan import checkpoint
 from synthmed.gan.config import DCGANConfig, TrainConfig
@@ -122,6 +122,9 @@ class UtilityConfig:
             synthetic images and the classifier's initialisation and batch order.
         ratios: synthetic images per real image in the mixed regimes.
         balance: add the regimes where synthetic images fill the minority classes.
+        best_of: draw this many candidates per synthetic image and keep the one that a
+            classifier trained on the fraction's real images (the ``real`` regime's model)
+            finds most typical of its class; 1 keeps every draw.
         metric: the headline metric (``auroc``, ``balanced_accuracy``, ``macro_f1``).
     """
 
@@ -129,6 +132,7 @@ class UtilityConfig:
     seeds: int = 5
     ratios: tuple[float, ...] = (1.0,)
     balance: bool = False
+    best_of: int = 1
     metric: str = "auroc"
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
@@ -139,6 +143,8 @@ class UtilityConfig:
             raise InputError(f"seeds must be at least 1, got {self.seeds}")
         if not all(r > 0 for r in self.ratios):
             raise InputError(f"ratios must be positive, got {list(self.ratios)}")
+        if self.best_of < 1:
+            raise InputError(f"best_of must be at least 1, got {self.best_of}")
         if self.metric not in ("auroc", "balanced_accuracy", "macro_f1", "accuracy"):
             raise InputError(f"unknown metric {self.metric!r}")
 
@@ -377,7 +383,7 @@ def run_grid(
         if not todo:
             continue
         subset = fraction_subset(real.train, fraction, seed)
-        synthetic = _synthetic_sets(subset, todo, generator, seed)
+        synthetic = _synthetic_sets(subset, todo, generator, seed, real, config)
         for cell in todo:
             bar.set_postfix_str(f"f={fraction:g} seed={seed} {cell.regime.name}")
             done[_key(cell)] = _run_cell(cell, subset, synthetic, real, config)
@@ -437,8 +443,9 @@ def _load_cells(path: Path, header: dict[str, Any], config: UtilityConfig
 def _grid_identity(results: dict[str, Any]) -> dict[str, Any]:
     """What must match for cells to be reused or merged: everything but the cells, the seed
     count, the fractions and where the data and the generator lie (their fingerprints say
-    what they are)."""
-    config = {k: v for k, v in results["config"].items() if k not in ("seeds", "fractions")}
+    what they are). Options added since the results were written count as their defaults."""
+    config = _as_json(asdict(_config_from(results["config"])))
+    config = {k: v for k, v in config.items() if k not in ("seeds", "fractions")}
     data = {k: v for k, v in results["data"].items() if k != "origin"}
     generator = {k: v for k, v in results["generator"].items() if k != "path"}
     return {**{k: v for k, v in results.items() if k != "cells"}, "config": config,
@@ -455,14 +462,44 @@ def _ordered(cells: Any, config: UtilityConfig) -> list[dict[str, Any]]:
 
 
 def _synthetic_sets(subset: ImageSet, cells: list[Cell], generator: TrainedRun |
-                    SubsetGenerators, seed: int) -> dict[Any, tuple[np.ndarray, np.ndarray]]:
-    """Synthetic (images, labels) per mix the cells need, drawn once per (fraction, seed)."""
+                    SubsetGenerators, seed: int, real: RealData, config: UtilityConfig
+                    ) -> dict[Any, tuple[np.ndarray, np.ndarray]]:
+    """Synthetic (images, labels) per mix the cells need, drawn once per (fraction, seed);
+    the best of ``config.best_of`` candidates per image when it is above 1."""
     mixes = dict.fromkeys(c.regime.synthetic for c in cells if c.regime.uses_synthetic)
+    judge = _real_only_classifier(subset, real, config, seed) \
+        if mixes and config.best_of > 1 else None
     sets = {}
     for k, mix in enumerate(mixes):
         labels = synthetic_labels(subset, mix, np.random.default_rng([seed, k]))
-        sets[mix] = (generator.sample(subset, labels, seed * 1000 + k), labels)
+        candidates = generator.sample(subset, np.repeat(labels, config.best_of), seed * 1000 + k)
+        images = candidates if judge is None else best_of(candidates, labels, judge)
+        sets[mix] = (images, labels)
     return sets
+
+
+def _real_only_classifier(subset: ImageSet, real: RealData, config: UtilityConfig,
+                          seed: int) -> TrainedClassifier:
+    """The ``real`` regime's classifier: the subset, no augmentation, the cell's seed."""
+    return train_classifier(subset.images, subset.labels, real.val.images, real.val.labels,
+                            len(real.train.class_names), config.classifier, seed=seed)
+
+
+def best_of(candidates: np.ndarray, labels: np.ndarray, judge: TrainedClassifier
+            ) -> np.ndarray:
+    """Per label, the candidate the judge gives the highest probability of that label.
+
+    Args:
+        candidates: ``(N * K, C, H, W)``, K consecutive candidates per label.
+        labels: ``(N,)``.
+    Returns:
+        ``(N, C, H, W)``.
+    """
+    n = len(labels)
+    k = len(candidates) // n
+    probability = judge.predict_proba(candidates)[np.arange(n * k), np.repeat(labels, k)]
+    chosen = probability.reshape(n, k).argmax(axis=1)
+    return candidates.reshape(n, k, *candidates.shape[1:])[np.arange(n), chosen]
 
 
 def _run_cell(cell: Cell, subset: ImageSet, synthetic: dict, real: RealData,

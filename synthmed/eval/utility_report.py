@@ -116,6 +116,9 @@ def to_markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
         + ".",
         *[f"- {note}" for note in data["notes"]],
         f"Generator: {_describe_generator(results['generator'])}.",
+        *([f"Synthetic images: the best of {config['best_of']} candidates each, judged by the "
+           "`real` regime's classifier (trained on the fraction's real images) by the "
+           "probability it gives the intended class."] if config.get("best_of", 1) > 1 else []),
         f"Classifier: {config['classifier']['arch']}, {config['classifier']['steps']} optimiser "
         f"steps of batch {config['classifier']['batch_size']} in every regime (compute-matched), "
         "model selection on the validation split, the test split scored once per model.",

@@ -357,6 +357,10 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
               help="Weight of a contrast-sign-blind structure loss (squared local NCC of "
                    "each generator's input and output) against invented texture; default 0, "
                    "as the reference.")
+@click.option("--intensity-prior", type=click.Choice(["none", "matching", "inverted"]),
+              help="Generators correct a histogram-matching map between the domains instead "
+                   "of drawing whole images (inverted: a decreasing map, e.g. T1 <-> T2 "
+                   "brain MR; use with --lambda-identity 0); default none, as the reference.")
 @click.option("--pool-size", type=click.IntRange(0), help="Past fakes shown to D (default 50).")
 @click.option("--lr", type=float, help="Adam learning rate (default 2e-4).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint "
@@ -411,6 +415,7 @@ def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config:
                           standardize=model_config.standardize)
     config = run_config("cyclegan", model_config, train_config)
     model = build_model(config, seed=train_config.seed)
+    model.set_intensity_prior(*data.quantiles)
     with _training_into(out, resume):
         result = fit(model, data, train_config, out, resume=resume, progress=progress,
                      run_config={**config, "data": {

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from synthmed.augment.intensity import foreground_quantiles, match_histogram
 from synthmed.errors import InputError
 from synthmed.gan.config import CycleGANConfig
-from synthmed.gan.cyclegan import CycleGAN, ImagePool, PatchGAN, ResnetGenerator
+from synthmed.gan.cyclegan import CycleGAN, ImagePool, PatchGAN, QuantileMap, ResnetGenerator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,6 +49,9 @@ def test_config_defaults_are_the_reference():
     assert (c.crop, c.flip) == (0, True)
     assert c.lambda_cycle * c.lambda_identity == 5.0
     assert c.lambda_structure == 0.0  # not in the reference
+    assert c.intensity_prior == "none"
+    assert all(net.prior is None for net in (CycleGAN(tiny()).generator_ab,
+                                             CycleGAN(tiny()).generator_ba))
 
 
 def test_blocks_auto_and_explicit():
@@ -67,6 +72,7 @@ def test_blocks_auto_and_explicit():
     (dict(lambda_cycle=-1.0), "lambda_cycle"),
     (dict(lambda_identity=-0.5), "lambda_identity"),
     (dict(lambda_structure=-1.0), "lambda_structure"),
+    (dict(intensity_prior="reversed"), "intensity_prior"),
     (dict(pool_size=-1), "pool_size"),
     (dict(lr=0.0), "lr"),
     (dict(betas=(0.5, 1.0)), "betas"),
@@ -231,6 +237,57 @@ def test_structure_loss_joins_the_generator_loss():
     assert stats["loss_structure_ab"] > 0 and stats["loss_structure_ba"] > 0
     parts = [stats[k] for k in LOSS_KEYS - {"loss_g", "loss_d_a", "loss_d_b"}]
     assert stats["loss_g"] == pytest.approx(sum(parts), rel=1e-5)
+
+
+def foreground_images(seed: int, spread: float) -> np.ndarray:
+    """``(3, 1, 32, 32)`` model-space images: a square of random foreground on -1."""
+    rng = np.random.default_rng(seed)
+    images = np.full((3, 1, 32, 32), -1.0, np.float32)
+    images[:, :, 4:28, 4:28] = np.tanh(rng.normal(0.0, spread, (3, 1, 24, 24)))
+    return images
+
+
+@pytest.mark.parametrize("prior, invert", [("matching", False), ("inverted", True)])
+def test_an_untrained_generator_with_a_prior_is_that_histogram_matching(prior, invert):
+    a, b = foreground_images(0, 0.4), foreground_images(1, 1.0)
+    model = CycleGAN(tiny(intensity_prior=prior, lambda_identity=0.0))
+    model.set_intensity_prior(foreground_quantiles(a), foreground_quantiles(b))
+    for direction, source, target in (("a2b", a, b), ("b2a", b, a)):
+        translated = model.translate(torch.from_numpy(source), direction).numpy()
+        expected = match_histogram(source, foreground_quantiles(target), invert=invert)
+        assert np.abs(translated - expected).max() < 2e-3, direction  # atanh's bound 0.999
+        assert np.all(translated[source <= -1.0] < -0.99)  # background stays background
+    correlation = np.corrcoef(a[a > -1], model.translate(torch.from_numpy(a), "a2b")
+                              .numpy()[a > -1])[0, 1]
+    assert (correlation < -0.9) if invert else (correlation > 0.9)
+
+
+def test_quantile_map_averages_tied_source_levels_and_passes_gradients():
+    qmap = QuantileMap(levels=5)
+    qmap.set_tables([-0.5, 0.0, 0.0, 0.5, 1.0], [-1.0, -0.5, 0.5, 0.75, 1.0])
+    x = torch.tensor([-1.0, -0.5, -0.25, 0.0, 0.25, 2.0], requires_grad=True)
+    mapped = qmap(x)
+    # -1 is background; the tie at 0 maps to the mean of -0.5 and 0.5; 2 clamps to the top
+    assert mapped.tolist() == pytest.approx([-1.0, -1.0, -0.5, 0.0, 0.375, 1.0])
+    mapped[2].backward()
+    assert x.grad[2].item() == pytest.approx(1.0 / 0.5)  # slope from (-0.5, -1) to (0, 0)
+
+
+def test_a_prior_is_corrected_by_training_and_saved_with_the_model():
+    model = CycleGAN(tiny(intensity_prior="inverted", lambda_identity=0.0))
+    a, b = foreground_images(0, 0.4), foreground_images(1, 1.0)
+    model.set_intensity_prior(foreground_quantiles(a), foreground_quantiles(b))
+    before = model.translate(torch.from_numpy(a), "a2b")
+    optimizers = model.make_optimizers()
+    for step in range(3):
+        model.train_step((torch.from_numpy(a[:1]), torch.from_numpy(b[:1])), optimizers,
+                         torch.Generator().manual_seed(step))
+    after = model.translate(torch.from_numpy(a), "a2b")
+    assert not torch.allclose(before, after)  # the correction learns
+    restored = CycleGAN(tiny(intensity_prior="inverted", lambda_identity=0.0))
+    restored.load_state_dict(model.state_dict())
+    assert torch.equal(restored.translate(torch.from_numpy(a), "a2b"), after)
+    assert "generator_ab.prior.source" in model.state_dict()
 
 
 def test_train_step_under_bf16_autocast():

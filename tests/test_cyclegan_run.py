@@ -209,6 +209,22 @@ def test_no_standardize_and_structure_options_reach_the_run(volumes, tmp_path):
     assert metrics["loss_structure_ab"] > 0
 
 
+def test_intensity_prior_keeps_the_training_domains_quantiles(volumes, tmp_path):
+    out = tmp_path / "prior"
+    result = run("train", "cyclegan", "--domain-a", f"{volumes}/s0/t1.nii.gz", "--domain-b",
+                 f"{volumes}/s1/t2.nii.gz", "--out", out, "--epochs", "1", "--crop", "24",
+                 "--intensity-prior", "inverted", "--lambda-identity", "0", *TINY)
+    assert result.exit_code == 0, result.output
+    assert checkpoint.read_config(out)["model"]["intensity_prior"] == "inverted"
+    loaded = load_run(out).model
+    domains = json.loads((out / "training_data.json").read_text())["domains"]
+    for net, source, target in ((loaded.generator_ab, "a", "b"),
+                                (loaded.generator_ba, "b", "a")):
+        assert net.prior.invert
+        assert net.prior.source.tolist() == pytest.approx(domains[source]["foreground_quantiles"])
+        assert net.prior.target.tolist() == pytest.approx(domains[target]["foreground_quantiles"])
+
+
 def test_cyclegan_resume_after_a_kill_repeats_an_uninterrupted_run(volumes, tmp_path):
     a = read_images(f"{volumes}/s0/t1.nii.gz")
     b = read_images(f"{volumes}/s1/t2.nii.gz")

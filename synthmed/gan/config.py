@@ -198,6 +198,9 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(asdict(config))
 
 
+INTENSITY_PRIORS = ("none", "matching", "inverted")
+
+
 @dataclass(frozen=True)
 class CycleGANConfig:
     """A CycleGAN (Zhu et al. 2017); the defaults are the reference implementation's
@@ -222,6 +225,12 @@ class CycleGANConfig:
             contrast: an inverted map (T1 -> T2) costs nothing, but texture that the input
             does not have, or contrast that flips inside a window, does (the cycle's hidden
             codes). 0 skips it, as the reference.
+        intensity_prior: ``none`` (reference), ``matching`` or ``inverted``: each generator
+            corrects a fixed histogram-matching map from its source domain's training
+            foreground quantiles to its target's (``inverted``: a decreasing map, as for
+            T1 <-> T2 brain MR, whose tissue contrasts are largely reversed) instead of
+            drawing the whole image; it starts as that map. Use with ``lambda_identity`` 0:
+            the identity loss asks for the opposite of an inverted map.
         pool_size: past fakes kept to show the discriminators (0: only the newest).
         lr, betas: Adam settings, the same for generators and discriminators.
         crop: side of the random square training crops, a multiple of 4 (0: whole images).
@@ -243,6 +252,7 @@ class CycleGANConfig:
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5
     lambda_structure: float = 0.0
+    intensity_prior: str = "none"
     pool_size: int = 50
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
@@ -266,6 +276,9 @@ class CycleGANConfig:
             (min(self.lambda_cycle, self.lambda_identity, self.lambda_structure) >= 0.0,
              f"lambda_cycle, lambda_identity and lambda_structure must not be negative, got "
              f"{self.lambda_cycle}, {self.lambda_identity} and {self.lambda_structure}"),
+            (self.intensity_prior in INTENSITY_PRIORS,
+             f"intensity_prior must be one of {', '.join(INTENSITY_PRIORS)}, "
+             f"got {self.intensity_prior!r}"),
             (self.pool_size >= 0, f"pool_size must not be negative, got {self.pool_size}"),
             (self.lr > 0.0, f"lr must be positive, got {self.lr}"),
             (len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),

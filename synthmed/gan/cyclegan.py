@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,9 +23,12 @@ from monai.losses import LocalNormalizedCrossCorrelationLoss
 from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
+from synthmed.augment.intensity import FOREGROUND_FLOOR
 from synthmed.gan.config import CycleGANConfig
 
 DIRECTIONS = ("a2b", "b2a")
+PRIOR_LEVELS = 101  # quantile levels of the prior's tables (foreground_quantiles' default)
+PRIOR_BOUND = 0.999  # the prior's values are kept inside (-1, 1) for atanh
 
 
 def _norm(kind: str, width: int) -> nn.Module:
@@ -56,9 +60,53 @@ class ResnetBlock(nn.Module):
         return x + self.block(x)
 
 
+class QuantileMap(nn.Module):
+    """A fixed monotone intensity map between two domains: model-space foreground pixels
+    ``(B, C, H, W)`` at quantile level p of the source domain go to the target domain's
+    quantile at level p (``invert``: at level 1 - p, a decreasing map), piecewise linearly;
+    background pixels (at or below :data:`FOREGROUND_FLOOR`) stay -1. Differentiable in its
+    input. Unpaired histogram matching, the rule of
+    :func:`~synthmed.augment.intensity.match_histogram`: source levels that repeat a value
+    map to the mean of the target quantiles at those levels.
+
+    The tables are the buffers ``source`` and ``target`` ``(levels,)``, saved with the model;
+    :meth:`set_tables` fills them.
+    """
+
+    def __init__(self, levels: int = 101, invert: bool = False) -> None:
+        super().__init__()
+        self.invert = invert
+        self.register_buffer("source", torch.linspace(-1.0, 1.0, levels))
+        self.register_buffer("target", torch.linspace(-1.0, 1.0, levels))
+
+    def set_tables(self, source: Sequence[float], target: Sequence[float]) -> None:
+        """Quantiles ``(levels,)`` of each domain's foreground at ``linspace(0, 1, levels)``."""
+        self.source.copy_(torch.as_tensor(source, dtype=torch.float32))
+        self.target.copy_(torch.as_tensor(target, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        target = self.target.flip(0) if self.invert else self.target
+        knots, tied = torch.unique(self.source, return_inverse=True)  # increasing
+        values = torch.zeros_like(knots).index_add_(0, tied, target)
+        values = values / torch.bincount(tied, minlength=len(knots)).to(values)
+        if len(knots) == 1:
+            mapped = values.expand_as(x)
+        else:
+            inside = x.float().clamp(knots[0], knots[-1])
+            upper = torch.searchsorted(knots, inside.detach()).clamp(1, len(knots) - 1)
+            x0, x1, y0, y1 = knots[upper - 1], knots[upper], values[upper - 1], values[upper]
+            mapped = y0 + (y1 - y0) * (inside - x0) / (x1 - x0)
+        return torch.where(x > FOREGROUND_FLOOR, mapped, torch.full_like(mapped, -1.0))
+
+
 class ResnetGenerator(nn.Module):
     """Images ``(B, channels, H, W)`` -> images of the same shape in [-1, 1]; H and W must
     be multiples of 4 and at least 8 (two stride-2 downsamplings, then reflection padding).
+
+    With a ``prior`` map the network learns a correction to it rather than the whole image:
+    ``tanh(atanh(prior(x)) + net(x))``, and the last convolution starts at zero, so the
+    untrained generator is exactly the prior (e.g. inverted histogram matching for
+    T1 -> T2) and training spends itself on what a global intensity map cannot do.
 
     Args:
         channels: image channels, in and out.
@@ -67,6 +115,8 @@ class ResnetGenerator(nn.Module):
         norm: ``instance`` (reference) or ``batch``.
         upsample: ``convtranspose`` (reference) or ``resize`` (nearest-neighbour x2, then a
             3x3 convolution: no checkerboard artefacts).
+        prior: a fixed intensity map the output corrects (``None``: the reference's plain
+            ``tanh(net(x))``).
 
     Examples:
         >>> ResnetGenerator(1, ngf=8, n_blocks=2)(torch.randn(2, 1, 32, 32)).shape
@@ -74,7 +124,8 @@ class ResnetGenerator(nn.Module):
     """
 
     def __init__(self, channels: int = 1, ngf: int = 64, n_blocks: int = 9,
-                 norm: str = "instance", upsample: str = "convtranspose") -> None:
+                 norm: str = "instance", upsample: str = "convtranspose",
+                 prior: QuantileMap | None = None) -> None:
         super().__init__()
         bias = norm == "instance"
         layers: list[nn.Module] = [
@@ -95,11 +146,21 @@ class ResnetGenerator(nn.Module):
                 layers.append(nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2,
                                                  padding=1, output_padding=1, bias=bias))
             layers += [_norm(norm, ngf * mult // 2), nn.ReLU()]
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, channels, 7), nn.Tanh()]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, channels, 7)]  # (B, channels, H, W)
         self.model = nn.Sequential(*layers)
+        self.prior = prior
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        if self.prior is None:
+            return torch.tanh(self.model(x))
+        start = self.prior(x).clamp(-PRIOR_BOUND, PRIOR_BOUND)
+        return torch.tanh(torch.atanh(start) + self.model(x))
+
+    def zero_last_layer(self) -> None:
+        """Start the correction at zero (with a prior: the generator starts as the prior)."""
+        last = self.model[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
 
 class PatchGAN(nn.Module):
@@ -226,16 +287,34 @@ class CycleGAN(nn.Module):
         self.config = config
         c = config
         blocks = c.blocks(c.crop)
-        self.generator_ab = ResnetGenerator(c.channels, c.ngf, blocks, c.norm, c.upsample)
-        self.generator_ba = ResnetGenerator(c.channels, c.ngf, blocks, c.norm, c.upsample)
+        self.generator_ab, self.generator_ba = (
+            ResnetGenerator(c.channels, c.ngf, blocks, c.norm, c.upsample, self._prior())
+            for _ in DIRECTIONS)
         self.discriminator_a = PatchGAN(c.channels, c.ndf, c.d_layers, c.norm)
         self.discriminator_b = PatchGAN(c.channels, c.ndf, c.d_layers, c.norm)
         for net in (self.generator_ab, self.generator_ba, self.discriminator_a,
                     self.discriminator_b):
             init_weights(net, c.init_gain)
+        if c.intensity_prior != "none":
+            self.generator_ab.zero_last_layer()
+            self.generator_ba.zero_last_layer()
         self.local_ncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=2, kernel_size=9)
         self.pool_a = ImagePool(c.pool_size)
         self.pool_b = ImagePool(c.pool_size)
+
+    def _prior(self) -> QuantileMap | None:
+        if self.config.intensity_prior == "none":
+            return None
+        return QuantileMap(PRIOR_LEVELS, invert=self.config.intensity_prior == "inverted")
+
+    def set_intensity_prior(self, quantiles_a: Sequence[float],
+                            quantiles_b: Sequence[float]) -> None:
+        """Give the generators' prior maps the domains' foreground quantiles ``(101,)`` each
+        (:func:`~synthmed.augment.intensity.foreground_quantiles` of the training images);
+        nothing to do without a prior."""
+        if self.config.intensity_prior != "none":
+            self.generator_ab.prior.set_tables(quantiles_a, quantiles_b)
+            self.generator_ba.prior.set_tables(quantiles_b, quantiles_a)
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """One Adam for both generators and one for both discriminators (as the reference)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from synthmed.augment.intensity import foreground_quantiles, percentile_range, to_model_space
@@ -27,6 +28,8 @@ from synthmed.eval.translation import (
     evaluate_pairs,
     save_report,
 )
+from synthmed.gan.config import CycleGANConfig
+from synthmed.gan.cyclegan import CycleGAN
 
 SHAPE = (32, 32, 12)
 QUANTISED = (0.0, 100.0)  # percentiles under which quantised truths round-trip exactly
@@ -242,3 +245,22 @@ def test_foreground_quantiles_uses_pixels_above_the_background() -> None:
     np.testing.assert_allclose(foreground_quantiles(images, levels=5), [0, 0.25, 0.5, 0.75, 1])
     with pytest.raises(InputError, match="no foreground"):
         foreground_quantiles(np.full((1, 1, 4, 4), -1.0))
+
+
+def test_an_untrained_cyclegan_with_the_inverted_prior_scores_as_inverted_matching():
+    # the generator starts as the prior; the source's darkest tissue (below its 0.5th
+    # percentile) must stay foreground for it, as it does for the baseline's mask
+    mask = ellipsoid()
+    pair = VolumePair("sub-p", t1(mask), t1(mask, seed=1)[::-1].copy())
+    target_quantiles = some_quantiles(pair)
+    model = CycleGAN(CycleGANConfig(ngf=4, ndf=4, n_blocks=1, intensity_prior="inverted",
+                                    lambda_identity=0.0))
+
+    def translator(source: np.ndarray) -> np.ndarray:
+        model.set_intensity_prior(foreground_quantiles(source), target_quantiles)
+        return model.translate(torch.from_numpy(source), "a2b").numpy()
+
+    scores = evaluate_pairs([pair], translator, target_quantiles).per_subject["sub-p"]
+    for metric in ("mae", "psnr", "ssim_slice", "ssim_bbox"):
+        assert scores[SYNTHMED][metric] == pytest.approx(scores[INVERTED][metric], rel=2e-3)
+    assert scores[INVERTED]["mae"] < scores[IDENTITY]["mae"]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from synthmed.augment.dataset import ImageSet
+from synthmed.augment.intensity import FOREGROUND_FLOOR, TISSUE_FLOOR, foreground_mask
 from synthmed.augment.items import ReadConfig, assemble
 from synthmed.augment.nifti import read_nifti, write_nifti
 from synthmed.augment.phantom import PhantomConfig, make_phantom
@@ -84,9 +85,16 @@ def test_values_follow_the_volume_percentiles_in_radiology_orientation(brain):
     low, high = np.percentile(volume[volume != 0], (0.5, 99.5))
     assert len(s) == volume.shape[2]
     assert np.allclose(s.intensity_low, low) and np.allclose(s.intensity_high, high)
-    assert np.allclose(s.to_original_units()[:, 0], np.clip(expected, low, high), atol=1e-2)
-    images, inside = s.images[:, 0], expected != 0
-    assert 0.005 <= (images[inside] == -1).mean() < 0.006
+    original, inside = s.to_original_units()[:, 0], expected != 0
+    darkest_tissue = low + (TISSUE_FLOOR + 1.0) / 2.0 * (high - low)
+    assert np.allclose(original[~inside], low)
+    assert np.allclose(original[inside], np.clip(expected[inside], darkest_tissue, high),
+                       atol=1e-2)
+    images = s.images[:, 0]
+    assert (images[~inside] == -1).all()
+    # tissue under the 0.5th percentile stays foreground: clipped to TISSUE_FLOOR, not to -1
+    assert (images[inside] > FOREGROUND_FLOOR).all()
+    assert 0.005 <= (images[inside] == np.float32(TISSUE_FLOOR)).mean() < 0.006
     assert 0.005 <= (images[inside] == 1).mean() < 0.006
 
 
@@ -204,7 +212,10 @@ def test_written_phantom_reads_back_with_the_same_picture_and_values(tmp_path):
     back = read([tmp_path / name for name in names], ReadConfig(min_foreground=-1))
     low = back.intensity_low[:, None, None, None]
     high = back.intensity_high[:, None, None, None]
-    assert np.allclose(back.to_original_units(), np.clip(original, low, high), atol=1e-2)
+    inside = np.stack([foreground_mask(image) for image in original])  # each file's mask
+    darkest_tissue = low + (TISSUE_FLOOR + 1.0) / 2.0 * (high - low)
+    expected = np.where(inside, np.clip(original, darkest_tissue, high), low)
+    assert np.allclose(back.to_original_units(), expected, atol=1e-2)
     assert ((original > low) & (original < high)).mean() > 0.4  # most pixels compared unclipped
 
 

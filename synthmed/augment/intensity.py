@@ -22,9 +22,12 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 }
 
 DEFAULT_PERCENTILES = (0.5, 99.5)
-# Model-space pixels at or below this are background (readers clip the background of masked
-# scans, and the darkest foreground, to -1).
+# Model-space pixels at or below this are background (readers clip the background of scans
+# to -1).
 FOREGROUND_FLOOR = -1.0 + 1e-3
+# Foreground of a masked scan darker than its low percentile is clipped to this, not to -1,
+# so it stays foreground (CSF on a brain T1, which is the brightest tissue on T2).
+TISSUE_FLOOR = -1.0 + 2e-3
 
 
 def window_range(center: float, width: float) -> tuple[float, float]:
@@ -77,6 +80,15 @@ def to_model_space(values: np.ndarray, low: float, high: float) -> np.ndarray:
     """Map original values to float32 in ``[-1, 1]`` (clipped)."""
     scaled = (values.astype(np.float64) - low) / (high - low) * 2.0 - 1.0
     return np.clip(scaled, -1.0, 1.0).astype(np.float32)
+
+
+def masked_to_model_space(values: np.ndarray, mask: np.ndarray, low: float,
+                          high: float) -> np.ndarray:
+    """:func:`to_model_space` of an image whose foreground is ``mask`` (same shape): pixels
+    outside it become -1 and pixels inside it stay at or above :data:`TISSUE_FLOOR`, so
+    tissue darker than ``low`` is not mistaken for background."""
+    scaled = to_model_space(values, low, high)
+    return np.where(mask, np.maximum(scaled, TISSUE_FLOOR), -1.0).astype(np.float32)
 
 
 def to_original(values: np.ndarray, low: float, high: float) -> np.ndarray:

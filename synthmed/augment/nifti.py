@@ -29,9 +29,9 @@ from nibabel.spatialimages import HeaderDataError
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.intensity import (
     foreground_mask,
+    masked_to_model_space,
     percentile_range,
     require_finite,
-    to_model_space,
 )
 from synthmed.augment.items import Item, ReadConfig, ReadResult, read_each
 from synthmed.errors import InputError
@@ -108,11 +108,12 @@ def _read_slices(path: Path, group: str, config: ReadConfig) -> list[Item]:
         volume, axis = volume[:, :, None], 2
     mask = foreground_mask(volume)
     low, high = percentile_range(volume, mask, config.percentiles)
-    planes = np.moveaxis(volume, axis, 0)  # (slices, A, B)
-    fraction = np.moveaxis(mask, axis, 0).mean(axis=(1, 2))
+    planes, masks = np.moveaxis(volume, axis, 0), np.moveaxis(mask, axis, 0)  # (slices, A, B)
+    fraction = masks.mean(axis=(1, 2))
     return [
         Item(
-            pixels=to_model_space(display_plane(planes[k]), low, high)[None],
+            pixels=masked_to_model_space(display_plane(planes[k]), display_plane(masks[k]),
+                                         low, high)[None],
             source=f"{path}#slice={k}",
             group=group,
             low=low,

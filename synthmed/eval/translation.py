@@ -43,6 +43,7 @@ from synthmed.augment.dataset import ImageSet
 from synthmed.augment.intensity import (
     FOREGROUND_FLOOR,
     foreground_mask,
+    masked_to_model_space,
     match_histogram,
     percentile_range,
     require_finite,
@@ -332,7 +333,8 @@ def _prepare(
     slices = _Slices(
         subject=pair.subject,
         indices=keep,
-        source=to_model_space(cut(source), source_low, source_high)[:, None],
+        source=masked_to_model_space(cut(source), cut(source_mask), source_low,
+                                     source_high)[:, None],
         source_mask=cut(source_mask),
         mask=cut(mask),
         truth=cut(target).astype(np.float64),
@@ -347,7 +349,7 @@ def _prepare(
             f"{SSIM_WINDOW}x{SSIM_WINDOW} pixels",
             pair.subject,
         )
-    if _foreground_values(slices.source).size == 0:
+    if _foreground_values(slices.source).size == 0 or source.min() == source.max():
         raise InputError("the source has no foreground in the evaluated slices", pair.subject)
     return slices
 

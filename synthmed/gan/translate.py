@@ -34,10 +34,10 @@ from synthmed.augment.dicom import write_dicom
 from synthmed.augment.export import atomic_output_dir, write_files
 from synthmed.augment.intensity import (
     foreground_mask,
+    masked_to_model_space,
     match_histogram,
     percentile_range,
     require_finite,
-    to_model_space,
     to_original,
 )
 from synthmed.augment.items import ReadConfig
@@ -145,11 +145,12 @@ def translate_volume(run: LoadedRun, volume: np.ndarray, direction: str,
     low, high = percentile_range(volume, mask, read.percentiles)
     axis = read.slice_axis if volume.ndim == 3 else 2
     planes = np.moveaxis(volume if volume.ndim == 3 else volume[:, :, None], axis, 0)
-    fraction = np.moveaxis(mask if volume.ndim == 3 else mask[:, :, None], axis, 0).mean((1, 2))
-    chosen = np.flatnonzero(fraction > read.min_foreground)
+    masks = np.moveaxis(mask if volume.ndim == 3 else mask[:, :, None], axis, 0)
+    chosen = np.flatnonzero(masks.mean((1, 2)) > read.min_foreground)
     out = np.full(planes.shape, -1.0, np.float32)  # (slices, A, B) model space
     if len(chosen):
-        images = np.stack([to_model_space(display_plane(planes[k]), low, high)[None]
+        images = np.stack([masked_to_model_space(display_plane(planes[k]),
+                                                 display_plane(masks[k]), low, high)[None]
                            for k in chosen])  # (S, 1, B, A)
         translated = translate_images(run, images, direction, batch_size)
         for k, image in zip(chosen, translated, strict=True):

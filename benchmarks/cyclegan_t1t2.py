@@ -20,7 +20,7 @@ translation throughput.
 The default recipe trains on random 112 px crops of the native 240 px slices (the cost of a
 112 px model; the translator then sees the whole slice at its own resolution, so nothing is
 lost to resizing), ngf = ndf = 32, resize upsampling, the inverted intensity prior without an
-identity loss, bf16, 20 epochs, the last half decaying: about 35 minutes per fold on one core.
+identity loss, bf16, 12 epochs, the last half decaying: about 20 minutes per fold on one core.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def main() -> None:
                         help="resize slices to SIZE (0: keep the native 240 px)")
     parser.add_argument("--crop", type=int, default=112)
     parser.add_argument("--width", type=int, default=32, help="ngf and ndf")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--lambda-identity", default="0",
                         help="identity loss weight as a share of the cycle weight")
     parser.add_argument("--lambda-structure", default="0",

@@ -73,7 +73,7 @@ class QuantileMap(nn.Module):
     :meth:`set_tables` fills them.
     """
 
-    def __init__(self, levels: int = 101, invert: bool = False) -> None:
+    def __init__(self, levels: int = PRIOR_LEVELS, invert: bool = False) -> None:
         super().__init__()
         self.invert = invert
         self.register_buffer("source", torch.linspace(-1.0, 1.0, levels))

@@ -3,7 +3,8 @@
 Each benchmark runs in its own process with its outputs under ``OUT/<name>``; its printed
 output is kept in ``OUT/<name>/stdout.txt`` with the command and the wall time, and
 RESULTS.md is rebuilt from every benchmark found in OUT. ``--only`` reruns some of them and
-keeps the others' last results. Run them on an otherwise idle machine: on 2 cores a second
+keeps the others' last results: from OUT, or else (OUT from another machine) their sections
+of the RESULTS.md being rewritten. Run them on an otherwise idle machine: on 2 cores a second
 busy process slows a benchmark several times.
 
     make bench                                                   # all: several hours on 2 cores
@@ -60,7 +61,8 @@ def main() -> None:
         sys.exit(f"unknown benchmark(s) {unknown}: choose from {', '.join(BENCHMARKS)}")
     for name in chosen:
         run_one(name, args.out / name)
-    args.results.write_text(results_markdown(args.out))
+    earlier = earlier_sections(args.results.read_text()) if args.results.is_file() else {}
+    args.results.write_text(results_markdown(args.out, earlier))
     print(f"results: {args.results}")
 
 
@@ -80,8 +82,18 @@ def run_one(name: str, out: Path) -> None:
     print(f"   exit {status} after {record['seconds']:.0f} s", flush=True)
 
 
-def results_markdown(out: Path) -> str:
-    """RESULTS.md: the machine, then each benchmark's command, wall time and output."""
+def earlier_sections(results: str) -> dict[str, str]:
+    """The ``## name`` sections of an earlier RESULTS.md, by benchmark name."""
+    sections = {}
+    for section in results.split("\n## ")[1:]:
+        name, _, body = section.partition("\n")
+        sections[name.strip()] = body.strip("\n")
+    return sections
+
+
+def results_markdown(out: Path, earlier: dict[str, str]) -> str:
+    """RESULTS.md: the machine, then each benchmark's command, wall time and output; a
+    benchmark without a record in ``out`` keeps its ``earlier`` section."""
     lines = ["# Benchmark results", "",
              "Written by `make bench` (`python benchmarks/run_all.py`); every number below is "
              "printed by the command above it.", "",
@@ -92,7 +104,7 @@ def results_markdown(out: Path) -> str:
     for name, (what, _) in BENCHMARKS.items():
         record_path = out / name / "run.json"
         if not record_path.is_file():
-            lines += [f"## {name}", "", f"{what}: not run yet.", ""]
+            lines += [f"## {name}", "", earlier.get(name, f"{what}: not run yet."), ""]
             continue
         record = json.loads(record_path.read_text())
         status = "" if record["returncode"] == 0 else f", **failed (exit {record['returncode']})**"

@@ -45,6 +45,15 @@ def test_results_hold_each_benchmark_output_status_and_command(run_all, tmp_path
     run_all.main()
     assert "**failed (exit 3)**" in results.read_text()
 
+    # on another machine (a fresh OUT) the sections of the committed RESULTS.md are kept
+    before = results.read_text().split("## ok")[1]
+    monkeypatch.setattr(sys, "argv", ["run_all.py", "--out", str(tmp_path / "elsewhere"),
+                                      "--only", "never", "--results", str(results)])
+    run_all.main()
+    text = results.read_text()
+    assert text.split("## ok")[1].split("## never")[0] == before.split("## never")[0]
+    assert "a benchmark not run: not run yet." not in text
+
 
 def test_unknown_benchmark_is_refused(run_all, monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["run_all.py", "--out", str(tmp_path), "--only", "nope"])

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from synthmed import __version__
+from synthmed import __version__, cli_types
 from synthmed.errors import InputError, SynthmedError
 
 
@@ -61,17 +61,21 @@ def _os_message(error: OSError) -> str:
 
 @contextlib.contextmanager
 def _training_into(out: Path, resume: bool) -> Iterator[None]:
-    """When training fails before its first checkpoint, remove the run directory ``out`` it
-    made: nothing in it could be resumed, and it would block a new start."""
+    """Hold the lock on the run directory ``out`` (one writer at a time), and when training
+    fails before its first checkpoint, remove the run directory it made: nothing in it could
+    be resumed, and it would block a new start."""
     from synthmed.gan.checkpoint import STATE
+    from synthmed.io import output_lock
 
     new = not resume and not out.exists()
-    try:
-        yield
-    except BaseException:
-        if new and not (out / STATE).is_file():
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        try:
+            yield
+        except BaseException:
+            if new and not (out / STATE).is_file():
+                shutil.rmtree(out, ignore_errors=True)
+            raise
 
 
 def _reads_saved_config(out: Path, resume: bool) -> bool:
@@ -81,6 +85,15 @@ def _reads_saved_config(out: Path, resume: bool) -> bool:
 
     killed_early = checkpoint.is_unstarted(out) and not (out / checkpoint.CONFIG).exists()
     return resume and not killed_early
+
+
+def _check_out(out: Path, overwrite: bool, *inputs: str | Path | None) -> None:
+    """Refuse, before any work, an ``--out`` that writing could cost an input or a user's
+    files (:mod:`synthmed.io`); the writer checks again when it writes."""
+    from synthmed.io import check_out, check_replaceable
+
+    check_out(out, inputs)
+    check_replaceable(out, overwrite)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -118,7 +131,7 @@ def read_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help=f"CT window: {', '.join(CT_WINDOWS)} or CENTER,WIDTH in HU."),
         click.option("--axis", "slice_axis", type=click.IntRange(0, 2), default=2,
                      show_default=True, help="NIfTI axis to slice along."),
-        click.option("--min-foreground", type=float, default=0.01, show_default=True,
+        click.option("--min-foreground", type=cli_types.FINITE, default=0.01, show_default=True,
                      help="NIfTI: skip slices whose foreground fraction is not above this."),
         click.option("--skip-bad", is_flag=True,
                      help="Skip unreadable files and list them instead of stopping."),
@@ -165,7 +178,11 @@ def inspect_command(path: str, read_config: Any, preview: Path | None,
     from synthmed.augment.inspect import format_summary, summarize
     from synthmed.augment.preview import save_preview
     from synthmed.augment.readers import read_images
+    from synthmed.io import check_out
 
+    for written in (preview, json_path):
+        if written is not None:
+            check_out(written, (path,))
     imageset = read_images(path, read_config)
     summary = summarize(imageset)
     click.echo(format_summary(summary))
@@ -188,8 +205,8 @@ def inspect_command(path: str, read_config: Any, preview: Path | None,
               default="png", show_default=True)
 @click.option("--contrast", type=click.Choice(["both", "t1", "t2"]), default="both",
               show_default=True, help="both: OUT/t1 and OUT/t2 of the same anatomy.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--lesion-fraction", type=click.FloatRange(0, 1), default=0.5,
+@click.option("--seed", type=cli_types.SEED, default=0, show_default=True)
+@click.option("--lesion-fraction", type=cli_types.FRACTION, default=0.5,
               show_default=True, help="Share of slices with a lesion (label 1).")
 @click.option("--bit-depth", type=click.Choice(["8", "16"]), default="8", show_default=True,
               help="PNG bit depth; 16-bit keeps the 12-bit scanner units.")
@@ -200,14 +217,15 @@ def phantom_command(out: Path, n: int, size: int, format_: str, contrast: str, s
 
     Example: synthmed data phantom --out phantom --n 500 --format dicom
     """
-    from synthmed.augment.export import atomic_output_dir, write_imageset
+    from synthmed.augment.export import write_imageset
     from synthmed.augment.phantom import PhantomConfig, make_phantom
+    from synthmed.io import atomic_output_dir
 
     config = PhantomConfig(n=n, size=size, seed=seed, lesion_fraction=lesion_fraction)
     t1, t2 = make_phantom(config)
     both = {"t1": t1, "t2": t2}
     chosen = both if contrast == "both" else {contrast: both[contrast]}
-    with atomic_output_dir(out, overwrite) as work:
+    with atomic_output_dir(out, overwrite, kind="export") as work:
         for name, imageset in chosen.items():
             folder = work / name if contrast == "both" else work
             folder.mkdir(exist_ok=True)
@@ -239,9 +257,9 @@ def train() -> None:
 @click.option("--epochs", type=click.IntRange(1), help="Epochs (default 50).")
 @click.option("--batch-size", type=click.IntRange(1), help="Images per step and process.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), help="bf16: autocast.")
-@click.option("--seed", type=int, help="Seeds every random draw (default 0).")
+@click.option("--seed", type=cli_types.SEED, help="Seeds every random draw (default 0).")
 @click.option("--checkpoint-every", type=click.IntRange(1), help="Epochs between checkpoints.")
-@click.option("--width", type=click.IntRange(1), help="Channel width of G and D.")
+@click.option("--width", type=cli_types.WIDTH, help="Channel width of G and D.")
 @click.option("--loss", type=click.Choice(["bce", "hinge", "lsgan"]))
 @click.option("--spectral-norm/--no-spectral-norm", default=None, help="Spectral norm in D.")
 @click.option("--d-norm", type=click.Choice(["batch", "none"]), help="Normalisation in D.")
@@ -249,16 +267,18 @@ def train() -> None:
               help="Minibatch standard deviation feature in D (against mode collapse).")
 @click.option("--upsample", type=click.Choice(["convtranspose", "resize"]), help="G's upsampling.")
 @click.option("--diffaugment", help="Comma list of color,translation,cutout.")
-@click.option("--ema", "ema_decay", type=float, help="EMA decay of G for sampling, e.g. 0.999.")
-@click.option("--r1", "r1_gamma", type=float, help="R1 penalty weight on D's real gradients.")
-@click.option("--lr-g", type=float, help="Generator learning rate.")
-@click.option("--lr-d", type=float, help="Discriminator learning rate.")
-@click.option("--dp-epsilon", type=click.FloatRange(0, min_open=True),
+@click.option("--ema", "ema_decay", type=cli_types.DECAY,
+              help="EMA decay of G for sampling, e.g. 0.999.")
+@click.option("--r1", "r1_gamma", type=cli_types.NON_NEGATIVE,
+              help="R1 penalty weight on D's real gradients.")
+@click.option("--lr-g", type=cli_types.POSITIVE, help="Generator learning rate.")
+@click.option("--lr-d", type=cli_types.POSITIVE, help="Discriminator learning rate.")
+@click.option("--dp-epsilon", type=cli_types.POSITIVE,
               help="Differential privacy: train D with DP-SGD (Opacus) to spend this epsilon "
                    "by the last epoch; D then has no BatchNorm.")
-@click.option("--dp-delta", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--dp-delta", type=cli_types.FiniteFloat(0, 1, min_open=True, max_open=True),
               help="Its delta (default min(1e-5, 1/(10 N)) for N training images).")
-@click.option("--dp-max-grad-norm", type=click.FloatRange(0, min_open=True),
+@click.option("--dp-max-grad-norm", type=cli_types.POSITIVE,
               help="Its per-image gradient clipping norm (default 1).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint "
               "(one killed before its first checkpoint starts again).")
@@ -273,6 +293,7 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
     from synthmed.augment.readers import read_images
     from synthmed.gan import checkpoint
     from synthmed.gan.config import DCGANConfig, DPConfig, TrainConfig, from_dict, with_overrides
+    from synthmed.gan.data import recorded_source
     from synthmed.gan.run import (
         build_model,
         fit_model_to_data,
@@ -281,7 +302,9 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
         run_config,
     )
     from synthmed.gan.trainer import fit
+    from synthmed.io import check_out
 
+    check_out(out, (data, config_file))
     train_keys = ("epochs", "batch_size", "precision", "seed", "checkpoint_every")
     train_overrides = {k: options.pop(k) for k in train_keys}
     privacy = resolve_privacy(options.pop("dp_epsilon"), options.pop("dp_delta"),
@@ -309,7 +332,8 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
     with _training_into(out, resume):
         result = fit(model, imageset, train_config, out, resume=resume, progress=progress,
                      privacy=privacy, run_config={**config, "data": {
-                         "source": data, "split": split, "read": asdict(read_config)}})
+                         "source": recorded_source(data), "split": split,
+                         "read": asdict(read_config)}})
     shown = "  ".join(f"{k} {v:.3g}" for k, v in result.metrics.items())
     click.echo(f"trained {model_config.preset} DCGAN on {len(imageset)} images for "
                f"{result.epochs} epochs -> {out}\n{shown}")
@@ -340,20 +364,21 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
 @click.option("--batch-size", type=click.IntRange(1), help="Images per step and process "
                                                            "(default 1).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), help="bf16: autocast.")
-@click.option("--seed", type=int, help="Seeds every random draw (default 0).")
+@click.option("--seed", type=cli_types.SEED, help="Seeds every random draw (default 0).")
 @click.option("--checkpoint-every", type=click.IntRange(1), help="Epochs between checkpoints.")
-@click.option("--ngf", type=click.IntRange(1), help="Generator width (default 64).")
-@click.option("--ndf", type=click.IntRange(1), help="Discriminator width (default 64).")
+@click.option("--ngf", type=cli_types.WIDTH, help="Generator width (default 64).")
+@click.option("--ndf", type=cli_types.WIDTH, help="Discriminator width (default 64).")
 @click.option("--blocks", "n_blocks", type=click.IntRange(1),
               help="ResNet blocks per generator (default 6 up to 128 px crops, else 9).")
 @click.option("--upsample", type=click.Choice(["convtranspose", "resize"]),
               help="Generator upsampling: convtranspose (reference) or resize + conv.")
 @click.option("--standardize/--no-standardize", default=None,
               help="Match each subject's histogram to its domain's (default: on).")
-@click.option("--lambda-cycle", type=float, help="Cycle-consistency weight (default 10).")
-@click.option("--lambda-identity", type=float,
+@click.option("--lambda-cycle", type=cli_types.NON_NEGATIVE,
+              help="Cycle-consistency weight (default 10).")
+@click.option("--lambda-identity", type=cli_types.NON_NEGATIVE,
               help="Identity weight as a share of --lambda-cycle (default 0.5).")
-@click.option("--lambda-structure", type=float,
+@click.option("--lambda-structure", type=cli_types.NON_NEGATIVE,
               help="Weight of a contrast-sign-blind structure loss (squared local NCC of "
                    "each generator's input and output) against invented texture; default 0, "
                    "as the reference.")
@@ -362,7 +387,7 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
                    "of drawing whole images (inverted: a decreasing map, e.g. T1 <-> T2 "
                    "brain MR; use with --lambda-identity 0); default none, as the reference.")
 @click.option("--pool-size", type=click.IntRange(0), help="Past fakes shown to D (default 50).")
-@click.option("--lr", type=float, help="Adam learning rate (default 2e-4).")
+@click.option("--lr", type=cli_types.POSITIVE, help="Adam learning rate (default 2e-4).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint "
               "(one killed before its first checkpoint starts again).")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
@@ -379,10 +404,10 @@ def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config:
     "brain/*/t2.nii.gz" --val-subjects 1 --size 128 --out runs/t1t2 --precision bf16
     """
     from synthmed.augment.readers import read_images
-    from synthmed.augment.splits import hold_out_groups
+    from synthmed.augment.splits import held_out_hashes, hold_out_groups, hold_out_images
     from synthmed.gan import checkpoint
     from synthmed.gan.config import CycleGANConfig, TrainConfig, from_dict
-    from synthmed.gan.data import UnpairedImages
+    from synthmed.gan.data import UnpairedImages, recorded_source
     from synthmed.gan.run import (
         build_model,
         fit_cyclegan_to_data,
@@ -390,16 +415,22 @@ def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config:
         run_config,
     )
     from synthmed.gan.trainer import fit
+    from synthmed.io import check_out
 
+    check_out(out, (domain_a, domain_b, config_file))
     train_keys = ("epochs", "batch_size", "precision", "seed", "checkpoint_every")
     train_overrides = {k: options.pop(k) for k in train_keys}
     crop = options.pop("crop")
     saved_config = _reads_saved_config(out, resume)
+    held_hashes: set[str] = set()
     if saved_config:
         saved = checkpoint.read_config(out)
         model_config = from_dict(CycleGANConfig, saved["model"], str(out))
         train_config = from_dict(TrainConfig, saved["train"], str(out))
-        val_subjects = ",".join(saved.get("data", {}).get("val_subjects", [])) or None
+        saved_data = saved.get("data", {})
+        held_hashes = set(saved_data.get("val_image_hashes", []))
+        # runs written before val_image_hashes recorded the held-out subjects by name
+        val_subjects = ",".join(saved_data.get("val_subjects", [])) or None
     else:
         model_config, train_config = resolve_cyclegan_config(config_file, options,
                                                              train_overrides, decay_epochs)
@@ -407,8 +438,11 @@ def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config:
     if split == "train":
         domains = [d.split("train") if "train" in d.splits else d for d in domains]
     held: list[str] = []
-    if val_subjects:
-        domains, held = hold_out_groups(domains, val_subjects, seed=train_config.seed)
+    if saved_config and held_hashes:
+        domains, held = hold_out_images(domains, held_hashes)
+    elif val_subjects:
+        kept, held = hold_out_groups(domains, val_subjects, seed=train_config.seed)
+        held_hashes, domains = set(held_out_hashes(domains, held)), kept
     if not saved_config:
         model_config = fit_cyclegan_to_data(model_config, domains, crop)
     data = UnpairedImages(*domains, crop=model_config.crop, flip=model_config.flip,
@@ -419,8 +453,9 @@ def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config:
     with _training_into(out, resume):
         result = fit(model, data, train_config, out, resume=resume, progress=progress,
                      run_config={**config, "data": {
-                         "domain_a": domain_a, "domain_b": domain_b, "split": split,
-                         "val_subjects": held, "read": asdict(read_config)}})
+                         "domain_a": recorded_source(domain_a),
+                         "domain_b": recorded_source(domain_b), "split": split,
+                         "val_image_hashes": sorted(held_hashes), "read": asdict(read_config)}})
     shown = "  ".join(f"{k} {v:.3g}" for k, v in result.metrics.items())
     click.echo(f"trained CycleGAN on {len(domains[0])} A and {len(domains[1])} B images "
                f"(held out: {', '.join(held) or 'none'}) for {result.epochs} epochs -> {out}\n"
@@ -431,11 +466,12 @@ def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config:
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder (must not exist or be empty, unless --overwrite).")
-@click.option("--n", type=int, help="Number of images (spread evenly over the classes).")
+@click.option("--n", type=cli_types.IMAGES,
+              help="Number of images (spread evenly over the classes; at most 10,000,000).")
 @click.option("--per-class", help="Images per class, e.g. malignant=500,1=200.")
 @click.option("--balance", is_flag=True,
               help="Fill every class up to the largest class of the training data.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=cli_types.SEED, default=0, show_default=True,
               help="Same seed, same images (byte for byte for png, npz and nifti).")
 @click.option("--format", "format_", type=click.Choice(["png", "npz", "dicom", "nifti"]),
               default="png", show_default=True)
@@ -450,7 +486,7 @@ def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config:
 @click.option("--train-read", multiple=True, metavar="KEY=VALUE",
               help="A read option replacing the run's own for --train, e.g. skip_bad=true "
                    "(repeatable).")
-@click.option("--threshold", type=float,
+@click.option("--threshold", type=cli_types.POSITIVE,
               help="Near-copy pixel distance (default: the 5th percentile of the distances "
                    "from 20 % of the training subjects to the others).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
@@ -505,22 +541,28 @@ def generate_command(run: Path, out: Path, n: int | None, per_class: str | None,
               default=None, help="Output format (default: the input's own).")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
               help="Slices per forward pass.")
+@click.option("--keep-source-names", is_flag=True,
+              help="Name the outputs after the inputs and list the inputs' paths in "
+                   "manifest.csv (they may name patients); default: numbered.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 def translate_command(run: Path, inputs: tuple[str, ...], direction: str, out: Path,
-                      format_: str | None, batch_size: int, overwrite: bool,
-                      progress: bool) -> None:
+                      format_: str | None, batch_size: int, keep_source_names: bool,
+                      overwrite: bool, progress: bool) -> None:
     """Translate INPUTS (NIfTI volumes, DICOM series folders, pictures) with a CycleGAN RUN.
 
     A NIfTI volume comes out with the same shape, affine and header, in the target domain's
     intensities; a DICOM series as a new de-identified series; a picture file for file.
+    Outputs are numbered in the order of INPUTS (volume_0001.nii.gz, series_0002/ ...).
 
     Example: synthmed translate runs/t1t2 subj3/t1.nii.gz --direction a2b --out t2-synthetic
     """
     from synthmed.gan.run import load_run
     from synthmed.gan.translate import TranslateConfig, translate_inputs
 
-    config = TranslateConfig(direction=direction, format=format_, batch_size=batch_size)
+    _check_out(out, overwrite, run, *inputs)
+    config = TranslateConfig(direction=direction, format=format_, batch_size=batch_size,
+                             keep_source_names=keep_source_names)
     record = translate_inputs(load_run(run, kind="cyclegan"), inputs, out, config,
                               overwrite=overwrite, progress=progress)
     click.echo(f"translated {len(inputs)} input(s) {direction} into {record['outputs']} "
@@ -567,7 +609,7 @@ def _shard(text: str) -> tuple[int, int]:
 @click.option("--generator-diffaugment", default="", show_default=True,
               help="DiffAugment policy of each trained generator: comma list of "
                    "color,translation,cutout.")
-@click.option("--generator-ema", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+@click.option("--generator-ema", type=cli_types.DECAY, default=0.0,
               show_default=True, help="EMA decay of each trained generator, e.g. 0.999.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder; rerunning the same command skips finished models, "
@@ -614,7 +656,9 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
     )
     from synthmed.eval.utility_report import write_report
     from synthmed.gan.run import load_run
+    from synthmed.io import check_out, resumable_output_dir
 
+    check_out(out, (real_path, generator_run))
     if (generator_run is None) == (train_generator is None):
         raise click.UsageError("pass exactly one of --generator RUN and --train-generator")
     config = UtilityConfig(fractions=_floats(fractions, "--fractions"), seeds=seeds,
@@ -629,9 +673,11 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
                                                        diffaugment=_names(generator_diffaugment),
                                                        ema_decay=generator_ema),
                                        out / "generators"))
-    results = run_grid(real, generator, config, out, shard=part, progress=progress)
+    with resumable_output_dir(out, (real_path, generator_run), "utility"):
+        results = run_grid(real, generator, config, out, shard=part, progress=progress)
+        if part == (1, 1):
+            write_report(results, out)
     if part == (1, 1):
-        write_report(results, out)
         click.echo(f"{len(results['cells'])} models trained and tested; report: "
                    f"{out / 'report.md'}")
     else:
@@ -653,9 +699,11 @@ def evaluate_merge_command(parts: tuple[Path, ...], out: Path) -> None:
     """
     from synthmed.eval.utility import merge
     from synthmed.eval.utility_report import write_report
+    from synthmed.io import resumable_output_dir
 
-    results = merge(list(parts), out)
-    write_report(results, out)
+    with resumable_output_dir(out, parts, "utility"):
+        results = merge(list(parts), out)
+        write_report(results, out)
     click.echo(f"merged {len(parts)} shard(s), {len(results['cells'])} models; report: "
                f"{out / 'report.md'}")
 
@@ -665,7 +713,7 @@ def evaluate_merge_command(parts: tuple[Path, ...], out: Path) -> None:
 @click.option("--synthetic", required=True,
               help="Synthetic images (a folder, npz, manifest ...) or a trained DCGAN run.")
 @read_options
-@click.option("--n", "n_samples", type=click.IntRange(1),
+@click.option("--n", "n_samples", type=cli_types.IMAGES,
               help="Images to sample from a run (default: as many as real training images).")
 @click.option("--extractor", type=click.Path(dir_okay=False, path_type=Path),
               help="Your own TorchScript feature extractor (default: a classifier trained "
@@ -680,7 +728,6 @@ def evaluate_fidelity_command(real_path: str, synthetic: str, read_config: Any,
 
     Example: synthmed evaluate fidelity --real breastmnist.npz --synthetic runs/breast --out fid
     """
-    from synthmed.augment.export import atomic_output_dir
     from synthmed.augment.readers import read_images
     from synthmed.eval.features import default_extractor
     from synthmed.eval.fidelity import (
@@ -689,7 +736,9 @@ def evaluate_fidelity_command(real_path: str, synthetic: str, read_config: Any,
         torchscript_features,
     )
     from synthmed.eval.utility import prepare_real, sample_run
+    from synthmed.io import atomic_output_dir
 
+    _check_out(out, overwrite, real_path, synthetic, extractor)
     real = prepare_real(read_images(real_path, read_config))
     if (Path(synthetic) / "config.yaml").is_file():
         fake = sample_run(Path(synthetic), real.train, n_samples or len(real.train))
@@ -701,7 +750,7 @@ def evaluate_fidelity_command(real_path: str, synthetic: str, read_config: Any,
         default = default_extractor(real)
         features, name = default, default.name
     report = evaluate_fidelity(real.train, fake, features, name)
-    with atomic_output_dir(out, overwrite) as work:
+    with atomic_output_dir(out, overwrite, (real_path, synthetic, extractor), "fidelity") as work:
         (work / "fidelity.json").write_text(json.dumps(report.to_json(), indent=1) + "\n")
         (work / "fidelity.md").write_text(report.to_markdown())
         save_gallery(real.train, fake, work / "gallery.png")
@@ -722,14 +771,14 @@ def evaluate_fidelity_command(real_path: str, synthetic: str, read_config: Any,
               help="Use only this split of --train when it has one ('all': every image).")
 @click.option("--holdout-split", default="test", show_default=True,
               help="Use only this split of --holdout when it has one ('all': every image).")
-@click.option("--n", "n_samples", type=click.IntRange(1),
+@click.option("--n", "n_samples", type=cli_types.IMAGES,
               help="Images to sample from a run (default: as many as training images).")
 @click.option("--extractor", type=click.Path(dir_okay=False, path_type=Path),
               help="Your own TorchScript feature extractor (default: a classifier trained on "
                    "the training images, cached; none for unlabelled data).")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(1), default=1000, show_default=True,
               help="Bootstrap resamples of each interval.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=cli_types.SEED, default=0, show_default=True,
               help="Run sampling, subsampling, held-out halves and bootstrap.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
@@ -743,24 +792,26 @@ def evaluate_privacy_command(synthetic: str, train_path: str, holdout_path: str,
     Example: synthmed evaluate privacy --synthetic runs/breast --train breastmnist.npz
     --holdout breastmnist.npz --out privacy-breast
     """
-    from synthmed.augment.export import atomic_output_dir
     from synthmed.augment.readers import read_images
     from synthmed.eval.features import default_extractor
     from synthmed.eval.fidelity import torchscript_features
     from synthmed.eval.privacy import (
         PrivacyConfig,
         check_inputs,
+        choose_split,
         evaluate_privacy,
         without_training_copies,
     )
     from synthmed.eval.utility import RealData, sample_run
     from synthmed.gan.run import load_run
+    from synthmed.io import atomic_output_dir
 
-    def read(path: str, split: str) -> Any:
-        images = read_images(path, read_config)
-        return images.split(split) if split in images.split_names() else images
+    def read(path: str, split: str, option: str) -> Any:
+        return choose_split(read_images(path, read_config), split, option, path)
 
-    train, holdout = read(train_path, train_split), read(holdout_path, holdout_split)
+    _check_out(out, overwrite, synthetic, train_path, holdout_path, extractor)
+    train = read(train_path, train_split, "--train-split")
+    holdout = read(holdout_path, holdout_split, "--holdout-split")
     run = None
     if (Path(synthetic) / "config.yaml").is_file():
         run = load_run(synthetic, kind="dcgan")
@@ -780,7 +831,8 @@ def evaluate_privacy_command(synthetic: str, train_path: str, holdout_path: str,
     report = evaluate_privacy(fake, train, holdout, features=features, extractor=name,
                               features_fit_on_train=not extractor, run=run,
                               config=PrivacyConfig(n_boot=n_boot, seed=seed))
-    with atomic_output_dir(out, overwrite) as work:
+    with atomic_output_dir(out, overwrite, (synthetic, train_path, holdout_path, extractor),
+                           "privacy") as work:
         report.save(work)
     click.echo(report.to_markdown())
     click.echo(f"report: {out / 'privacy.md'}")
@@ -815,16 +867,18 @@ def evaluate_translation_command(run: Path, source: str, target: str | None,
     Example: synthmed evaluate translation runs/t1t2 --source "brain/S3/t1.nii.gz"
     --target "brain/S3/t2.nii.gz" --out eval-t1t2
     """
-    from synthmed.augment.export import atomic_output_dir
     from synthmed.eval.translation import evaluate_run, evaluate_unpaired, save_report
     from synthmed.gan.run import load_run
+    from synthmed.io import atomic_output_dir
 
     if (target is None) == (reference is None):
         raise click.UsageError("pass exactly one of --target (paired truth) and --reference")
+    inputs = (run, source, target, reference)
+    _check_out(out, overwrite, *inputs)
     loaded = load_run(run, kind="cyclegan")
     if target is not None:
         report = evaluate_run(loaded, source, target, direction, batch_size)
-        with atomic_output_dir(out, overwrite) as work:
+        with atomic_output_dir(out, overwrite, inputs, "translation") as work:
             save_report(report, work)
         text = report.to_markdown()
     else:
@@ -834,7 +888,7 @@ def evaluate_translation_command(run: Path, source: str, target: str | None,
             + reports[key].to_markdown().replace("# Fidelity", "## Fidelity", 1)
             for key, title in (("synthmed", "translated source (synthmed)"),
                                ("identity", "untranslated source (identity)")))
-        with atomic_output_dir(out, overwrite) as work:
+        with atomic_output_dir(out, overwrite, inputs, "translation") as work:
             (work / "fidelity.md").write_text(text)
             (work / "unpaired.json").write_text(json.dumps(
                 {key: r.to_json() for key, r in reports.items()}, indent=1) + "\n")

@@ -1,8 +1,18 @@
-"""Errors a user can cause. The CLI prints their message as one line and exits non-zero."""
+"""Errors a user can cause. The CLI prints their message as one line and exits non-zero.
+
+Warnings about input (pydicom's notes on an odd file ...) are logged to the ``synthmed``
+logger as ``path: warning``; a library user sees them when logging is configured, the CLI
+with ``--verbose`` (:func:`show_warnings`). Nothing reaches the terminal otherwise.
+"""
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
+
+LOGGER = logging.getLogger("synthmed")
+LOGGER.addHandler(logging.NullHandler())  # no "last resort" printing to stderr
 
 
 class SynthmedError(Exception):
@@ -20,3 +30,19 @@ class InputError(SynthmedError):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(problem if path is None else f"{path}: {problem}")
+
+
+class _StderrHandler(logging.Handler):
+    """Writes ``warning: message`` to the ``sys.stderr`` of the moment (a test runner may
+    swap it between calls)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
+def show_warnings(enabled: bool) -> None:
+    """Print the ``synthmed`` logger's warnings on stderr, or stop printing them."""
+    for handler in [h for h in LOGGER.handlers if isinstance(h, _StderrHandler)]:
+        LOGGER.removeHandler(handler)
+    if enabled:
+        LOGGER.addHandler(_StderrHandler(logging.WARNING))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from dataclasses import replace
 
 import nibabel as nib
@@ -21,7 +22,7 @@ from synthmed.augment.dataset import ImageSet
 from synthmed.augment.intensity import foreground_mask, foreground_quantiles
 from synthmed.augment.phantom import PhantomConfig, write_phantom_volumes
 from synthmed.augment.readers import read_images
-from synthmed.augment.splits import hold_out_groups
+from synthmed.augment.splits import held_out_hashes, hold_out_groups
 from synthmed.cli import cli
 from synthmed.errors import InputError
 from synthmed.gan import checkpoint
@@ -121,15 +122,15 @@ def test_unpaired_data_refuses_small_images_and_channel_mix():
         UnpairedImages(images(4), rgb)
 
 
-def test_record_has_both_domains_quantiles_and_hashed_subjects():
+def test_record_has_both_domains_quantiles_and_no_subject_ids():
     a, b = images(8, 0.5, "alice"), images(6, -0.5, "bob")
     record = UnpairedImages(a, b).record()
     assert record["fingerprint"] == UnpairedImages(a, b).fingerprint()
     assert record["fingerprint"] != UnpairedImages(b, a).fingerprint()
     assert record["domains"]["a"]["images"] == 8 and record["domains"]["b"]["images"] == 6
-    assert record["domains"]["a"]["group_hashes"] == sorted({group_hash("alice0"),
-                                                             group_hash("alice1")})
-    assert "alice0" not in json.dumps(record)
+    assert record["domains"]["a"]["subjects"] == 2
+    text = json.dumps(record)
+    assert "alice0" not in text and group_hash("alice0") not in text  # unsalted: reversible
     assert len(record["domains"]["b"]["foreground_quantiles"]) == 101
 
 
@@ -176,15 +177,18 @@ def test_hold_out_groups_by_name_and_count():
 # -- train cyclegan ------------------------------------------------------------------------
 
 
-def test_train_cyclegan_writes_a_complete_run(trained):
+def test_train_cyclegan_writes_a_complete_run(trained, volumes):
     config = checkpoint.read_config(trained)
     assert config["kind"] == "cyclegan"
     assert config["model"]["crop"] == 24 and config["model"]["channels"] == 1
     assert config["model"]["standardize"] is True
-    assert config["data"]["val_subjects"] == ["s2"]
+    assert "val_subjects" not in config["data"]  # names may name patients: hashes of images
+    held = [read_images(f"{volumes}/*/{contrast}.nii.gz") for contrast in ("t1", "t2")]
+    assert config["data"]["val_image_hashes"] == held_out_hashes(held, ["s2"])
     record = json.loads((trained / "training_data.json").read_text())
-    assert group_hash("s2") not in record["domains"]["a"]["group_hashes"]
-    assert group_hash("s0") in record["domains"]["b"]["group_hashes"]
+    assert record["domains"]["a"]["subjects"] == 2 and "group_hashes" not in record["domains"]["a"]
+    assert config["data"]["domain_a"] == "path not recorded"
+    assert str(trained.parent) not in (trained / "config.yaml").read_text()
     lines = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
     assert {"loss_g", "loss_d_a", "loss_cycle_a", "lr_generator"} <= set(lines[0])
@@ -223,6 +227,15 @@ def test_intensity_prior_keeps_the_training_domains_quantiles(volumes, tmp_path)
         assert net.prior.invert
         assert net.prior.source.tolist() == pytest.approx(domains[source]["foreground_quantiles"])
         assert net.prior.target.tolist() == pytest.approx(domains[target]["foreground_quantiles"])
+
+
+def test_resume_holds_out_the_same_subjects_without_their_names(trained, volumes, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    result = run("train", "cyclegan", "--domain-a", f"{volumes}/*/t1.nii.gz",
+                 "--domain-b", f"{volumes}/*/t2.nii.gz", "--out", copy, "--resume", *TINY)
+    assert result.exit_code == 0, result.output
+    assert "held out: s2" in result.output
 
 
 def test_cyclegan_resume_after_a_kill_repeats_an_uninterrupted_run(volumes, tmp_path):
@@ -300,7 +313,7 @@ def test_translate_a_volume_keeps_shape_affine_and_header(trained, volumes, tmp_
     result = run("translate", trained, source, "--direction", "a2b", "--out", out,
                  "--no-progress")
     assert result.exit_code == 0, result.output
-    original, translated = nib.load(source), nib.load(out / "t1.nii.gz")
+    original, translated = nib.load(source), nib.load(out / "volume_0001.nii.gz")
     assert translated.shape == original.shape
     assert np.allclose(translated.affine, original.affine)
     assert translated.header["descrip"].tobytes().startswith(b"phantom")
@@ -310,7 +323,8 @@ def test_translate_a_volume_keeps_shape_affine_and_header(trained, volumes, tmp_
     low, high = target["intensity"]["low"], target["intensity"]["high"]
     assert low - 1e-3 <= values.min() and values.max() <= high + 1e-3  # the T2 scale
     rows = list(csv.DictReader((out / "manifest.csv").open()))
-    assert rows[0]["output"] == "t1.nii.gz" and int(rows[0]["slices"]) == 8
+    assert rows[0]["output"] == "volume_0001.nii.gz" and int(rows[0]["slices"]) == 8
+    assert rows[0]["input"] == "1"  # the input's position: its path may name a patient
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["model_fingerprint"] == load_run(trained).fingerprint
 
@@ -334,12 +348,38 @@ def test_standardized_translation_ignores_how_the_scanner_spread_intensities(
     assert np.abs(plain - again).mean() > 0.03 * span
 
 
-def test_translate_many_volumes_keeps_subject_folders(trained, volumes, tmp_path):
-    inputs = [volumes / s / "t2.nii.gz" for s in SUBJECTS]
+def test_translate_names_no_input_unless_asked(trained, volumes, tmp_path):
+    patient = tmp_path / "Doe_Jane_MRN123456"
+    patient.mkdir()
+    (patient / "t2.nii.gz").write_bytes((volumes / SUBJECTS[0] / "t2.nii.gz").read_bytes())
+    inputs = [patient / "t2.nii.gz", *(volumes / s / "t2.nii.gz" for s in SUBJECTS[1:])]
     result = run("translate", trained, *inputs, "--direction", "b2a", "--out", tmp_path / "o",
                  "--no-progress")
     assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in (tmp_path / "o").iterdir() if not p.name.startswith("."))
+    assert written == ["manifest.csv", "provenance.json",
+                       *(f"volume_{k:04d}.nii.gz" for k in range(1, len(inputs) + 1))]
+    text = "".join(p.read_text() for p in (tmp_path / "o").glob("*.*") if p.suffix != ".gz")
+    assert "Doe_Jane" not in text and "MRN123456" not in text and str(volumes) not in text
+    assert str(tmp_path) not in text
+
+
+def test_translate_keeps_subject_folders_when_asked(trained, volumes, tmp_path):
+    inputs = [volumes / s / "t2.nii.gz" for s in SUBJECTS]
+    result = run("translate", trained, *inputs, "--direction", "b2a", "--out", tmp_path / "o",
+                 "--keep-source-names", "--no-progress")
+    assert result.exit_code == 0, result.output
     assert all((tmp_path / "o" / s / "t2.nii.gz").is_file() for s in SUBJECTS)
+    rows = list(csv.DictReader((tmp_path / "o" / "manifest.csv").open()))
+    assert [row["input"] for row in rows] == [str(p) for p in inputs]
+
+
+def test_translate_refuses_an_input_given_twice(trained, volumes, tmp_path):
+    source = volumes / SUBJECTS[0] / "t2.nii.gz"
+    result = run("translate", trained, source, source.parent / ".." / SUBJECTS[0] / "t2.nii.gz",
+                 "--direction", "b2a", "--out", tmp_path / "o", "--no-progress")
+    assert result.exit_code == 1 and "given twice" in result.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_translate_a_dicom_series_into_a_new_deidentified_series(trained, tmp_path):
@@ -357,7 +397,7 @@ def test_translate_a_dicom_series_into_a_new_deidentified_series(trained, tmp_pa
     result = run("translate", trained, series, "--direction", "a2b", "--out", out,
                  "--no-progress")
     assert result.exit_code == 0, result.output
-    files = sorted((out / "series").glob("*.dcm"))
+    files = sorted((out / "series_0001").glob("*.dcm"))
     assert len(files) == 3
     written = [pydicom.dcmread(f) for f in files]
     assert len({ds.SeriesInstanceUID for ds in written}) == 1
@@ -381,8 +421,17 @@ def test_translate_pictures_file_for_file(trained, tmp_path):
     assert result.exit_code == 0, result.output
     outputs = sorted(p.relative_to(tmp_path / "out").as_posix()
                      for p in (tmp_path / "out").rglob("*.png"))
-    assert outputs == ["pngs/sub/x.png", "pngs/sub/y.png"]
-    assert Image.open(tmp_path / "out" / "pngs/sub/x.png").size == (36, 40)
+    assert outputs == ["images_0001/00001.png", "images_0001/00002.png"]
+    assert Image.open(tmp_path / "out" / "images_0001/00001.png").size == (36, 40)
+    result = run("translate", trained, tmp_path / "pngs", "--direction", "a2b", "--out",
+                 tmp_path / "kept", "--keep-source-names", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "kept" / "pngs/sub/x.png").size == (36, 40)
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 36, 3), np.uint8)).save(rgb)
+    result = run("translate", trained, rgb, "--direction", "a2b", "--out", tmp_path / "o")
+    assert result.exit_code == 1 and "3 channel(s) but the translator takes 1" in result.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_translate_errors_leave_nothing(trained, volumes, tmp_path):
@@ -446,7 +495,8 @@ def test_evaluate_translation_refuses_training_subjects_and_unpaired_volumes(tra
     assert unpaired.exit_code == 1 and "pair one to one" in unpaired.output
     wrong_grid = tmp_path / "s2" / "t2.nii.gz"
     wrong_grid.parent.mkdir()
-    nib.save(nib.Nifti1Image(np.ones((16, 16, 8), np.float32), np.eye(4)), wrong_grid)
+    noise = np.random.default_rng(0).uniform(1, 2, (16, 16, 8)).astype(np.float32)
+    nib.save(nib.Nifti1Image(noise, np.eye(4)), wrong_grid)
     shape = run("evaluate", "translation", trained, "--source", volumes / "s2" / "t1.nii.gz",
                 "--target", wrong_grid, "--out", out)
     assert shape.exit_code == 1 and "same voxel grid" in shape.output

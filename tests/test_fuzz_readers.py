@@ -229,7 +229,7 @@ def test_header_claiming_more_than_fits_in_memory_is_refused(name, data):
 
 
 @pytest.mark.parametrize("name", ["huge.tif", "huge.npz", "huge.nii"])
-def test_constant_image_of_huge_values_loads_finite(name):
+def test_constant_image_of_huge_values_is_refused_in_one_line(name):
     values = np.full((4, 4), 1e30, np.float32)  # 1e30 + 1 == 1e30: no unit-wide range
     with folder() as root:
         path = root / name
@@ -240,9 +240,18 @@ def test_constant_image_of_huge_values_loads_finite(name):
         else:
             nib.save(nib.Nifti1Image(values[:, :, None], np.eye(4)), path)
         s = read(path)
+    assert isinstance(s, InputError) and "constant" in s.problem
+
+
+def test_constant_foreground_of_huge_values_loads_finite():
+    volume = np.zeros((6, 6, 2), np.float32)
+    volume[1:5, 1:5] = 1e30  # foreground percentiles: no unit-wide range
+    with folder() as root:
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), root / "huge.nii")
+        s = read(root / "huge.nii")
     assert isinstance(s, ImageSet)
     assert_sane(s)
-    assert np.allclose(s.to_original_units(), 1e30)
+    assert np.allclose(s.to_original_units()[:, 0, 1:5, 1:5], 1e30)
 
 
 @pytest.mark.parametrize("name", ["volume.nii.gz", "gray.png", "scan.dcm"])
@@ -353,6 +362,9 @@ def test_dicom_of_odd_sizes_loads_exactly(short, long, tall, bits):
     with folder() as root:
         ds.save_as(root / "odd.dcm")
         s = read(root / "odd.dcm", ReadConfig(percentiles=(0.0, 100.0)))
+    if pixels.min() == pixels.max():  # a 1x1 image: constant
+        assert isinstance(s, InputError) and "constant" in s.problem
+        return
     assert isinstance(s, ImageSet) and s.images.shape == (1, 1, *shape)
     assert np.allclose(s.to_original_units()[0, 0], pixels, atol=0.01)
 
@@ -483,7 +495,9 @@ def test_manifest_paths_with_unicode_and_spaces_load(entries):
     with folder() as root:
         rows = [["path", "label"]]
         for k, (sub, name, label) in enumerate(entries):
-            write_png(root / sub / f"{name}.png", np.full((4, 4), 40 * k, np.uint8))
+            pixels = np.full((4, 4), 40 * k, np.uint8)
+            pixels[0, 0] = 255  # not constant
+            write_png(root / sub / f"{name}.png", pixels)
             rows.append([f"{sub}/{name}.png", label])
         manifest = root / "a list, ü" / "manifest.csv"
         manifest.parent.mkdir(exist_ok=True)
@@ -491,7 +505,7 @@ def test_manifest_paths_with_unicode_and_spaces_load(entries):
         s = read(manifest)
     assert isinstance(s, ImageSet) and len(s) == len(entries)
     for k, (_, _, label) in enumerate(entries):
-        assert np.allclose(s.to_original_units([k]), 40 * k, atol=1e-3)
+        assert np.allclose(s.to_original_units([k])[0, 0, 1:], 40 * k, atol=1e-3)
         assert s.class_names[s.labels[k]] == label
 
 

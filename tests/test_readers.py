@@ -83,7 +83,9 @@ def test_tiff_and_jpeg_are_read(tmp_path):
 
 @pytest.mark.parametrize("mode, expected", [("resize", 0.0), ("pad", -1.0), ("fit", -1.0)])
 def test_resize_modes(tmp_path, mode, expected):
-    write_png(tmp_path / "wide.png", np.full((8, 16), 128, np.uint8))
+    wide = np.full((8, 16), 128, np.uint8)
+    wide[-1, -1] = 0  # not constant
+    write_png(tmp_path / "wide.png", wide)
     s = read_images(tmp_path / "wide.png", ReadConfig(size=16, resize_mode=mode))
     assert s.images.shape == (1, 1, 16, 16)
     assert s.images[0, 0, 0, 8] == pytest.approx(expected, abs=0.01)  # top row: image or padding
@@ -91,8 +93,8 @@ def test_resize_modes(tmp_path, mode, expected):
 
 
 def test_mixed_sizes_need_size_option(tmp_path):
-    write_png(tmp_path / "d" / "a.png", np.zeros((8, 8), np.uint8))
-    write_png(tmp_path / "d" / "b.png", np.zeros((9, 8), np.uint8))
+    write_png(tmp_path / "d" / "a.png", np.eye(8, dtype=np.uint8))
+    write_png(tmp_path / "d" / "b.png", np.eye(9, 8, dtype=np.uint8))
     with pytest.raises(InputError, match=r"b\.png: is 9x8.*--size"):
         read_images(tmp_path / "d")
     assert read_images(tmp_path / "d", ReadConfig(size=8)).images.shape == (2, 1, 8, 8)
@@ -121,7 +123,7 @@ def test_csv_manifest_with_labels_splits_groups(image_folder, tmp_path):
 
 
 def test_manifest_paths_are_relative_to_the_csv_and_may_hold_spaces(tmp_path):
-    write_png(tmp_path / "ümlaut dir" / "scan one.png", np.zeros((4, 4), np.uint8))
+    write_png(tmp_path / "ümlaut dir" / "scan one.png", np.eye(4, dtype=np.uint8))
     (tmp_path / "labels.csv").write_text("path,label\nümlaut dir/scan one.png,tumour\n",
                                          encoding="utf-8")
     s = read_images(tmp_path / "labels.csv")

@@ -173,7 +173,7 @@ def test_the_installed_command_refuses_a_pickle_in_one_line(run_copy, tmp_path, 
 
 def write_png(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((4, 4), 100, np.uint8)).save(path)
+    Image.fromarray(np.arange(0, 160, 10, np.uint8).reshape(4, 4)).save(path)
 
 
 @pytest.fixture

@@ -209,6 +209,25 @@ class ImageSet:
         high = self.intensity_high[idx][:, None, None, None]
         return low + (self.images[idx].astype(np.float64) + 1.0) / 2.0 * (high - low)
 
+    def to_uint16(self, indices: Sequence[int] | np.ndarray | None = None, *,
+                  format: str) -> np.ndarray:
+        """Original units rounded to uint16 ``(N, C, H, W)``, for 16-bit exports.
+
+        Raises:
+            InputError: an item whose values leave 0..65535, naming it and ``format``.
+        """
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices)
+        values = np.rint(self.to_original_units(idx))
+        outside = (values.min(axis=(1, 2, 3)) < 0) | (values.max(axis=(1, 2, 3)) > 65535)
+        if outside.any():
+            bad = int(np.argmax(outside))
+            raise InputError(
+                f"original values span {values[bad].min():.0f}..{values[bad].max():.0f} "
+                f"{self.unit}, outside 16-bit {format}'s 0..65535: write DICOM or NIfTI instead",
+                self.sources[idx[bad]],
+            )
+        return values.astype(np.uint16)
+
     # -- identity -----------------------------------------------------------------------
 
     def image_hashes(self) -> list[str]:

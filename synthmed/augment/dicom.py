@@ -6,12 +6,18 @@ Reading: the Modality LUT (rescale slope / intercept) gives HU for CT, which is 
 are normalised with percentiles shared by every slice and frame of a series. MONOCHROME1 images
 get an inverted mapping (``low > high``) so that bright means dense in model space. Colour
 images (RGB, YBR, which pydicom converts to RGB) map ``0 .. 2**BitsStored - 1`` linearly.
+A grayscale file whose RescaleSlope is 0 is refused (every pixel would be the intercept).
+pydicom's warnings about a file (excess padding, odd values) do not reach the terminal: they
+are logged, naming the file, to the ``synthmed.augment.dicom`` logger (shown by the CLI's
+``--verbose``, see :func:`synthmed.errors.show_warnings`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import struct
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -43,6 +49,7 @@ from synthmed.augment.intensity import (
 from synthmed.augment.items import Item, ReadConfig, ReadResult, read_each
 from synthmed.errors import InputError
 
+LOG = logging.getLogger(__name__)
 CODEC_HINT = "install the codec extra: pip install 'synthmed[dicom-codecs]'"
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # What pydicom and its codecs raise on corrupt files (found by fuzzing pydicom's test files).
@@ -129,14 +136,21 @@ def _series_items(files: list[_File], config: ReadConfig) -> list[Item]:
 
 
 def _read_file(path: Path, config: ReadConfig) -> _File:
-    """Read one file's header and pixels (decoded once); the dataset is not kept."""
-    try:
-        ds = pydicom.dcmread(path)
-        return _file_images(ds, path, config)
-    except InvalidDicomError:
-        raise InputError("not a DICOM file (no 'DICM' marker after the preamble)", path) from None
-    except PYDICOM_ERRORS as error:
-        raise InputError(f"corrupt or unsupported DICOM file ({_one_line(error)})", path) from None
+    """Read one file's header and pixels (decoded once); the dataset is not kept. Warnings
+    raised meanwhile are logged as ``path: warning``, not shown."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return _file_images(pydicom.dcmread(path), path, config)
+        except InvalidDicomError:
+            raise InputError("not a DICOM file (no 'DICM' marker after the preamble)",
+                             path) from None
+        except PYDICOM_ERRORS as error:
+            raise InputError(f"corrupt or unsupported DICOM file ({_one_line(error)})",
+                             path) from None
+        finally:
+            for warning in caught:
+                LOG.warning("%s: %s", path, _one_line(warning.message))
 
 
 def _file_images(ds: Dataset, path: Path, config: ReadConfig) -> _File:
@@ -152,6 +166,8 @@ def _file_images(ds: Dataset, path: Path, config: ReadConfig) -> _File:
         mapping = (0.0, float(2 ** int(ds.BitsStored) - 1))
         values = pixels
     elif samples == 1 and photometric in ("MONOCHROME1", "MONOCHROME2"):
+        if "ModalityLUTSequence" not in ds and ds.get("RescaleSlope") == 0:
+            raise InputError("RescaleSlope is 0: every pixel maps to the intercept", path)
         values = apply_rescale(pixels, ds)
         if modality == "CT":
             unit = "HU"
@@ -233,7 +249,7 @@ def _file_window(ds: Dataset) -> tuple[float, float] | None:
         return None
 
 
-def _one_line(error: Exception) -> str:
+def _one_line(error: Exception | Warning) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
@@ -324,6 +340,7 @@ def _secondary_capture(now: datetime, patient_id: str, deidentification: str,
     ds.AccessionNumber = ""
     ds.ReferringPhysicianName = ""
     ds.SeriesNumber = 1
+    ds.Laterality = ""  # Type 2C: unknown for a synthetic image
     # SC equipment and general image
     ds.ConversionType = "SYN"
     ds.SecondaryCaptureDeviceManufacturer = "synthmed"

@@ -2,24 +2,16 @@
 NIfTI, with a ``manifest.csv`` (path, label, class name, split, group, modality) that
 :func:`synthmed.augment.readers.read_images` reads back, and an optional ``provenance.json``.
 
-Every export is atomic: files go to a hidden temporary folder beside the output, which is
-renamed into place only when everything is written. A failed export leaves nothing behind and
-an earlier output untouched; the folder of one killed outright (SIGKILL, power loss) is removed
-by the next export to the same output on the same machine.
+Every export is atomic and safe (:func:`synthmed.io.atomic_output_dir`): files go to a hidden
+temporary folder beside the output, which is moved into place only when everything is written,
+and only over an earlier folder that synthmed wrote.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import glob
 import json
-import os
 import re
-import shutil
-import socket
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,66 +19,11 @@ from synthmed.augment import dicom, medmnist, nifti, pictures
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.readers import MANIFEST_NAME
 from synthmed.errors import InputError
+from synthmed.io import atomic_output_dir
 
 EXPORT_FORMATS = ("png", "npz", "dicom", "nifti")
 SUFFIX = {"png": ".png", "dicom": ".dcm", "nifti": ".nii.gz"}
 NPZ_NAME = "images.npz"
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder that replaces ``out`` when the block succeeds.
-
-    Raises:
-        InputError: ``out`` exists and is not empty, and ``overwrite`` is False.
-    """
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise InputError("already exists and is not empty: choose another --out or pass "
-                         "--overwrite", out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_killed_work_dirs(out)
-    try:
-        work = Path(tempfile.mkdtemp(prefix=f"{_work_prefix(out)}{os.getpid()}-", dir=out.parent))
-    except OSError as error:
-        raise InputError(f"cannot write here ({error.strerror})", out.parent) from None
-    try:
-        yield work
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            work.rename(out)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        else:
-            work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-
-
-def _work_prefix(out: Path) -> str:
-    """The start of the names of this machine's temporary folders for ``out``; the id of the
-    process writing one follows."""
-    return f".{out.name}.partial-{socket.gethostname()}-"
-
-
-def _remove_killed_work_dirs(out: Path) -> None:
-    """Delete temporary folders for ``out`` whose process, on this machine, is gone."""
-    prefix = _work_prefix(out)
-    for work in out.parent.glob(glob.escape(prefix) + "*"):
-        pid = work.name[len(prefix):].split("-")[0]
-        if pid.isdigit() and not _is_running(int(pid)):
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def _is_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def export_imageset(
@@ -99,7 +36,7 @@ def export_imageset(
     provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Atomically write ``imageset`` to the folder ``out`` (see :func:`write_imageset`)."""
-    with atomic_output_dir(out, overwrite) as work:
+    with atomic_output_dir(out, overwrite, kind="export") as work:
         write_imageset(imageset, work, format, bit_depth=bit_depth, provenance=provenance)
     return Path(out)
 
@@ -116,7 +53,7 @@ def write_imageset(
 
     Args:
         format: ``png``, ``npz``, ``dicom`` or ``nifti``.
-        bit_depth: 8 or 16, for PNG.
+        bit_depth: 8 or 16, for PNG and npz (16: uint16 original units).
         provenance: facts about how the images were made, saved as ``provenance.json``.
 
     File layout: ``[split/][class/]NNNNN.ext`` plus ``manifest.csv``; npz: ``images.npz``.
@@ -126,7 +63,7 @@ def write_imageset(
     if provenance is not None:
         (folder / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     if format == "npz":
-        medmnist.write_npz(imageset, folder / NPZ_NAME)
+        medmnist.write_npz(imageset, folder / NPZ_NAME, bit_depth=bit_depth)
         return
     names = file_names(imageset, SUFFIX[format])
     write_files(imageset, folder, format, names, bit_depth=bit_depth)

@@ -145,12 +145,17 @@ def read_each(
 
 
 def assemble(result: ReadResult, config: ReadConfig, origin: str) -> ImageSet:
-    """Make the items uniform (size, channels), index their labels, and build the ImageSet."""
+    """Make the items uniform (size, channels), index their labels, and build the ImageSet.
+
+    Raises:
+        InputError: no items, items of mixed sizes or channels, or only constant images.
+    """
     items = result.items
     if not items:
         raise InputError("no images found", origin)
     pixels = [_conform_channels(_conform_size(item, config), item, config) for item in items]
     _require_uniform(pixels, items)
+    _require_contrast(pixels, origin)
     class_names, labels = _label_indices(items, result.class_names, origin)
     units = sorted({item.unit for item in items})
     modalities = sorted({item.modality for item in items} - {""})
@@ -214,6 +219,16 @@ def _require_uniform(pixels: Sequence[np.ndarray], items: Sequence[Item]) -> Non
                 f"{first[1]}x{first[2]}: pass --size to resize all images to one size",
                 item.source,
             )
+
+
+def _require_contrast(pixels: Sequence[np.ndarray], origin: str) -> None:
+    """Refuse a set whose every image is constant: it teaches a model nothing. (One constant
+    image among others is kept, like a blank slice in a DICOM series.)"""
+    if any(image.min() < image.max() for image in pixels):
+        return
+    what = "the image is" if len(pixels) == 1 else f"all {len(pixels)} images are"
+    raise InputError(f"{what} constant (one value in each, after intensity mapping): a "
+                     "constant image teaches nothing", origin)
 
 
 def _label_indices(

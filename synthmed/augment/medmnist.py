@@ -1,8 +1,10 @@
 """MedMNIST-style ``.npz`` files: ``{train,val,test}_images`` and ``{train,val,test}_labels``.
 
-Images are ``(N, H, W)`` or ``(N, H, W, 3)`` uint8; labels ``(N, 1)`` are flattened. The
-file's splits are kept. Class names come from the official MedMNIST label tables when the
-file name is a known MedMNIST set, or from a ``class_names`` array (our exports write one).
+Images are ``(N, H, W)`` or ``(N, H, W, 3)`` uint8 (MedMNIST's convention; our 16-bit exports
+write uint16 original units, and any integer or float type is read); labels ``(N, 1)`` are
+flattened. The file's splits are kept. Class names come from the official MedMNIST label
+tables when the file name is a known MedMNIST set, or from a ``class_names`` array (our
+exports write one).
 """
 
 from __future__ import annotations
@@ -76,12 +78,13 @@ def read_npz(path: Path) -> ReadResult:
     return ReadResult(items, class_names, metadata={"reader": "npz", "file": str(path)})
 
 
-def write_npz(imageset: ImageSet, path: Path) -> None:
-    """Write ``imageset`` in the MedMNIST layout (uint8, labels ``(N, 1)``, plus ``class_names``).
+def write_npz(imageset: ImageSet, path: Path, bit_depth: int = 8) -> None:
+    """Write ``imageset`` in the MedMNIST layout (labels ``(N, 1)``, plus ``class_names``).
 
-    Items without a split go to ``train``. MedMNIST code reads the result unchanged.
+    Items without a split go to ``train``. Pixels as :func:`npz_pixels` makes them: with
+    ``bit_depth`` 8, MedMNIST code reads the result unchanged.
     """
-    pixels = medmnist_pixels(imageset.images)
+    pixels = npz_pixels(imageset, bit_depth)
     splits = np.where(imageset.splits == "", "train", imageset.splits)
     arrays: dict[str, np.ndarray] = {"class_names": np.asarray(imageset.class_names, dtype=str)}
     for split in SPLITS:
@@ -94,9 +97,23 @@ def write_npz(imageset: ImageSet, path: Path) -> None:
         np.savez_compressed(handle, **arrays)
 
 
+def npz_pixels(imageset: ImageSet, bit_depth: int = 8) -> np.ndarray:
+    """The images in the MedMNIST layout ``(N, H, W)`` or ``(N, H, W, 3)``: uint8 model-space
+    view (bit depth 8), or uint16 original units (16, as a 16-bit PNG holds them)."""
+    if bit_depth == 8:
+        return medmnist_pixels(imageset.images)
+    if bit_depth == 16:
+        return _layout(imageset.to_uint16(format="npz"))
+    raise InputError(f"bit depth must be 8 or 16, got {bit_depth}")
+
+
 def medmnist_pixels(images: np.ndarray) -> np.ndarray:
     """``(N, C, H, W)`` in [-1, 1] -> MedMNIST layout uint8 ``(N, H, W)`` or ``(N, H, W, 3)``."""
-    pixels = to_uint8(images)
+    return _layout(to_uint8(images))
+
+
+def _layout(pixels: np.ndarray) -> np.ndarray:
+    """``(N, C, H, W)`` -> ``(N, H, W)`` (one channel) or ``(N, H, W, C)``."""
     return pixels[:, 0] if pixels.shape[1] == 1 else np.moveaxis(pixels, 1, -1)
 
 
@@ -176,19 +193,23 @@ def write_npz_blocks(
     image_shape: tuple[int, ...],
     labels: np.ndarray,
     class_names: Sequence[str],
+    dtype: np.dtype | type = np.uint8,
 ) -> None:
-    """Stream uint8 image blocks ``(b, H, W[, 3])`` into a MedMNIST-layout npz.
+    """Stream image blocks ``(b, H, W[, 3])`` of ``dtype`` (uint8, or uint16 for 16-bit:
+    see :func:`npz_pixels`) into a MedMNIST-layout npz.
 
     Memory stays at one block however many images there are; entries carry a fixed date so
     the same images give the same bytes.
     """
     n = len(labels)
+    dtype = np.dtype(dtype)
     with zipfile.ZipFile(path, "w", allowZip64=True) as archive:
         with archive.open(_entry("train_images.npy"), "w", force_zip64=True) as handle:
-            header = {"descr": "|u1", "fortran_order": False, "shape": (n, *image_shape)}
+            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                      "shape": (n, *image_shape)}
             np.lib.format.write_array_header_1_0(handle, header)
             for block in blocks:
-                handle.write(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
+                handle.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
         arrays = {"train_labels": np.asarray(labels, np.int64).reshape(-1, 1),
                   "class_names": np.asarray(class_names, dtype=str)}
         for name, array in arrays.items():

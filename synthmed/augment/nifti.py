@@ -3,7 +3,8 @@
 Reading cuts every volume into 2D slices along ``ReadConfig.slice_axis`` and normalises each
 volume on its own: ``low`` / ``high`` are percentiles of its foreground (see
 :mod:`synthmed.augment.intensity`). Slices whose foreground fraction is not above
-``ReadConfig.min_foreground`` are skipped (the empty slices above and below a brain).
+``ReadConfig.min_foreground`` are skipped (the empty slices above and below a brain). A
+constant volume (every voxel the same value) is refused: it teaches nothing.
 
 Orientation follows the voxel axes; the affine is not applied, since the headers of public
 data sets are not always right (of the three BraTS-derived subjects in the shared test data,
@@ -54,7 +55,8 @@ def read_nifti(paths: list[Path], config: ReadConfig, skipped: list[dict[str, st
         (``<subject>/t1.nii.gz``).
 
     Raises:
-        InputError: a file that is not NIfTI, is damaged, 4D or more, or holds NaN / inf.
+        InputError: a file that is not NIfTI, is damaged, 4D or more, holds NaN / inf, or is
+            constant.
     """
     names = Counter(path.name for path in paths)
     groups = {path: path.parent.name if names[path.name] > 1 else _stem(path) for path in paths}
@@ -103,6 +105,9 @@ def _read_slices(path: Path, group: str, config: ReadConfig) -> list[Item]:
     """The slices of one volume with enough foreground, normalised by the whole volume."""
     volume = load_volume(path)
     require_finite(volume, path)
+    if volume.min() == volume.max():
+        raise InputError(f"every voxel is {volume.flat[0]:g}: a constant image teaches nothing",
+                         path)
     axis = config.slice_axis
     if volume.ndim == 2:
         volume, axis = volume[:, :, None], 2

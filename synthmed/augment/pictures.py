@@ -2,7 +2,10 @@
 
 8-bit pictures map 0..255 to [-1, 1]. 16-bit and float pictures share one mapping for the
 whole set, from its minimum to its maximum, so relative intensities between images survive.
-An RGB picture whose three channels are equal is read as grayscale.
+An RGB picture whose three channels are equal is read as grayscale. 16-bit colour PNGs (RGB,
+RGBA, gray + alpha) keep their 16 bits, although Pillow reads them as 8-bit. An alpha channel
+(or palette transparency) is dropped when every pixel is opaque; a picture with any
+transparent pixel is refused, since what lies under it is undefined.
 """
 
 from __future__ import annotations
@@ -18,26 +21,47 @@ from synthmed.augment.items import Item, ReadConfig, ReadResult, read_each, spli
 from synthmed.errors import InputError
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+# Pillow decodes 16-bit colour PNGs to 8 bits, keeping the high byte of each sample. Decoding
+# the same data with these raw modes instead gives the high and then the low bytes (gray +
+# alpha, 4 bytes a pixel, decodes whole as 8-bit RGBA); the PNG filters are undone right, as
+# the bytes per pixel stay those of the file.
+PNG16_RAWMODES = {
+    "RGB;16B": ("RGB;16B", "RGB;16L"),
+    "RGBA;16B": ("RGBA;16B", "RGBA;16L"),
+    "LA;16B": ("RGBA",),
+}
 
 
 def read_picture(path: Path) -> np.ndarray:
-    """Pixels of one picture as ``(C, H, W)`` in the file's own dtype (uint8, uint16, float32)."""
+    """Pixels of one picture as ``(C, H, W)`` in the file's own dtype (uint8, uint16, float32).
+
+    Raises:
+        InputError: an unreadable picture, NaN / inf pixels, or a transparent pixel.
+    """
     try:
         with Image.open(path) as image:
+            rawmode = image.tile[0][3] if image.format == "PNG" and image.tile else None
             image.load()
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            alpha = image.mode in ALPHA_MODES or (image.mode == "P"
+                                                  and "transparency" in image.info)
+            if rawmode in PNG16_RAWMODES:
+                pixels = _png16_samples(path, PNG16_RAWMODES[rawmode])
+            elif image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 pixels = np.asarray(image).astype(np.uint16 if image.mode != "I" else np.int32)
             elif image.mode == "F":
                 pixels = np.asarray(image, dtype=np.float32)
             elif image.mode in ("L", "RGB"):
                 pixels = np.asarray(image)
-            elif image.mode in ("1", "LA", "P") and "transparency" not in image.info:
-                pixels = np.asarray(image.convert("L" if image.mode != "P" else "RGB"))
+            elif alpha:
+                pixels = np.asarray(image.convert("RGBA"))
             else:
-                pixels = np.asarray(image.convert("RGB"))
+                pixels = np.asarray(image.convert("L" if image.mode == "1" else "RGB"))
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
             ValueError) as error:
         raise InputError(f"not a readable picture ({error})", path) from None
+    if alpha:
+        pixels = _opaque(pixels, path)
     if pixels.ndim == 3:
         pixels = np.moveaxis(pixels, -1, 0)
         if (pixels[1:] == pixels[:1]).all():
@@ -50,6 +74,33 @@ def read_picture(path: Path) -> np.ndarray:
         )
     require_finite(pixels, path)
     return pixels
+
+
+def _png16_samples(path: Path, rawmodes: tuple[str, ...]) -> np.ndarray:
+    """``(H, W, C)`` uint16 samples of a 16-bit colour PNG, decoded with ``rawmodes`` (see
+    :data:`PNG16_RAWMODES`)."""
+    decoded = []
+    for rawmode in rawmodes:
+        with Image.open(path) as image:
+            codec, extents, offset, _ = image.tile[0]
+            image.tile = [(codec, extents, offset, rawmode)]
+            image.load()
+            decoded.append(np.asarray(image))
+    if len(decoded) == 1:  # (H, W, 4) bytes: gray high, low, alpha high, low
+        data = decoded[0].reshape(*decoded[0].shape[:2], 2, 2)
+    else:
+        data = np.stack(decoded, axis=-1)  # (H, W, C, 2): high and low byte of each sample
+    return data.view(">u2")[..., 0].astype(np.uint16)
+
+
+def _opaque(pixels: np.ndarray, path: Path) -> np.ndarray:
+    """``pixels`` ``(H, W, C)`` without their last channel, alpha, when it is all opaque."""
+    alpha = pixels[..., -1]
+    if (alpha < np.iinfo(pixels.dtype).max).any():
+        share = (alpha < np.iinfo(pixels.dtype).max).mean()
+        raise InputError(f"{share:.1%} of its pixels are transparent (alpha below opaque): "
+                         "flatten it onto a background first", path)
+    return pixels[..., :-1]
 
 
 def read_picture_folder(
@@ -105,19 +156,9 @@ def write_pictures(
         if bit_depth == 8:
             pixels = to_uint8(imageset.images[index])
         else:
-            pixels = _uint16_original(imageset, index)
+            pixels = imageset.to_uint16([index], format="PNG")[0]
         path = out_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
         array = pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1)
         Image.fromarray(array).save(path)
 
-
-def _uint16_original(imageset: ImageSet, index: int) -> np.ndarray:
-    values = np.rint(imageset.to_original_units([index])[0])
-    if values.min() < 0 or values.max() > 65535:
-        raise InputError(
-            f"original values span {values.min():.0f}..{values.max():.0f} {imageset.unit}, "
-            "outside 16-bit PNG's 0..65535: write DICOM or NIfTI instead",
-            imageset.sources[index],
-        )
-    return values.astype(np.uint16)

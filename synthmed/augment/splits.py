@@ -16,7 +16,7 @@ Examples:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,9 +210,33 @@ def hold_out_groups(
         if unknown:
             raise InputError(f"unknown subject(s) {', '.join(unknown)}; the data has "
                              f"{', '.join(sorted(known))}")
+    return _without_groups(sets, held), held
+
+
+def held_out_hashes(sets: Sequence[ImageSet], held: Sequence[str]) -> list[str]:
+    """The image hashes of the subjects ``held`` in ``sets``: what a run records to hold out
+    the same subjects when resumed, without recording their names (which may name patients)."""
+    return sorted({image_hash for group, image_hash in _owners(sets) if group in held})
+
+
+def hold_out_images(sets: Sequence[ImageSet], hashes: Collection[str]
+                    ) -> tuple[list[ImageSet], list[str]]:
+    """Remove from every set the subjects that own an image whose hash is in ``hashes`` (see
+    :func:`held_out_hashes`); return the sets and the held-out names (sorted)."""
+    held = sorted({group for group, image_hash in _owners(sets) if image_hash in hashes})
+    return _without_groups(sets, held), held
+
+
+def _owners(sets: Sequence[ImageSet]) -> list[tuple[str, str]]:
+    """``(subject, image hash)`` of every image of ``sets``."""
+    return [pair for s in sets
+            for pair in zip(s.groups.tolist(), s.image_hashes(), strict=True)]
+
+
+def _without_groups(sets: Sequence[ImageSet], held: Sequence[str]) -> list[ImageSet]:
     kept = [s.subset(np.flatnonzero(~np.isin(s.groups, held))) for s in sets]
     for s, rest in zip(sets, kept, strict=True):
         if not len(rest):
             raise InputError(f"holding out {', '.join(held)} leaves no training image",
                              s.metadata.get("origin"))
-    return kept, held
+    return kept

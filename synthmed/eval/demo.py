@@ -27,13 +27,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from synthmed.augment.export import atomic_output_dir
 from synthmed.augment.items import ReadConfig
 from synthmed.augment.medmnist import write_npz
 from synthmed.augment.phantom import PhantomConfig, make_phantom, write_phantom_volumes
 from synthmed.augment.preview import save_preview
 from synthmed.augment.readers import read_images
-from synthmed.augment.splits import hold_out_groups, split_by_group
+from synthmed.augment.splits import held_out_hashes, hold_out_groups, split_by_group
 from synthmed.eval.classifier import ClassifierConfig
 from synthmed.eval.features import default_extractor
 from synthmed.eval.fidelity import evaluate_fidelity, save_gallery
@@ -50,10 +49,11 @@ from synthmed.eval.utility import (
 )
 from synthmed.eval.utility_report import write_report
 from synthmed.gan.config import CycleGANConfig, TrainConfig
-from synthmed.gan.data import UnpairedImages
+from synthmed.gan.data import UnpairedImages, recorded_source
 from synthmed.gan.generate import GenerateConfig, generate
 from synthmed.gan.run import build_model, load_run, run_config
 from synthmed.gan.trainer import fit
+from synthmed.io import atomic_output_dir
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def run_demo(out: Path, config: DemoConfig, *, overwrite: bool = False, progress
     def timed(message: str) -> None:
         echo(f"[{time.perf_counter() - started:5.0f} s] {message}")
 
-    with atomic_output_dir(out, overwrite) as work:
+    with atomic_output_dir(out, overwrite, kind="demo") as work:
         # paths recorded in runs and manifests are relative to the demo folder
         here = os.getcwd()
         os.chdir(work)
@@ -152,13 +152,15 @@ def _translation(work: Path, config: DemoConfig, progress: bool) -> None:
     held_out = subjects[-1]
     domains = [read_images(f"{volumes}/*/{contrast}.nii.gz") for contrast in ("t1", "t2")]
     (a, b), _ = hold_out_groups(domains, held_out)
+    held_hashes = held_out_hashes(domains, [held_out])
     model = CycleGANConfig(ngf=16, ndf=16, n_blocks=3, crop=24)
     train = TrainConfig(epochs=config.cyclegan_epochs, batch_size=1, precision="bf16",
                         lr_decay_start=config.cyclegan_epochs // 2, preview=8)
     run = work / "translation" / "run"
     document = {**run_config("cyclegan", model, train), "data": {
-        "domain_a": f"{volumes}/*/t1.nii.gz", "domain_b": f"{volumes}/*/t2.nii.gz",
-        "val_subjects": [held_out], "read": asdict(ReadConfig())}}
+        "domain_a": recorded_source(f"{volumes}/*/t1.nii.gz"),
+        "domain_b": recorded_source(f"{volumes}/*/t2.nii.gz"),
+        "val_image_hashes": held_hashes, "read": asdict(ReadConfig())}}
     fit(build_model(document, seed=0), UnpairedImages(a, b, crop=24), train, run,
         run_config=document, progress=progress)
     report = evaluate_run(load_run(run), str(volumes / held_out / "t1.nii.gz"),

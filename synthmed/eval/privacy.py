@@ -516,6 +516,30 @@ def evaluate_privacy(
     return PrivacyReport(settings, distances, attacks, scores, pairs)
 
 
+STANDARD_SPLITS = ("train", "val", "test")
+
+
+def choose_split(images: ImageSet, split: str, option: str, where: str | Path) -> ImageSet:
+    """Split ``split`` of ``images`` (read from ``where``), as ``option`` asked for it.
+
+    ``all`` is every image. Data without splits has no split to choose: a standard name
+    (train, val, test) then means every image. Data with splits must have the one asked for:
+    a misspelt or missing split is an error listing the splits it has, never every image.
+    """
+    if split == "all":
+        return images
+    named = [name for name in images.split_names() if name]
+    if split in named:
+        return images.split(split)
+    if named:
+        raise InputError(f"has no split {split!r} ({option}): its splits are "
+                         f"{', '.join(named)}; pass one of them, or all", where)
+    if split not in STANDARD_SPLITS:
+        raise InputError(f"{option} {split!r} is not a split name: the data has no splits, "
+                         f"so use {', '.join(STANDARD_SPLITS)} or all (every image)", where)
+    return images
+
+
 def without_training_copies(holdout: ImageSet, train: ImageSet) -> tuple[ImageSet, int]:
     """``holdout`` less its exact copies of training images, and how many there were.
 

@@ -89,7 +89,9 @@ def _sections(path: Path, root: Path) -> list[dict[str, str]]:
 
 
 def _run_section(path: Path, name: str, root: Path) -> dict[str, str]:
-    config = checkpoint.read_config(path)
+    from synthmed.gan.run import read_run_config  # the models' modules only when needed
+
+    config = read_run_config(path)
     lines = (path / checkpoint.METRICS).read_text().splitlines() \
         if (path / checkpoint.METRICS).is_file() else []
     last = json.loads(lines[-1]) if lines else {}

@@ -47,7 +47,7 @@ from synthmed.eval.metrics import classification_metrics
 from synthmed.gan import checkpoint
 from synthmed.gan.config import DCGANConfig, TrainConfig
 from synthmed.gan.data import LabelledImages
-from synthmed.gan.run import LoadedRun, build_model, load_run, run_config
+from synthmed.gan.run import LoadedRun, build_model, load_run, read_run_config, run_config
 from synthmed.gan.trainer import fit
 
 RESULTS = "results.json"
@@ -141,8 +141,8 @@ class UtilityConfig:
             raise InputError(f"fractions must be in (0, 1], got {list(self.fractions)}")
         if self.seeds < 1:
             raise InputError(f"seeds must be at least 1, got {self.seeds}")
-        if not all(r > 0 for r in self.ratios):
-            raise InputError(f"ratios must be positive, got {list(self.ratios)}")
+        if not all(0 < r < math.inf for r in self.ratios):
+            raise InputError(f"ratios must be positive finite numbers, got {list(self.ratios)}")
         if self.best_of < 1:
             raise InputError(f"best_of must be at least 1, got {self.best_of}")
         if self.metric not in ("auroc", "balanced_accuracy", "macro_f1", "accuracy"):
@@ -290,8 +290,8 @@ class SubsetGenerators:
 
 
 def _finished(run_dir: Path) -> bool:
-    config = checkpoint.read_config(run_dir)
-    return int(checkpoint.load_state(run_dir)["epoch"]) >= int(config["train"]["epochs"])
+    config = read_run_config(run_dir, kind="dcgan")
+    return int(checkpoint.load_state(run_dir)["epoch"]) >= config["train"]["epochs"]
 
 
 def _sample(model: Any, labels: np.ndarray, seed: int, block: int = 256) -> np.ndarray:

@@ -14,8 +14,9 @@ RUN/samples/epoch_0001.png, RUN/progress.gif, RUN/losses.png
 values only and is read with ``torch.load(weights_only=True)``.
 
 A run killed (even by SIGKILL) loses at most the epochs since its last checkpoint. One killed
-before its first checkpoint holds nothing to resume: ``--resume`` replaces what it left and
-starts again (a fresh start never replaces a folder). Temporary files of writes a kill
+before its first checkpoint holds nothing to resume: ``--resume`` removes what it left, file
+by file and only the files a run writes by then, once its own ``config.yaml`` shows it is a
+run, and starts again (a fresh start never replaces a folder). Temporary files of writes a kill
 interrupted are removed on resume.
 """
 
@@ -27,7 +28,6 @@ import json
 import math
 import os
 import re
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -41,6 +41,7 @@ from safetensors.torch import save as save_safetensors
 
 from synthmed import __version__
 from synthmed.errors import InputError
+from synthmed.io import is_run_config
 
 FORMAT_VERSION = 1
 CONFIG = "config.yaml"
@@ -49,7 +50,8 @@ STATE = "trainer_state.pt"
 TRAINING_DATA = "training_data.json"
 METRICS = "metrics.jsonl"
 SAMPLES = "samples"
-_UNSTARTED_FILES = {CONFIG, TRAINING_DATA, METRICS, SAMPLES}
+_UNSTARTED_FILES = {CONFIG, TRAINING_DATA, METRICS}
+_SAMPLE_GRID = re.compile(r"epoch_\d{4,}\.png")
 _TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}")  # atomic_write's mkstemp names
 
 
@@ -70,18 +72,40 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def is_unstarted(run_dir: Path) -> bool:
-    """True when ``run_dir`` holds only what a run stopped before its first checkpoint left
-    (config, data record, metric lines, sample grids, temporary files), and so nothing to
-    resume or to keep."""
+    """True when ``run_dir`` is empty, or is a run (its ``config.yaml`` is synthmed's) that
+    holds only what a run stopped before its first checkpoint leaves (config, data record,
+    metric lines, sample grids ``samples/epoch_NNNN.png``, temporary files): nothing to resume
+    or to keep."""
     run_dir = Path(run_dir)
-    return run_dir.is_dir() and not (run_dir / STATE).exists() and all(
-        path.name in _UNSTARTED_FILES or _is_temporary(path) for path in run_dir.iterdir())
+    if not run_dir.is_dir() or (run_dir / STATE).exists():
+        return False
+    contents = list(run_dir.iterdir())
+    return not contents or (is_run_config(run_dir / CONFIG)
+                            and all(_written_before_checkpoint(path) for path in contents))
 
 
 def discard_unstarted(run_dir: Path) -> None:
-    """Empty a run directory for which :func:`is_unstarted` is true."""
-    for path in Path(run_dir).iterdir():
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    """Remove, file by file, what a run for which :func:`is_unstarted` is true wrote."""
+    run_dir = Path(run_dir)
+    if not is_unstarted(run_dir):
+        raise InputError("holds files a run stopped before its first checkpoint does not "
+                         "write: nothing was removed", run_dir)
+    samples = run_dir / SAMPLES
+    for path in sorted(samples.iterdir()) if samples.is_dir() else ():
+        path.unlink()
+    if samples.is_dir():
+        samples.rmdir()
+    for path in run_dir.iterdir():
+        path.unlink()
+
+
+def _written_before_checkpoint(path: Path) -> bool:
+    """A file of the run directory (or its samples folder) that a run writes before its first
+    checkpoint, by name."""
+    if path.name == SAMPLES and path.is_dir() and not path.is_symlink():
+        return all(path.is_file() and (_SAMPLE_GRID.fullmatch(path.name) or _is_temporary(path))
+                   for path in path.iterdir())
+    return path.is_file() and (path.name in _UNSTARTED_FILES or _is_temporary(path))
 
 
 def remove_temporaries(run_dir: Path) -> None:

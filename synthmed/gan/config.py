@@ -7,7 +7,13 @@ single fields; the resolved configuration is written into the run directory (wit
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+import dataclasses
+import functools
+import math
+import re
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,8 +22,29 @@ import yaml
 from synthmed.errors import InputError
 from synthmed.gan.losses import AUGMENTS, LOSSES
 from synthmed.gan.nets import SIZES
+from synthmed.limits import MAX_SEED, MAX_WIDTH
 
 C = TypeVar("C")
+
+# Sane maxima: larger values cannot be what was meant (they exhaust memory or never finish).
+MAX_NZ = 4096  # noise dimension
+MAX_CLASSES = 10_000
+MAX_BLOCKS = 64  # residual blocks per CycleGAN generator
+MAX_D_LAYERS = 8  # strided PatchGAN layers (the smallest image is 3 * 2**d_layers px)
+MAX_POOL = 10_000  # past fakes kept for the CycleGAN discriminators
+MAX_PREVIEW = 1024  # images in a sample grid
+
+
+def _checks(checks: list[tuple[bool, str]]) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise InputError(message)
+
+
+def _between(name: str, value: int, low: int, high: int, why: str = "") -> tuple[bool, str]:
+    """A check that ``value`` is in ``low .. high``, with a message naming the range."""
+    return (low <= value <= high,
+            f"{name} must be between {low} and {high}{why}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -59,24 +86,35 @@ class DCGANConfig:
     adam_eps: float = 1e-8
 
     def __post_init__(self) -> None:
+        check_fields(self)
         checks = [
             (self.preset in ("tutorial", "dcgan"), f"preset must be tutorial or dcgan, "
                                                    f"got {self.preset!r}"),
             (self.size in SIZES, f"size must be one of {SIZES}, got {self.size}"),
             (self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}"),
+            _between("nz", self.nz, 1, MAX_NZ),
+            _between("width", self.width, 1, MAX_WIDTH,
+                     " (wider networks do not fit in memory)"),
+            _between("num_classes", self.num_classes, 0, MAX_CLASSES),
             (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
+            (self.d_norm in ("batch", "none"), f"d_norm must be batch or none, "
+                                               f"got {self.d_norm!r}"),
+            (self.upsample in ("convtranspose", "resize"),
+             f"upsample must be convtranspose or resize, got {self.upsample!r}"),
             (set(self.diffaugment) <= set(AUGMENTS),
              f"diffaugment takes {AUGMENTS}, got {self.diffaugment}"),
             (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
             (self.r1_gamma >= 0.0, f"r1_gamma must not be negative, got {self.r1_gamma}"),
+            (self.lr_g > 0.0, f"lr_g must be positive, got {self.lr_g}"),
+            (self.lr_d > 0.0, f"lr_d must be positive, got {self.lr_d}"),
+            _betas(self.betas),
+            (self.adam_eps > 0.0, f"adam_eps must be positive, got {self.adam_eps}"),
             (self.preset != "tutorial" or not self.minibatch_std,
              "minibatch-std is an option of the dcgan preset"),
             (self.preset != "tutorial" or (self.size, self.channels) == (28, 1),
              "the tutorial preset is 28x28 with 1 channel: use --preset dcgan for other sizes"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
+        _checks(checks)
 
     @classmethod
     def tutorial(cls, **overrides: Any) -> DCGANConfig:
@@ -110,10 +148,19 @@ class TrainConfig:
     lr_decay_start: int | None = None
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "bf16"):
-            raise InputError(f"precision must be fp32 or bf16, got {self.precision!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
-            raise InputError("epochs, batch size and checkpoint interval must be positive")
+        check_fields(self)
+        _checks([
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            _between("seed", self.seed, 0, MAX_SEED),
+            (self.precision in ("fp32", "bf16"),
+             f"precision must be fp32 or bf16, got {self.precision!r}"),
+            (self.checkpoint_every >= 1,
+             f"checkpoint_every must be at least 1, got {self.checkpoint_every}"),
+            _between("preview", self.preview, 1, MAX_PREVIEW),
+            (self.lr_decay_start is None or self.lr_decay_start >= 0,
+             f"lr_decay_start must be null (no decay) or at least 0, got {self.lr_decay_start}"),
+        ])
 
 
 @dataclass(frozen=True)
@@ -131,16 +178,14 @@ class DPConfig:
     max_grad_norm: float = 1.0
 
     def __post_init__(self) -> None:
-        checks = [
+        check_fields(self)
+        _checks([
             (self.epsilon > 0.0, f"epsilon must be positive, got {self.epsilon}"),
             (self.delta is None or 0.0 < self.delta < 1.0,
              f"delta must be in (0, 1), got {self.delta}"),
             (self.max_grad_norm > 0.0,
              f"max_grad_norm must be positive, got {self.max_grad_norm}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
+        ])
 
     def delta_for(self, images: int) -> float:
         """The delta for ``images`` training images: the set one, or ``min(1e-5, 1 / (10 N))``
@@ -157,15 +202,206 @@ class RunConfig:
     kind: str = "dcgan"
     privacy: DPConfig | None = None
 
+    def __post_init__(self) -> None:
+        check_fields(self)
 
-def from_dict(cls: type[C], values: dict[str, Any], where: str = "config") -> C:
-    """Build dataclass ``cls`` from a plain dict; unknown keys are an error, lists -> tuples."""
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - known)
+
+def from_dict(cls: type[C], values: Any, where: str | Path = "config",
+              section: str | None = None) -> C:
+    """Build dataclass ``cls`` from a plain dict (a YAML / JSON section), checked.
+
+    Each value must fit its field's annotation (:func:`check_fields`: lists become tuples,
+    ints are accepted for floats, NaN and inf are refused), unknown keys and missing required
+    fields are errors, and then the dataclass's own range checks run.
+
+    Raises:
+        InputError: naming ``where`` (the file, or an option) and ``section.field``, with
+            what the field takes; also for a ``values`` that is not a mapping.
+    """
+    section = _SECTIONS.get(cls.__name__, "") if section is None else section
+    prefix = f"{section}: " if section else ""
+    if not isinstance(values, dict):
+        raise InputError(f"{prefix}must be a mapping of settings (name: value), got "
+                         f"{shown(values)}", where)
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(str(key) for key in values if key not in names)
     if unknown:
-        raise InputError(f"unknown setting(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(known))}", where)
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        raise InputError(f"{prefix}unknown setting(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(names))}", where)
+    missing = [f.name for f in fields(cls)  # type: ignore[arg-type]
+               if f.name not in values and f.default is MISSING
+               and f.default_factory is MISSING]
+    if missing:
+        raise InputError(f"{prefix}missing setting(s) {', '.join(missing)}", where)
+    hints = _hints(cls)
+    checked = {}
+    try:
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name in values:
+                checked[f.name] = _coerce(hints.get(f.name, Any), values[f.name], f.name,
+                                          f.metadata.get("finite", True))
+        return cls(**checked)
+    except _Invalid as error:
+        raise InputError(f"{prefix}{error}", where) from None
+    except InputError as error:
+        if error.path is not None:
+            raise
+        raise InputError(f"{prefix}{error.problem}", where) from None
+
+
+def check_fields(config: Any) -> None:
+    """Check (and normalise) every field of dataclass instance ``config`` against its
+    annotation; call it first in ``__post_init__``.
+
+    ``int``: an int, not a bool (a whole float such as ``1e7`` becomes an int); ``float``:
+    an int or float, finite unless the field's metadata says ``finite=False``; ``bool``,
+    ``str``: exactly those; ``tuple[X, ...]`` / ``tuple[X, Y]``: a list or tuple of such items
+    (stored as a tuple); ``X | None``: ``None`` or an X; ``Literal[...]``: one of its values;
+    a dataclass: an instance or a mapping of its fields. YAML 1.1 reads ``2e-4`` (an exponent
+    without a dot) as a string: such strings are taken as the numbers they spell.
+
+    Raises:
+        InputError: ``field must be ..., got ...`` (no path: :func:`from_dict` adds it).
+    """
+    hints = _hints(type(config))
+    for f in fields(config):
+        value = getattr(config, f.name)
+        try:
+            checked = _coerce(hints.get(f.name, Any), value, f.name,
+                              f.metadata.get("finite", True))
+        except _Invalid as error:
+            raise InputError(str(error)) from None
+        if checked is not value:
+            object.__setattr__(config, f.name, checked)
+
+
+_SECTIONS = {"DCGANConfig": "model", "CycleGANConfig": "model", "TrainConfig": "train",
+             "DPConfig": "privacy"}
+_EXPONENT = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)[eE][-+]?\d+")
+
+
+class _Invalid(Exception):
+    """A value that does not fit its field's annotation (the message names the field)."""
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(annotation: Any, value: Any, name: str, finite: bool = True) -> Any:
+    """``value`` checked against ``annotation`` (see :func:`check_fields`), or ``_Invalid``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(option, value, name, finite)
+            except _Invalid:
+                if isinstance(value, dict) and dataclasses.is_dataclass(option):
+                    raise  # the section's own error names the setting
+        raise _Invalid(f"{name} must be {_expected(annotation)}, got {shown(value)}")
+    if origin is typing.Literal:
+        if any(value == a and type(value) is type(a) for a in args):
+            return value
+        raise _Invalid(f"{name} must be {_expected(annotation)}, got {shown(value)}")
+    if annotation is bool or annotation is str:
+        if type(value) is annotation:
+            return value
+        raise _Invalid(f"{name} must be {_expected(annotation)}, got {shown(value)}")
+    if annotation is int:
+        number = _number(value)
+        if isinstance(number, float) and math.isfinite(number) and number.is_integer():
+            number = int(number)
+        if isinstance(number, int):
+            return number
+        raise _Invalid(f"{name} must be {_expected(int)}, got {shown(value)}")
+    if annotation is float:
+        number = _number(value)
+        if number is None:
+            raise _Invalid(f"{name} must be {_expected(float)}, got {shown(value)}")
+        if finite and not math.isfinite(number):
+            raise _Invalid(f"{name} must be a finite number, got {shown(value)}")
+        return number if type(number) is float else float(number)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise _Invalid(f"{name} must be {_expected(annotation)}, got {shown(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            items = [(args[0], item) for item in value]
+        elif len(value) == len(args):
+            items = list(zip(args, value, strict=True))
+        else:
+            raise _Invalid(f"{name} must be {_expected(annotation)}, got {shown(value)}")
+        return tuple(_coerce(kind, item, f"{name}[{k}]", finite)
+                     for k, (kind, item) in enumerate(items))
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise _Invalid(f"{name} must be a mapping of settings (name: value), got "
+                           f"{shown(value)}")
+        try:
+            return from_dict(annotation, value, section=name)
+        except InputError as error:
+            raise _Invalid(error.problem) from None
+    return value  # an annotation this checker does not know: left to the dataclass
+
+
+def _number(value: Any) -> int | float | None:
+    """An int or float (not a bool), or a string YAML 1.1 left unparsed such as ``2e-4``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        number = float(value)
+        return int(number) if number.is_integer() and abs(number) < 2**63 else number
+    return None
+
+
+def _expected(annotation: Any) -> str:
+    """What a field of ``annotation`` takes, in words."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        words = [_expected(a) for a in args if a is not type(None)]
+        return " or ".join(words) + (" or null" if type(None) in args else "")
+    if origin is typing.Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_plural(args[0])}"
+        if len(set(args)) == 1:
+            return f"a list of {len(args)} {_plural(args[0])}"
+        return f"a list of {len(args)} items ({', '.join(_expected(a) for a in args)})"
+    if dataclasses.is_dataclass(annotation):
+        return "a mapping of settings (name: value)"
+    return {int: "a whole number", float: "a finite number", bool: "true or false",
+            str: "a string"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _plural(annotation: Any) -> str:
+    return {int: "whole numbers", float: "finite numbers", bool: "booleans",
+            str: "strings"}.get(annotation, _expected(annotation))
+
+
+def shown(value: Any) -> str:
+    """``value`` as a message shows it: YAML words for null and booleans, short reprs."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    text = repr(list(value) if isinstance(value, tuple) else value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _betas(betas: tuple[float, ...]) -> tuple[bool, str]:
+    return (len(betas) == 2 and all(0.0 <= b < 1.0 for b in betas),
+            f"betas must be two numbers in [0, 1), got {list(betas)}")
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -262,13 +498,20 @@ class CycleGANConfig:
     init_gain: float = 0.02
 
     def __post_init__(self) -> None:
+        check_fields(self)
+        _checks([
+            (self.ngf >= 1 and self.ndf >= 1,
+             f"ngf and ndf must be positive, got {self.ngf} and {self.ndf}"),
+            _between("ngf", self.ngf, 1, MAX_WIDTH, " (wider networks do not fit in memory)"),
+            _between("ndf", self.ndf, 1, MAX_WIDTH, " (wider networks do not fit in memory)"),
+            (self.n_blocks >= 0, f"n_blocks must be 0 (auto) or positive, got {self.n_blocks}"),
+            _between("n_blocks", self.n_blocks, 0, MAX_BLOCKS),
+            (self.d_layers >= 1, f"d_layers must be positive, got {self.d_layers}"),
+            _between("d_layers", self.d_layers, 1, MAX_D_LAYERS),
+        ])
         smallest = self.min_size
         checks = [
             (self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}"),
-            (self.ngf >= 1 and self.ndf >= 1,
-             f"ngf and ndf must be positive, got {self.ngf} and {self.ndf}"),
-            (self.n_blocks >= 0, f"n_blocks must be 0 (auto) or positive, got {self.n_blocks}"),
-            (self.d_layers >= 1, f"d_layers must be positive, got {self.d_layers}"),
             (self.norm in ("instance", "batch"),
              f"norm must be instance or batch, got {self.norm!r}"),
             (self.upsample in ("convtranspose", "resize"),
@@ -280,9 +523,9 @@ class CycleGANConfig:
              f"intensity_prior must be one of {', '.join(INTENSITY_PRIORS)}, "
              f"got {self.intensity_prior!r}"),
             (self.pool_size >= 0, f"pool_size must not be negative, got {self.pool_size}"),
+            _between("pool_size", self.pool_size, 0, MAX_POOL),
             (self.lr > 0.0, f"lr must be positive, got {self.lr}"),
-            (len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
-             f"betas must be two numbers in [0, 1), got {self.betas}"),
+            _betas(self.betas),
             (self.crop >= 0 and self.crop % 4 == 0,
              f"crop must be 0 (whole images) or a multiple of 4, got {self.crop}"),
             (self.crop == 0 or self.crop >= smallest,
@@ -290,9 +533,7 @@ class CycleGANConfig:
              f"got {self.crop}"),
             (self.init_gain > 0.0, f"init_gain must be positive, got {self.init_gain}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
+        _checks(checks)
 
     @property
     def min_size(self) -> int:

@@ -129,12 +129,12 @@ class UnpairedImages:
 
 
 def imageset_record(data: ImageSet) -> dict[str, Any]:
-    """What a model is trained on: enough to prove which images and subjects it saw, with
-    subjects as sha256 prefixes rather than patient ids."""
+    """What a model is trained on: enough to prove which images it saw (their content hashes),
+    and no patient id, subject name or data path (:func:`recorded_source`)."""
     pairs = sorted({(float(lo), float(hi))
                     for lo, hi in zip(data.intensity_low, data.intensity_high, strict=True)})
     return {
-        "origin": data.metadata.get("origin", ""),
+        "origin": recorded_source(data.metadata.get("origin", "")),
         "fingerprint": data.fingerprint(),
         "images": len(data),
         "size": list(data.size),
@@ -151,11 +151,20 @@ def imageset_record(data: ImageSet) -> dict[str, Any]:
             "distinct_mappings": len(pairs),
         },
         "bit_depths": data.metadata.get("bit_depths", []),
-        "group_hashes": sorted({group_hash(g) for g in data.groups.tolist()}),
+        "subjects": len(set(data.groups.tolist())),
         "image_hashes": data.image_hashes(),
     }
 
 
+def recorded_source(text: str) -> str:
+    """How a run records where its data came from: an embedded ``phantom:`` spec as given, a
+    path not at all, since folder and file names often name patients
+    (``Doe_Jane_MRN123456/``); the data's fingerprint and image hashes identify it."""
+    return text if text.startswith("phantom:") else "path not recorded"
+
+
 def group_hash(group: str) -> str:
-    """A subject / patient id as the first 16 hex digits of its sha256."""
+    """A subject / patient id as the first 16 hex digits of its sha256: how older runs recorded
+    their subjects (``group_hashes``, reversible by guessing ids, so no longer written); read
+    only to refuse those runs' subjects in an evaluation."""
     return hashlib.sha256(str(group).encode()).hexdigest()[:16]

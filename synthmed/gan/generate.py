@@ -18,12 +18,14 @@ DICOM headers.
 
 Files go to a hidden ``.OUT.partial`` folder beside ``OUT``. Each finished block leaves a
 manifest part there; re-running the same command skips the finished blocks. When every block
-is done, the parts are merged into ``manifest.csv`` and the folder is renamed to ``OUT``, so
-``OUT`` only ever appears complete.
+is done, the parts are merged into ``manifest.csv`` and the folder replaces ``OUT``, so ``OUT``
+only ever appears complete. ``OUT`` follows the rules of :mod:`synthmed.io`: not an input,
+replaced only when synthmed wrote it, one writer at a time (a lock beside it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -57,6 +59,7 @@ from synthmed.gan import checkpoint, distributed
 from synthmed.gan.config import from_dict, to_dict
 from synthmed.gan.run import LoadedRun
 from synthmed.gan.translate import read_config_of
+from synthmed.io import check_out, check_replaceable, mark_output, output_lock, replace_folder
 
 BLOCK = 256
 NPZ_NAME = "images.npz"
@@ -196,16 +199,29 @@ def generate(
 ) -> dict:
     """Make and write the images; return the provenance record written beside them."""
     out = Path(out)
-    rank, world = distributed.init()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError("already exists and is not empty: choose another --out or pass "
-                         "--overwrite", out)
+    rank, _ = distributed.init()
+    check_out(out, (run.path, config.privacy_filter and config.privacy_filter.train))
+    check_replaceable(out, overwrite)
     labels = plan_labels(run, config)
     near = near_copy_filter(run, config.privacy_filter) if config.privacy_filter else None
     record = _provenance(run, config, labels, near)
     work = out.parent / f".{out.name}.partial"
     if rank == 0:
-        _prepare_work_dir(work, record)
+        out.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(out) if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            _prepare_work_dir(work, record)
+        _write_blocks(run, config, record, labels, work, near, progress)
+        if rank == 0:
+            _finish(work, out, config, record, labels, overwrite)
+    distributed.barrier()
+    return json.loads((out / "provenance.json").read_text())
+
+
+def _write_blocks(run: LoadedRun, config: GenerateConfig, record: dict, labels: np.ndarray,
+                  work: Path, near: NearCopyFilter | None, progress: bool) -> None:
+    """Make this process's blocks that ``work`` does not hold yet."""
+    rank, world = distributed.init()
     distributed.barrier()
     plan = json.loads((work / "plan.json").read_text())
     blocks = range(rank, -(-len(labels) // BLOCK), world)
@@ -219,10 +235,6 @@ def generate(
         bar.update((stop - start) * world)
     bar.close()
     distributed.barrier()
-    if rank == 0:
-        _finish(work, out, config, record, labels, overwrite)
-    distributed.barrier()
-    return json.loads((out / "provenance.json").read_text())
 
 
 def near_copy_filter(run: LoadedRun, config: PrivacyFilterConfig) -> NearCopyFilter:
@@ -377,22 +389,26 @@ def _finish(work: Path, out: Path, config: GenerateConfig, record: dict, labels:
     checkpoint.write_json(work / "provenance.json", record)
     shutil.rmtree(work / "parts")
     (work / "plan.json").unlink()
-    if out.exists():
-        if not overwrite and any(out.iterdir()):
-            raise InputError("appeared while generating: not overwritten", out)
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    work.rename(out)
+    mark_output(work, "synthetic")
+    check_replaceable(out, overwrite)  # nothing new appeared there meanwhile
+    replace_folder(work, out)
 
 
 def _prepare_work_dir(work: Path, record: dict) -> None:
-    """Start a partial folder, or keep the one an interrupted run of the same request left."""
+    """Start a partial folder, or keep the one an interrupted run of the same request left;
+    one of another request is replaced only when its ``plan.json`` shows synthmed made it."""
     plan_path = work / "plan.json"
     if plan_path.is_file():
-        plan = json.loads(plan_path.read_text())
+        try:
+            plan = json.loads(plan_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            plan = {}
         if plan.get("request") == record:
             return
-    if work.exists():
-        shutil.rmtree(work)
+    elif work.exists() and any(path.is_file() for path in work.rglob("*")):
+        raise InputError("is not a partial output synthmed left (no plan.json): move it away",
+                         work)
+    shutil.rmtree(work, ignore_errors=True)  # another request's, or empty folders
     (work / "parts").mkdir(parents=True)
     plan = {"request": record, "dicom_series": [generate_uid(), generate_uid()]}
     checkpoint.write_json(plan_path, plan)

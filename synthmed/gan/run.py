@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 
 from synthmed.augment.dataset import ImageSet
+from synthmed.augment.items import ReadConfig
 from synthmed.errors import InputError
 from synthmed.gan import checkpoint
 from synthmed.gan.config import (
@@ -19,6 +21,7 @@ from synthmed.gan.config import (
     TrainConfig,
     from_dict,
     load_yaml,
+    shown,
     to_dict,
     with_overrides,
 )
@@ -36,17 +39,99 @@ def run_config(kind: str, model: Any, train: TrainConfig,
     return config if privacy is None else {**config, "privacy": to_dict(privacy)}
 
 
-def build_model(config: dict[str, Any], where: str = "config", seed: int = 0):
+def build_model(config: dict[str, Any], where: str | Path = "config", seed: int = 0):
     """The model a resolved configuration describes, initialised from ``seed``."""
     kind = config.get("kind")
     if kind not in MODELS:
         raise InputError(f"unknown model kind {kind!r}: known kinds are {', '.join(MODELS)}",
                          where)
     model_class, config_class = MODELS[kind]
-    model_config = from_dict(config_class, config.get("model", {}), where)
+    model_config = from_dict(config_class, config.get("model", {}), where, "model")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return model_class(model_config)
+
+
+#: What each kind of run is for, when a command is handed the other kind.
+_USE = {"dcgan": "a DCGAN generates images: use it with synthmed generate",
+        "cyclegan": "a CycleGAN translates images: use it with synthmed translate"}
+_SPLITS = ("train", "all")
+
+
+def read_run_config(run_dir: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """``RUN/config.yaml``, every section checked (:func:`check_run_config`); with ``kind``,
+    a run of another kind is refused (saying what that kind is for).
+
+    Use this, not :func:`checkpoint.read_config`, wherever a run's settings are used.
+    """
+    run_dir = Path(run_dir)
+    config = checkpoint.read_config(run_dir)
+    if kind is not None and config.get("kind") != kind and config.get("kind") in MODELS:
+        raise InputError(f"is a {config.get('kind')!r} run, not {kind!r}: "
+                         f"{_USE[config['kind']]}", run_dir)
+    return check_run_config(config, run_dir / checkpoint.CONFIG)
+
+
+def check_run_config(config: dict[str, Any], where: str | Path) -> dict[str, Any]:
+    """A run's config document with every section checked against its dataclass and the
+    data record's types; ``where`` (the file) is named in every error. Returns the document
+    with the checked sections normalised (lists as in YAML, ints of float fields as floats).
+
+    Raises:
+        InputError: ``where: section: field must be ...``.
+    """
+    kind = config.get("kind")
+    if kind not in MODELS:
+        raise InputError(f"unknown model kind {kind!r}: known kinds are {', '.join(MODELS)}",
+                         where)
+    checked = dict(config)
+    for section in ("model", "train"):
+        if section not in config:
+            raise InputError(f"has no {section}: section", where)
+    model = from_dict(MODELS[kind][1], config["model"], where, "model")
+    checked["model"] = to_dict(model)
+    checked["train"] = to_dict(from_dict(TrainConfig, config["train"], where, "train"))
+    if config.get("privacy") is not None:
+        if kind != "dcgan":
+            raise InputError("privacy: differentially private training is a DCGAN option, "
+                             f"not for a {kind} run", where)
+        checked["privacy"] = to_dict(from_dict(DPConfig, config["privacy"], where, "privacy"))
+    if "data" in config:
+        checked["data"] = _check_data_section(config["data"], where)
+    return checked
+
+
+def _check_data_section(data: Any, where: str | Path) -> dict[str, Any]:
+    """The ``data:`` section of a run's config: where the training images came from."""
+    if not isinstance(data, dict):
+        raise InputError(f"data: must be a mapping (source, split, read ...), got "
+                         f"{shown(data)}", where)
+    for name in ("source", "domain_a", "domain_b"):
+        if name in data and not isinstance(data[name], str):
+            raise InputError(f"data: {name} must be a string, got {shown(data[name])}", where)
+    if "split" in data and data["split"] not in _SPLITS:
+        raise InputError(f"data: split must be one of {', '.join(_SPLITS)}, got "
+                         f"{shown(data['split'])}", where)
+    for name in ("val_subjects", "val_image_hashes"):
+        values = data.get(name, [])
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise InputError(f"data: {name} must be a list of strings, got {shown(values)}",
+                             where)
+    checked = dict(data)
+    if "read" in data:
+        read = data["read"]
+        if not isinstance(read, dict):
+            raise InputError(f"data: read: must be a mapping of read options, got "
+                             f"{shown(read)}", where)
+        root = read.get("root")
+        if root is not None and not isinstance(root, str):
+            raise InputError(f"data: read: root must be a string or null, got {shown(root)}",
+                             where)
+        # root is each command's own choice (--root) and need not exist here: not checked
+        options = from_dict(ReadConfig, {k: v for k, v in read.items() if k != "root"}, where,
+                            "data: read")
+        checked["read"] = {**to_dict(options), "root": root}
+    return checked
 
 
 @dataclass
@@ -74,16 +159,17 @@ def load_run(path: str | Path, kind: str | None = None) -> LoadedRun:
     """Load ``RUN`` for sampling: config, checked weights, training data record.
 
     Raises:
-        InputError: unknown or incomplete run directory, weights of another model kind,
-            weights that fail their checksum, an unreadable training data record. Nothing
-            is unpickled: weights come from safetensors, the rest from YAML and JSON.
+        InputError: unknown or incomplete run directory, a run of another kind than ``kind``,
+            a config or training data record with a missing, mistyped or out-of-range value
+            (naming the file and the field), weights of another model kind, weights that fail
+            their checksum or hold NaN / inf, an unreadable training data record. Nothing is
+            unpickled: weights come from safetensors, the rest from YAML and JSON.
     """
     path = Path(path)
-    config = checkpoint.read_config(path)
-    if kind is not None and config.get("kind") != kind:
-        raise InputError(f"is a {config.get('kind')!r} run, not {kind!r}", path)
-    model = build_model(config, str(path / checkpoint.CONFIG))
+    config = read_run_config(path, kind)
+    model = build_model(config, path / checkpoint.CONFIG)
     tensors, metadata = checkpoint.load_weights(path, model.kind)
+    _require_finite(tensors, path / checkpoint.WEIGHTS)
     try:
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError:  # a tensor of another shape (strict=False only skips names)
@@ -93,8 +179,25 @@ def load_run(path: str | Path, kind: str | None = None) -> LoadedRun:
         raise InputError(f"weights do not fit the configured model (missing {len(missing)}, "
                          f"unexpected {len(unexpected)} tensors)", path / checkpoint.WEIGHTS)
     model.eval()
-    return LoadedRun(path, model, config, _training_data(path), int(metadata.get("epoch", 0)),
-                     metadata["tensors_sha256"])
+    record = _training_data(path)
+    check_training_data(record, path / checkpoint.TRAINING_DATA, model.config)
+    try:
+        epoch = int(metadata.get("epoch", 0))
+    except ValueError:
+        raise InputError(f"epoch {metadata.get('epoch')!r} in the metadata is not a whole "
+                         "number", path / checkpoint.WEIGHTS) from None
+    return LoadedRun(path, model, config, record, epoch, metadata["tensors_sha256"])
+
+
+def _require_finite(tensors: dict[str, torch.Tensor], where: Path) -> None:
+    """Refuse weights holding NaN or inf: they would make black or noise images, silently."""
+    bad = sorted(name for name, tensor in tensors.items()
+                 if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()))
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise InputError(f"weights hold NaN or infinite values ({shown}): the training "
+                         "diverged or the file was damaged; load an earlier checkpoint or "
+                         "train again", where)
 
 
 def _training_data(run_dir: Path) -> dict[str, Any]:
@@ -111,6 +214,133 @@ def _training_data(run_dir: Path) -> dict[str, Any]:
     return record
 
 
+def check_training_data(record: dict[str, Any], where: str | Path, model: Any) -> None:
+    """Check a run's training data record (``training_data.json``) against its model config
+    ``model``: the types of every value the commands use, finite intensity mappings, and, for
+    a class-conditional DCGAN, one class name per class of the model.
+
+    Raises:
+        InputError: ``where: field must be ..., got ...``.
+    """
+    def fail(problem: str) -> None:
+        raise InputError(problem, where)
+
+    _check_imageset_record(record, "", fail)
+    dp = record.get("differential_privacy")
+    if dp is not None:
+        if not isinstance(dp, dict):
+            fail(f"differential_privacy must be a mapping, got {shown(dp)}")
+        for name in ("target_epsilon", "epsilon", "delta", "noise_multiplier", "max_grad_norm",
+                     "sample_rate"):
+            if name in dp or name in ("epsilon", "delta"):
+                _number(dp.get(name), f"differential_privacy.{name}", fail, minimum=0.0)
+        if "steps" in dp:
+            _count(dp["steps"], "differential_privacy.steps", fail)
+    domains = record.get("domains")
+    if domains is not None:
+        if not isinstance(domains, dict) or not set(domains) <= {"a", "b"}:
+            fail(f"domains must be a mapping with domains a and b, got {shown(domains)}")
+        for name, domain in domains.items():
+            if not isinstance(domain, dict):
+                fail(f"domains.{name} must be a mapping, got {shown(domain)}")
+            _check_imageset_record(domain, f"domains.{name}.", fail)
+            quantiles = domain.get("foreground_quantiles")
+            if quantiles is not None or getattr(model, "standardize", False):
+                field_name = f"domains.{name}.foreground_quantiles"
+                if not isinstance(quantiles, list) or len(quantiles) < 2:
+                    fail(f"{field_name} must be a list of at least 2 finite numbers, "
+                         f"got {shown(quantiles)}")
+                for k, q in enumerate(quantiles):
+                    _number(q, f"{field_name}[{k}]", fail)
+                if any(b < a for a, b in zip(quantiles, quantiles[1:], strict=False)):
+                    fail(f"{field_name} must not decrease, got {shown(quantiles)}")
+    classes = getattr(model, "num_classes", 0)
+    if classes:
+        names = record.get("class_names")
+        if not isinstance(names, list) or len(names) != classes:
+            count = len(names) if isinstance(names, list) else "no"
+            fail(f"class_names lists {count} class name(s) but the model has {classes} "
+                 "classes: the record does not belong to these weights")
+        counts = record.get("class_counts", {})
+        if not counts or not set(counts) <= set(names):
+            fail(f"class_counts must count images of the classes {', '.join(names)}, got "
+                 f"{shown(counts)}")
+
+
+def _check_imageset_record(record: dict[str, Any], prefix: str, fail: Any) -> None:
+    """The fields :func:`synthmed.gan.data.imageset_record` writes (each optional)."""
+    for name in ("origin", "fingerprint"):
+        if name in record and not isinstance(record[name], str):
+            fail(f"{prefix}{name} must be a string, got {shown(record[name])}")
+    for name in ("images", "channels"):
+        if name in record:
+            _count(record[name], prefix + name, fail)
+    for name in ("splits", "class_names", "group_hashes", "image_hashes"):
+        value = record.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            fail(f"{prefix}{name} must be a list of strings, got {shown(value)}")
+    if "size" in record:
+        size = record["size"]
+        if not isinstance(size, list) or len(size) != 2:
+            fail(f"{prefix}size must be a list of 2 whole numbers, got {shown(size)}")
+        for k, side in enumerate(size):
+            _count(side, f"{prefix}size[{k}]", fail)
+    bit_depths = record.get("bit_depths", [])
+    if not isinstance(bit_depths, list):
+        fail(f"{prefix}bit_depths must be a list of whole numbers, got {shown(bit_depths)}")
+    for k, depth in enumerate(bit_depths):
+        _count(depth, f"{prefix}bit_depths[{k}]", fail)
+    counts = record.get("class_counts", {})
+    if not isinstance(counts, dict):
+        fail(f"{prefix}class_counts must be a mapping of class names to image counts, "
+             f"got {shown(counts)}")
+    for name, count in counts.items():
+        _count(count, f"{prefix}class_counts.{name}", fail)
+    intensity = record.get("intensity", {})
+    if not isinstance(intensity, dict):
+        fail(f"{prefix}intensity must be a mapping (unit, modality, low, high), "
+             f"got {shown(intensity)}")
+    for name in ("unit", "modality"):
+        if name in intensity and not isinstance(intensity[name], str):
+            fail(f"{prefix}intensity.{name} must be a string, got {shown(intensity[name])}")
+    for name in ("low", "high"):
+        if name in intensity:
+            _number(intensity[name], f"{prefix}intensity.{name}", fail)
+    if "distinct_mappings" in intensity:
+        _count(intensity["distinct_mappings"], f"{prefix}intensity.distinct_mappings", fail)
+
+
+def _number(value: Any, name: str, fail: Any, minimum: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        fail(f"{name} must be a finite number, got {shown(value)}")
+    if minimum is not None and value < minimum:
+        fail(f"{name} must be at least {minimum:g}, got {shown(value)}")
+
+
+def _count(value: Any, name: str, fail: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        fail(f"{name} must be a whole number >= 0, got {shown(value)}")
+
+
+def _section(values: dict[str, Any], name: str, where: str | Path) -> dict[str, Any]:
+    """Section ``name`` of a ``--config`` YAML file, or ``{}`` when absent."""
+    section = values.get(name, {})
+    if not isinstance(section, dict):
+        raise InputError(f"{name}: must be a mapping of settings (name: value), got "
+                         f"{shown(section)}", where)
+    return section
+
+
+def _check_sections(values: dict[str, Any], where: str | Path) -> None:
+    """A ``--config`` file holds ``model:`` and ``train:``; a run's own config.yaml (its other
+    sections are ignored) is a fine ``--config`` too."""
+    known = ("model", "train", "kind", "data", "privacy", "synthmed_version", "format_version")
+    unknown = sorted(str(key) for key in values if key not in known)
+    if unknown:
+        raise InputError(f"unknown section(s) {', '.join(unknown)}; a config file holds "
+                         "model: and train:", where)
+
+
 def resolve_dcgan_config(
     preset: str = "dcgan",
     config_file: Path | None = None,
@@ -123,6 +353,7 @@ def resolve_dcgan_config(
     (BatchNorm mixes the images of a batch)."""
     values = load_yaml(config_file) if config_file else {}
     where = str(config_file or "config")
+    _check_sections(values, where)
     if preset == "tutorial":
         model = DCGANConfig.tutorial()
         train = TrainConfig(batch_size=256, checkpoint_every=15)
@@ -130,8 +361,10 @@ def resolve_dcgan_config(
         model, train = DCGANConfig(), TrainConfig()
     if private:
         model = with_overrides(model, d_norm="none")
-    model = from_dict(DCGANConfig, {**to_dict(model), **values.get("model", {})}, where)
-    train = from_dict(TrainConfig, {**to_dict(train), **values.get("train", {})}, where)
+    model = from_dict(DCGANConfig, {**to_dict(model), **_section(values, "model", where)},
+                      where)
+    train = from_dict(TrainConfig, {**to_dict(train), **_section(values, "train", where)},
+                      where)
     return (with_overrides(model, **(model_overrides or {})),
             with_overrides(train, **(train_overrides or {})))
 
@@ -173,10 +406,12 @@ def resolve_cyclegan_config(
     """
     values = load_yaml(config_file) if config_file else {}
     where = str(config_file or "config")
+    _check_sections(values, where)
     train = TrainConfig(epochs=200, batch_size=1, lr_decay_start=100, preview=16)
-    model = from_dict(CycleGANConfig, {**to_dict(CycleGANConfig()), **values.get("model", {})},
+    model = from_dict(CycleGANConfig,
+                      {**to_dict(CycleGANConfig()), **_section(values, "model", where)}, where)
+    train = from_dict(TrainConfig, {**to_dict(train), **_section(values, "train", where)},
                       where)
-    train = from_dict(TrainConfig, {**to_dict(train), **values.get("train", {})}, where)
     train = with_overrides(train, **(train_overrides or {}))
     decay = train.epochs // 2 if decay_epochs is None else decay_epochs
     if not 0 <= decay <= train.epochs:

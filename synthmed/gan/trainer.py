@@ -259,8 +259,9 @@ def _start_run(run_dir: Path, run_config: dict[str, Any], data: TrainingData,
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise InputError("already holds files: pass --resume to continue that run, or choose "
                          "another --out", run_dir)
-    (run_dir / checkpoint.SAMPLES).mkdir(parents=True, exist_ok=True)
-    checkpoint.write_config(run_dir, run_config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_config(run_dir, run_config)  # first: it marks the folder as a run's
+    (run_dir / checkpoint.SAMPLES).mkdir(exist_ok=True)
     record = data.record()
     if private is not None:
         record["differential_privacy"] = private.record()

@@ -7,9 +7,12 @@ and mapped to the target domain's intensity scale (the median mapping of its tra
 
 Outputs mirror the inputs: a NIfTI volume comes out with the same shape, affine and header; a
 DICOM series as a new de-identified Secondary Capture series (new UIDs, ConversionType SYN);
-a picture as a picture of the same name. ``manifest.csv`` lists input -> output and
-``provenance.json`` the run, its fingerprint and the mapping. The output folder appears only
-when every input is done.
+a picture as a picture. Outputs are numbered in the order of the inputs (``volume_0001.nii.gz``,
+``series_0002/00001.dcm``, ``image_0003.png``, ``images_0004/00001.png``), since input names
+often name patients; ``manifest.csv`` lists each output with its input's position, and with
+``keep_source_names`` the outputs keep the inputs' names and the manifest their paths.
+``provenance.json`` holds the run's fingerprint and the mapping. The output folder appears
+only when every input is done (:func:`synthmed.io.atomic_output_dir`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from tqdm import tqdm
 from synthmed import __version__
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.dicom import write_dicom
-from synthmed.augment.export import atomic_output_dir, write_files
+from synthmed.augment.export import write_files
 from synthmed.augment.intensity import (
     foreground_mask,
     masked_to_model_space,
@@ -47,6 +50,7 @@ from synthmed.augment.pictures import SUFFIXES as PICTURE_SUFFIXES
 from synthmed.augment.readers import read_images
 from synthmed.errors import InputError
 from synthmed.gan.run import LoadedRun
+from synthmed.io import atomic_output_dir
 
 DIRECTIONS = ("a2b", "b2a")
 FORMATS = ("nifti", "dicom", "png")
@@ -60,11 +64,14 @@ class TranslateConfig:
         direction: ``a2b`` or ``b2a``.
         format: output format, ``nifti``, ``dicom`` or ``png``; ``None``: the input's own.
         batch_size: slices per forward pass.
+        keep_source_names: name the outputs after the inputs and list the inputs' paths in
+            the manifest (both may name patients), instead of numbering them.
     """
 
     direction: str = "a2b"
     format: str | None = None
     batch_size: int = 8
+    keep_source_names: bool = False
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -177,32 +184,39 @@ def translate_inputs(
             of pictures.
 
     Raises:
-        InputError: a run that is not a CycleGAN, an input that cannot be read, an output
-            folder that exists (without ``overwrite``).
+        InputError: a run that is not a CycleGAN, an input that cannot be read or is given
+            twice, an output folder that may not be written (:mod:`synthmed.io`).
     """
     if run.config.get("kind") != "cyclegan":
         raise InputError(f"is a {run.config.get('kind')!r} run: translate needs a cyclegan run",
                          run.path)
     paths = [Path(p) for p in inputs]
+    seen: dict[Path, Path] = {}
     for path in paths:
         if not path.exists():
             raise InputError("no such file or folder", path)
-    names = _output_names(paths)
+        if path.resolve() in seen:
+            raise InputError(f"is given twice (also as {seen[path.resolve()]}): each input "
+                             "once", path)
+        seen[path.resolve()] = path
+    names = _output_names(paths) if config.keep_source_names else _numbered_names(paths)
     rows: list[dict[str, Any]] = []
     bar = tqdm(paths, unit="input", disable=True if not progress else None, dynamic_ncols=True)
-    with atomic_output_dir(out, overwrite) as work:
-        for path, name in zip(bar, names, strict=True):
-            bar.set_postfix_str(path.name)
-            rows.extend(_translate_one(run, path, work, name, config))
+    with atomic_output_dir(out, overwrite, (run.path, *paths), "translation") as work:
+        for number, (path, name) in enumerate(zip(bar, names, strict=True), 1):
+            bar.set_postfix_str(f"input {number}")
+            source = str(path) if config.keep_source_names else str(number)
+            rows.extend(_translate_one(run, path, work, name, source, config))
         record = _provenance(run, config, rows)
         (work / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
         _write_manifest(work / "manifest.csv", rows)
     return record
 
 
-def _translate_one(run: LoadedRun, path: Path, work: Path, name: str,
+def _translate_one(run: LoadedRun, path: Path, work: Path, name: str, source: str,
                    config: TranslateConfig) -> list[dict[str, Any]]:
-    """Translate one input into ``work``; return its manifest rows."""
+    """Translate one input into ``work`` as ``name``; return its manifest rows, naming the
+    input as ``source``."""
     kind = _input_kind(path)
     if kind == "nifti" and config.format in (None, "nifti"):
         image = _load_nifti(path)
@@ -211,11 +225,14 @@ def _translate_one(run: LoadedRun, path: Path, work: Path, name: str,
         header = image.header.copy()
         header.set_data_dtype(np.float32)
         header.set_slope_inter(1.0, 0.0)
-        output = work / name
+        output = work / (name if name.endswith(NIFTI_SUFFIXES) else f"{name}.nii.gz")
         output.parent.mkdir(parents=True, exist_ok=True)
         nib.save(nib.Nifti1Image(volume, image.affine, header), output)
-        return [_row(path, name, kind, slices, config)]
+        return [_row(source, output.relative_to(work).as_posix(), kind, slices, config)]
     imageset = _read_slices(run, path, kind)
+    if imageset.channels != run.model.config.channels:
+        raise InputError(f"has {imageset.channels} channel(s) but the translator takes "
+                         f"{run.model.config.channels}: convert it first", path)
     translated = translate_images(run, imageset.images, config.direction, config.batch_size)
     target = target_domain(run, config.direction)
     result = replace(imageset, images=translated,
@@ -224,7 +241,7 @@ def _translate_one(run: LoadedRun, path: Path, work: Path, name: str,
                      unit=target["intensity"]["unit"], modality=target["intensity"]["modality"],
                      synthetic=np.ones(len(imageset), bool))
     format_ = config.format or ("png" if kind == "picture" else kind)
-    files = _slice_names(imageset, path, name, format_, kind)
+    files = _slice_names(imageset, path, name, format_, kind, config.keep_source_names)
     if format_ == "dicom":
         write_dicom(result, work, files,
                     series_description=f"synthmed {config.direction} translation",
@@ -232,8 +249,9 @@ def _translate_one(run: LoadedRun, path: Path, work: Path, name: str,
     else:
         bit_depth = 16 if max(target.get("bit_depths") or [8]) > 8 else 8
         write_files(result, work, format_, files, bit_depth=bit_depth)
-    return [_row(path, file, kind, 1, config, source=source)
-            for file, source in zip(files, imageset.sources, strict=True)]
+    sources = imageset.sources if config.keep_source_names else [source] * len(files)
+    return [_row(input_, file, kind, 1, config)
+            for file, input_ in zip(files, sources, strict=True)]
 
 
 def _input_kind(path: Path) -> str:
@@ -272,15 +290,35 @@ def _mixed(sets: list[ImageSet]) -> ImageSet:
                      "each size in its own call", sets[0].sources[0])
 
 
-def _slice_names(imageset: ImageSet, path: Path, name: str, format_: str, kind: str) -> list[str]:
-    """A picture keeps its name (and relative folder); a series numbers its slices."""
+def _slice_names(imageset: ImageSet, path: Path, name: str, format_: str, kind: str,
+                 keep_source_names: bool) -> list[str]:
+    """A picture file is ``name``; a picture keeps its own name (and relative folder) with
+    ``keep_source_names``; a series and a numbered folder number their slices."""
     suffix = {"png": ".png", "dicom": ".dcm", "nifti": ".nii.gz"}[format_]
-    if kind == "picture":
+    if kind == "picture" and not path.is_dir() and not keep_source_names:
+        return [Path(name).with_suffix(suffix).as_posix()]
+    if kind == "picture" and keep_source_names:
         root = path if path.is_dir() else path.parent
         base = Path(name) if path.is_dir() else Path(name).parent
         return [(base / Path(source).relative_to(root)).with_suffix(suffix).as_posix()
                 for source in imageset.sources]
     return [f"{name}/{k + 1:05d}{suffix}" for k in range(len(imageset))]
+
+
+def _numbered_names(paths: list[Path]) -> list[str]:
+    """Each input's output name by its position: ``volume_0001`` (NIfTI; ``.nii.gz`` added),
+    ``image_0002.png`` (a picture), ``images_0003`` (a folder of pictures), ``series_0004``
+    (DICOM)."""
+    names = []
+    for number, path in enumerate(paths, 1):
+        kind = _input_kind(path)
+        if kind == "nifti":
+            names.append(f"volume_{number:04d}")
+        elif kind == "picture":
+            names.append(f"images_{number:04d}" if path.is_dir() else f"image_{number:04d}.png")
+        else:
+            names.append(f"series_{number:04d}")
+    return names
 
 
 def _output_names(paths: list[Path]) -> list[str]:
@@ -293,9 +331,9 @@ def _output_names(paths: list[Path]) -> list[str]:
     return [p.relative_to(common).as_posix() for p in resolved]
 
 
-def _row(path: Path, output: str, kind: str, slices: int, config: TranslateConfig,
-         source: str | None = None) -> dict[str, Any]:
-    return {"input": source or str(path), "output": output, "kind": kind, "slices": slices,
+def _row(source: str, output: str, kind: str, slices: int, config: TranslateConfig
+         ) -> dict[str, Any]:
+    return {"input": source, "output": output, "kind": kind, "slices": slices,
             "direction": config.direction}
 
 

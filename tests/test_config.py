@@ -1,0 +1,350 @@
+"""Configuration values no one else checks: the type of every field of a ``--config`` YAML or a
+run's ``config.yaml``, the ranges of each dataclass, a run's ``training_data.json`` and its
+weights. Each bad value is one ``InputError`` naming the file, the field and what it takes."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from synthmed.augment.items import ReadConfig
+from synthmed.augment.phantom import PhantomConfig, make_phantom
+from synthmed.errors import InputError
+from synthmed.gan import checkpoint
+from synthmed.gan.config import (
+    MAX_NZ,
+    CycleGANConfig,
+    DCGANConfig,
+    DPConfig,
+    RunConfig,
+    TrainConfig,
+    from_dict,
+    to_dict,
+    with_overrides,
+)
+from synthmed.gan.run import (
+    build_model,
+    load_run,
+    read_run_config,
+    resolve_cyclegan_config,
+    resolve_dcgan_config,
+    run_config,
+)
+from synthmed.gan.trainer import fit
+from synthmed.limits import MAX_SEED, MAX_WIDTH
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# -- from_dict: types ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"width": "abc"}, "model: width must be a whole number, got 'abc'"),
+    ({"width": True}, "model: width must be a whole number, got true"),  # bool is not an int
+    ({"width": 2.5}, "model: width must be a whole number, got 2.5"),
+    ({"width": None}, "model: width must be a whole number, got null"),
+    ({"ema_decay": "abc"}, "model: ema_decay must be a finite number, got 'abc'"),
+    ({"lr_g": math.nan}, "model: lr_g must be a finite number, got nan"),
+    ({"lr_g": math.inf}, "model: lr_g must be a finite number, got inf"),
+    ({"spectral_norm": 1}, "model: spectral_norm must be true or false, got 1"),
+    ({"loss": 3}, "model: loss must be a string, got 3"),
+    ({"betas": [5, 7, 9]}, "model: betas must be a list of 2 finite numbers, got [5, 7, 9]"),
+    ({"betas": 0.5}, "model: betas must be a list of 2 finite numbers, got 0.5"),
+    ({"betas": [0.5, "x"]}, "model: betas[1] must be a finite number, got 'x'"),
+    ({"diffaugment": "color"}, "model: diffaugment must be a list of strings, got 'color'"),
+    ({"diffaugment": [1]}, "model: diffaugment[0] must be a string, got 1"),
+])
+def test_from_dict_checks_each_value_against_its_annotation(values, message):
+    with pytest.raises(InputError) as error:
+        from_dict(DCGANConfig, values, "cfg.yaml")
+    assert str(error.value) == f"cfg.yaml: {message}"
+    assert error.value.path == "cfg.yaml"
+
+
+@pytest.mark.parametrize("values", [None, 5, [1, 2, 3], "width: 3"])
+def test_a_section_that_is_not_a_mapping_is_an_error(values):
+    with pytest.raises(InputError, match=r"^cfg.yaml: train: must be a mapping of settings"):
+        from_dict(TrainConfig, values, "cfg.yaml")
+
+
+def test_from_dict_converts_what_yaml_and_json_give():
+    model = from_dict(DCGANConfig, {"lr_g": 1, "betas": [0, 0.9], "diffaugment": ["color"],
+                                    "width": 8.0}, "cfg.yaml")
+    assert model.lr_g == 1.0 and type(model.lr_g) is float  # an int is fine for a float
+    assert model.betas == (0.0, 0.9) and model.diffaugment == ("color",)  # lists -> tuples
+    assert model.width == 8 and type(model.width) is int  # a whole float is fine for an int
+    # PyYAML (YAML 1.1) reads an exponent without a dot as a string: taken as the number
+    values = yaml.safe_load("lr_g: 2e-4\nlr_d: 1.0e-3\nnz: 1e2\n")
+    assert values["lr_g"] == "2e-4"
+    model = from_dict(DCGANConfig, values)
+    assert (model.lr_g, model.lr_d, model.nz) == (2e-4, 1e-3, 100)
+    # ... but other strings are not numbers
+    with pytest.raises(InputError, match="nz must be a whole number, got '100'"):
+        from_dict(DCGANConfig, {"nz": "100"})
+
+
+def test_optional_literal_and_nested_fields():
+    assert from_dict(TrainConfig, {"lr_decay_start": None}).lr_decay_start is None
+    with pytest.raises(InputError, match="lr_decay_start must be a whole number or null, got 'x'"):
+        from_dict(TrainConfig, {"lr_decay_start": "x"})
+    assert from_dict(DPConfig, {"epsilon": 2, "delta": None}).epsilon == 2.0
+    with pytest.raises(InputError, match="cfg: privacy: missing setting.s. epsilon"):
+        from_dict(DPConfig, {}, "cfg")
+    with pytest.raises(InputError, match="size must be a whole number or null, got 'abc'"):
+        from_dict(ReadConfig, {"size": "abc"}, "--train-read")
+    with pytest.raises(InputError, match="resize_mode must be one of resize, pad, fit"):
+        from_dict(ReadConfig, {"resize_mode": "crop"}, "--train-read")
+    run = from_dict(RunConfig, {"model": {"width": 8}, "privacy": {"epsilon": 1}})
+    assert run.model.width == 8 and run.privacy == DPConfig(1.0)
+    with pytest.raises(InputError, match="^f: privacy: epsilon must be a finite number, got 'x'"):
+        from_dict(RunConfig, {"privacy": {"epsilon": "x"}}, "f")
+    with pytest.raises(InputError, match="^f: model: nz must be between 1"):
+        from_dict(RunConfig, {"model": {"nz": 0}}, "f")
+
+
+def test_unknown_settings_are_listed_even_when_keys_are_not_strings():
+    with pytest.raises(InputError, match="model: unknown setting.s. 1, depth; known: "):
+        from_dict(DCGANConfig, {"depth": 3, 1: 2}, "cfg.yaml")
+
+
+# -- ranges (each dataclass's own checks; the file is named when read from one) ---------------
+
+
+@pytest.mark.parametrize("cls, values, message", [
+    (DCGANConfig, {"nz": 0}, f"nz must be between 1 and {MAX_NZ}, got 0"),
+    (DCGANConfig, {"nz": 10**6}, f"nz must be between 1 and {MAX_NZ}"),
+    (DCGANConfig, {"width": -3}, "width must be between 1 and 1024 (wider networks do not "
+                                 "fit in memory), got -3"),
+    (DCGANConfig, {"width": 10**7}, "width must be between 1 and 1024 (wider networks do not "
+                                    "fit in memory), got 10000000"),
+    (DCGANConfig, {"num_classes": -1}, "num_classes must be between 0"),
+    (DCGANConfig, {"lr_g": -1}, "lr_g must be positive, got -1.0"),
+    (DCGANConfig, {"lr_d": 0}, "lr_d must be positive, got 0.0"),
+    (DCGANConfig, {"betas": [5, 7]}, "betas must be two numbers in [0, 1), got [5.0, 7.0]"),
+    (DCGANConfig, {"adam_eps": 0}, "adam_eps must be positive"),
+    (DCGANConfig, {"d_norm": "layer"}, "d_norm must be batch or none, got 'layer'"),
+    (DCGANConfig, {"upsample": "bicubic"}, "upsample must be convtranspose or resize"),
+    (TrainConfig, {"epochs": 0}, "epochs must be at least 1, got 0"),
+    (TrainConfig, {"batch_size": -2}, "batch_size must be at least 1, got -2"),
+    (TrainConfig, {"seed": -1}, f"seed must be between 0 and {MAX_SEED}, got -1"),
+    (TrainConfig, {"seed": 2**70}, f"seed must be between 0 and {MAX_SEED}"),
+    (TrainConfig, {"preview": 0}, "preview must be between 1"),
+    (TrainConfig, {"lr_decay_start": -1}, "lr_decay_start must be null (no decay) or at least 0"),
+    (CycleGANConfig, {"ngf": 5000}, f"ngf must be between 1 and {MAX_WIDTH}"),
+    (CycleGANConfig, {"d_layers": 10**9}, "d_layers must be between 1 and 8"),
+    (CycleGANConfig, {"lambda_cycle": math.nan}, "lambda_cycle must be a finite number"),
+    (CycleGANConfig, {"lr": math.inf}, "lr must be a finite number, got inf"),
+])
+def test_ranges_are_checked_and_name_the_file(cls, values, message):
+    with pytest.raises(InputError) as error:
+        from_dict(cls, values, "cfg.yaml")
+    assert message in str(error.value) and str(error.value).startswith("cfg.yaml: ")
+    with pytest.raises(InputError, match="^" + message.split(" must")[0]):  # no file: no path
+        cls(**values)
+
+
+def test_options_overriding_a_config_are_checked_too():
+    with pytest.raises(InputError, match="lr_g must be a finite number, got nan"):
+        with_overrides(DCGANConfig(), lr_g=math.nan)
+    with pytest.raises(InputError, match="lr_g must be positive"):
+        with_overrides(DCGANConfig(), lr_g=-1.0)
+    with pytest.raises(InputError, match="seed must be between 0 and 4294967295"):
+        with_overrides(TrainConfig(), seed=2**32)
+    assert with_overrides(TrainConfig(), seed=MAX_SEED).seed == MAX_SEED
+
+
+# -- --config YAML files (train dcgan / train cyclegan) -----------------------------------------
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model: null\n", "model: must be a mapping of settings (name: value), got null"),
+    ("model: 5\n", "model: must be a mapping of settings (name: value), got 5"),
+    ("model: [1, 2, 3]\n", "model: must be a mapping of settings (name: value), got [1, 2, 3]"),
+    ("train: abc\n", "train: must be a mapping of settings (name: value), got 'abc'"),
+    ("model:\n  width: -3\n", "model: width must be between 1 and 1024"),
+    ("model:\n  width: abc\n", "model: width must be a whole number, got 'abc'"),
+    ("model:\n  width: 1e7\n", "model: width must be between 1 and 1024 (wider networks do not "
+                               "fit in memory), got 10000000"),
+    ("model:\n  ema_decay: abc\n", "model: ema_decay must be a finite number, got 'abc'"),
+    ("model:\n  betas: [5, 7, 9]\n", "model: betas must be a list of 2 finite numbers"),
+    ("model:\n  nz: 0\n", "model: nz must be between 1 and 4096, got 0"),
+    ("model:\n  lr_g: .nan\n", "model: lr_g must be a finite number, got nan"),
+    ("train:\n  epochs: abc\n", "train: epochs must be a whole number, got 'abc'"),
+    ("train:\n  seed: -1\n", "train: seed must be between 0 and 4294967295, got -1"),
+    ("modle:\n  width: 8\n", "unknown section(s) modle; a config file holds model: and train:"),
+])
+def test_bad_dcgan_config_files(tmp_path, text, message):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError) as error:
+        resolve_dcgan_config("dcgan", path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model: null\n", "model: must be a mapping of settings"),
+    ("model:\n  ngf: abc\n", "model: ngf must be a whole number, got 'abc'"),
+    ("model:\n  lambda_cycle: -1\n", "must not be negative"),
+    ("model:\n  betas: [5, 7, 9]\n", "model: betas must be a list of 2 finite numbers"),
+    ("train:\n  epochs: abc\n", "train: epochs must be a whole number, got 'abc'"),
+])
+def test_bad_cyclegan_config_files(tmp_path, text, message):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match="^" + str(path) + ": .*" + _escape(message)):
+        resolve_cyclegan_config(path)
+
+
+def test_a_runs_own_config_yaml_is_a_fine_config_file(trained):
+    model, train = resolve_dcgan_config("dcgan", trained / "config.yaml")
+    assert model.width == 4 and model.num_classes == 2 and train.epochs == 1
+
+
+def _escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+# -- a run's own files: config.yaml, training_data.json, weights ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run trained by the current code: a conditional DCGAN with EMA, one epoch."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    data = make_phantom(PhantomConfig(n=16, size=28))[0]
+    model = DCGANConfig(size=28, width=4, num_classes=2, ema_decay=0.5)
+    train = TrainConfig(epochs=1, batch_size=8, preview=4)
+    config = {**run_config("dcgan", model, train),
+              "data": {"source": "phantom:n=16,size=28", "split": "train",
+                       "read": to_dict(ReadConfig(size=28))}}
+    fit(build_model(config), data, train, run, run_config=config, progress=False)
+    return run
+
+
+@pytest.fixture
+def copied(tmp_path, trained):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    return run
+
+
+def test_a_run_trained_by_the_current_code_loads(trained):
+    loaded = load_run(trained)
+    assert loaded.class_names == ["no lesion", "lesion"] and loaded.epoch == 1
+    assert loaded.config["model"] == yaml.safe_load((trained / "config.yaml").read_text())["model"]
+    assert read_run_config(trained, kind="dcgan")["train"]["epochs"] == 1
+    assert torch.isfinite(loaded.sample(2, torch.tensor([0, 1]))).all()
+
+
+def edit_config(run, section: str | None, key: str, value) -> None:
+    path = run / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    (config[section] if section else config)[key] = value
+    path.write_text(yaml.safe_dump(config))
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    (None, "model", None, "model: must be a mapping of settings (name: value), got null"),
+    (None, "model", 5, "model: must be a mapping of settings (name: value), got 5"),
+    (None, "train", [1, 2, 3], "train: must be a mapping of settings (name: value), got [1, 2, 3]"),
+    ("model", "width", "abc", "model: width must be a whole number, got 'abc'"),
+    ("model", "width", -3, "model: width must be between 1 and 1024"),
+    ("model", "nz", 0, "model: nz must be between 1 and 4096, got 0"),
+    ("model", "ema_decay", "abc", "model: ema_decay must be a finite number, got 'abc'"),
+    ("model", "betas", [5, 7, 9], "model: betas must be a list of 2 finite numbers"),
+    ("model", "lr_g", float("nan"), "model: lr_g must be a finite number, got nan"),
+    ("train", "epochs", "abc", "train: epochs must be a whole number, got 'abc'"),
+    ("train", "seed", -1, "train: seed must be between 0 and 4294967295, got -1"),
+    (None, "privacy", {"epsilon": "x"}, "privacy: epsilon must be a finite number, got 'x'"),
+    (None, "data", "x", "data: must be a mapping"),
+    ("data", "split", "tset", "data: split must be one of train, all, got 'tset'"),
+    ("data", "read", {"slice_axis": "abc"}, "data: read: slice_axis must be a whole number"),
+])
+def test_a_corrupt_run_config_fails_at_load_with_file_and_field(copied, section, key, value,
+                                                                message):
+    edit_config(copied, section, key, value)
+    with pytest.raises(InputError) as error:
+        load_run(copied)
+    assert str(error.value).startswith(f"{copied / 'config.yaml'}: "), str(error.value)
+    assert message in str(error.value)
+    with pytest.raises(InputError, match=_escape(message)):
+        read_run_config(copied)
+
+
+def test_a_run_config_without_a_section(copied):
+    path = copied / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    del config["train"]
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(InputError, match="config.yaml: has no train: section"):
+        load_run(copied)
+
+
+def test_a_run_of_the_other_kind_says_what_it_is_for(copied):
+    with pytest.raises(InputError, match="is a 'dcgan' run, not 'cyclegan': a DCGAN generates "
+                                         "images: use it with synthmed generate"):
+        load_run(copied, kind="cyclegan")
+    edit_config(copied, None, "kind", "cyclegan")
+    with pytest.raises(InputError, match="is a 'cyclegan' run, not 'dcgan': a CycleGAN "
+                                         "translates images: use it with synthmed translate"):
+        read_run_config(copied, kind="dcgan")
+
+
+def edit_record(run, change) -> None:
+    path = run / "training_data.json"
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))  # allow_nan: writes NaN / Infinity as Python does
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.update(class_names=["no lesion"]),
+     "class_names lists 1 class name(s) but the model has 2 classes"),
+    (lambda r: r.pop("class_names"), "class_names lists no class name(s) but the model has 2"),
+    (lambda r: r.update(class_names=["a", 3]), "class_names must be a list of strings"),
+    (lambda r: r["intensity"].update(low=math.nan), "intensity.low must be a finite number, got nan"),
+    (lambda r: r["intensity"].update(high=math.inf), "intensity.high must be a finite number, "
+                                                     "got inf"),
+    (lambda r: r["intensity"].update(high="abc"), "intensity.high must be a finite number, "
+                                                  "got 'abc'"),
+    (lambda r: r["intensity"].update(low=None), "intensity.low must be a finite number, got null"),
+    (lambda r: r.update(intensity=[0, 1]), "intensity must be a mapping"),
+    (lambda r: r["class_counts"].update(lesion="many"), "class_counts.lesion must be a whole "
+                                                        "number >= 0, got 'many'"),
+    (lambda r: r.update(class_counts={}), "class_counts must count images of the classes"),
+    (lambda r: r.update(images="abc"), "images must be a whole number >= 0, got 'abc'"),
+    (lambda r: r.update(image_hashes="abc"), "image_hashes must be a list of strings"),
+    (lambda r: r.update(bit_depths=["8"]), "bit_depths[0] must be a whole number >= 0"),
+    (lambda r: r.update(differential_privacy={"epsilon": "x", "delta": 1e-5}),
+     "differential_privacy.epsilon must be a finite number, got 'x'"),
+])
+def test_a_bad_training_data_record_fails_at_load(copied, change, message):
+    edit_record(copied, change)
+    with pytest.raises(InputError) as error:
+        load_run(copied)
+    assert str(error.value).startswith(f"{copied / 'training_data.json'}: "), str(error.value)
+    assert message in str(error.value)
+
+
+def test_weights_holding_nan_or_inf_are_refused(copied):
+    tensors = load_file(copied / "model.safetensors")
+    name = next(k for k in sorted(tensors) if k.startswith("generator") and "weight" in k)
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = math.nan
+    checkpoint.save_weights(copied, tensors, "dcgan", 1)  # a valid checksum: only NaN is wrong
+    with pytest.raises(InputError, match=f"model.safetensors: weights hold NaN or infinite "
+                                         f"values \\({_escape(name)}\\)"):
+        load_run(copied)
+    tensors[name].view(-1)[0] = math.inf
+    checkpoint.save_weights(copied, tensors, "dcgan", 1)
+    with pytest.raises(InputError, match="weights hold NaN or infinite values"):
+        load_run(copied)

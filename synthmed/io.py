@@ -128,7 +128,10 @@ def output_lock(out: Path) -> Iterator[None]:
     out = Path(out)
     lock_path = out.parent / f".{out.name}.lock"
     while True:
-        handle = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            handle = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise InputError(f"cannot be written ({error.strerror})", out) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -222,6 +225,7 @@ def atomic_output_dir(out: Path, overwrite: bool = False,
             raise InputError(f"cannot write here ({error.strerror})", out.parent) from None
         try:
             yield work
+            work.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 is for secrets, not results
             mark_output(work, kind)
             check_replaceable(out, overwrite)  # nothing new appeared there meanwhile
             replace_folder(work, out)
@@ -243,6 +247,13 @@ def _remove_killed_work_dirs(out: Path) -> None:
         pid = work.name[len(prefix):].split("-")[0]
         if pid.isdigit() and not _is_running(int(pid)):
             shutil.rmtree(work, ignore_errors=True)
+
+
+def current_umask() -> int:
+    """The process's umask (read without changing it for good)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _is_running(pid: int) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import pytest
@@ -208,8 +209,6 @@ def test_a_runs_own_config_yaml_is_a_fine_config_file(trained):
 
 
 def _escape(text: str) -> str:
-    import re
-
     return re.escape(text)
 
 
@@ -311,7 +310,8 @@ def edit_record(run, change) -> None:
      "class_names lists 1 class name(s) but the model has 2 classes"),
     (lambda r: r.pop("class_names"), "class_names lists no class name(s) but the model has 2"),
     (lambda r: r.update(class_names=["a", 3]), "class_names must be a list of strings"),
-    (lambda r: r["intensity"].update(low=math.nan), "intensity.low must be a finite number, got nan"),
+    (lambda r: r["intensity"].update(low=math.nan),
+     "intensity.low must be a finite number, got nan"),
     (lambda r: r["intensity"].update(high=math.inf), "intensity.high must be a finite number, "
                                                      "got inf"),
     (lambda r: r["intensity"].update(high="abc"), "intensity.high must be a finite number, "
@@ -348,3 +348,17 @@ def test_weights_holding_nan_or_inf_are_refused(copied):
     checkpoint.save_weights(copied, tensors, "dcgan", 1)
     with pytest.raises(InputError, match="weights hold NaN or infinite values"):
         load_run(copied)
+
+
+def test_evaluation_configs_refuse_nan_inf_and_out_of_range_seeds():
+    from synthmed.eval.privacy import PrivacyConfig
+    from synthmed.eval.utility import UtilityConfig
+
+    with pytest.raises(InputError, match=f"seed must be between 0 and {MAX_SEED}, got -1"):
+        PrivacyConfig(seed=-1)
+    with pytest.raises(InputError, match="percentile must be a finite number, got nan"):
+        PrivacyConfig(percentile=math.nan)
+    with pytest.raises(InputError, match="ratios must be positive finite numbers"):
+        UtilityConfig(ratios=(math.inf,))
+    with pytest.raises(InputError, match="fractions must be in"):
+        UtilityConfig(fractions=(math.nan,))

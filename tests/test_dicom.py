@@ -3,6 +3,8 @@ synthetic Secondary Capture writer."""
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -10,19 +12,23 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.datadict import dictionary_description, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
+from pydicom.tag import Tag
 from pydicom.uid import UID, JPEGLSLossless, SecondaryCaptureImageStorage, generate_uid
 
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.dicom import has_dicom_magic, read_dicom, write_dicom
 from synthmed.augment.intensity import percentile_range
 from synthmed.augment.items import ReadConfig, assemble
+from synthmed.augment.readers import read_images
 from synthmed.errors import InputError
 from tests.conftest import real_file
 
 CT = Path(get_testdata_file("CT_small.dcm"))
 MR = Path(get_testdata_file("MR_small.dcm"))
+PADDED = get_testdata_file("MR_small_padded.dcm", download=False)  # pydicom warns on it
 MR_VARIANTS = ["RLE", "jpeg_ls_lossless", "jp2klossless", "bigendian", "expb", "implicit",
                "padded"]
 
@@ -74,7 +80,6 @@ def test_ct_uses_the_files_first_window_else_percentiles(tmp_path):
     assert (s.intensity_low[0], s.intensity_high[0]) == (0.0, 80.0)
 
 
-@pytest.mark.filterwarnings("ignore:The pixel data is .* excess padding")
 @pytest.mark.parametrize("variant", MR_VARIANTS)
 def test_mr_small_variants_decode_to_the_same_pixels(variant):
     path = get_testdata_file(f"MR_small_{variant}.dcm", download=False)
@@ -204,12 +209,19 @@ def _float_nan(path: Path) -> None:
     save(ds, path)
 
 
+def _rescale_slope_0(path: Path) -> None:
+    ds = dataset()
+    ds.RescaleSlope, ds.RescaleIntercept = 0, 100
+    save(ds, path)
+
+
 BAD_FILES = {
     "truncated": (_truncated, "less than expected"),
     "random": (_random_bytes, "not a DICOM file"),
     "no_pixels": (_without_pixels, "no pixel data"),
     "bits_allocated": (_bits_allocated_12, "Bits Allocated"),
     "nan": (_float_nan, "NaN"),
+    "slope_0": (_rescale_slope_0, "RescaleSlope is 0: every pixel maps to the intercept"),
 }
 
 
@@ -239,6 +251,48 @@ def test_skip_bad_skips_and_lists_bad_files(tmp_path):
     assert skipped == set(BAD_FILES)
     with pytest.raises(InputError):
         read_images(folder)
+
+
+def test_a_set_of_only_constant_images_is_refused_one_among_others_kept(tmp_path):
+    for name, value in (("a", 0), ("b", 500)):
+        ds = dataset()
+        ds.PixelData = np.full(ds.pixel_array.shape, value, np.uint16).tobytes()
+        ds.SOPInstanceUID = generate_uid()
+        save(ds, tmp_path / "scans" / f"{name}.dcm")
+    with pytest.raises(InputError, match="all 2 images are constant") as error:
+        read_images(tmp_path / "scans")
+    assert str(error.value).startswith(f"{tmp_path / 'scans'}: ")
+    (tmp_path / "scans" / "c.dcm").write_bytes(MR.read_bytes())
+    assert len(read_images(tmp_path / "scans")) == 3
+
+
+def test_pydicom_warnings_are_logged_naming_the_file_not_shown(tmp_path, caplog, capsys):
+    from synthmed.errors import show_warnings
+
+    if PADDED is None:
+        pytest.skip("MR_small_padded.dcm is not shipped with this pydicom")
+    padded = Path(PADDED)
+    broken = dataset(padded)
+    broken.RescaleSlope = 0
+    broken_path = save(broken, tmp_path / "broken.dcm")  # warns, then fails
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="synthmed"):
+        warnings.simplefilter("error")  # a warning that escaped would fail the read
+        read([padded])
+        with pytest.raises(InputError, match="RescaleSlope is 0"):
+            read([broken_path])
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("synthmed")]
+    assert len(logged) == 2 and all("excess padding" in message for message in logged)
+    assert logged[0].startswith(f"{padded}: ") and logged[1].startswith(f"{broken_path}: ")
+    assert capsys.readouterr().err == ""
+    show_warnings(True)  # what the CLI's --verbose does
+    try:
+        read([padded])
+    finally:
+        show_warnings(False)
+    shown = capsys.readouterr().err
+    assert shown.startswith(f"warning: {padded}: ") and shown.count("\n") == 1
+    read([padded])
+    assert capsys.readouterr().err == ""
 
 
 # -- series and groups --------------------------------------------------------------------
@@ -306,6 +360,67 @@ def test_write_secondary_capture_round_trip(tmp_path):
     write_dicom(s, tmp_path / "again", names)
     again = pydicom.dcmread(tmp_path / "again" / names[0])
     assert again.StudyInstanceUID not in next(iter(uids)) and again.SOPInstanceUID not in instances
+
+
+# Secondary Capture Image IOD (DICOM PS3.3 A.8.1): per module, its usage (M mandatory, U user
+# option: required complete once any attribute of it is written), and the Type 1 and Type 2
+# attributes it requires of our files (the 1C / 2C ones whose condition holds, or which we
+# write anyway). Type 1 must hold a value, Type 2 may be empty. Modules of Type 3 attributes
+# only (Patient Study, SC Image) need nothing. The multi-frame SC IODs would add the
+# Multi-frame and SC Multi-frame Image modules; we write single-frame SC Image Storage.
+SC_IMAGE_MODULES = {
+    "Patient C.7.1.1": ("M", [], ["PatientName", "PatientID", "PatientBirthDate",
+                                  "PatientSex"]),
+    "General Study C.7.2.1": ("M", ["StudyInstanceUID"],
+                              ["StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+                               "AccessionNumber"]),
+    "General Series C.7.3.1": ("M", ["Modality", "SeriesInstanceUID"],
+                               ["SeriesNumber", "Laterality"]),  # Laterality: 2C
+    "General Equipment C.7.5.1": ("U", [], ["Manufacturer"]),
+    "SC Equipment C.8.6.1": ("M", ["ConversionType"], []),
+    "General Image C.7.6.1": ("M", [], ["InstanceNumber", "PatientOrientation"]),  # 2, 2C
+    "Image Pixel C.7.6.3": ("M", ["SamplesPerPixel", "PhotometricInterpretation", "Rows",
+                                  "Columns", "BitsAllocated", "BitsStored", "HighBit",
+                                  "PixelRepresentation", "PixelData"], []),  # PixelData: 1C
+    "Modality LUT C.11.1": ("U", ["RescaleIntercept", "RescaleSlope", "RescaleType"], []),
+    "VOI LUT C.11.2": ("U", ["WindowCenter", "WindowWidth"], []),  # 1C: no VOI LUT Sequence
+    "SOP Common C.12.1": ("M", ["SOPClassUID", "SOPInstanceUID", "SpecificCharacterSet"], []),
+}
+
+
+def missing_attributes(ds: Dataset) -> list[str]:
+    """Each Type 1 / 2 attribute of :data:`SC_IMAGE_MODULES` that ``ds`` lacks (or, Type 1,
+    leaves empty), as ``module: Type N Keyword (gggg,eeee) Description``."""
+    problems = []
+    for module, (usage, type1, type2) in SC_IMAGE_MODULES.items():
+        if usage == "U" and not any(keyword in ds for keyword in type1 + type2):
+            continue
+        for kind, keywords in (("1", type1), ("2", type2)):
+            for keyword in keywords:
+                if keyword not in ds or (kind == "1" and ds[keyword].is_empty):
+                    tag = Tag(tag_for_keyword(keyword))
+                    problems.append(f"{module}: Type {kind} {keyword} {tag} "
+                                    f"{dictionary_description(tag)}")
+    return problems
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_written_files_hold_every_type_1_and_2_attribute_of_their_modules(tmp_path, channels):
+    assert all(tag_for_keyword(k) for _, t1, t2 in SC_IMAGE_MODULES.values() for k in t1 + t2)
+    s = ct_set() if channels == 1 else ImageSet.from_arrays(
+        np.random.default_rng(0).uniform(-1, 1, (2, 3, 8, 8)), intensity_range=(0.0, 255.0))
+    write_dicom(s, tmp_path, ["0.dcm", "1.dcm"])
+    for name in ("0.dcm", "1.dcm"):
+        ds = pydicom.dcmread(tmp_path / name)
+        assert ds.SOPClassUID == SecondaryCaptureImageStorage and "NumberOfFrames" not in ds
+        assert missing_attributes(ds) == []
+        assert ("RescaleSlope" in ds) == ("WindowCenter" in ds) == (channels == 1)
+        if channels == 3:  # Image Pixel: Type 1C when Samples per Pixel > 1
+            assert ds.PlanarConfiguration == 0
+    del ds.Laterality, ds.StudyInstanceUID
+    assert missing_attributes(ds) == [
+        "General Study C.7.2.1: Type 1 StudyInstanceUID (0020,000D) Study Instance UID",
+        "General Series C.7.3.1: Type 2 Laterality (0020,0060) Laterality"]
 
 
 def test_write_mr_and_inverted_mapping_keep_original_values(tmp_path):

@@ -80,6 +80,27 @@ def test_npz_export_is_medmnist_layout(tmp_path):
     assert back.class_names == s.class_names and list(back.splits) == list(s.splits)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_16bit_npz_holds_uint16_original_units_and_reads_back(tmp_path, channels):
+    s = labelled_set(channels=channels)
+    export_imageset(s, tmp_path / "out", "npz", bit_depth=16)
+    original = np.rint(s.to_original_units())  # (N, C, H, W) in 0 .. 4095
+    with np.load(tmp_path / "out" / "images.npz") as archive:
+        stored = archive["train_images"]  # (N, H, W) or (N, H, W, 3), MedMNIST's layout
+    assert stored.dtype == np.uint16 and stored.shape == (4, 12, 12, 3)[:3 if channels == 1 else 4]
+    assert np.array_equal(stored.reshape(4, 12, 12, channels), np.moveaxis(original[:4], 1, -1))
+    back = read_images(tmp_path / "out")
+    assert np.abs(back.images).max() <= 1 and back.unit == "a.u."
+    assert np.allclose(back.to_original_units(), original, atol=1e-3)
+
+
+def test_16bit_npz_refuses_values_outside_16_bits(tmp_path):
+    ct = ImageSet.from_arrays(np.linspace(-1, 1, 16).reshape(1, 1, 4, 4),
+                              intensity_range=(-1000.0, 1000.0), unit="HU")
+    with pytest.raises(InputError, match=r"span -1000\.\.1000 HU, outside 16-bit npz's"):
+        export_imageset(ct, tmp_path / "out", "npz", bit_depth=16)
+
+
 @pytest.mark.parametrize("format_", ["dicom", "nifti"])
 def test_volume_formats_read_back_in_original_units(tmp_path, format_):
     s = labelled_set()

@@ -158,6 +158,8 @@ def write_bad(folder: Path, kind: str) -> Path:
         path = folder / "corrupt.nii.gz"
         path.write_bytes(bytes(raw))
         return path
+    if kind == "constant":
+        return save(folder / "zeros.nii.gz", np.zeros((8, 8, 3), np.float32))
     volume = body((8, 8, 3))
     volume[4, 4, 1] = np.nan
     return save(folder / "nan.nii.gz", volume)
@@ -171,6 +173,7 @@ def write_bad(folder: Path, kind: str) -> Path:
         ("truncated", "truncated or damaged"),
         ("bad gzip data", "truncated or damaged"),
         ("nan", "1 pixel"),
+        ("constant", "every voxel is 0: a constant image teaches nothing"),
     ],
 )
 def test_bad_files_raise_input_errors_naming_the_file(tmp_path, kind, problem):
@@ -182,7 +185,7 @@ def test_bad_files_raise_input_errors_naming_the_file(tmp_path, kind, problem):
 
 def test_skip_bad_reads_the_good_volumes_and_lists_the_bad(tmp_path):
     save(tmp_path / "good.nii.gz", body((8, 8, 3)))
-    bad = [write_bad(tmp_path / "bad", kind) for kind in ("4d", "random", "nan")]
+    bad = [write_bad(tmp_path / "bad", kind) for kind in ("4d", "random", "nan", "constant")]
     with pytest.raises(InputError, match="bad/"):
         read_images(tmp_path)
     s = read_images(tmp_path, ReadConfig(skip_bad=True))

@@ -3,6 +3,9 @@ resize / channels, and bad input."""
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -60,6 +63,76 @@ def test_16bit_pictures_keep_relative_intensities(tmp_path):
     assert np.allclose(by_name["low.png"], low, atol=0.5)
     assert np.allclose(by_name["high.png"], high, atol=0.5)
     assert s.intensity_low[0] == 1000 and s.intensity_high[0] == 5000
+
+
+def write_png16(path, samples: np.ndarray) -> None:
+    """A 16-bit PNG of ``samples`` ``(H, W, C)`` (C = 2: gray + alpha, 3: RGB, 4: RGBA), which
+    Pillow cannot write; row ``y`` uses PNG filter ``y % 5``, so every filter is undone."""
+    height, width, channels = samples.shape
+    step = 2 * channels  # bytes per pixel
+    data = samples.astype(">u2").reshape(height, -1).view(np.uint8).astype(np.int32)
+    rows = []
+    for y, raw in enumerate(data):
+        up = data[y - 1] if y else np.zeros_like(raw)
+        left = np.concatenate([np.zeros(step, np.int32), raw[:-step]])
+        up_left = np.concatenate([np.zeros(step, np.int32), up[:-step]])
+        guess = left + up - up_left
+        paeth = np.where((abs(guess - left) <= abs(guess - up))
+                         & (abs(guess - left) <= abs(guess - up_left)), left,
+                         np.where(abs(guess - up) <= abs(guess - up_left), up, up_left))
+        kind = y % 5  # none, sub, up, average, paeth
+        predicted = [0 * raw, left, up, (left + up) // 2, paeth][kind]
+        rows.append(bytes([kind]) + ((raw - predicted) % 256).astype(np.uint8).tobytes())
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body))
+
+    color_type = {2: 4, 3: 2, 4: 6}[channels]
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_16bit_colour_png_keeps_its_16_bits(tmp_path, channels):
+    samples = np.random.default_rng(channels).integers(0, 65536, (7, 9, channels), np.uint16)
+    if channels in (2, 4):
+        samples[..., -1] = 65535  # opaque alpha: dropped
+    write_png16(tmp_path / "deep" / "a.png", samples)
+    s = read_images(tmp_path / "deep")
+    colour = samples[..., :1] if channels == 2 else samples[..., :3]
+    assert s.images.shape == (1, colour.shape[-1], 7, 9)
+    assert s.metadata["bit_depths"] == [16] and s.unit == "a.u."
+    assert (s.intensity_low[0], s.intensity_high[0]) == (colour.min(), colour.max())
+    assert np.allclose(s.to_original_units()[0], np.moveaxis(colour, -1, 0), atol=0.01)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_pictures_with_transparent_pixels_are_refused(tmp_path, bits):
+    rgba = np.random.default_rng(0).integers(0, 2**bits, (6, 6, 4)).astype(f"uint{bits}")
+    rgba[..., 3] = 2**bits - 1
+    rgba[0, :3, 3] = 0  # three transparent pixels
+    path, write = tmp_path / "a.png", write_png16 if bits == 16 else write_png
+    write(path, rgba)
+    with pytest.raises(InputError, match=r"a\.png: 8\.3% of its pixels are transparent"):
+        read_images(path)
+    rgba[0, :3, 3] = 2**bits - 1
+    write(path, rgba)
+    assert np.allclose(read_images(path).to_original_units()[0],
+                       np.moveaxis(rgba[..., :3], -1, 0), atol=0.01)
+
+
+def test_pictures_that_are_all_constant_are_refused(tmp_path):
+    for name, value in (("a", 0), ("b", 200)):
+        write_png(tmp_path / "blank" / f"{name}.png", np.full((8, 8), value, np.uint8))
+    with pytest.raises(InputError, match="blank: all 2 images are constant"):
+        read_images(tmp_path / "blank")
+    with pytest.raises(InputError, match=r"a\.png: the image is constant"):
+        read_images(tmp_path / "blank" / "a.png")
+    write_png(tmp_path / "blank" / "c.png", np.eye(8, dtype=np.uint8))
+    assert len(read_images(tmp_path / "blank")) == 3  # one varying image: the set is kept
 
 
 def test_rgb_with_equal_channels_reads_as_grayscale(tmp_path):

@@ -39,7 +39,9 @@ from synthmed.eval.fidelity import FeatureFn, checked_features
 from synthmed.eval.stats import bootstrap_ci
 from synthmed.eval.utility_report import save_figure
 from synthmed.gan.checkpoint import atomic_write, json_safe
+from synthmed.gan.config import check_fields
 from synthmed.gan.run import LoadedRun
+from synthmed.limits import MAX_SEED
 
 SPACES = {"pixels": "pixel", "features": "feature"}
 # Said beside a feature-space excess when the extractor learnt from the training images.
@@ -70,6 +72,21 @@ class PrivacyConfig:
     pairs: int = 16
     batch_size: int = 64
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # types; NaN and inf refused
+        checks = [
+            (0.0 <= self.percentile <= 100.0,
+             f"percentile must be in [0, 100], got {self.percentile}"),
+            (self.n_boot >= 1, f"n_boot must be at least 1, got {self.n_boot}"),
+            (0.0 < self.confidence < 1.0, f"confidence must be in (0, 1), got {self.confidence}"),
+            (self.pairs >= 0, f"pairs must not be negative, got {self.pairs}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            (0 <= self.seed <= MAX_SEED, f"seed must be between 0 and {MAX_SEED}, got {self.seed}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
 
 
 # -- distances ---------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from safetensors.torch import save as save_safetensors
 
 from synthmed import __version__
 from synthmed.errors import InputError
-from synthmed.io import is_run_config
+from synthmed.io import current_umask, is_run_config
 
 FORMAT_VERSION = 1
 CONFIG = "config.yaml"
@@ -60,7 +60,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     path = Path(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 is for secrets, not results
+        os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp's 0600 is for secrets, not results
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
@@ -118,12 +118,6 @@ def remove_temporaries(run_dir: Path) -> None:
 
 def _is_temporary(path: Path) -> bool:
     return path.is_file() and _TEMPORARY.fullmatch(path.name) is not None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:

@@ -97,7 +97,9 @@ def _check_out(out: Path, overwrite: bool, *inputs: str | Path | None) -> None:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--verbose", is_flag=True, help="Show the full traceback when something fails.")
+@click.option("--verbose", is_flag=True,
+              help="Show warnings about input files, and the full traceback when something "
+                   "fails.")
 @click.version_option(__version__, prog_name="synthmed")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
@@ -107,7 +109,10 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     (one sub-folder per class), a MedMNIST .npz, a CSV manifest, a glob pattern, or the
     embedded phantom (`phantom`, `phantom:t2,n=500,size=64`).
     """
+    from synthmed.errors import show_warnings
+
     ctx.ensure_object(dict)["verbose"] = verbose
+    show_warnings(verbose)  # warnings about input files (pydicom's ...) only with --verbose
 
 
 def read_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -209,7 +214,8 @@ def inspect_command(path: str, read_config: Any, preview: Path | None,
 @click.option("--lesion-fraction", type=cli_types.FRACTION, default=0.5,
               show_default=True, help="Share of slices with a lesion (label 1).")
 @click.option("--bit-depth", type=click.Choice(["8", "16"]), default="8", show_default=True,
-              help="PNG bit depth; 16-bit keeps the 12-bit scanner units.")
+              help="PNG and npz bit depth; 16-bit keeps the 12-bit scanner units (npz 16: "
+                   "uint16 original units).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 def phantom_command(out: Path, n: int, size: int, format_: str, contrast: str, seed: int,
                     lesion_fraction: float, bit_depth: str, overwrite: bool) -> None:
@@ -297,6 +303,7 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
     from synthmed.gan.run import (
         build_model,
         fit_model_to_data,
+        read_run_config,
         resolve_dcgan_config,
         resolve_privacy,
         run_config,
@@ -313,11 +320,13 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
         options["diffaugment"] = _names(options["diffaugment"])
     saved_config = _reads_saved_config(out, resume)
     if saved_config:
-        saved = checkpoint.read_config(out)
-        model_config = from_dict(DCGANConfig, saved["model"], str(out))
-        train_config = with_overrides(from_dict(TrainConfig, saved["train"], str(out)),
+        saved = read_run_config(out, kind="dcgan")
+        model_config = from_dict(DCGANConfig, saved["model"], out / checkpoint.CONFIG, "model")
+        train_config = with_overrides(from_dict(TrainConfig, saved["train"],
+                                                out / checkpoint.CONFIG, "train"),
                                       epochs=train_overrides["epochs"])
-        privacy = from_dict(DPConfig, saved["privacy"], str(out)) if "privacy" in saved else None
+        privacy = (from_dict(DPConfig, saved["privacy"], out / checkpoint.CONFIG, "privacy")
+                   if "privacy" in saved else None)
     else:
         model_config, train_config = resolve_dcgan_config(
             preset, config_file, {**options, "size": read_config.size}, train_overrides,
@@ -411,6 +420,7 @@ def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config:
     from synthmed.gan.run import (
         build_model,
         fit_cyclegan_to_data,
+        read_run_config,
         resolve_cyclegan_config,
         run_config,
     )
@@ -424,9 +434,10 @@ def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config:
     saved_config = _reads_saved_config(out, resume)
     held_hashes: set[str] = set()
     if saved_config:
-        saved = checkpoint.read_config(out)
-        model_config = from_dict(CycleGANConfig, saved["model"], str(out))
-        train_config = from_dict(TrainConfig, saved["train"], str(out))
+        saved = read_run_config(out, kind="cyclegan")
+        model_config = from_dict(CycleGANConfig, saved["model"], out / checkpoint.CONFIG,
+                                 "model")
+        train_config = from_dict(TrainConfig, saved["train"], out / checkpoint.CONFIG, "train")
         saved_data = saved.get("data", {})
         held_hashes = set(saved_data.get("val_image_hashes", []))
         # runs written before val_image_hashes recorded the held-out subjects by name
@@ -476,7 +487,8 @@ def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config:
 @click.option("--format", "format_", type=click.Choice(["png", "npz", "dicom", "nifti"]),
               default="png", show_default=True)
 @click.option("--bit-depth", type=click.Choice(["8", "16"]), default=None,
-              help="PNG bit depth; default 16 when the training data was wider than 8 bits.")
+              help="PNG and npz bit depth (npz 16: uint16 original units); PNG default 16 "
+                   "when the training data was wider than 8 bits, npz default 8.")
 @click.option("--privacy-filter", is_flag=True,
               help="Drop images nearer to a training image than --threshold (pixel distance) "
                    "and draw new ones; needs --train.")
@@ -512,7 +524,8 @@ def generate_command(run: Path, out: Path, n: int | None, per_class: str | None,
     config = GenerateConfig(n=n, per_class=_parse_counts(per_class), balance=balance, seed=seed,
                             format=format_, bit_depth=None if bit_depth is None else int(bit_depth),
                             privacy_filter=privacy)
-    record = generate(load_run(run), out, config, overwrite=overwrite, progress=progress)
+    record = generate(load_run(run, kind="dcgan"), out, config, overwrite=overwrite,
+                      progress=progress)
     counts = ", ".join(f"{k} {v}" for k, v in record["class_counts"].items())
     click.echo(f"wrote {record['images']} synthetic image(s) as {format_} to {out}"
                + (f" ({counts})" if counts else ""))

@@ -281,8 +281,15 @@ def resumable_output_dir(out: Path, inputs: Iterable[str | Path | None] = (),
     check_out(out, inputs)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not is_synthmed_output(out):
         raise InputError("holds files synthmed did not write: choose another --out", out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
         if not (out / MARKER).is_file():
             mark_output(out, kind)
-        yield out
+        try:
+            yield out
+        except BaseException:
+            if created and [path.name for path in out.iterdir()] == [MARKER]:
+                (out / MARKER).unlink()  # a command that failed before writing leaves nothing
+                out.rmdir()
+            raise

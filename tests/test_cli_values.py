@@ -221,8 +221,6 @@ def test_resume_refuses_a_corrupt_run_config(copied, section, key, value, messag
     one_line_error(result, message)
 
 
-@pytest.mark.xfail(strict=True, reason="train dcgan --resume reads config.yaml with "
-                                       "checkpoint.read_config: needs gan.run.read_run_config")
 def test_resume_refuses_a_run_config_without_a_section(copied):
     path = copied / "config.yaml"
     config = yaml.safe_load(path.read_text())
@@ -269,8 +267,6 @@ def test_translate_with_a_dcgan_run_says_to_use_generate(dcgan_run, tmp_path):
                            "with synthmed generate")
 
 
-@pytest.mark.xfail(strict=True, reason="generate_command calls load_run(run) without "
-                                       "kind='dcgan'")
 def test_generate_with_a_cyclegan_run_says_to_use_translate(cyclegan_run, tmp_path):
     result = invoke("generate", cyclegan_run, "--n", 2, "--out", tmp_path / "syn",
                     "--no-progress")

@@ -362,3 +362,12 @@ def test_evaluation_configs_refuse_nan_inf_and_out_of_range_seeds():
         UtilityConfig(ratios=(math.inf,))
     with pytest.raises(InputError, match="fractions must be in"):
         UtilityConfig(fractions=(math.nan,))
+
+
+def test_read_training_data_checks_the_record_without_a_model(copied):
+    from synthmed.gan.run import read_training_data
+
+    assert read_training_data(copied)["class_names"] == ["no lesion", "lesion"]
+    edit_record(copied, lambda r: r.update(fingerprint=5))
+    with pytest.raises(InputError, match="training_data.json: fingerprint must be a string, got 5"):
+        read_training_data(copied)

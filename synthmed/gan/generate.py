@@ -30,6 +30,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -60,6 +61,7 @@ from synthmed.gan.config import from_dict, to_dict
 from synthmed.gan.run import LoadedRun
 from synthmed.gan.translate import read_config_of
 from synthmed.io import check_out, check_replaceable, mark_output, output_lock, replace_folder
+from synthmed.limits import MAX_IMAGES, MAX_SEED
 
 BLOCK = 256
 NPZ_NAME = "images.npz"
@@ -96,8 +98,8 @@ class PrivacyFilterConfig:
     def __post_init__(self) -> None:
         if not self.train:
             raise InputError("--privacy-filter needs --train DATA (the run's training data)")
-        if self.threshold is not None and not self.threshold > 0:
-            raise InputError(f"--threshold must be positive, got {self.threshold}")
+        if self.threshold is not None and not 0 < self.threshold < math.inf:
+            raise InputError(f"--threshold must be positive and finite, got {self.threshold}")
         if not 0 < self.holdout_fraction <= 0.5:
             raise InputError(f"holdout_fraction must be in (0, 0.5], got {self.holdout_fraction}")
         if not 0 <= self.percentile <= 100:
@@ -156,10 +158,14 @@ class GenerateConfig:
         if sum(x is not None and x is not False and x != {}
                for x in (self.n, self.per_class, self.balance)) != 1:
             raise InputError("say how many images: exactly one of --n, --per-class or --balance")
-        if self.n is not None and self.n < 1:
-            raise InputError(f"--n must be at least 1, got {self.n}")
+        if self.n is not None and not 1 <= self.n <= MAX_IMAGES:
+            raise InputError(f"--n must be in 1..{MAX_IMAGES:,}, got {self.n}")
         if any(count < 0 for count in self.per_class.values()):
             raise InputError("--per-class counts must not be negative")
+        if sum(self.per_class.values()) > MAX_IMAGES:
+            raise InputError(f"--per-class counts add up to more than {MAX_IMAGES:,} images")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise InputError(f"--seed must be in 0..{MAX_SEED}, got {self.seed}")
         if self.format not in EXPORT_FORMATS:
             raise InputError(f"unknown format {self.format!r}: use {', '.join(EXPORT_FORMATS)}")
 
@@ -179,6 +185,8 @@ def plan_labels(run: LoadedRun, config: GenerateConfig) -> np.ndarray:
         counts = run.training_data.get("class_counts", {})
         largest = max(counts.values())
         wanted = {name: largest - counts.get(name, 0) for name in names}
+        if sum(wanted.values()) > MAX_IMAGES:
+            raise InputError(f"balancing would make more than {MAX_IMAGES:,} images", run.path)
     else:
         wanted = {_class_name(key, names, run.path): count
                   for key, count in config.per_class.items()}
@@ -314,7 +322,8 @@ def _write_block(run: LoadedRun, config: GenerateConfig, record: dict, plan: dic
     images, rounds = _draw_block(run, block_labels, rng, near)
     chunk = _as_imageset(images, block_labels, run)
     if config.format == "npz":
-        np.save(work / "parts" / f"{block:06d}.npy", medmnist.medmnist_pixels(images))
+        np.save(work / "parts" / f"{block:06d}.npy",
+                medmnist.npz_pixels(chunk, record["bit_depth"]))
         names = [f"{NPZ_NAME}#{start + offset}" for offset in range(len(block_labels))]
     else:
         names = file_names(chunk, SUFFIX[config.format], first=start, total=len(labels))
@@ -381,7 +390,7 @@ def _finish(work: Path, out: Path, config: GenerateConfig, record: dict, labels:
         blocks = sorted((work / "parts").glob("*.npy"))
         first = np.load(blocks[0], mmap_mode="r")
         medmnist.write_npz_blocks(work / NPZ_NAME, _load_each(blocks), first.shape[1:],
-                                  labels, record["class_names"])
+                                  labels, record["class_names"], dtype=first.dtype)
     if "privacy_filter" in record:
         column = MANIFEST_COLUMNS.index("noise_round")
         dropped = sum(int(row[column]) for part in parts for row in csv.reader(io.StringIO(part)))
@@ -433,7 +442,8 @@ def _provenance(run: LoadedRun, config: GenerateConfig, labels: np.ndarray,
         "class_counts": counts if run.model.conditional else {},
         "request": asdict(config),
         "block_size": BLOCK,
-        "bit_depth": config.bit_depth or _auto_bit_depth(run),
+        # npz: MedMNIST's uint8 unless 16 is asked for (its loaders expect uint8)
+        "bit_depth": config.bit_depth or (8 if config.format == "npz" else _auto_bit_depth(run)),
         "intensity": intensity,
         "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest(),
         **({"privacy_filter": near.record} if near else {}),

@@ -179,8 +179,7 @@ def load_run(path: str | Path, kind: str | None = None) -> LoadedRun:
         raise InputError(f"weights do not fit the configured model (missing {len(missing)}, "
                          f"unexpected {len(unexpected)} tensors)", path / checkpoint.WEIGHTS)
     model.eval()
-    record = _training_data(path)
-    check_training_data(record, path / checkpoint.TRAINING_DATA, model.config)
+    record = read_training_data(path, model.config)
     try:
         epoch = int(metadata.get("epoch", 0))
     except ValueError:
@@ -214,7 +213,16 @@ def _training_data(run_dir: Path) -> dict[str, Any]:
     return record
 
 
-def check_training_data(record: dict[str, Any], where: str | Path, model: Any) -> None:
+def read_training_data(run_dir: str | Path, model: Any = None) -> dict[str, Any]:
+    """The run's ``training_data.json`` record (``{}`` when it has none), checked by
+    :func:`check_training_data` against the model config ``model`` when given."""
+    run_dir = Path(run_dir)
+    record = _training_data(run_dir)
+    check_training_data(record, run_dir / checkpoint.TRAINING_DATA, model)
+    return record
+
+
+def check_training_data(record: dict[str, Any], where: str | Path, model: Any = None) -> None:
     """Check a run's training data record (``training_data.json``) against its model config
     ``model``: the types of every value the commands use, finite intensity mappings, and, for
     a class-conditional DCGAN, one class name per class of the model.

@@ -47,6 +47,7 @@ from synthmed.errors import InputError, SynthmedError
 from synthmed.gan import checkpoint, distributed
 from synthmed.gan.config import DPConfig, TrainConfig
 from synthmed.gan.data import LabelledImages, UnpairedImages
+from synthmed.gan.run import read_training_data
 
 if TYPE_CHECKING:
     from synthmed.gan.privacy import PrivateDiscriminator
@@ -269,8 +270,7 @@ def _start_run(run_dir: Path, run_config: dict[str, Any], data: TrainingData,
 
 
 def _require_same_data(run_dir: Path, data: TrainingData) -> None:
-    recorded = json.loads((run_dir / checkpoint.TRAINING_DATA).read_text())
-    if recorded["fingerprint"] != data.fingerprint():
+    if read_training_data(run_dir).get("fingerprint") != data.fingerprint():
         raise InputError("was trained on other data (fingerprints differ): resume with the "
                          "same data and options", run_dir)
 

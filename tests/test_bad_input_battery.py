@@ -33,6 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY_DCGAN = ["--size", "28", "--width", "4", "--epochs", "1", "--batch-size", "8",
               "--no-progress"]
+HELD, SEEN = "volumes/phantom-s0002", "volumes/phantom-s0000"  # held out / trained on
 TINY_CYCLEGAN = ["--ngf", "4", "--ndf", "4", "--blocks", "1", "--pool-size", "4", "--crop",
                  "24", "--epochs", "1", "--no-progress"]
 RUN_EDITS = {  # run variants: (file, dotted field, value)
@@ -103,10 +104,10 @@ CASES = [
         "generate", r / "runs/dcgan", "--n", "4", "--privacy-filter", "--train",
         r / "data/pngs", "--out", r / "data", "--overwrite"], "holds the input"),
     Case("translate --out holding its input", lambda r: [
-        "translate", r / "runs/cyclegan", r / "volumes/phantom-s0002/t1.nii.gz", "--direction", "a2b",
+        "translate", r / "runs/cyclegan", r / HELD / "t1.nii.gz", "--direction", "a2b",
         "--out", r / "volumes", "--overwrite"], "holds the input"),
     Case("translate --out RUN", lambda r: [
-        "translate", r / "runs/cyclegan", r / "volumes/phantom-s0002/t1.nii.gz", "--direction", "a2b",
+        "translate", r / "runs/cyclegan", r / HELD / "t1.nii.gz", "--direction", "a2b",
         "--out", r / "runs/cyclegan", "--overwrite"], "is the input"),
     Case("evaluate fidelity --out its synthetic input", lambda r: [
         "evaluate", "fidelity", "--real", r / "data/t1.npz", "--synthetic", r / "data/pngs",
@@ -115,8 +116,8 @@ CASES = [
         "evaluate", "privacy", "--synthetic", r / "data/pngs", "--train", r / "data/t1.npz",
         "--holdout", r / "data/t1.npz", "--out", r / "data", "--overwrite"], "holds the input"),
     Case("evaluate translation --out its source", lambda r: [
-        "evaluate", "translation", r / "runs/cyclegan", "--source", r / "volumes/phantom-s0002/t1.nii.gz",
-        "--target", r / "volumes/phantom-s0002/t2.nii.gz", "--out", r / "volumes/phantom-s0002", "--overwrite"],
+        "evaluate", "translation", r / "runs/cyclegan", "--source", r / HELD / "t1.nii.gz",
+        "--target", r / HELD / "t2.nii.gz", "--out", r / HELD, "--overwrite"],
         "holds the input"),
     Case("evaluate utility --out a user's folder", lambda r: [
         "evaluate", "utility", "--real", r / "data/t1.npz", "--generator", r / "runs/dcgan",
@@ -195,21 +196,21 @@ CASES = [
     Case("generate from a CycleGAN run", lambda r: [
         "generate", r / "runs/cyclegan", "--n", "4", "--out", out_of(r)], "cyclegan"),
     Case("translate with a DCGAN run", lambda r: [
-        "translate", r / "runs/dcgan", r / "volumes/phantom-s0002/t1.nii.gz", "--direction", "a2b",
+        "translate", r / "runs/dcgan", r / HELD / "t1.nii.gz", "--direction", "a2b",
         "--out", out_of(r)], "cyclegan"),
     Case("translate an RGB picture with a 1-channel translator", lambda r: [
         "translate", r / "runs/cyclegan", r / "data/rgb.png", "--direction", "a2b",
         "--out", out_of(r)], "channel"),
     Case("translate the same input twice", lambda r: [
-        "translate", r / "runs/cyclegan", r / "volumes/phantom-s0002/t1.nii.gz",
-        f"{r}/volumes/phantom-s0001/../phantom-s0002/t1.nii.gz", "--direction", "a2b", "--out", out_of(r)],
+        "translate", r / "runs/cyclegan", r / HELD / "t1.nii.gz",
+        f"{r}/{SEEN}/../phantom-s0002/t1.nii.gz", "--direction", "a2b", "--out", out_of(r)],
         "given twice"),
     Case("translate a missing input", lambda r: [
-        "translate", r / "runs/cyclegan", r / "volumes/phantom-s0009/t1.nii.gz", "--direction", "a2b",
+        "translate", r / "runs/cyclegan", r / "volumes/nobody/t1.nii.gz", "--direction", "a2b",
         "--out", out_of(r)], "no such file"),
     Case("evaluate translation on its training subjects", lambda r: [
         "evaluate", "translation", r / "runs/cyclegan", "--source",
-        r / "volumes/phantom-s0000/t1.nii.gz", "--target", r / "volumes/phantom-s0000/t2.nii.gz", "--out", out_of(r)],
+        r / SEEN / "t1.nii.gz", "--target", r / SEEN / "t2.nii.gz", "--out", out_of(r)],
         "training domain"),
     # -- data files ------------------------------------------------------------------------------
     Case("a DICOM with RescaleSlope 0", lambda r: [
@@ -304,7 +305,8 @@ def world(tmp_path_factory) -> Path:
     assert made.exit_code == 0, made.output
     made = runner.invoke(cli, ["train", "cyclegan", "--domain-a", f"{root}/volumes/*/t1.nii.gz",
                                "--domain-b", f"{root}/volumes/*/t2.nii.gz", "--val-subjects",
-                               "phantom-s0002", "--out", str(root / "runs/cyclegan"), *TINY_CYCLEGAN])
+                               Path(HELD).name, "--out", str(root / "runs/cyclegan"),
+                               *TINY_CYCLEGAN])
     assert made.exit_code == 0, made.output
     for name, edit in RUN_EDITS.items():
         write_run_variant(root / "runs/dcgan", root / f"runs/{name}", *edit)

@@ -164,43 +164,40 @@ def test_options_overriding_a_config_are_checked_too():
 # -- --config YAML files (train dcgan / train cyclegan) -----------------------------------------
 
 
-@pytest.mark.parametrize("text, message", [
-    ("model: null\n", "model: must be a mapping of settings (name: value), got null"),
-    ("model: 5\n", "model: must be a mapping of settings (name: value), got 5"),
-    ("model: [1, 2, 3]\n", "model: must be a mapping of settings (name: value), got [1, 2, 3]"),
-    ("train: abc\n", "train: must be a mapping of settings (name: value), got 'abc'"),
-    ("model:\n  width: -3\n", "model: width must be between 1 and 1024"),
-    ("model:\n  width: abc\n", "model: width must be a whole number, got 'abc'"),
-    ("model:\n  width: 1e7\n", "model: width must be between 1 and 1024 (wider networks do not "
-                               "fit in memory), got 10000000"),
-    ("model:\n  ema_decay: abc\n", "model: ema_decay must be a finite number, got 'abc'"),
-    ("model:\n  betas: [5, 7, 9]\n", "model: betas must be a list of 2 finite numbers"),
-    ("model:\n  nz: 0\n", "model: nz must be between 1 and 4096, got 0"),
-    ("model:\n  lr_g: .nan\n", "model: lr_g must be a finite number, got nan"),
-    ("train:\n  epochs: abc\n", "train: epochs must be a whole number, got 'abc'"),
-    ("train:\n  seed: -1\n", "train: seed must be between 0 and 4294967295, got -1"),
-    ("modle:\n  width: 8\n", "unknown section(s) modle; a config file holds model: and train:"),
+RESOLVERS = {"dcgan": lambda path: resolve_dcgan_config("dcgan", path),
+             "cyclegan": resolve_cyclegan_config}
+
+
+@pytest.mark.parametrize("kind, text, message", [
+    ("dcgan", "model: null\n", "model: must be a mapping of settings (name: value), got null"),
+    ("dcgan", "model: 5\n", "model: must be a mapping of settings (name: value), got 5"),
+    ("dcgan", "model: [1, 2, 3]\n",
+     "model: must be a mapping of settings (name: value), got [1, 2, 3]"),
+    ("dcgan", "train: abc\n", "train: must be a mapping of settings (name: value), got 'abc'"),
+    ("dcgan", "model:\n  width: -3\n", "model: width must be between 1 and 1024"),
+    ("dcgan", "model:\n  width: abc\n", "model: width must be a whole number, got 'abc'"),
+    ("dcgan", "model:\n  width: 1e7\n",
+     "model: width must be between 1 and 1024 (wider networks do not fit in memory), got 10000000"),
+    ("dcgan", "model:\n  ema_decay: abc\n", "model: ema_decay must be a finite number, got 'abc'"),
+    ("dcgan", "model:\n  betas: [5, 7, 9]\n", "model: betas must be a list of 2 finite numbers"),
+    ("dcgan", "model:\n  nz: 0\n", "model: nz must be between 1 and 4096, got 0"),
+    ("dcgan", "model:\n  lr_g: .nan\n", "model: lr_g must be a finite number, got nan"),
+    ("dcgan", "train:\n  epochs: abc\n", "train: epochs must be a whole number, got 'abc'"),
+    ("dcgan", "train:\n  seed: -1\n", "train: seed must be between 0 and 4294967295, got -1"),
+    ("dcgan", "modle:\n  width: 8\n",
+     "unknown section(s) modle; a config file holds model: and train:"),
+    ("cyclegan", "model: null\n", "model: must be a mapping of settings"),
+    ("cyclegan", "model:\n  ngf: abc\n", "model: ngf must be a whole number, got 'abc'"),
+    ("cyclegan", "model:\n  lambda_cycle: -1\n", "must not be negative"),
+    ("cyclegan", "model:\n  betas: [5, 7, 9]\n", "model: betas must be a list of 2 finite numbers"),
+    ("cyclegan", "train:\n  epochs: abc\n", "train: epochs must be a whole number, got 'abc'"),
 ])
-def test_bad_dcgan_config_files(tmp_path, text, message):
+def test_bad_config_files(tmp_path, kind, text, message):
     path = tmp_path / "cfg.yaml"
     path.write_text(text)
     with pytest.raises(InputError) as error:
-        resolve_dcgan_config("dcgan", path)
+        RESOLVERS[kind](path)
     assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
-
-
-@pytest.mark.parametrize("text, message", [
-    ("model: null\n", "model: must be a mapping of settings"),
-    ("model:\n  ngf: abc\n", "model: ngf must be a whole number, got 'abc'"),
-    ("model:\n  lambda_cycle: -1\n", "must not be negative"),
-    ("model:\n  betas: [5, 7, 9]\n", "model: betas must be a list of 2 finite numbers"),
-    ("train:\n  epochs: abc\n", "train: epochs must be a whole number, got 'abc'"),
-])
-def test_bad_cyclegan_config_files(tmp_path, text, message):
-    path = tmp_path / "cfg.yaml"
-    path.write_text(text)
-    with pytest.raises(InputError, match="^" + str(path) + ": .*" + _escape(message)):
-        resolve_cyclegan_config(path)
 
 
 def test_a_runs_own_config_yaml_is_a_fine_config_file(trained):

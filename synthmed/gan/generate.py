@@ -58,6 +58,7 @@ from synthmed.errors import InputError
 from synthmed.eval.privacy import flatten_pixels, near_copy_threshold, nearest_distances
 from synthmed.gan import checkpoint, distributed
 from synthmed.gan.config import from_dict, to_dict
+from synthmed.gan.data import recorded_source
 from synthmed.gan.run import LoadedRun
 from synthmed.gan.translate import read_config_of
 from synthmed.io import check_out, check_replaceable, mark_output, output_lock, replace_folder
@@ -271,7 +272,7 @@ def near_copy_filter(run: LoadedRun, config: PrivacyFilterConfig) -> NearCopyFil
         "space": "pixels: Euclidean distance over C*H*W model-space values in [-1, 1]",
         "threshold": threshold,
         "threshold_rule": rule,
-        "training_data": config.train,
+        "training_data": recorded_source(config.train),
         "training_data_fingerprint": fingerprint,
         "training_images": len(train),
         "matches_run_training_data": fingerprint == run.training_data.get("fingerprint"),
@@ -432,7 +433,7 @@ def _provenance(run: LoadedRun, config: GenerateConfig, labels: np.ndarray,
     dp = run.training_data.get("differential_privacy")
     return {
         "synthmed_version": __version__,
-        "generator_run": str(run.path),
+        "generator_run": recorded_source(str(run.path)),  # its fingerprint identifies it
         "model_kind": run.model.kind,
         "model_epoch": run.epoch,
         "model_fingerprint": run.fingerprint,

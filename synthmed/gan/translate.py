@@ -49,6 +49,7 @@ from synthmed.augment.nifti import display_plane, load_volume
 from synthmed.augment.pictures import SUFFIXES as PICTURE_SUFFIXES
 from synthmed.augment.readers import read_images
 from synthmed.errors import InputError
+from synthmed.gan.data import recorded_source
 from synthmed.gan.run import LoadedRun
 from synthmed.io import atomic_output_dir
 
@@ -351,7 +352,7 @@ def _provenance(run: LoadedRun, config: TranslateConfig, rows: list[dict[str, An
     return {
         "generator": "synthmed cyclegan translation",
         "synthmed_version": __version__,
-        "run": str(run.path),
+        "run": recorded_source(str(run.path)),  # its fingerprint identifies it
         "model_fingerprint": run.fingerprint,
         "epoch": run.epoch,
         **asdict(config),

@@ -295,6 +295,23 @@ def test_pydicom_warnings_are_logged_naming_the_file_not_shown(tmp_path, caplog,
     assert capsys.readouterr().err == ""
 
 
+def test_the_cli_shows_reader_warnings_only_with_verbose():
+    from click.testing import CliRunner
+
+    from synthmed.cli import cli
+
+    if PADDED is None:
+        pytest.skip("MR_small_padded.dcm is not shipped with this pydicom")
+    quiet = CliRunner().invoke(cli, ["data", "inspect", PADDED])
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stderr == ""
+    verbose = CliRunner().invoke(cli, ["--verbose", "data", "inspect", PADDED])
+    assert verbose.exit_code == 0, verbose.output
+    assert verbose.stderr.startswith(f"warning: {PADDED}: ") and "padding" in verbose.stderr
+    again = CliRunner().invoke(cli, ["data", "inspect", PADDED])  # --verbose does not linger
+    assert again.stderr == ""
+
+
 # -- series and groups --------------------------------------------------------------------
 
 

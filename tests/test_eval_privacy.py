@@ -28,6 +28,7 @@ from synthmed.eval.privacy import (
 )
 from synthmed.eval.report import build_report
 from synthmed.gan.run import load_run
+from synthmed.io import MARKER
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -215,7 +216,7 @@ def test_cli_writes_every_output_with_the_white_box_attack(tiny_run, tmp_path):
         "--train", "phantom:n=16,size=32", "--holdout", "phantom:n=16,size=32,seed=1",
         "--extractor", str(extractor), "--n", "24", "--bootstrap", "50", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert {p.name for p in out.iterdir()} == OUTPUTS
+    assert {p.name for p in out.iterdir()} == OUTPUTS | {MARKER}  # the marker: synthmed's
     document = json.loads((out / "privacy.json").read_text())
     assert set(document["membership"]) == {"pixels", "features", "discriminator"}
     white = document["membership"]["discriminator"]

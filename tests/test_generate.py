@@ -111,6 +111,20 @@ def test_npz_export_is_medmnist_layout_and_byte_identical(conditional_run, tmp_p
         assert list(archive["class_names"]) == ["no lesion", "lesion"]
 
 
+def test_npz_holds_the_bit_depth_its_provenance_states(conditional_run, tmp_path):
+    run = load_run(conditional_run)
+    for bit_depth, dtype in ((None, np.uint8), (16, np.uint16)):
+        out = tmp_path / str(bit_depth)
+        record = generate(run, out, GenerateConfig(n=4, format="npz", bit_depth=bit_depth),
+                          progress=False)
+        with np.load(out / "images.npz") as archive:
+            assert archive["train_images"].dtype == dtype
+        assert record["bit_depth"] == np.iinfo(dtype).bits
+    wide = read_images(str(tmp_path / "16" / "images.npz"))  # original units, read back
+    low, high = run.training_data["intensity"]["low"], run.training_data["intensity"]["high"]
+    assert low - 1 <= wide.intensity_low.min() and wide.intensity_high.max() <= high + 1
+
+
 def test_png_is_16_bit_when_the_training_data_was_wider(conditional_run, tmp_path):
     generate(load_run(conditional_run), tmp_path / "syn", GenerateConfig(n=2), progress=False)
     from PIL import Image

@@ -29,6 +29,7 @@ from synthmed.augment.medmnist import write_npz
 from synthmed.augment.phantom import PhantomConfig, make_phantom, write_phantom_volumes
 from synthmed.cli import cli
 from synthmed.gan import checkpoint
+from synthmed.io import MARKER
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +91,8 @@ def kill_and_rerun(first: list[str], again: list[str], started: Callable[[], boo
 
 
 def hidden_leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.rglob(".*"))
+    """Hidden files and folders below ``folder`` other than synthmed's output markers."""
+    return sorted(p.name for p in folder.rglob(".*") if p.name != MARKER)
 
 
 def files(folder: Path) -> dict[str, bytes]:

@@ -257,3 +257,12 @@ def test_resume_restarts_a_run_killed_before_its_first_checkpoint(tmp_path, run_
                     "--no-progress")
     assert result.exit_code == 0, result.output
     assert (run / checkpoint.STATE).is_file()
+
+
+def test_a_run_killed_before_its_config_is_known_by_torn_run_files_only(tmp_path):
+    run = tmp_path / "run"
+    (run / "samples").mkdir(parents=True)
+    (run / ".config.yaml.abcd1234").write_bytes(b"torn")
+    assert checkpoint.is_unstarted(run)
+    (run / ".notes.txt.abcd1234").write_bytes(b"the user's, named like a temporary file")
+    assert not checkpoint.is_unstarted(run)

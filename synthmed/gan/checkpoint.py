@@ -52,7 +52,10 @@ METRICS = "metrics.jsonl"
 SAMPLES = "samples"
 _UNSTARTED_FILES = {CONFIG, TRAINING_DATA, METRICS}
 _SAMPLE_GRID = re.compile(r"epoch_\d{4,}\.png")
-_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}")  # atomic_write's mkstemp names
+_RUN_FILES = (CONFIG, WEIGHTS, STATE, TRAINING_DATA, METRICS, "progress.gif", "losses.png")
+# atomic_write's mkstemp names for the files a run writes
+_TEMPORARY = re.compile(rf"\.(?:{'|'.join(map(re.escape, _RUN_FILES))}|epoch_\d{{4,}}\.png)"
+                        r"\.[a-z0-9_]{8}")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -72,16 +75,20 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def is_unstarted(run_dir: Path) -> bool:
-    """True when ``run_dir`` is empty, or is a run (its ``config.yaml`` is synthmed's) that
-    holds only what a run stopped before its first checkpoint leaves (config, data record,
-    metric lines, sample grids ``samples/epoch_NNNN.png``, temporary files): nothing to resume
-    or to keep."""
+    """True when ``run_dir`` holds only what a run stopped before its first checkpoint leaves,
+    known by name and by the run's own ``config.yaml``: with that config, the data record,
+    metric lines, sample grids ``samples/epoch_NNNN.png`` and temporary files of those; without
+    it (killed before it saved it), nothing but such temporary files. Nothing to resume or to
+    keep."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or (run_dir / STATE).exists():
         return False
     contents = list(run_dir.iterdir())
-    return not contents or (is_run_config(run_dir / CONFIG)
-                            and all(_written_before_checkpoint(path) for path in contents))
+    if is_run_config(run_dir / CONFIG):
+        return all(_written_before_checkpoint(path) for path in contents)
+    # killed before it saved its config: at most a torn temporary file and an empty samples
+    # folder (which earlier versions made first)
+    return all(_is_temporary(path) or _is_empty_samples(path) for path in contents)
 
 
 def discard_unstarted(run_dir: Path) -> None:
@@ -97,6 +104,11 @@ def discard_unstarted(run_dir: Path) -> None:
         samples.rmdir()
     for path in run_dir.iterdir():
         path.unlink()
+
+
+def _is_empty_samples(path: Path) -> bool:
+    return path.name == SAMPLES and path.is_dir() and not path.is_symlink() and \
+        not any(path.iterdir())
 
 
 def _written_before_checkpoint(path: Path) -> bool:

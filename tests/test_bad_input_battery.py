@@ -285,8 +285,11 @@ def write_data(data: Path) -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    """A folder of a user's files, data, tiny runs and run variants."""
-    root = tmp_path_factory.mktemp("world")
+    return build_world(tmp_path_factory.mktemp("world"))
+
+
+def build_world(root: Path) -> Path:
+    """Fill ``root`` with a user's files, data, tiny runs and run variants."""
     (root / "mine" / "samples").mkdir(parents=True)
     (root / "mine" / "notes.txt").write_text("keep me")
     (root / "mine" / "samples" / "scan.png").write_bytes(b"the user's scan")

@@ -671,9 +671,9 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
     from synthmed.gan.run import load_run
     from synthmed.io import check_out, resumable_output_dir
 
-    check_out(out, (real_path, generator_run))
     if (generator_run is None) == (train_generator is None):
         raise click.UsageError("pass exactly one of --generator RUN and --train-generator")
+    check_out(out, (real_path, generator_run))
     config = UtilityConfig(fractions=_floats(fractions, "--fractions"), seeds=seeds,
                            ratios=_floats(ratios, "--ratios"), balance=balance,
                            best_of=best_of, metric=metric,

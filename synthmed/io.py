@@ -14,6 +14,11 @@ The rules, the same for every command that writes a folder:
   first one's pid;
 - the new folder replaces the old one atomically (:func:`replace_folder`): the old one is
   renamed aside, the new one moved in, then the old one removed; a failure puts it back.
+
+A command that writes its output in one go uses :func:`atomic_output_dir`; one that fills its
+folder in place and continues it when run again (the utility grid) uses
+:func:`resumable_output_dir`; ``generate`` and training apply the same checks to their own
+resumable folders.
 """
 
 from __future__ import annotations
@@ -38,6 +43,80 @@ MARKER = ".synthmed-output"
 LEGACY_MARKERS = ("provenance.json", "manifest.csv", "results.json", "fidelity.json",
                   "privacy.json", "translation.json", "unpaired.json", "synthmed-report.html")
 RUN_CONFIG = "config.yaml"
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: Path, overwrite: bool = False,
+                      inputs: Iterable[str | Path | None] = (), kind: str = "output"
+                      ) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out`` that replaces ``out`` when the block succeeds.
+
+    Files go to a hidden folder, which gets the synthmed marker and is moved into place only
+    when everything is written: a failed command leaves nothing behind and an earlier output
+    untouched. The folder of a writer killed outright (SIGKILL, power loss) is removed by the
+    next writer of the same ``out`` on the same machine.
+
+    Args:
+        out: the output folder.
+        overwrite: replace an existing output folder that synthmed wrote.
+        inputs: what the command reads (see :func:`check_out`).
+        kind: what the folder holds, recorded in the marker (``export``, ``report`` ...).
+
+    Raises:
+        InputError: see :func:`check_out`, :func:`check_replaceable` and :func:`output_lock`.
+    """
+    out = Path(out)
+    check_out(out, inputs)
+    check_replaceable(out, overwrite)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot be created ({error.strerror})", out.parent) from None
+    with output_lock(out):
+        _remove_killed_work_dirs(out)
+        try:
+            work = Path(tempfile.mkdtemp(prefix=f"{_work_prefix(out)}{os.getpid()}-",
+                                         dir=out.parent))
+        except OSError as error:
+            raise InputError(f"cannot write here ({error.strerror})", out.parent) from None
+        try:
+            yield work
+            work.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 is for secrets, not results
+            mark_output(work, kind)
+            check_replaceable(out, overwrite)  # nothing new appeared there meanwhile
+            replace_folder(work, out)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+
+
+@contextlib.contextmanager
+def resumable_output_dir(out: Path, inputs: Iterable[str | Path | None] = (),
+                         kind: str = "output") -> Iterator[Path]:
+    """Yield ``out``, a folder a command fills in place and continues when run again (the
+    utility grid): created when absent, otherwise empty or synthmed's own; marked, and locked
+    while the block runs.
+
+    Raises:
+        InputError: see :func:`check_out` and :func:`output_lock`; ``out`` holds files
+            synthmed did not write.
+    """
+    out = Path(out)
+    check_out(out, inputs)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not is_synthmed_output(out):
+        raise InputError("holds files synthmed did not write: choose another --out", out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        if not (out / MARKER).is_file():
+            mark_output(out, kind)
+        try:
+            yield out
+        except BaseException:
+            if created and [path.name for path in out.iterdir()] == [MARKER]:
+                (out / MARKER).unlink()  # a command that failed before writing leaves nothing
+                out.rmdir()
+            raise
 
 
 def check_out(out: Path, inputs: Iterable[str | Path | None] = ()) -> None:
@@ -169,6 +248,38 @@ def replace_folder(new: Path, out: Path) -> None:
     shutil.rmtree(old)
 
 
+def current_umask() -> int:
+    """The process's umask (read without changing it for good)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _work_prefix(out: Path) -> str:
+    """The start of the names of this machine's temporary folders for ``out``; the id of the
+    process writing one follows."""
+    return f".{out.name}.partial-{socket.gethostname()}-"
+
+
+def _remove_killed_work_dirs(out: Path) -> None:
+    """Delete temporary folders for ``out`` whose process, on this machine, is gone."""
+    prefix = _work_prefix(out)
+    for work in out.parent.glob(glob.escape(prefix) + "*"):
+        pid = work.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not _is_running(int(pid)):
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _same_file(handle: int, path: Path) -> bool:
     try:
         return os.fstat(handle).st_ino == os.stat(path).st_ino
@@ -187,109 +298,3 @@ def _input_paths(given: str | Path | None) -> list[Path]:
     text = str(given)
     matches = glob.glob(os.path.expanduser(text)) if glob.has_magic(text) else [text]
     return [_real(match) for match in matches if os.path.lexists(match)]
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out: Path, overwrite: bool = False,
-                      inputs: Iterable[str | Path | None] = (), kind: str = "output"
-                      ) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out`` that replaces ``out`` when the block succeeds.
-
-    Files go to a hidden folder, which gets the synthmed marker and is moved into place only
-    when everything is written: a failed command leaves nothing behind and an earlier output
-    untouched. The folder of a writer killed outright (SIGKILL, power loss) is removed by the
-    next writer of the same ``out`` on the same machine.
-
-    Args:
-        out: the output folder.
-        overwrite: replace an existing output folder that synthmed wrote.
-        inputs: what the command reads (see :func:`check_out`).
-        kind: what the folder holds, recorded in the marker (``export``, ``report`` ...).
-
-    Raises:
-        InputError: see :func:`check_out`, :func:`check_replaceable` and :func:`output_lock`.
-    """
-    out = Path(out)
-    check_out(out, inputs)
-    check_replaceable(out, overwrite)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"cannot be created ({error.strerror})", out.parent) from None
-    with output_lock(out):
-        _remove_killed_work_dirs(out)
-        try:
-            work = Path(tempfile.mkdtemp(prefix=f"{_work_prefix(out)}{os.getpid()}-",
-                                         dir=out.parent))
-        except OSError as error:
-            raise InputError(f"cannot write here ({error.strerror})", out.parent) from None
-        try:
-            yield work
-            work.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 is for secrets, not results
-            mark_output(work, kind)
-            check_replaceable(out, overwrite)  # nothing new appeared there meanwhile
-            replace_folder(work, out)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-
-
-def _work_prefix(out: Path) -> str:
-    """The start of the names of this machine's temporary folders for ``out``; the id of the
-    process writing one follows."""
-    return f".{out.name}.partial-{socket.gethostname()}-"
-
-
-def _remove_killed_work_dirs(out: Path) -> None:
-    """Delete temporary folders for ``out`` whose process, on this machine, is gone."""
-    prefix = _work_prefix(out)
-    for work in out.parent.glob(glob.escape(prefix) + "*"):
-        pid = work.name[len(prefix):].split("-")[0]
-        if pid.isdigit() and not _is_running(int(pid)):
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def current_umask() -> int:
-    """The process's umask (read without changing it for good)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _is_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def resumable_output_dir(out: Path, inputs: Iterable[str | Path | None] = (),
-                         kind: str = "output") -> Iterator[Path]:
-    """Yield ``out``, a folder a command fills in place and continues when run again (the
-    utility grid): created when absent, otherwise empty or synthmed's own; marked, and locked
-    while the block runs.
-
-    Raises:
-        InputError: see :func:`check_out` and :func:`output_lock`; ``out`` holds files
-            synthmed did not write.
-    """
-    out = Path(out)
-    check_out(out, inputs)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not is_synthmed_output(out):
-        raise InputError("holds files synthmed did not write: choose another --out", out)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    with output_lock(out):
-        if not (out / MARKER).is_file():
-            mark_output(out, kind)
-        try:
-            yield out
-        except BaseException:
-            if created and [path.name for path in out.iterdir()] == [MARKER]:
-                (out / MARKER).unlink()  # a command that failed before writing leaves nothing
-                out.rmdir()
-            raise

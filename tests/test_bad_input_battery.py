@@ -132,8 +132,8 @@ CASES = [
         "synthmed did not write"),
     Case("data inspect --json over its input", lambda r: [
         "data", "inspect", r / "data/t1.npz", "--json", r / "data/t1.npz"], "is the input"),
-    Case("train dcgan --resume on a user's folder with samples/", lambda r: [
-        "train", "dcgan", "phantom:n=16,size=28", "--out", r / "mine", "--resume",
+    Case("train dcgan --resume on a user's folder of samples/", lambda r: [
+        "train", "dcgan", "phantom:n=16,size=28", "--out", r / "album", "--resume",
         *TINY_DCGAN], "not a synthmed run"),
     Case("train dcgan --out inside its data", lambda r: [
         "train", "dcgan", r / "data/pngs", "--out", r / "data/pngs/run", *TINY_DCGAN],
@@ -293,6 +293,8 @@ def build_world(root: Path) -> Path:
     (root / "mine" / "samples").mkdir(parents=True)
     (root / "mine" / "notes.txt").write_text("keep me")
     (root / "mine" / "samples" / "scan.png").write_bytes(b"the user's scan")
+    (root / "album" / "samples").mkdir(parents=True)  # nothing but a samples/ folder
+    (root / "album" / "samples" / "scan.png").write_bytes(b"the user's scan")
     (root / ".pending.partial").mkdir()
     (root / ".pending.partial" / "draft.txt").write_text("not synthmed's")
     (root / "data").mkdir()

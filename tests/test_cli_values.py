@@ -125,6 +125,8 @@ TRAIN_CYCLEGAN = ["train", "cyclegan", "--domain-a", DATA, "--domain-b", DATA, "
     (["generate", "{run}", "--out", "{out}", "--n", "2"], "--seed", "-1", "is not in the range"),
     (["generate", "{run}", "--out", "{out}", "--n", "2", "--privacy-filter", "--train", DATA],
      "--threshold", "nan", "'nan' is not a finite number"),
+    (["generate", "{run}", "--out", "{out}", "--n", "2", "--privacy-filter", "--train", DATA],
+     "--threshold", "-1", "is not in the range x>0"),
     (["data", "phantom", "--out", "{out}"], "--seed", str(2**70), "is not in the range"),
     (["data", "phantom", "--out", "{out}"], "--lesion-fraction", "nan", "not a finite number"),
     (["evaluate", "utility", "--real", DATA, "--train-generator", "dcgan-conditional",

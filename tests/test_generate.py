@@ -51,8 +51,10 @@ def test_plan_labels_for_n_per_class_and_balance(conditional_run, plain_run):
 
 
 @pytest.mark.parametrize("config, problem", [
-    (dict(n=0), "at least 1"),
-    (dict(n=-3), "at least 1"),
+    (dict(n=0), "--n must be in 1..10,000,000"),
+    (dict(n=-3), "--n must be in 1..10,000,000"),
+    (dict(n=10**12), "--n must be in 1..10,000,000"),
+    (dict(n=3, seed=-1), "--seed must be in 0..4294967295"),
     (dict(), "exactly one of"),
     (dict(n=3, balance=True), "exactly one of"),
     (dict(per_class={"tumour": 4}), "unknown class 'tumour'"),
@@ -201,7 +203,7 @@ def test_cli_generate_and_its_errors(conditional_run, tmp_path):
         (["generate", str(tmp_path), "--n", "2"], "config.yaml is missing"),
         (["generate", str(conditional_run), "--per-class", "lesion"], "not CLASS=COUNT"),
         (["generate", str(conditional_run), "--per-class", "cyst=3"], "unknown class 'cyst'"),
-        (["generate", str(conditional_run), "--n", "0"], "at least 1"),
+        (["generate", str(conditional_run), "--n", "0"], "0 is not in the range 1<=x"),
     ]:
         result = runner.invoke(cli, [*args, "--out", str(tmp_path / "other")])
         assert result.exit_code != 0 and message in result.output, (args, result.output)

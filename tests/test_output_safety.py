@@ -225,6 +225,7 @@ def test_generate_keeps_a_partial_folder_it_did_not_make(run_dir, tmp_path):
 
 
 def test_resume_on_a_folder_that_is_not_a_run_deletes_nothing(user_folder):
+    (user_folder / "notes.txt").unlink()  # only a samples/ folder, as a run has
     before = snapshot(user_folder)
     refused(invoke("train", "dcgan", "phantom:n=16,size=32", "--size", "32", "--out",
                    user_folder, "--resume", "--no-progress"), "not a synthmed run")

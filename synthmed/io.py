@@ -27,12 +27,14 @@ import contextlib
 import fcntl
 import glob
 import json
+import math
 import os
 import shutil
 import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -246,6 +248,39 @@ def replace_folder(new: Path, out: Path) -> None:
         old.rename(out)
         raise
     shutil.rmtree(old)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp's 0600 is for secrets, not results
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    """``value`` as strict JSON (NaN and inf written as null), atomically."""
+    atomic_write(path, (json.dumps(json_safe(value), indent=1, allow_nan=False) + "\n").encode())
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN / inf float (nested in dicts, lists and tuples) as ``None``:
+    strict JSON has neither."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def current_umask() -> int:

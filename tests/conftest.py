@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner, Result
+
+from synthmed.cli import cli
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +40,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def invoke(*args: object) -> Result:
+    """Run the ``synthmed`` command line in-process (arguments made strings)."""
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def one_line_error(result: Result, *texts: str) -> None:
+    """The command failed with exit status 1 and one line holding every text, no traceback."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    for text in texts:
+        assert text in result.output, result.output

@@ -12,22 +12,20 @@ from synthmed.augment.readers import read_images
 from synthmed.cli import cli
 from tests.conftest import real_file
 
-
-def run(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+from .conftest import invoke
 
 
 def test_help_lists_the_commands():
-    result = run("--help")
+    result = invoke("--help")
     assert result.exit_code == 0 and "data" in result.output
-    result = run("data", "--help")
+    result = invoke("data", "--help")
     assert "inspect" in result.output and "phantom" in result.output
 
 
 @pytest.mark.parametrize("format_", ["png", "npz", "nifti", "dicom"])
 def test_phantom_writes_t1_and_t2_that_read_back(tmp_path, format_):
     out = tmp_path / "phantom"
-    result = run("data", "phantom", "--out", out, "--n", 16, "--size", 32, "--format", format_)
+    result = invoke("data", "phantom", "--out", out, "--n", 16, "--size", 32, "--format", format_)
     assert result.exit_code == 0, result.output
     assert "wrote 16 phantom slice(s) x 2 contrast(s) (8 with a lesion)" in result.output
     t1, t2 = read_images(out / "t1"), read_images(out / "t2")
@@ -39,19 +37,19 @@ def test_phantom_writes_t1_and_t2_that_read_back(tmp_path, format_):
 
 def test_phantom_refuses_to_overwrite_without_flag(tmp_path):
     out = tmp_path / "phantom"
-    assert run("data", "phantom", "--out", out, "--n", 4, "--size", 16).exit_code == 0
-    result = run("data", "phantom", "--out", out, "--n", 8, "--size", 16)
+    assert invoke("data", "phantom", "--out", out, "--n", 4, "--size", 16).exit_code == 0
+    result = invoke("data", "phantom", "--out", out, "--n", 8, "--size", 16)
     assert result.exit_code == 1
     assert "already exists" in result.output and "Traceback" not in result.output
     assert len(read_images(out / "t1")) == 4
-    result = run("data", "phantom", "--out", out, "--n", 8, "--size", 16, "--overwrite")
+    result = invoke("data", "phantom", "--out", out, "--n", 8, "--size", 16, "--overwrite")
     assert result.exit_code == 0 and len(read_images(out / "t1")) == 8
 
 
 def test_inspect_phantom_prints_counts_and_writes_preview(tmp_path):
     preview, summary = tmp_path / "p.png", tmp_path / "s.json"
-    result = run("data", "inspect", "phantom:t2,n=40,size=32", "--preview", preview,
-                 "--json", summary)
+    result = invoke("data", "inspect", "phantom:t2,n=40,size=32", "--preview", preview,
+                    "--json", summary)
     assert result.exit_code == 0, result.output
     assert "40 images" in result.output and "lesion" in result.output
     assert preview.stat().st_size > 1000
@@ -61,7 +59,7 @@ def test_inspect_phantom_prints_counts_and_writes_preview(tmp_path):
 
 def test_inspect_breastmnist_finds_the_cross_split_duplicate(shared_data, tmp_path):
     path = real_file(shared_data, "medmnist/breastmnist.npz")
-    result = run("data", "inspect", path, "--json", tmp_path / "s.json")
+    result = invoke("data", "inspect", path, "--json", tmp_path / "s.json")
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "s.json").read_text())
     assert data["counts"]["test"] == {"malignant": 42, "normal, benign": 114}
@@ -69,11 +67,11 @@ def test_inspect_breastmnist_finds_the_cross_split_duplicate(shared_data, tmp_pa
 
 
 def test_inspect_dicom_folder_and_nifti_pair(shared_data, tmp_path):
-    dicom = run("data", "inspect", real_file(shared_data, "dicom-transfer-syntax/In"))
+    dicom = invoke("data", "inspect", real_file(shared_data, "dicom-transfer-syntax/In"))
     assert dicom.exit_code == 0, dicom.output
     assert "9 images" in dicom.output and "384x384" in dicom.output
     brain = real_file(shared_data, "brain-t1t2")
-    nifti = run("data", "inspect", f"{brain}/*/t2.nii.gz", "--preview", tmp_path / "p.png")
+    nifti = invoke("data", "inspect", f"{brain}/*/t2.nii.gz", "--preview", tmp_path / "p.png")
     assert nifti.exit_code == 0, nifti.output
     assert "3 groups" in nifti.output and "240x240" in nifti.output
 
@@ -84,7 +82,7 @@ def test_inspect_dicom_folder_and_nifti_pair(shared_data, tmp_path):
     (["data", "inspect", "phantom", "--window", "nonsense"], "unknown window"),
 ])
 def test_user_errors_are_one_line_without_traceback(args, message):
-    result = run(*args)
+    result = invoke(*args)
     assert result.exit_code == 1
     assert message in result.output
     assert "Traceback" not in result.output

@@ -13,7 +13,6 @@ import click
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -22,21 +21,13 @@ from synthmed.cli import cli
 from synthmed.gan import checkpoint
 from synthmed.limits import MAX_IMAGES, MAX_SEED
 
+from .conftest import invoke, one_line_error
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DATA = "phantom:t1,n=16,size=32"
 TINY_DCGAN = ["--size", "32", "--width", "4", "--epochs", "1", "--batch-size", "8",
               "--no-progress"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(result, text: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert text in result.output, result.output
-    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 
 def usage_error(result, option: str, text: str) -> None:

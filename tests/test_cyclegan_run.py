@@ -14,7 +14,6 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -23,7 +22,6 @@ from synthmed.augment.intensity import foreground_mask, foreground_quantiles
 from synthmed.augment.phantom import PhantomConfig, write_phantom_volumes
 from synthmed.augment.readers import read_images
 from synthmed.augment.splits import held_out_hashes, hold_out_groups
-from synthmed.cli import cli
 from synthmed.errors import InputError
 from synthmed.gan import checkpoint
 from synthmed.gan.config import CycleGANConfig, TrainConfig
@@ -32,16 +30,12 @@ from synthmed.gan.run import build_model, load_run, run_config
 from synthmed.gan.trainer import fit
 from synthmed.gan.translate import translate_volume
 
-from .conftest import real_file
+from .conftest import invoke, real_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SUBJECTS = ("s0", "s1", "s2")
 TINY = ["--ngf", "4", "--ndf", "4", "--blocks", "1", "--pool-size", "4", "--no-progress"]
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def images(n: int, value: float = 0.0, group: str = "g") -> ImageSet:
@@ -73,10 +67,10 @@ def volumes(tmp_path_factory):
 def trained(volumes, tmp_path_factory):
     """A tiny T1 -> T2 run on two subjects, s2 held out."""
     out = tmp_path_factory.mktemp("runs") / "t1t2"
-    result = run("train", "cyclegan", "--domain-a", f"{volumes}/*/t1.nii.gz",
-                 "--domain-b", f"{volumes}/*/t2.nii.gz", "--val-subjects", "s2",
-                 "--out", out, "--epochs", "2", "--crop", "24", "--checkpoint-every", "1",
-                 *TINY)
+    result = invoke("train", "cyclegan", "--domain-a", f"{volumes}/*/t1.nii.gz",
+                    "--domain-b", f"{volumes}/*/t2.nii.gz", "--val-subjects", "s2",
+                    "--out", out, "--epochs", "2", "--crop", "24", "--checkpoint-every", "1",
+                    *TINY)
     assert result.exit_code == 0, result.output
     return out
 
@@ -202,9 +196,9 @@ def test_train_cyclegan_writes_a_complete_run(trained, volumes):
 
 def test_no_standardize_and_structure_options_reach_the_run(volumes, tmp_path):
     out = tmp_path / "plain"
-    result = run("train", "cyclegan", "--domain-a", f"{volumes}/s0/t1.nii.gz", "--domain-b",
-                 f"{volumes}/s1/t2.nii.gz", "--out", out, "--epochs", "1", "--crop", "24",
-                 "--no-standardize", "--lambda-structure", "1.5", *TINY)
+    result = invoke("train", "cyclegan", "--domain-a", f"{volumes}/s0/t1.nii.gz", "--domain-b",
+                    f"{volumes}/s1/t2.nii.gz", "--out", out, "--epochs", "1", "--crop", "24",
+                    "--no-standardize", "--lambda-structure", "1.5", *TINY)
     assert result.exit_code == 0, result.output
     saved = checkpoint.read_config(out)["model"]
     assert (saved["standardize"], saved["lambda_structure"]) == (False, 1.5)
@@ -215,9 +209,9 @@ def test_no_standardize_and_structure_options_reach_the_run(volumes, tmp_path):
 
 def test_intensity_prior_keeps_the_training_domains_quantiles(volumes, tmp_path):
     out = tmp_path / "prior"
-    result = run("train", "cyclegan", "--domain-a", f"{volumes}/s0/t1.nii.gz", "--domain-b",
-                 f"{volumes}/s1/t2.nii.gz", "--out", out, "--epochs", "1", "--crop", "24",
-                 "--intensity-prior", "inverted", "--lambda-identity", "0", *TINY)
+    result = invoke("train", "cyclegan", "--domain-a", f"{volumes}/s0/t1.nii.gz", "--domain-b",
+                    f"{volumes}/s1/t2.nii.gz", "--out", out, "--epochs", "1", "--crop", "24",
+                    "--intensity-prior", "inverted", "--lambda-identity", "0", *TINY)
     assert result.exit_code == 0, result.output
     assert checkpoint.read_config(out)["model"]["intensity_prior"] == "inverted"
     loaded = load_run(out).model
@@ -232,8 +226,8 @@ def test_intensity_prior_keeps_the_training_domains_quantiles(volumes, tmp_path)
 def test_resume_holds_out_the_same_subjects_without_their_names(trained, volumes, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(trained, copy)
-    result = run("train", "cyclegan", "--domain-a", f"{volumes}/*/t1.nii.gz",
-                 "--domain-b", f"{volumes}/*/t2.nii.gz", "--out", copy, "--resume", *TINY)
+    result = invoke("train", "cyclegan", "--domain-a", f"{volumes}/*/t1.nii.gz",
+                    "--domain-b", f"{volumes}/*/t2.nii.gz", "--out", copy, "--resume", *TINY)
     assert result.exit_code == 0, result.output
     assert "held out: s2" in result.output
 
@@ -283,14 +277,14 @@ def test_cyclegan_resume_after_a_kill_repeats_an_uninterrupted_run(volumes, tmp_
 def test_train_cyclegan_errors(volumes, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = run("train", "cyclegan", "--domain-a", empty, "--domain-b",
-                 f"{volumes}/*/t2.nii.gz", "--out", tmp_path / "r", *TINY)
+    result = invoke("train", "cyclegan", "--domain-a", empty, "--domain-b",
+                    f"{volumes}/*/t2.nii.gz", "--out", tmp_path / "r", *TINY)
     assert result.exit_code == 1 and "empty: no image files found" in result.output
     assert not (tmp_path / "r").exists()
     four_d = tmp_path / "4d.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((8, 8, 4, 2), np.float32), np.eye(4)), four_d)
-    result = run("train", "cyclegan", "--domain-a", four_d, "--domain-b",
-                 f"{volumes}/*/t2.nii.gz", "--out", tmp_path / "r", *TINY)
+    result = invoke("train", "cyclegan", "--domain-a", four_d, "--domain-b",
+                    f"{volumes}/*/t2.nii.gz", "--out", tmp_path / "r", *TINY)
     assert result.exit_code == 1 and "4D" in result.output
     mixed = tmp_path / "mixed"
     mixed.mkdir()
@@ -298,8 +292,8 @@ def test_train_cyclegan_errors(volumes, tmp_path):
     red = np.zeros((16, 16, 3), np.uint8)
     red[..., 0] = 200
     Image.fromarray(red).save(mixed / "red.png")
-    result = run("train", "cyclegan", "--domain-a", mixed, "--domain-b", mixed,
-                 "--out", tmp_path / "r", *TINY)
+    result = invoke("train", "cyclegan", "--domain-a", mixed, "--domain-b", mixed,
+                    "--out", tmp_path / "r", *TINY)
     assert result.exit_code == 1 and "channel" in result.output
     assert not (tmp_path / "r").exists()
 
@@ -310,8 +304,8 @@ def test_train_cyclegan_errors(volumes, tmp_path):
 def test_translate_a_volume_keeps_shape_affine_and_header(trained, volumes, tmp_path):
     source = volumes / "s2" / "t1.nii.gz"
     out = tmp_path / "out"
-    result = run("translate", trained, source, "--direction", "a2b", "--out", out,
-                 "--no-progress")
+    result = invoke("translate", trained, source, "--direction", "a2b", "--out", out,
+                    "--no-progress")
     assert result.exit_code == 0, result.output
     original, translated = nib.load(source), nib.load(out / "volume_0001.nii.gz")
     assert translated.shape == original.shape
@@ -353,8 +347,8 @@ def test_translate_names_no_input_unless_asked(trained, volumes, tmp_path):
     patient.mkdir()
     (patient / "t2.nii.gz").write_bytes((volumes / SUBJECTS[0] / "t2.nii.gz").read_bytes())
     inputs = [patient / "t2.nii.gz", *(volumes / s / "t2.nii.gz" for s in SUBJECTS[1:])]
-    result = run("translate", trained, *inputs, "--direction", "b2a", "--out", tmp_path / "o",
-                 "--no-progress")
+    result = invoke("translate", trained, *inputs, "--direction", "b2a", "--out", tmp_path / "o",
+                    "--no-progress")
     assert result.exit_code == 0, result.output
     written = sorted(p.name for p in (tmp_path / "o").iterdir() if not p.name.startswith("."))
     assert written == ["manifest.csv", "provenance.json",
@@ -366,8 +360,8 @@ def test_translate_names_no_input_unless_asked(trained, volumes, tmp_path):
 
 def test_translate_keeps_subject_folders_when_asked(trained, volumes, tmp_path):
     inputs = [volumes / s / "t2.nii.gz" for s in SUBJECTS]
-    result = run("translate", trained, *inputs, "--direction", "b2a", "--out", tmp_path / "o",
-                 "--keep-source-names", "--no-progress")
+    result = invoke("translate", trained, *inputs, "--direction", "b2a", "--out", tmp_path / "o",
+                    "--keep-source-names", "--no-progress")
     assert result.exit_code == 0, result.output
     assert all((tmp_path / "o" / s / "t2.nii.gz").is_file() for s in SUBJECTS)
     rows = list(csv.DictReader((tmp_path / "o" / "manifest.csv").open()))
@@ -376,8 +370,8 @@ def test_translate_keeps_subject_folders_when_asked(trained, volumes, tmp_path):
 
 def test_translate_refuses_an_input_given_twice(trained, volumes, tmp_path):
     source = volumes / SUBJECTS[0] / "t2.nii.gz"
-    result = run("translate", trained, source, source.parent / ".." / SUBJECTS[0] / "t2.nii.gz",
-                 "--direction", "b2a", "--out", tmp_path / "o", "--no-progress")
+    result = invoke("translate", trained, source, source.parent / ".." / SUBJECTS[0] / "t2.nii.gz",
+                    "--direction", "b2a", "--out", tmp_path / "o", "--no-progress")
     assert result.exit_code == 1 and "given twice" in result.output
     assert not (tmp_path / "o").exists()
 
@@ -394,8 +388,8 @@ def test_translate_a_dicom_series_into_a_new_deidentified_series(trained, tmp_pa
         source_uids |= {ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID}
         ds.save_as(series / f"slice{k}.dcm")
     out = tmp_path / "out"
-    result = run("translate", trained, series, "--direction", "a2b", "--out", out,
-                 "--no-progress")
+    result = invoke("translate", trained, series, "--direction", "a2b", "--out", out,
+                    "--no-progress")
     assert result.exit_code == 0, result.output
     files = sorted((out / "series_0001").glob("*.dcm"))
     assert len(files) == 3
@@ -416,20 +410,20 @@ def test_translate_pictures_file_for_file(trained, tmp_path):
     for name in ("x.png", "y.png"):
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 36), np.uint8)).save(
             folder / name)
-    result = run("translate", trained, tmp_path / "pngs", "--direction", "a2b", "--out",
-                 tmp_path / "out", "--no-progress")
+    result = invoke("translate", trained, tmp_path / "pngs", "--direction", "a2b", "--out",
+                    tmp_path / "out", "--no-progress")
     assert result.exit_code == 0, result.output
     outputs = sorted(p.relative_to(tmp_path / "out").as_posix()
                      for p in (tmp_path / "out").rglob("*.png"))
     assert outputs == ["images_0001/00001.png", "images_0001/00002.png"]
     assert Image.open(tmp_path / "out" / "images_0001/00001.png").size == (36, 40)
-    result = run("translate", trained, tmp_path / "pngs", "--direction", "a2b", "--out",
-                 tmp_path / "kept", "--keep-source-names", "--no-progress")
+    result = invoke("translate", trained, tmp_path / "pngs", "--direction", "a2b", "--out",
+                    tmp_path / "kept", "--keep-source-names", "--no-progress")
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "kept" / "pngs/sub/x.png").size == (36, 40)
     rgb = tmp_path / "rgb.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 36, 3), np.uint8)).save(rgb)
-    result = run("translate", trained, rgb, "--direction", "a2b", "--out", tmp_path / "o")
+    result = invoke("translate", trained, rgb, "--direction", "a2b", "--out", tmp_path / "o")
     assert result.exit_code == 1 and "3 channel(s) but the translator takes 1" in result.output
     assert not (tmp_path / "o").exists()
 
@@ -437,23 +431,23 @@ def test_translate_pictures_file_for_file(trained, tmp_path):
 def test_translate_errors_leave_nothing(trained, volumes, tmp_path):
     source = volumes / "s2" / "t1.nii.gz"
     dcgan = tmp_path / "dcgan"
-    made = run("train", "dcgan", "phantom:n=16,size=32", "--out", dcgan, "--size", "32",
-               "--width", "4", "--epochs", "1", "--batch-size", "8", "--no-progress")
+    made = invoke("train", "dcgan", "phantom:n=16,size=32", "--out", dcgan, "--size", "32",
+                  "--width", "4", "--epochs", "1", "--batch-size", "8", "--no-progress")
     assert made.exit_code == 0, made.output
-    result = run("translate", dcgan, source, "--direction", "a2b", "--out", tmp_path / "o")
+    result = invoke("translate", dcgan, source, "--direction", "a2b", "--out", tmp_path / "o")
     assert result.exit_code == 1 and "not 'cyclegan'" in result.output
-    result = run("translate", trained, source, "--direction", "up", "--out", tmp_path / "o")
+    result = invoke("translate", trained, source, "--direction", "up", "--out", tmp_path / "o")
     assert result.exit_code == 2 and "--direction" in result.output
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "keep.txt").write_text("mine")
-    result = run("translate", trained, source, "--direction", "a2b", "--out", existing)
+    result = invoke("translate", trained, source, "--direction", "a2b", "--out", existing)
     assert result.exit_code == 1 and "already exists" in result.output
     assert [p.name for p in existing.iterdir()] == ["keep.txt"]
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"not a nifti")
-    result = run("translate", trained, source, broken, "--direction", "a2b",
-                 "--out", tmp_path / "o")
+    result = invoke("translate", trained, source, broken, "--direction", "a2b",
+                    "--out", tmp_path / "o")
     assert result.exit_code == 1 and "broken.nii.gz" in result.output
     assert not (tmp_path / "o").exists()
     assert not list(tmp_path.glob(".o.partial-*"))
@@ -461,10 +455,10 @@ def test_translate_errors_leave_nothing(trained, volumes, tmp_path):
 
 def test_translate_real_brain_volume(shared_data, trained, tmp_path):
     source = real_file(shared_data, "brain-t1t2/TCGA-DU-7294/t1.nii.gz")
-    result = run("translate", trained, source, "--direction", "a2b", "--out", tmp_path / "o",
-                 "--no-progress")
+    result = invoke("translate", trained, source, "--direction", "a2b", "--out", tmp_path / "o",
+                    "--no-progress")
     assert result.exit_code == 0, result.output
-    translated = nib.load(tmp_path / "o" / "t1.nii.gz")
+    translated = nib.load(tmp_path / "o" / "volume_0001.nii.gz")
     assert translated.shape == nib.load(source).shape == (240, 240, 155)
 
 
@@ -473,8 +467,8 @@ def test_translate_real_brain_volume(shared_data, trained, tmp_path):
 
 def test_evaluate_translation_on_the_held_out_subject(trained, volumes, tmp_path):
     out = tmp_path / "eval"
-    result = run("evaluate", "translation", trained, "--source", volumes / "s2" / "t1.nii.gz",
-                 "--target", volumes / "s2" / "t2.nii.gz", "--out", out)
+    result = invoke("evaluate", "translation", trained, "--source", volumes / "s2" / "t1.nii.gz",
+                    "--target", volumes / "s2" / "t2.nii.gz", "--out", out)
     assert result.exit_code == 0, result.output
     assert "inverted histogram matching" in result.output
     report = json.loads((out / "translation.json").read_text())
@@ -486,19 +480,19 @@ def test_evaluate_translation_on_the_held_out_subject(trained, volumes, tmp_path
 def test_evaluate_translation_refuses_training_subjects_and_unpaired_volumes(trained, volumes,
                                                                             tmp_path):
     out = tmp_path / "eval"
-    seen = run("evaluate", "translation", trained, "--source", f"{volumes}/*/t1.nii.gz",
-               "--target", f"{volumes}/*/t2.nii.gz", "--out", out)
+    seen = invoke("evaluate", "translation", trained, "--source", f"{volumes}/*/t1.nii.gz",
+                  "--target", f"{volumes}/*/t2.nii.gz", "--out", out)
     assert seen.exit_code == 1 and "training domain A" in seen.output
     assert "s0" in seen.output
-    unpaired = run("evaluate", "translation", trained, "--source", f"{volumes}/s2/t1.nii.gz",
-                   "--target", f"{volumes}/*/t2.nii.gz", "--out", out)
+    unpaired = invoke("evaluate", "translation", trained, "--source", f"{volumes}/s2/t1.nii.gz",
+                      "--target", f"{volumes}/*/t2.nii.gz", "--out", out)
     assert unpaired.exit_code == 1 and "pair one to one" in unpaired.output
     wrong_grid = tmp_path / "s2" / "t2.nii.gz"
     wrong_grid.parent.mkdir()
     noise = np.random.default_rng(0).uniform(1, 2, (16, 16, 8)).astype(np.float32)
     nib.save(nib.Nifti1Image(noise, np.eye(4)), wrong_grid)
-    shape = run("evaluate", "translation", trained, "--source", volumes / "s2" / "t1.nii.gz",
-                "--target", wrong_grid, "--out", out)
+    shape = invoke("evaluate", "translation", trained, "--source", volumes / "s2" / "t1.nii.gz",
+                   "--target", wrong_grid, "--out", out)
     assert shape.exit_code == 1 and "same voxel grid" in shape.output
     assert not out.exists()
 
@@ -509,8 +503,8 @@ def test_evaluate_translation_without_paired_truth(trained, volumes, tmp_path):
         n=16, size=32, seed=7, slices_per_subject=16))
     new = tmp_path / "new" / subject
     out = tmp_path / "unpaired"
-    result = run("evaluate", "translation", trained, "--source", new / "t1.nii.gz",
-                 "--reference", new / "t2.nii.gz", "--out", out)
+    result = invoke("evaluate", "translation", trained, "--source", new / "t1.nii.gz",
+                    "--reference", new / "t2.nii.gz", "--out", out)
     assert result.exit_code == 0, result.output
     reports = json.loads((out / "unpaired.json").read_text())
     assert set(reports) == {"synthmed", "identity"}
@@ -519,9 +513,9 @@ def test_evaluate_translation_without_paired_truth(trained, volumes, tmp_path):
         assert {"fid", "kid", "precision", "recall"} <= set(report["overall"])
         assert report["floor"]["fid"] is not None
     assert "untranslated source (identity)" in (out / "fidelity.md").read_text()
-    both = run("evaluate", "translation", trained, "--source", volumes / "s2" / "t1.nii.gz",
-               "--out", tmp_path / "x")
+    both = invoke("evaluate", "translation", trained, "--source", volumes / "s2" / "t1.nii.gz",
+                  "--out", tmp_path / "x")
     assert both.exit_code == 2 and "exactly one" in both.output
-    seen = run("evaluate", "translation", trained, "--source", f"{volumes}/*/t1.nii.gz",
-               "--reference", volumes / "s2" / "t2.nii.gz", "--out", tmp_path / "y")
+    seen = invoke("evaluate", "translation", trained, "--source", f"{volumes}/*/t1.nii.gz",
+                  "--reference", volumes / "s2" / "t2.nii.gz", "--out", tmp_path / "y")
     assert seen.exit_code == 1 and "training domain A" in seen.output

@@ -13,20 +13,20 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.phantom import PhantomConfig, make_phantom
-from synthmed.cli import cli
 from synthmed.errors import InputError
 from synthmed.gan import checkpoint
 from synthmed.gan.config import DCGANConfig, TrainConfig, to_dict
 from synthmed.gan.dcgan import DCGAN
 from synthmed.gan.run import build_model, fit_model_to_data, load_run, run_config
 from synthmed.gan.trainer import TrainingDiverged, fit
+
+from .conftest import invoke, one_line_error
 
 ALL_AUGMENTS = ("color", "translation", "cutout")
 STAT_KEYS = {"loss_d", "loss_g", "d_real", "d_fake", "d_accuracy"}
@@ -588,16 +588,6 @@ def test_malicious_trainer_state_is_refused_and_not_run(copied, tmp_path, phanto
 
 
 # -- the command line -------------------------------------------------------------------------
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(result, text: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert text in result.output
-    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 
 def test_cli_trains_the_tutorial_preset_and_resumes(tmp_path):

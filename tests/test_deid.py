@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from click.testing import CliRunner
 from pydicom.data import get_testdata_file
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -19,7 +18,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, generate_uid
 
-from synthmed.cli import cli
+from .conftest import invoke
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,10 +27,6 @@ IDENTIFYING_WORDS = ("ID", "Institution", "Accession", "Address", "Station", "Se
                      "Description", "Name")
 SOFTWARE = ("ImplementationClassUID", "ImplementationVersionName")
 TINY_CYCLEGAN = ["--ngf", 4, "--ndf", 4, "--blocks", 1, "--pool-size", 2, "--epochs", 1]
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def write_patient(folder: Path, source: str, patient: str, slices: int) -> None:

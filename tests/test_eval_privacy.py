@@ -13,6 +13,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from synthmed.augment.dataset import ImageSet
+from synthmed.augment.distances import flatten_pixels, nearest_distances
 from synthmed.augment.phantom import PhantomConfig, make_phantom
 from synthmed.cli import cli
 from synthmed.errors import InputError
@@ -21,10 +22,7 @@ from synthmed.eval.privacy import (
     attack_indices,
     discriminator_scores,
     evaluate_privacy,
-    flatten_pixels,
     membership_auc,
-    near_copy_threshold,
-    nearest_distances,
 )
 from synthmed.eval.report import build_report
 from synthmed.gan.run import load_run
@@ -54,25 +52,6 @@ def sets() -> tuple[ImageSet, ImageSet, ImageSet]:
 
 
 # -- building blocks ---------------------------------------------------------------------------
-
-
-def test_flatten_pixels():
-    images = np.arange(2 * 3 * 4 * 5, dtype=np.float64).reshape(2, 3, 4, 5)
-    flat = flatten_pixels(images)
-    assert flat.shape == (2, 60) and flat.dtype == np.float32
-    np.testing.assert_array_equal(flat[1], images[1].ravel())
-
-
-def test_nearest_distances_and_threshold_match_brute_force():
-    rng = np.random.default_rng(0)
-    queries, references = rng.normal(size=(23, 7)), rng.normal(size=(31, 7))
-    pairwise = np.sqrt(((queries[:, None] - references[None]) ** 2).sum(-1))  # (23, 31)
-    distances, indices = nearest_distances(queries, references)
-    np.testing.assert_allclose(distances, pairwise.min(axis=1), rtol=1e-9)
-    np.testing.assert_array_equal(indices, pairwise.argmin(axis=1))
-    for percentile in (5.0, 50.0):
-        expected = np.percentile(pairwise.min(axis=1), percentile)
-        assert near_copy_threshold(references, queries, percentile) == pytest.approx(expected)
 
 
 def test_membership_auc_is_sklearns_roc_auc():

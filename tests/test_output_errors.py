@@ -18,24 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
 from PIL import Image
 
 from synthmed.augment.phantom import PhantomConfig, make_phantom
-from synthmed.cli import cli
+
+from .conftest import invoke, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def invoke(*args: object) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def assert_one_line_error(result: Result, *texts: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
-    for text in texts:
-        assert text in result.output, result.output
 
 
 def read_only_by_chmod(monkeypatch: pytest.MonkeyPatch, folder: Path) -> str:
@@ -147,7 +136,7 @@ def test_read_only_parent_folder(tmp_path, monkeypatch, commands, command, make_
     parent.mkdir()
     problem = make_read_only(monkeypatch, parent)
     result = invoke(*commands[command](parent / "out"))
-    assert_one_line_error(result, str(parent), problem)
+    one_line_error(result, str(parent), problem)
     assert list(parent.iterdir()) == []
 
 
@@ -158,7 +147,7 @@ def test_full_disk(tmp_path, monkeypatch, commands, command, room):
     out.parent.mkdir()
     fill_disk(monkeypatch, room)
     result = invoke(*commands[command](out))
-    assert_one_line_error(result, str(out), "No space left on device")
+    one_line_error(result, str(out), "No space left on device")
     leftovers = [path.name for path in out.parent.iterdir()]
     if command == "generate":  # finished blocks are kept, hidden, for the rerun to continue
         assert leftovers in ([], [".out.partial"])

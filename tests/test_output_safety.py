@@ -13,26 +13,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from synthmed.cli import cli
 from synthmed.gan import checkpoint
 from synthmed.io import MARKER, check_out, output_lock, replace_folder
+
+from .conftest import invoke, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PHANTOM = ["data", "phantom", "--n", "8", "--size", "28", "--format", "npz", "--contrast", "t1"]
-
-
-def invoke(*args: object) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def refused(result: Result, *texts: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
-    for text in texts:
-        assert text in result.output, result.output
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -66,8 +55,8 @@ def test_generate_into_the_current_folder_keeps_it(run_dir, user_folder, monkeyp
     before = snapshot(user_folder)
     monkeypatch.chdir(user_folder / "samples")
     for out in (".", "..", str(user_folder / "samples")):
-        refused(invoke("generate", run_dir, "--n", "4", "--out", out, "--overwrite",
-                       "--no-progress"), "current folder")
+        one_line_error(invoke("generate", run_dir, "--n", "4", "--out", out, "--overwrite",
+                              "--no-progress"), "current folder")
     assert snapshot(user_folder) == before
 
 
@@ -78,8 +67,8 @@ def test_generate_never_writes_over_or_into_its_run(run_dir, where):
     before = snapshot(run_dir.parent)
     relation = {"the run": " is the input", "its parent": " holds the input",
                 "inside it": " lies inside the input"}[where]
-    refused(invoke("generate", run_dir, "--n", "4", "--out", out, "--overwrite",
-                   "--no-progress"), relation)
+    one_line_error(invoke("generate", run_dir, "--n", "4", "--out", out, "--overwrite",
+                          "--no-progress"), relation)
     assert snapshot(run_dir.parent) == before
 
 
@@ -87,14 +76,14 @@ def test_evaluate_and_translate_never_replace_their_input(run_dir, tmp_path):
     data = tmp_path / "data"
     assert invoke(*PHANTOM, "--out", data).exit_code == 0
     before = snapshot(tmp_path)
-    refused(invoke("evaluate", "fidelity", "--real", data, "--synthetic", data, "--out", data,
-                   "--overwrite"), "is the input")
-    refused(invoke("evaluate", "privacy", "--synthetic", data, "--train", data, "--holdout",
-                   data, "--out", tmp_path, "--overwrite"), "holds the input")
-    refused(invoke("translate", run_dir, data, "--direction", "a2b", "--out", data,
-                   "--overwrite"), "is the input")
-    refused(invoke("evaluate", "utility", "--real", data, "--generator", run_dir, "--out",
-                   data / "utility"), "lies inside the input")
+    one_line_error(invoke("evaluate", "fidelity", "--real", data, "--synthetic", data,
+                          "--out", data, "--overwrite"), "is the input")
+    one_line_error(invoke("evaluate", "privacy", "--synthetic", data, "--train", data, "--holdout",
+                          data, "--out", tmp_path, "--overwrite"), "holds the input")
+    one_line_error(invoke("translate", run_dir, data, "--direction", "a2b", "--out", data,
+                          "--overwrite"), "is the input")
+    one_line_error(invoke("evaluate", "utility", "--real", data, "--generator", run_dir, "--out",
+                          data / "utility"), "lies inside the input")
     assert snapshot(tmp_path) == before
 
 
@@ -103,9 +92,9 @@ def test_training_never_writes_into_its_data(tmp_path):
     assert invoke(*PHANTOM[:-4], "--format", "png", "--contrast", "t1", "--out", data
                   ).exit_code == 0
     before = snapshot(tmp_path)
-    refused(invoke("train", "dcgan", data, "--out", data / "run", "--size", "28"),
-            "lies inside the input")
-    refused(invoke("train", "dcgan", data, "--out", tmp_path, "--resume"), "holds the input")
+    one_line_error(invoke("train", "dcgan", data, "--out", data / "run", "--size", "28"),
+                   "lies inside the input")
+    one_line_error(invoke("train", "dcgan", data, "--out", tmp_path, "--resume"), "holds the input")
     assert snapshot(tmp_path) == before
 
 
@@ -114,7 +103,7 @@ def test_inspect_never_writes_its_files_over_the_input(tmp_path):
     assert invoke(*PHANTOM, "--out", data).exit_code == 0
     before = snapshot(tmp_path)
     npz = next(data.rglob("*.npz"))
-    refused(invoke("data", "inspect", npz, "--json", npz), "is the input")
+    one_line_error(invoke("data", "inspect", npz, "--json", npz), "is the input")
     assert snapshot(tmp_path) == before
 
 
@@ -134,10 +123,10 @@ def test_check_out_follows_globs_and_links(tmp_path):
 
 def test_overwrite_refuses_a_folder_synthmed_did_not_write(user_folder):
     before = snapshot(user_folder)
-    refused(invoke(*PHANTOM, "--out", user_folder, "--overwrite"), "synthmed did not write")
+    one_line_error(invoke(*PHANTOM, "--out", user_folder, "--overwrite"), "synthmed did not write")
     (user_folder.parent / "link").symlink_to(user_folder)
-    refused(invoke(*PHANTOM, "--out", user_folder.parent / "link", "--overwrite"),
-            "not a folder synthmed wrote")
+    one_line_error(invoke(*PHANTOM, "--out", user_folder.parent / "link", "--overwrite"),
+                   "not a folder synthmed wrote")
     assert snapshot(user_folder) == before
 
 
@@ -194,8 +183,8 @@ def test_a_second_writer_fails_at_once_naming_the_first(run_dir, tmp_path):
         assert holder.stdout.readline().strip() == "held"
         for args in (["generate", run_dir, "--n", "4"], PHANTOM,
                      ["train", "dcgan", "phantom:n=16,size=32", "--size", "32"]):
-            refused(invoke(*args, "--out", out, "--no-progress" if args[0] != "data" else
-                           "--overwrite"), f"another synthmed process (pid {holder.pid})")
+            one_line_error(invoke(*args, "--out", out, "--no-progress" if args[0] != "data" else
+                                  "--overwrite"), f"another synthmed process (pid {holder.pid})")
         assert not out.exists()
     finally:
         holder.kill()
@@ -216,8 +205,8 @@ def test_generate_keeps_a_partial_folder_it_did_not_make(run_dir, tmp_path):
     partial = tmp_path / ".out.partial"
     partial.mkdir()
     (partial / "mine.txt").write_text("keep")
-    refused(invoke("generate", run_dir, "--n", "4", "--out", tmp_path / "out", "--no-progress"),
-            "not a partial output synthmed left")
+    one_line_error(invoke("generate", run_dir, "--n", "4", "--out", tmp_path / "out",
+                          "--no-progress"), "not a partial output synthmed left")
     assert (partial / "mine.txt").read_text() == "keep"
 
 
@@ -227,8 +216,8 @@ def test_generate_keeps_a_partial_folder_it_did_not_make(run_dir, tmp_path):
 def test_resume_on_a_folder_that_is_not_a_run_deletes_nothing(user_folder):
     (user_folder / "notes.txt").unlink()  # only a samples/ folder, as a run has
     before = snapshot(user_folder)
-    refused(invoke("train", "dcgan", "phantom:n=16,size=32", "--size", "32", "--out",
-                   user_folder, "--resume", "--no-progress"), "not a synthmed run")
+    one_line_error(invoke("train", "dcgan", "phantom:n=16,size=32", "--size", "32", "--out",
+                          user_folder, "--resume", "--no-progress"), "not a synthmed run")
     assert snapshot(user_folder) == before
 
 

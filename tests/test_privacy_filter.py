@@ -12,27 +12,23 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from click.testing import CliRunner
 
+from synthmed.augment.distances import flatten_pixels, near_copy_threshold
 from synthmed.augment.items import ReadConfig
 from synthmed.augment.nifti import display_plane
 from synthmed.augment.readers import read_images
-from synthmed.cli import cli
 from synthmed.errors import InputError
-from synthmed.eval.privacy import flatten_pixels, near_copy_threshold
 from synthmed.gan import generate as generate_module
 from synthmed.gan.generate import BLOCK, GenerateConfig, PrivacyFilterConfig, generate
 from synthmed.gan.run import load_run
+
+from .conftest import invoke
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TRAIN = "phantom:t1,n=48"
 DP = {"target_epsilon": 3.0, "epsilon": 2.5, "delta": 1e-5, "noise_multiplier": 1.1,
       "max_grad_norm": 1.0, "sample_rate": 0.25, "steps": 12, "accountant": "rdp"}
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

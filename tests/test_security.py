@@ -15,31 +15,22 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner, Result
+from click.testing import Result
 from PIL import Image
 
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.export import EXPORT_FORMATS, export_imageset
 from synthmed.augment.items import ReadConfig
 from synthmed.augment.readers import read_images
-from synthmed.cli import cli
 from synthmed.errors import InputError
 from synthmed.gan.run import load_run
 from synthmed.gan.translate import read_config_of
 
+from .conftest import invoke, one_line_error
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DATA = "phantom:t1,n=16"
-
-
-def invoke(*args: object) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(result: Result, text: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert text in result.output
-    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 
 # -- run directories never unpickle code -----------------------------------------------------

@@ -37,7 +37,7 @@ from sklearn.neighbors import NearestNeighbors
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.preview import image_grid
 from synthmed.errors import InputError
-from synthmed.gan.checkpoint import atomic_write, json_safe
+from synthmed.io import atomic_write, json_safe
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # images (N, C, H, W) in [-1, 1] -> (N, D) float
 

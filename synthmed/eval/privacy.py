@@ -30,17 +30,17 @@ import numpy as np
 import torch
 from scipy.stats import binomtest, rankdata
 from sklearn.metrics import roc_curve
-from sklearn.neighbors import NearestNeighbors
 
 from synthmed.augment.dataset import ImageSet
+from synthmed.augment.distances import flatten_pixels, near_copy_threshold, nearest_distances
 from synthmed.augment.preview import image_grid
 from synthmed.errors import InputError
 from synthmed.eval.fidelity import FeatureFn, checked_features
 from synthmed.eval.stats import bootstrap_ci
 from synthmed.eval.utility_report import save_figure
-from synthmed.gan.checkpoint import atomic_write, json_safe
 from synthmed.gan.config import check_fields
 from synthmed.gan.run import LoadedRun
+from synthmed.io import atomic_write, json_safe
 from synthmed.limits import MAX_SEED
 
 SPACES = {"pixels": "pixel", "features": "feature"}
@@ -90,29 +90,6 @@ class PrivacyConfig:
 
 
 # -- distances ---------------------------------------------------------------------------------
-
-
-def flatten_pixels(images: np.ndarray) -> np.ndarray:
-    """(N, C, H, W) model-space images in [-1, 1] -> (N, C*H*W) float32 vectors."""
-    return np.asarray(images, dtype=np.float32).reshape(len(images), -1)
-
-
-def nearest_distances(queries: np.ndarray, references: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Euclidean distance from each query (N, D) to its nearest reference (M, D), and that
-    reference's index: ((N,), (N,)). scikit-learn NearestNeighbors."""
-    search = NearestNeighbors(n_neighbors=1).fit(np.asarray(references, dtype=np.float64))
-    distances, indices = search.kneighbors(np.asarray(queries, dtype=np.float64))
-    return distances[:, 0], indices[:, 0]
-
-
-def near_copy_threshold(train: np.ndarray, holdout: np.ndarray, percentile: float = 5.0
-                        ) -> float:
-    """The `percentile`-th percentile of the distances from each held-out vector (N, D) to its
-    nearest training vector (M, D): a synthetic image closer to a training image than this is
-    a near-copy."""
-    distances, _ = nearest_distances(holdout, train)
-    return float(np.percentile(distances, percentile))
 
 
 @dataclass

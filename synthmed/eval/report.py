@@ -21,6 +21,7 @@ from typing import Any
 
 from synthmed.errors import InputError
 from synthmed.gan import checkpoint
+from synthmed.io import atomic_write
 
 HTML_NAME = "synthmed-report.html"
 MARKDOWN_NAME = "synthmed-report.md"
@@ -60,8 +61,8 @@ def build_report(folder: Path) -> tuple[Path, Path]:
             f"<h1>{html.escape(title)}</h1>" + "".join(s["html"] for s in sections)
             + "</body></html>\n")
     paths = folder / HTML_NAME, folder / MARKDOWN_NAME
-    checkpoint.atomic_write(paths[0], page.encode())
-    checkpoint.atomic_write(paths[1], markdown.encode())
+    atomic_write(paths[0], page.encode())
+    atomic_write(paths[1], markdown.encode())
     return paths
 
 

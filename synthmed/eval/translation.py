@@ -58,10 +58,10 @@ from synthmed.augment.splits import split_by_group
 from synthmed.errors import InputError
 from synthmed.eval.classifier import ClassifierConfig, train_classifier
 from synthmed.eval.fidelity import FidelityReport, evaluate_fidelity
-from synthmed.gan.checkpoint import atomic_write, json_safe, write_json
 from synthmed.gan.data import group_hash
 from synthmed.gan.run import LoadedRun
 from synthmed.gan.translate import read_config_of, target_domain, translate_images
+from synthmed.io import atomic_write, json_safe, write_json
 
 Translator = Callable[[np.ndarray], np.ndarray]  # (S, 1, H, W) in [-1, 1] -> same shape
 

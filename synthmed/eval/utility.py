@@ -49,6 +49,7 @@ from synthmed.gan.config import DCGANConfig, TrainConfig
 from synthmed.gan.data import LabelledImages
 from synthmed.gan.run import LoadedRun, build_model, load_run, read_run_config, run_config
 from synthmed.gan.trainer import fit
+from synthmed.io import write_json
 
 RESULTS = "results.json"
 STEPS_PER_EPOCH = 50  # a generator's epoch spans repeats of a small subset (one grid each)
@@ -389,10 +390,10 @@ def run_grid(
             done[_key(cell)] = _run_cell(cell, subset, synthetic, real, config)
             bar.update()
         results["cells"] = _ordered(done.values(), config)
-        checkpoint.write_json(out / RESULTS, results)
+        write_json(out / RESULTS, results)
     bar.close()
     results["cells"] = _ordered(done.values(), config)
-    checkpoint.write_json(out / RESULTS, results)
+    write_json(out / RESULTS, results)
     return results
 
 
@@ -561,7 +562,7 @@ def merge(parts: list[Path], out: Path) -> dict[str, Any]:
                          "shard")
     results = {**header, "cells": _ordered(cells.values(), config)}
     Path(out).mkdir(parents=True, exist_ok=True)
-    checkpoint.write_json(Path(out) / RESULTS, results)
+    write_json(Path(out) / RESULTS, results)
     return results
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from synthmed.eval.metrics import METRICS
 from synthmed.eval.stats import holm, paired_comparison, resolvable_difference, summarize
-from synthmed.gan.checkpoint import atomic_write, write_json
+from synthmed.io import atomic_write, write_json
 
 BASELINE = "real"
 

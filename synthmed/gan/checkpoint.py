@@ -25,10 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
-import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -41,7 +38,7 @@ from safetensors.torch import save as save_safetensors
 
 from synthmed import __version__
 from synthmed.errors import InputError
-from synthmed.io import current_umask, is_run_config
+from synthmed.io import atomic_write, is_run_config
 
 FORMAT_VERSION = 1
 CONFIG = "config.yaml"
@@ -56,22 +53,6 @@ _RUN_FILES = (CONFIG, WEIGHTS, STATE, TRAINING_DATA, METRICS, "progress.gif", "l
 # atomic_write's mkstemp names for the files a run writes
 _TEMPORARY = re.compile(rf"\.(?:{'|'.join(map(re.escape, _RUN_FILES))}|epoch_\d{{4,}}\.png)"
                         r"\.[a-z0-9_]{8}")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp's 0600 is for secrets, not results
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def is_unstarted(run_dir: Path) -> bool:
@@ -153,23 +134,6 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
         raise InputError(f"unknown run format (expected format_version {FORMAT_VERSION})", path)
     return config
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every NaN / inf float (nested in dicts, lists and tuples) as ``None``:
-    strict JSON has neither."""
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(path: Path, value: Any) -> None:
-    """``value`` as strict JSON (NaN and inf written as null), atomically."""
-    atomic_write(path, (json.dumps(json_safe(value), indent=1, allow_nan=False) + "\n").encode())
 
 
 def save_weights(run_dir: Path, state: dict[str, torch.Tensor], kind: str, epoch: int) -> None:

@@ -45,6 +45,7 @@ from tqdm import tqdm
 from synthmed import __version__
 from synthmed.augment import medmnist
 from synthmed.augment.dataset import ImageSet
+from synthmed.augment.distances import flatten_pixels, near_copy_threshold, nearest_distances
 from synthmed.augment.export import (
     EXPORT_FORMATS,
     MANIFEST_NAME,
@@ -55,13 +56,20 @@ from synthmed.augment.export import (
 from synthmed.augment.items import ReadConfig
 from synthmed.augment.readers import read_images
 from synthmed.errors import InputError
-from synthmed.eval.privacy import flatten_pixels, near_copy_threshold, nearest_distances
-from synthmed.gan import checkpoint, distributed
+from synthmed.gan import distributed
 from synthmed.gan.config import from_dict, to_dict
 from synthmed.gan.data import recorded_source
 from synthmed.gan.run import LoadedRun
 from synthmed.gan.translate import read_config_of
-from synthmed.io import check_out, check_replaceable, mark_output, output_lock, replace_folder
+from synthmed.io import (
+    atomic_write,
+    check_out,
+    check_replaceable,
+    mark_output,
+    output_lock,
+    replace_folder,
+    write_json,
+)
 from synthmed.limits import MAX_IMAGES, MAX_SEED
 
 BLOCK = 256
@@ -339,7 +347,7 @@ def _write_block(run: LoadedRun, config: GenerateConfig, record: dict, plan: dic
                          run.class_names[label] if label >= 0 else "", config.seed,
                          start + offset, rounds[offset], record["model_fingerprint"],
                          __version__])
-    checkpoint.atomic_write(work / "parts" / f"{block:06d}.csv", rows.getvalue().encode())
+    atomic_write(work / "parts" / f"{block:06d}.csv", rows.getvalue().encode())
 
 
 def _draw_block(run: LoadedRun, labels: np.ndarray, rng: torch.Generator,
@@ -396,7 +404,7 @@ def _finish(work: Path, out: Path, config: GenerateConfig, record: dict, labels:
         column = MANIFEST_COLUMNS.index("noise_round")
         dropped = sum(int(row[column]) for part in parts for row in csv.reader(io.StringIO(part)))
         record = {**record, "privacy_filter": {**record["privacy_filter"], "dropped": dropped}}
-    checkpoint.write_json(work / "provenance.json", record)
+    write_json(work / "provenance.json", record)
     shutil.rmtree(work / "parts")
     (work / "plan.json").unlink()
     mark_output(work, "synthetic")
@@ -421,7 +429,7 @@ def _prepare_work_dir(work: Path, record: dict) -> None:
     shutil.rmtree(work, ignore_errors=True)  # another request's, or empty folders
     (work / "parts").mkdir(parents=True)
     plan = {"request": record, "dicom_series": [generate_uid(), generate_uid()]}
-    checkpoint.write_json(plan_path, plan)
+    write_json(plan_path, plan)
 
 
 def _provenance(run: LoadedRun, config: GenerateConfig, labels: np.ndarray,

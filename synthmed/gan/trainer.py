@@ -48,6 +48,7 @@ from synthmed.gan import checkpoint, distributed
 from synthmed.gan.config import DPConfig, TrainConfig
 from synthmed.gan.data import LabelledImages, UnpairedImages
 from synthmed.gan.run import read_training_data
+from synthmed.io import atomic_write, write_json
 
 if TYPE_CHECKING:
     from synthmed.gan.privacy import PrivateDiscriminator
@@ -266,7 +267,7 @@ def _start_run(run_dir: Path, run_config: dict[str, Any], data: TrainingData,
     record = data.record()
     if private is not None:
         record["differential_privacy"] = private.record()
-    checkpoint.write_json(run_dir / checkpoint.TRAINING_DATA, record)
+    write_json(run_dir / checkpoint.TRAINING_DATA, record)
 
 
 def _require_same_data(run_dir: Path, data: TrainingData) -> None:
@@ -288,7 +289,7 @@ def _save_checkpoint(run_dir: Path, model: nn.Module, optimizers: dict, schedule
     if private is not None:  # the record first: a kill in between overstates the spend
         path = run_dir / checkpoint.TRAINING_DATA
         record = json.loads(path.read_text())
-        checkpoint.write_json(path, {**record, "differential_privacy": private.record()})
+        write_json(path, {**record, "differential_privacy": private.record()})
         state["privacy"] = private.state_dict()
     checkpoint.save_state(run_dir, state)
     checkpoint.save_weights(run_dir, state["model"], model.kind, epoch)
@@ -311,7 +312,7 @@ def _truncate_metrics(run_dir: Path, epoch: int) -> None:
     path = run_dir / checkpoint.METRICS
     if path.is_file():
         kept = path.read_text().splitlines()[:epoch]
-        checkpoint.atomic_write(path, "".join(f"{line}\n" for line in kept).encode())
+        atomic_write(path, "".join(f"{line}\n" for line in kept).encode())
 
 
 def _save_preview(model: nn.Module, data: TrainingData, train: TrainConfig, run_dir: Path,
@@ -342,7 +343,7 @@ def _save_progress_gif(run_dir: Path) -> None:
         buffer = io.BytesIO()
         frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:],
                        duration=300, loop=0)
-        checkpoint.atomic_write(run_dir / "progress.gif", buffer.getvalue())
+        atomic_write(run_dir / "progress.gif", buffer.getvalue())
 
 
 def _save_loss_plot(run_dir: Path) -> None:
@@ -366,7 +367,7 @@ def _save_loss_plot(run_dir: Path) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
-    checkpoint.atomic_write(run_dir / "losses.png", buffer.getvalue())
+    atomic_write(run_dir / "losses.png", buffer.getvalue())
 
 
 # -- steps ------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ CONFIGS = {  # --config YAML files for train dcgan
     "nz-zero": "model: {nz: 0}\n",
     "unknown-key": "model: {widht: 8}\n",
     "not-yaml": "model: [unclosed\n",
+    "privacy-without-dp-options": "privacy: {epsilon: 1.0}\n",
 }
 
 
@@ -150,7 +151,8 @@ CASES = [
                            ("width-abc", "width"), ("width-huge", "width"),
                            ("ema-abc", "ema_decay"), ("epochs-abc", "epochs"),
                            ("betas-three", "betas"), ("nz-zero", "nz"),
-                           ("unknown-key", "widht"), ("not-yaml", "YAML")]),
+                           ("unknown-key", "widht"), ("not-yaml", "YAML"),
+                           ("privacy-without-dp-options", "differential privacy")]),
     # -- command-line values ---------------------------------------------------------------------
     Case("--lr-g nan", lambda r: ["train", "dcgan", "phantom:n=16,size=28", "--lr-g", "nan",
                                   "--out", out_of(r), *TINY_DCGAN], "lr-g"),

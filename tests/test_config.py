@@ -205,6 +205,15 @@ def test_a_runs_own_config_yaml_is_a_fine_config_file(trained):
     assert model.width == 4 and model.num_classes == 2 and train.epochs == 1
 
 
+def test_a_config_asking_for_privacy_never_trains_openly(tmp_path):
+    path = tmp_path / "private.yaml"
+    path.write_text("privacy: {epsilon: 1.0}\nmodel: {width: 8}\n")
+    with pytest.raises(InputError, match="asks for differential privacy.*--dp-epsilon"):
+        resolve_dcgan_config("dcgan", path)
+    model, _ = resolve_dcgan_config("dcgan", path, private=True)  # --dp-epsilon given
+    assert model.width == 8 and model.d_norm == "none"
+
+
 def _escape(text: str) -> str:
     return re.escape(text)
 

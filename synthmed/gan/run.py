@@ -362,6 +362,10 @@ def resolve_dcgan_config(
     values = load_yaml(config_file) if config_file else {}
     where = str(config_file or "config")
     _check_sections(values, where)
+    if "privacy" in values and not private:  # never train openly when the file asks for DP
+        raise InputError("privacy: the file asks for differential privacy, which comes from "
+                         "--dp-epsilon (and --dp-delta, --dp-max-grad-norm): pass them to train "
+                         "privately", where)
     if preset == "tutorial":
         model = DCGANConfig.tutorial()
         train = TrainConfig(batch_size=256, checkpoint_every=15)

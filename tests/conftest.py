@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner, Result
 
 from synthmed.cli import cli
@@ -53,3 +54,12 @@ def one_line_error(result: Result, *texts: str) -> None:
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     for text in texts:
         assert text in result.output, result.output
+
+
+def edit_config(run: Path, section: str | None, key: str, value: object) -> None:
+    """Set ``key`` (of ``section``, or at the top) in a run's ``config.yaml``: a corrupt or
+    hand-edited run."""
+    path = run / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    (config[section] if section else config)[key] = value
+    path.write_text(yaml.safe_dump(config))

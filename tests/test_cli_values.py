@@ -21,7 +21,7 @@ from synthmed.cli import cli
 from synthmed.gan import checkpoint
 from synthmed.limits import MAX_IMAGES, MAX_SEED
 
-from .conftest import invoke, one_line_error
+from .conftest import edit_config, invoke, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -159,13 +159,6 @@ def test_every_seed_and_float_option_uses_the_shared_checked_types():
 
 
 # -- a run's own files, at the command line ------------------------------------------------------
-
-
-def edit_config(run, section: str | None, key: str, value) -> None:
-    path = run / "config.yaml"
-    config = yaml.safe_load(path.read_text())
-    (config[section] if section else config)[key] = value
-    path.write_text(yaml.safe_dump(config))
 
 
 @pytest.mark.parametrize("section, key, value, message", [

@@ -40,6 +40,8 @@ from synthmed.gan.run import (
 from synthmed.gan.trainer import fit
 from synthmed.limits import MAX_SEED, MAX_WIDTH
 
+from .conftest import edit_config
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -248,13 +250,6 @@ def test_a_run_trained_by_the_current_code_loads(trained):
     assert loaded.config["model"] == yaml.safe_load((trained / "config.yaml").read_text())["model"]
     assert read_run_config(trained, kind="dcgan")["train"]["epochs"] == 1
     assert torch.isfinite(loaded.sample(2, torch.tensor([0, 1]))).all()
-
-
-def edit_config(run, section: str | None, key: str, value) -> None:
-    path = run / "config.yaml"
-    config = yaml.safe_load(path.read_text())
-    (config[section] if section else config)[key] = value
-    path.write_text(yaml.safe_dump(config))
 
 
 @pytest.mark.parametrize("section, key, value, message", [

@@ -808,7 +808,7 @@ def evaluate_privacy_command(synthetic: str, train_path: str, holdout_path: str,
     from synthmed.augment.readers import read_images
     from synthmed.eval.features import default_extractor
     from synthmed.eval.fidelity import torchscript_features
-    from synthmed.eval.privacy import (
+    from synthmed.eval.privacy_audit import (
         PrivacyConfig,
         check_inputs,
         choose_split,

@@ -285,7 +285,7 @@ def test_evaluate_privacy_refuses_an_unknown_split(tmp_path, split_data, option,
 
 def test_choose_split():
     from synthmed.augment.dataset import ImageSet
-    from synthmed.eval.privacy import choose_split
+    from synthmed.eval.privacy_audit import choose_split
 
     images = ImageSet.from_arrays(np.zeros((4, 1, 8, 8), np.float32)).with_splits(
         ["train", "train", "test", "val"])

@@ -352,7 +352,7 @@ def test_weights_holding_nan_or_inf_are_refused(copied):
 
 
 def test_evaluation_configs_refuse_nan_inf_and_out_of_range_seeds():
-    from synthmed.eval.privacy import PrivacyConfig
+    from synthmed.eval.privacy_audit import PrivacyConfig
     from synthmed.eval.utility import UtilityConfig
 
     with pytest.raises(InputError, match=f"seed must be between 0 and {MAX_SEED}, got -1"):

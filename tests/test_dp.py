@@ -19,7 +19,7 @@ from synthmed.errors import InputError
 from synthmed.gan import checkpoint
 from synthmed.gan.config import CycleGANConfig, DCGANConfig, DPConfig, TrainConfig
 from synthmed.gan.data import UnpairedImages
-from synthmed.gan.privacy import PrivateDiscriminator
+from synthmed.gan.dp import PrivateDiscriminator
 from synthmed.gan.run import build_model, load_run, run_config
 from synthmed.gan.trainer import fit
 

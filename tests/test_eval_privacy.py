@@ -17,7 +17,7 @@ from synthmed.augment.distances import flatten_pixels, nearest_distances
 from synthmed.augment.phantom import PhantomConfig, make_phantom
 from synthmed.cli import cli
 from synthmed.errors import InputError
-from synthmed.eval.privacy import (
+from synthmed.eval.privacy_audit import (
     PrivacyConfig,
     attack_indices,
     discriminator_scores,

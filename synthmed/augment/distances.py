@@ -1,5 +1,5 @@
 """Nearest-neighbour distances between images, shared by the export's privacy filter
-(:mod:`synthmed.gan.generate`) and the privacy audit (:mod:`synthmed.eval.privacy`): the
+(:mod:`synthmed.gan.generate`) and the privacy audit (:mod:`synthmed.eval.privacy_audit`): the
 distance to the closest record (DCR) and the near-copy threshold taken from real data.
 """
 

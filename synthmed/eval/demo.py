@@ -36,7 +36,7 @@ from synthmed.augment.splits import held_out_hashes, hold_out_groups, split_by_g
 from synthmed.eval.classifier import ClassifierConfig
 from synthmed.eval.features import default_extractor
 from synthmed.eval.fidelity import evaluate_fidelity, save_gallery
-from synthmed.eval.privacy import evaluate_privacy
+from synthmed.eval.privacy_audit import evaluate_privacy
 from synthmed.eval.report import build_report
 from synthmed.eval.translation import evaluate_run, save_report
 from synthmed.eval.utility import (

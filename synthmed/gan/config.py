@@ -165,7 +165,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DPConfig:
-    """Differentially private training of a DCGAN's discriminator (:mod:`synthmed.gan.privacy`).
+    """Differentially private training of a DCGAN's discriminator (:mod:`synthmed.gan.dp`).
 
     Args:
         epsilon: the target epsilon, spent by the end of the planned epochs.

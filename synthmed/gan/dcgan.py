@@ -3,7 +3,7 @@
 The fit loop (:mod:`synthmed.gan.trainer`) drives it through ``make_optimizers``,
 ``train_step`` and ``preview`` and never knows which GAN it trains. With
 :meth:`DCGAN.make_private` its discriminator trains with differential privacy
-(:mod:`synthmed.gan.privacy`).
+(:mod:`synthmed.gan.dp`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from synthmed.gan.nets import (
 )
 
 if TYPE_CHECKING:
-    from synthmed.gan.privacy import PrivateDiscriminator
+    from synthmed.gan.dp import PrivateDiscriminator
 
 Judge = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -75,7 +75,7 @@ class DCGAN(nn.Module):
         return self.config.num_classes > 0
 
     def make_private(self, private: PrivateDiscriminator) -> None:
-        """Train D with DP-SGD (:mod:`synthmed.gan.privacy`): call before
+        """Train D with DP-SGD (:mod:`synthmed.gan.dp`): call before
         :meth:`make_optimizers`, which then wraps D's optimiser.
 
         Raises:

@@ -18,7 +18,7 @@ optimiser step and normalisation statistics at each epoch's end, so all copies o
 model stay identical.
 
 With ``privacy`` (a DCGAN on one process) the discriminator trains with DP-SGD
-(:mod:`synthmed.gan.privacy`): batches are Poisson samples drawn from the order generator,
+(:mod:`synthmed.gan.dp`): batches are Poisson samples drawn from the order generator,
 the accountant's state is saved with every checkpoint, the spend is logged each epoch and
 kept in ``training_data.json``, and training stops early, with a checkpoint, when another
 epoch would spend more than the target epsilon.
@@ -51,7 +51,7 @@ from synthmed.gan.run import read_training_data
 from synthmed.io import atomic_write, write_json
 
 if TYPE_CHECKING:
-    from synthmed.gan.privacy import PrivateDiscriminator
+    from synthmed.gan.dp import PrivateDiscriminator
 
 TrainingData = LabelledImages | UnpairedImages
 
@@ -236,7 +236,7 @@ def _make_private(model: nn.Module, data: TrainingData, train: TrainConfig, priv
                   world: int, noise: torch.Generator,
                   state: dict[str, Any] | None) -> PrivateDiscriminator:
     """Make ``model``'s discriminator private (before its optimisers are made)."""
-    from synthmed.gan.privacy import PrivateDiscriminator  # Opacus takes seconds to import
+    from synthmed.gan.dp import PrivateDiscriminator  # Opacus takes seconds to import
 
     if not hasattr(model, "make_private"):
         raise InputError(f"differential privacy is available for DCGAN training only, not "

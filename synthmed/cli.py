@@ -514,7 +514,8 @@ def generate_command(run: Path, out: Path, n: int | None, per_class: str | None,
     Example: synthmed generate runs/breast --per-class malignant=1000 --format dicom --out syn
     --privacy-filter --train breastmnist.npz
     """
-    from synthmed.gan.generate import GenerateConfig, PrivacyFilterConfig, generate
+    from synthmed.gan.generate import GenerateConfig, generate
+    from synthmed.gan.near_copy import PrivacyFilterConfig
     from synthmed.gan.run import load_run
 
     if not privacy_filter and (train_data or train_read or threshold is not None):

@@ -19,7 +19,8 @@ from synthmed.augment.nifti import display_plane
 from synthmed.augment.readers import read_images
 from synthmed.errors import InputError
 from synthmed.gan import generate as generate_module
-from synthmed.gan.generate import BLOCK, GenerateConfig, PrivacyFilterConfig, generate
+from synthmed.gan.generate import BLOCK, GenerateConfig, generate
+from synthmed.gan.near_copy import PrivacyFilterConfig
 from synthmed.gan.run import load_run
 
 from .conftest import invoke

@@ -5,16 +5,16 @@ generator seeded with ``(seed, k)``, so an image depends only on the seed and it
 the output is the same whatever the number of processes and however often the export was
 interrupted. Under ``torchrun`` process ``r`` makes the blocks ``k % world == r``.
 
-With a privacy filter, an image nearer (Euclidean, model-space pixels) to a training image
-than a threshold is a near-copy: it is dropped and its slot redrawn. Round ``r`` of block
-``k`` draws ``BLOCK`` more vectors from the block's generator, and each slot still holding a
-near-copy takes its own vector of that round, so a block's output still depends only on the
-seed, the block and the training data. The manifest's ``noise_index`` (the slot) and
-``noise_round`` (0 for the first draw) identify the vector that made each file: vector
-``noise_index % BLOCK`` of draw ``noise_round`` (counted from 0) of ``BLOCK`` vectors from the
-generator of block ``noise_index // BLOCK``; the rounds add up to the images dropped. A run
-trained with differential privacy passes its guarantee on to ``provenance.json`` and the
-DICOM headers.
+With a privacy filter (:mod:`synthmed.gan.near_copy`), an image nearer (Euclidean,
+model-space pixels) to a training image than a threshold is a near-copy: it is dropped and
+its slot redrawn. Round ``r`` of block ``k`` draws ``BLOCK`` more vectors from the block's
+generator, and each slot still holding a near-copy takes its own vector of that round, so a
+block's output still depends only on the seed, the block and the training data. The
+manifest's ``noise_index`` (the slot) and ``noise_round`` (0 for the first draw) identify the
+vector that made each file: vector ``noise_index % BLOCK`` of draw ``noise_round`` (counted
+from 0) of ``BLOCK`` vectors from the generator of block ``noise_index // BLOCK``; the rounds
+add up to the images dropped. A run trained with differential privacy passes its guarantee
+on to ``provenance.json`` and the DICOM headers.
 
 Files go to a hidden ``.OUT.partial`` folder beside ``OUT``. Each finished block leaves a
 manifest part there; re-running the same command skips the finished blocks. When every block
@@ -30,12 +30,10 @@ import csv
 import hashlib
 import io
 import json
-import math
 import shutil
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +43,6 @@ from tqdm import tqdm
 from synthmed import __version__
 from synthmed.augment import medmnist
 from synthmed.augment.dataset import ImageSet
-from synthmed.augment.distances import flatten_pixels, near_copy_threshold, nearest_distances
 from synthmed.augment.export import (
     EXPORT_FORMATS,
     MANIFEST_NAME,
@@ -53,14 +50,11 @@ from synthmed.augment.export import (
     file_names,
     write_files,
 )
-from synthmed.augment.items import ReadConfig
-from synthmed.augment.readers import read_images
 from synthmed.errors import InputError
 from synthmed.gan import distributed
-from synthmed.gan.config import from_dict, to_dict
 from synthmed.gan.data import recorded_source
+from synthmed.gan.near_copy import NearCopyFilter, PrivacyFilterConfig, near_copy_filter
 from synthmed.gan.run import LoadedRun
-from synthmed.gan.translate import read_config_of
 from synthmed.io import (
     atomic_write,
     check_out,
@@ -76,67 +70,6 @@ BLOCK = 256
 NPZ_NAME = "images.npz"
 MANIFEST_COLUMNS = ("path", "label", "class_name", "seed", "noise_index", "noise_round",
                     "model_fingerprint", "synthmed_version")
-HOLDOUT_SEED = 0
-
-
-@dataclass(frozen=True)
-class PrivacyFilterConfig:
-    """Drop synthetic images that are near-copies of training images and draw new ones.
-
-    Args:
-        train: the run's training data (anything the readers take). It is read with the
-            run's own read options (size: the model's) and split, so pixels compare.
-        read: read options replacing the run's own, e.g. ``{"skip_bad": True}``.
-        threshold: the pixel distance (Euclidean over ``C*H*W`` model-space values in
-            [-1, 1]) below which an image is a near-copy; ``None``: derived from ``train``.
-        holdout_fraction, percentile: the derived threshold is the ``percentile``-th
-            percentile of the distances from each image of a held-aside ``holdout_fraction``
-            of the training subjects (drawn with seed ``HOLDOUT_SEED``; images when there is
-            one subject) to its nearest image of the other subjects: closer than all but
-            ``percentile`` % of real unseen images.
-        max_redraws: new draws per image before giving up on a generator that copies.
-    """
-
-    train: str
-    read: dict[str, Any] = field(default_factory=dict)
-    threshold: float | None = None
-    holdout_fraction: float = 0.2
-    percentile: float = 5.0
-    max_redraws: int = 10
-
-    def __post_init__(self) -> None:
-        if not self.train:
-            raise InputError("--privacy-filter needs --train DATA (the run's training data)")
-        if self.threshold is not None and not 0 < self.threshold < math.inf:
-            raise InputError(f"--threshold must be positive and finite, got {self.threshold}")
-        if not 0 < self.holdout_fraction <= 0.5:
-            raise InputError(f"holdout_fraction must be in (0, 0.5], got {self.holdout_fraction}")
-        if not 0 <= self.percentile <= 100:
-            raise InputError(f"percentile must be in [0, 100], got {self.percentile}")
-        if self.max_redraws < 1:
-            raise InputError(f"max_redraws must be at least 1, got {self.max_redraws}")
-
-
-@dataclass(frozen=True)
-class NearCopyFilter:
-    """The training images and the distance below which a synthetic image copies one.
-
-    Args:
-        train: training images flattened, ``(M, C*H*W)`` float32.
-        threshold: a synthetic image nearer than this to a training image is dropped.
-        max_redraws: new draws per image before giving up.
-        record: how the filter was made, for ``provenance.json``.
-    """
-
-    train: np.ndarray
-    threshold: float
-    max_redraws: int
-    record: dict[str, Any]
-
-    def copies(self, images: np.ndarray) -> np.ndarray:
-        """``(N, C, H, W)`` -> ``(N,)`` bool: nearer to a training image than the threshold."""
-        distances, _ = nearest_distances(flatten_pixels(images), self.train)
-        return distances < self.threshold
 
 
 @dataclass(frozen=True)
@@ -252,74 +185,6 @@ def _write_blocks(run: LoadedRun, config: GenerateConfig, record: dict, labels: 
         bar.update((stop - start) * world)
     bar.close()
     distributed.barrier()
-
-
-def near_copy_filter(run: LoadedRun, config: PrivacyFilterConfig) -> NearCopyFilter:
-    """Read the training data as the run did and fix the near-copy threshold.
-
-    Raises:
-        InputError: unreadable data, images of another shape than the generator's, too few
-            images to derive a threshold.
-    """
-    train = read_training_data(run, config)
-    shape = (run.model.config.channels, run.model.config.size, run.model.config.size)
-    if train.images.shape[1:] != shape:
-        raise InputError(f"images are {'x'.join(map(str, train.images.shape[1:]))} but the "
-                         f"generator makes {'x'.join(map(str, shape))}: read them as the run "
-                         "did", config.train)
-    pixels = flatten_pixels(train.images)  # (M, C*H*W)
-    if config.threshold is None:
-        threshold = _derived_threshold(train, pixels, config)
-        rule = (f"percentile {config.percentile:g} of the distances from the images of "
-                f"{config.holdout_fraction:.0%} of the training subjects (seed {HOLDOUT_SEED}; "
-                "images if there is one subject) to their nearest image of the other subjects")
-    else:
-        threshold, rule = config.threshold, "given (--threshold)"
-    fingerprint = train.fingerprint()
-    record = {
-        "space": "pixels: Euclidean distance over C*H*W model-space values in [-1, 1]",
-        "threshold": threshold,
-        "threshold_rule": rule,
-        "training_data": recorded_source(config.train),
-        "training_data_fingerprint": fingerprint,
-        "training_images": len(train),
-        "matches_run_training_data": fingerprint == run.training_data.get("fingerprint"),
-        "max_redraws": config.max_redraws,
-    }
-    return NearCopyFilter(pixels, threshold, config.max_redraws, record)
-
-
-def read_training_data(run: LoadedRun, config: PrivacyFilterConfig) -> ImageSet:
-    """``config.train`` read with the run's read options (size: the model's; ``config.read``
-    replacing some), and only its train split when the run trained on that."""
-    saved = replace(read_config_of(run), size=run.model.config.size)
-    try:
-        read = from_dict(ReadConfig, {**to_dict(saved), **config.read}, "--train-read")
-    except TypeError as error:  # e.g. size=abc
-        raise InputError(f"a value of the wrong type ({error})", "--train-read") from None
-    data = read_images(config.train, read)
-    trained_on_train_split = run.config.get("data", {}).get("split", "train") == "train"
-    return data.split("train") if trained_on_train_split and "train" in data.splits else data
-
-
-def _derived_threshold(train: ImageSet, pixels: np.ndarray, config: PrivacyFilterConfig
-                       ) -> float:
-    """The threshold rule of :class:`PrivacyFilterConfig` applied to ``train`` (its images
-    flattened: ``pixels`` ``(M, C*H*W)``)."""
-    single = len(set(train.groups.tolist())) < 2
-    units = np.arange(len(train)).astype(str) if single else train.groups.astype(str)
-    names = np.unique(units)
-    if len(names) < 2:
-        raise InputError("one training image cannot give a near-copy threshold: pass "
-                         "--threshold", config.train)
-    count = max(1, round(config.holdout_fraction * len(names)))
-    aside = np.isin(units, np.random.default_rng(HOLDOUT_SEED).permutation(names)[:count])
-    threshold = near_copy_threshold(pixels[~aside], pixels[aside], config.percentile)
-    if threshold == 0:
-        raise InputError(f"{config.percentile:g} % of the held-aside training images or more have "
-                         "exact duplicates in the rest, so the threshold would be 0: pass "
-                         "--threshold", config.train)
-    return threshold
 
 
 def _write_block(run: LoadedRun, config: GenerateConfig, record: dict, plan: dict,

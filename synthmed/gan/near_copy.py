@@ -1,0 +1,153 @@
+"""The export's privacy filter: a synthetic image nearer (Euclidean, model-space pixels) to a
+training image than a threshold is a near-copy, dropped by :func:`synthmed.gan.generate.generate`
+and drawn again. The threshold is given, or taken from the training data itself: how close
+real images of held-aside training subjects come to the other subjects' images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from synthmed.augment.dataset import ImageSet
+from synthmed.augment.distances import flatten_pixels, near_copy_threshold, nearest_distances
+from synthmed.augment.items import ReadConfig
+from synthmed.augment.readers import read_images
+from synthmed.errors import InputError
+from synthmed.gan.config import from_dict, to_dict
+from synthmed.gan.data import recorded_source
+from synthmed.gan.run import LoadedRun
+from synthmed.gan.translate import read_config_of
+
+HOLDOUT_SEED = 0
+
+
+@dataclass(frozen=True)
+class PrivacyFilterConfig:
+    """Drop synthetic images that are near-copies of training images and draw new ones.
+
+    Args:
+        train: the run's training data (anything the readers take). It is read with the
+            run's own read options (size: the model's) and split, so pixels compare.
+        read: read options replacing the run's own, e.g. ``{"skip_bad": True}``.
+        threshold: the pixel distance (Euclidean over ``C*H*W`` model-space values in
+            [-1, 1]) below which an image is a near-copy; ``None``: derived from ``train``.
+        holdout_fraction, percentile: the derived threshold is the ``percentile``-th
+            percentile of the distances from each image of a held-aside ``holdout_fraction``
+            of the training subjects (drawn with seed ``HOLDOUT_SEED``; images when there is
+            one subject) to its nearest image of the other subjects: closer than all but
+            ``percentile`` % of real unseen images.
+        max_redraws: new draws per image before giving up on a generator that copies.
+    """
+
+    train: str
+    read: dict[str, Any] = field(default_factory=dict)
+    threshold: float | None = None
+    holdout_fraction: float = 0.2
+    percentile: float = 5.0
+    max_redraws: int = 10
+
+    def __post_init__(self) -> None:
+        if not self.train:
+            raise InputError("--privacy-filter needs --train DATA (the run's training data)")
+        if self.threshold is not None and not 0 < self.threshold < math.inf:
+            raise InputError(f"--threshold must be positive and finite, got {self.threshold}")
+        if not 0 < self.holdout_fraction <= 0.5:
+            raise InputError(f"holdout_fraction must be in (0, 0.5], got {self.holdout_fraction}")
+        if not 0 <= self.percentile <= 100:
+            raise InputError(f"percentile must be in [0, 100], got {self.percentile}")
+        if self.max_redraws < 1:
+            raise InputError(f"max_redraws must be at least 1, got {self.max_redraws}")
+
+
+@dataclass(frozen=True)
+class NearCopyFilter:
+    """The training images and the distance below which a synthetic image copies one.
+
+    Args:
+        train: training images flattened, ``(M, C*H*W)`` float32.
+        threshold: a synthetic image nearer than this to a training image is dropped.
+        max_redraws: new draws per image before giving up.
+        record: how the filter was made, for ``provenance.json``.
+    """
+
+    train: np.ndarray
+    threshold: float
+    max_redraws: int
+    record: dict[str, Any]
+
+    def copies(self, images: np.ndarray) -> np.ndarray:
+        """``(N, C, H, W)`` -> ``(N,)`` bool: nearer to a training image than the threshold."""
+        distances, _ = nearest_distances(flatten_pixels(images), self.train)
+        return distances < self.threshold
+
+
+def near_copy_filter(run: LoadedRun, config: PrivacyFilterConfig) -> NearCopyFilter:
+    """Read the training data as the run did and fix the near-copy threshold.
+
+    Raises:
+        InputError: unreadable data, images of another shape than the generator's, too few
+            images to derive a threshold.
+    """
+    train = read_training_images(run, config)
+    shape = (run.model.config.channels, run.model.config.size, run.model.config.size)
+    if train.images.shape[1:] != shape:
+        raise InputError(f"images are {'x'.join(map(str, train.images.shape[1:]))} but the "
+                         f"generator makes {'x'.join(map(str, shape))}: read them as the run "
+                         "did", config.train)
+    pixels = flatten_pixels(train.images)  # (M, C*H*W)
+    if config.threshold is None:
+        threshold = _derived_threshold(train, pixels, config)
+        rule = (f"percentile {config.percentile:g} of the distances from the images of "
+                f"{config.holdout_fraction:.0%} of the training subjects (seed {HOLDOUT_SEED}; "
+                "images if there is one subject) to their nearest image of the other subjects")
+    else:
+        threshold, rule = config.threshold, "given (--threshold)"
+    fingerprint = train.fingerprint()
+    record = {
+        "space": "pixels: Euclidean distance over C*H*W model-space values in [-1, 1]",
+        "threshold": threshold,
+        "threshold_rule": rule,
+        "training_data": recorded_source(config.train),
+        "training_data_fingerprint": fingerprint,
+        "training_images": len(train),
+        "matches_run_training_data": fingerprint == run.training_data.get("fingerprint"),
+        "max_redraws": config.max_redraws,
+    }
+    return NearCopyFilter(pixels, threshold, config.max_redraws, record)
+
+
+def read_training_images(run: LoadedRun, config: PrivacyFilterConfig) -> ImageSet:
+    """``config.train`` read with the run's read options (size: the model's; ``config.read``
+    replacing some), and only its train split when the run trained on that."""
+    saved = replace(read_config_of(run), size=run.model.config.size)
+    try:
+        read = from_dict(ReadConfig, {**to_dict(saved), **config.read}, "--train-read")
+    except TypeError as error:  # e.g. size=abc
+        raise InputError(f"a value of the wrong type ({error})", "--train-read") from None
+    data = read_images(config.train, read)
+    trained_on_train_split = run.config.get("data", {}).get("split", "train") == "train"
+    return data.split("train") if trained_on_train_split and "train" in data.splits else data
+
+
+def _derived_threshold(train: ImageSet, pixels: np.ndarray, config: PrivacyFilterConfig
+                       ) -> float:
+    """The threshold rule of :class:`PrivacyFilterConfig` applied to ``train`` (its images
+    flattened: ``pixels`` ``(M, C*H*W)``)."""
+    single = len(set(train.groups.tolist())) < 2
+    units = np.arange(len(train)).astype(str) if single else train.groups.astype(str)
+    names = np.unique(units)
+    if len(names) < 2:
+        raise InputError("one training image cannot give a near-copy threshold: pass "
+                         "--threshold", config.train)
+    count = max(1, round(config.holdout_fraction * len(names)))
+    aside = np.isin(units, np.random.default_rng(HOLDOUT_SEED).permutation(names)[:count])
+    threshold = near_copy_threshold(pixels[~aside], pixels[aside], config.percentile)
+    if threshold == 0:
+        raise InputError(f"{config.percentile:g} % of the held-aside training images or more have "
+                         "exact duplicates in the rest, so the threshold would be 0: pass "
+                         "--threshold", config.train)
+    return threshold

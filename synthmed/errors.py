@@ -32,6 +32,14 @@ class InputError(SynthmedError):
         super().__init__(problem if path is None else f"{path}: {problem}")
 
 
+def require(checks: list[tuple[bool, str]]) -> None:
+    """Raise an :class:`InputError` with the message of the first check that is false: the
+    range checks of a configuration's ``__post_init__``, written as ``(condition, message)``."""
+    for ok, message in checks:
+        if not ok:
+            raise InputError(message)
+
+
 class _StderrHandler(logging.Handler):
     """Writes ``warning: message`` to the ``sys.stderr`` of the moment (a test runner may
     swap it between calls)."""

@@ -34,7 +34,7 @@ from sklearn.metrics import roc_curve
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.distances import flatten_pixels, near_copy_threshold, nearest_distances
 from synthmed.augment.preview import image_grid
-from synthmed.errors import InputError
+from synthmed.errors import InputError, require
 from synthmed.eval.fidelity import FeatureFn, checked_features
 from synthmed.eval.stats import bootstrap_ci
 from synthmed.eval.utility_report import save_figure
@@ -84,9 +84,7 @@ class PrivacyConfig:
             (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
             (0 <= self.seed <= MAX_SEED, f"seed must be between 0 and {MAX_SEED}, got {self.seed}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
+        require(checks)
 
 
 # -- distances ---------------------------------------------------------------------------------

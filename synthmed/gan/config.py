@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from synthmed.errors import InputError
+from synthmed.errors import InputError, require
 from synthmed.gan.losses import AUGMENTS, LOSSES
 from synthmed.gan.nets import SIZES
 from synthmed.limits import MAX_SEED, MAX_WIDTH
@@ -33,12 +33,6 @@ MAX_BLOCKS = 64  # residual blocks per CycleGAN generator
 MAX_D_LAYERS = 8  # strided PatchGAN layers (the smallest image is 3 * 2**d_layers px)
 MAX_POOL = 10_000  # past fakes kept for the CycleGAN discriminators
 MAX_PREVIEW = 1024  # images in a sample grid
-
-
-def _checks(checks: list[tuple[bool, str]]) -> None:
-    for ok, message in checks:
-        if not ok:
-            raise InputError(message)
 
 
 def _between(name: str, value: int, low: int, high: int, why: str = "") -> tuple[bool, str]:
@@ -114,7 +108,7 @@ class DCGANConfig:
             (self.preset != "tutorial" or (self.size, self.channels) == (28, 1),
              "the tutorial preset is 28x28 with 1 channel: use --preset dcgan for other sizes"),
         ]
-        _checks(checks)
+        require(checks)
 
     @classmethod
     def tutorial(cls, **overrides: Any) -> DCGANConfig:
@@ -149,7 +143,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        _checks([
+        require([
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
             _between("seed", self.seed, 0, MAX_SEED),
@@ -179,7 +173,7 @@ class DPConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        _checks([
+        require([
             (self.epsilon > 0.0, f"epsilon must be positive, got {self.epsilon}"),
             (self.delta is None or 0.0 < self.delta < 1.0,
              f"delta must be in (0, 1), got {self.delta}"),
@@ -499,7 +493,7 @@ class CycleGANConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        _checks([
+        require([
             (self.ngf >= 1 and self.ndf >= 1,
              f"ngf and ndf must be positive, got {self.ngf} and {self.ndf}"),
             _between("ngf", self.ngf, 1, MAX_WIDTH, " (wider networks do not fit in memory)"),
@@ -533,7 +527,7 @@ class CycleGANConfig:
              f"got {self.crop}"),
             (self.init_gain > 0.0, f"init_gain must be positive, got {self.init_gain}"),
         ]
-        _checks(checks)
+        require(checks)
 
     @property
     def min_size(self) -> int:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from synthmed.errors import InputError
+from synthmed.errors import require
 from synthmed.gan.config import DCGANConfig
 from synthmed.gan.losses import (
     diff_augment,
@@ -95,9 +95,7 @@ class DCGAN(nn.Module):
             (c.r1_gamma == 0, "--r1 needs a double backward pass, which per-sample gradients "
                               "do not support: leave it out with --dp-epsilon"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
+        require(checks)
         self.private = private
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:

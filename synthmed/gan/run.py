@@ -280,7 +280,7 @@ def _check_imageset_record(record: dict[str, Any], prefix: str, fail: Any) -> No
     for name in ("origin", "fingerprint"):
         if name in record and not isinstance(record[name], str):
             fail(f"{prefix}{name} must be a string, got {shown(record[name])}")
-    for name in ("images", "channels"):
+    for name in ("images", "channels", "subjects"):
         if name in record:
             _count(record[name], prefix + name, fail)
     for name in ("splits", "class_names", "group_hashes", "image_hashes"):

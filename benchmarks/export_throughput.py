@@ -29,8 +29,9 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from synthmed.augment.dataset import ImageSet
 from synthmed.gan.config import DCGANConfig, TrainConfig
 from synthmed.gan.generate import GenerateConfig, generate
-from synthmed.gan.run import build_model, load_run, run_config
-from synthmed.gan.trainer import fit
+from synthmed.gan.run import load_run
+from synthmed.gan.run_config import RunConfig
+from synthmed.gan.train import train_dcgan
 
 
 def make_run(folder: Path, size: int) -> Path:
@@ -38,10 +39,8 @@ def make_run(folder: Path, size: int) -> Path:
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (64, 1, size, size)).astype(np.float32)
     data = ImageSet.from_arrays(images, labels=np.arange(64) % 2, intensity_range=(0.0, 4095.0))
-    model_config = DCGANConfig(size=size, num_classes=2)
-    train = TrainConfig(epochs=1, batch_size=32)
-    config = run_config("dcgan", model_config, train)
-    fit(build_model(config), data, train, folder, run_config=config, progress=False)
+    config = RunConfig("dcgan", DCGANConfig(), TrainConfig(epochs=1, batch_size=32))
+    train_dcgan(data, folder, config, conditional=True, progress=False)
     return folder
 
 

@@ -41,7 +41,8 @@ from synthmed.augment.dataset import ImageSet
 from synthmed.gan import trainer
 from synthmed.gan.config import DCGANConfig, TrainConfig
 from synthmed.gan.dcgan import DCGAN
-from synthmed.gan.run import run_config
+from synthmed.gan.model import GenerativeModel
+from synthmed.gan.run_config import RunConfig
 
 BATCH = 256
 NZ = 100
@@ -176,8 +177,8 @@ def ours_run(data: ImageSet, epochs: int, precision: str, seed: int) -> dict:
         torch.manual_seed(seed)
         model = DCGAN(config)
         with timed_helpers(model) as helpers:
-            trainer.fit(model, data, train, run_dir,
-                        run_config=run_config("dcgan", config, train), progress=False)
+            trainer.fit(model, data, RunConfig("dcgan", config, train), run_dir,
+                        progress=False)
         wall = time.perf_counter() - started
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     logged = [json.loads(line)["images_per_s"] for line in lines]
@@ -218,7 +219,7 @@ def steps_interleaved(images: torch.Tensor, precisions: list[str],
     return seconds
 
 
-class StubModel(nn.Module):
+class StubModel(GenerativeModel):
     """A model whose step does nothing: ``fit`` around it costs only its own bookkeeping."""
 
     kind = "dcgan"
@@ -246,8 +247,8 @@ def fit_loop_overhead(data: ImageSet, epochs: int = 3) -> float:
             warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the stub's optimiser never steps
         run_dir = Path(tmp) / "run"
-        trainer.fit(StubModel(), data, train, run_dir, run_config={"kind": "stub"},
-                    progress=False)
+        config = RunConfig("dcgan", DCGANConfig.tutorial(), train)  # what config.yaml holds
+        trainer.fit(StubModel(), data, config, run_dir, progress=False)
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     speeds = [json.loads(line)["images_per_s"] for line in lines][1:]
     return BATCH / statistics.median(speeds)

@@ -6,12 +6,10 @@ traceback.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import shutil
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -57,34 +55,6 @@ class _Group(click.Group):
 def _os_message(error: OSError) -> str:
     where = f"{error.filename}: " if error.filename else ""
     return f"{where}{error.strerror or error}"
-
-
-@contextlib.contextmanager
-def _training_into(out: Path, resume: bool) -> Iterator[None]:
-    """Hold the lock on the run directory ``out`` (one writer at a time), and when training
-    fails before its first checkpoint, remove the run directory it made: nothing in it could
-    be resumed, and it would block a new start."""
-    from synthmed.gan.checkpoint import STATE
-    from synthmed.io import output_lock
-
-    new = not resume and not out.exists()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with output_lock(out):
-        try:
-            yield
-        except BaseException:
-            if new and not (out / STATE).is_file():
-                shutil.rmtree(out, ignore_errors=True)
-            raise
-
-
-def _reads_saved_config(out: Path, resume: bool) -> bool:
-    """Whether ``--resume`` takes the model and training options from the run's config.yaml:
-    not when a kill came before the run saved it (it then starts again from the options)."""
-    from synthmed.gan import checkpoint
-
-    killed_early = checkpoint.is_unstarted(out) and not (out / checkpoint.CONFIG).exists()
-    return resume and not killed_early
 
 
 def _check_out(out: Path, overwrite: bool, *inputs: str | Path | None) -> None:
@@ -243,6 +213,13 @@ def phantom_command(out: Path, n: int, size: int, format_: str, contrast: str, s
                f"lesion), {size}x{size}, as {format_} to {out}")
 
 
+_TRAIN_OPTIONS = ("epochs", "batch_size", "precision", "seed", "checkpoint_every")
+
+
+def _shown(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.3g}" for k, v in metrics.items())
+
+
 @cli.group()
 def train() -> None:
     """Train a generator; each run is a directory (config, weights, samples, metrics)."""
@@ -296,58 +273,29 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
 
     Example: synthmed train dcgan breastmnist.npz --out runs/breast --conditional --epochs 100
     """
-    from synthmed.augment.readers import read_images
-    from synthmed.gan import checkpoint
-    from synthmed.gan.config import DCGANConfig, DPConfig, TrainConfig, from_dict, with_overrides
-    from synthmed.gan.data import recorded_source
-    from synthmed.gan.run import (
-        build_model,
-        fit_model_to_data,
-        read_run_config,
-        resolve_dcgan_config,
-        resolve_privacy,
-        run_config,
-    )
-    from synthmed.gan.trainer import fit
+    from synthmed.gan.run_config import DataConfig, resolve_dcgan_config, resolve_privacy
+    from synthmed.gan.train import resumes_saved_config, saved_config, train_dcgan
     from synthmed.io import check_out
 
     check_out(out, (data, config_file))
-    train_keys = ("epochs", "batch_size", "precision", "seed", "checkpoint_every")
-    train_overrides = {k: options.pop(k) for k in train_keys}
+    train_overrides = {k: options.pop(k) for k in _TRAIN_OPTIONS}
     privacy = resolve_privacy(options.pop("dp_epsilon"), options.pop("dp_delta"),
                               options.pop("dp_max_grad_norm"))
     if options["diffaugment"] is not None:
         options["diffaugment"] = _names(options["diffaugment"])
-    saved_config = _reads_saved_config(out, resume)
-    if saved_config:
-        saved = read_run_config(out, kind="dcgan")
-        model_config = from_dict(DCGANConfig, saved["model"], out / checkpoint.CONFIG, "model")
-        train_config = with_overrides(from_dict(TrainConfig, saved["train"],
-                                                out / checkpoint.CONFIG, "train"),
-                                      epochs=train_overrides["epochs"])
-        privacy = (from_dict(DPConfig, saved["privacy"], out / checkpoint.CONFIG, "privacy")
-                   if "privacy" in saved else None)
+    resumed = resumes_saved_config(out, resume)
+    if resumed:
+        config = saved_config(out, "dcgan", epochs=train_overrides["epochs"])
     else:
-        model_config, train_config = resolve_dcgan_config(
-            preset, config_file, {**options, "size": read_config.size}, train_overrides,
-            private=privacy is not None)
-    imageset = read_images(data, replace(read_config, size=model_config.size))
-    if split == "train" and "train" in imageset.splits:
-        imageset = imageset.split("train")
-    if not saved_config:
-        model_config = fit_model_to_data(model_config, imageset, conditional)
-    config = run_config("dcgan", model_config, train_config, privacy)
-    model = build_model(config, seed=train_config.seed)
-    with _training_into(out, resume):
-        result = fit(model, imageset, train_config, out, resume=resume, progress=progress,
-                     privacy=privacy, run_config={**config, "data": {
-                         "source": recorded_source(data), "split": split,
-                         "read": asdict(read_config)}})
-    shown = "  ".join(f"{k} {v:.3g}" for k, v in result.metrics.items())
-    click.echo(f"trained {model_config.preset} DCGAN on {len(imageset)} images for "
-               f"{result.epochs} epochs -> {out}\n{shown}")
-    if result.note:
-        click.echo(result.note)
+        config = resolve_dcgan_config(preset, config_file, {**options, "size": read_config.size},
+                                      train_overrides, privacy, DataConfig(split=split))
+    result = train_dcgan(data, out, config, read=read_config,
+                         conditional=conditional and not resumed, resume=resume,
+                         progress=progress)
+    click.echo(f"trained {result.config.model.preset} DCGAN on {result.images[0]} images "
+               f"for {result.fit.epochs} epochs -> {out}\n{_shown(result.fit.metrics)}")
+    if result.fit.note:
+        click.echo(result.fit.note)
 
 
 @train.command("cyclegan")
@@ -402,8 +350,7 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config: Any,
                            config_file: Path | None, val_subjects: str | None, split: str,
-                           decay_epochs: int | None, resume: bool, progress: bool,
-                           **options: Any) -> None:
+                           resume: bool, progress: bool, **options: Any) -> None:
     """Train a CycleGAN translating between two unpaired domains (e.g. MR T1 <-> T2).
 
     Each domain is anything the readers take; NIfTI volumes are cut into 2D slices. The two
@@ -412,65 +359,23 @@ def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config:
     Example: synthmed train cyclegan --domain-a "brain/*/t1.nii.gz" --domain-b
     "brain/*/t2.nii.gz" --val-subjects 1 --size 128 --out runs/t1t2 --precision bf16
     """
-    from synthmed.augment.readers import read_images
-    from synthmed.augment.splits import held_out_hashes, hold_out_groups, hold_out_images
-    from synthmed.gan import checkpoint
-    from synthmed.gan.config import CycleGANConfig, TrainConfig, from_dict
-    from synthmed.gan.data import UnpairedImages, recorded_source
-    from synthmed.gan.run import (
-        build_model,
-        fit_cyclegan_to_data,
-        read_run_config,
-        resolve_cyclegan_config,
-        run_config,
-    )
-    from synthmed.gan.trainer import fit
+    from synthmed.gan.run_config import DataConfig, resolve_cyclegan_config
+    from synthmed.gan.train import resumes_saved_config, saved_config, train_cyclegan
     from synthmed.io import check_out
 
     check_out(out, (domain_a, domain_b, config_file))
-    train_keys = ("epochs", "batch_size", "precision", "seed", "checkpoint_every")
-    train_overrides = {k: options.pop(k) for k in train_keys}
-    crop = options.pop("crop")
-    saved_config = _reads_saved_config(out, resume)
-    held_hashes: set[str] = set()
-    if saved_config:
-        saved = read_run_config(out, kind="cyclegan")
-        model_config = from_dict(CycleGANConfig, saved["model"], out / checkpoint.CONFIG,
-                                 "model")
-        train_config = from_dict(TrainConfig, saved["train"], out / checkpoint.CONFIG, "train")
-        saved_data = saved.get("data", {})
-        held_hashes = set(saved_data.get("val_image_hashes", []))
-        # runs written before val_image_hashes recorded the held-out subjects by name
-        val_subjects = ",".join(saved_data.get("val_subjects", [])) or None
+    train_overrides = {k: options.pop(k) for k in (*_TRAIN_OPTIONS, "decay_epochs")}
+    if resumes_saved_config(out, resume):
+        config = saved_config(out, "cyclegan", epochs=train_overrides["epochs"])
     else:
-        model_config, train_config = resolve_cyclegan_config(config_file, options,
-                                                             train_overrides, decay_epochs)
-    domains = [read_images(path, read_config) for path in (domain_a, domain_b)]
-    if split == "train":
-        domains = [d.split("train") if "train" in d.splits else d for d in domains]
-    held: list[str] = []
-    if saved_config and held_hashes:
-        domains, held = hold_out_images(domains, held_hashes)
-    elif val_subjects:
-        kept, held = hold_out_groups(domains, val_subjects, seed=train_config.seed)
-        held_hashes, domains = set(held_out_hashes(domains, held)), kept
-    if not saved_config:
-        model_config = fit_cyclegan_to_data(model_config, domains, crop)
-    data = UnpairedImages(*domains, crop=model_config.crop, flip=model_config.flip,
-                          standardize=model_config.standardize)
-    config = run_config("cyclegan", model_config, train_config)
-    model = build_model(config, seed=train_config.seed)
-    model.set_intensity_prior(*data.quantiles)
-    with _training_into(out, resume):
-        result = fit(model, data, train_config, out, resume=resume, progress=progress,
-                     run_config={**config, "data": {
-                         "domain_a": recorded_source(domain_a),
-                         "domain_b": recorded_source(domain_b), "split": split,
-                         "val_image_hashes": sorted(held_hashes), "read": asdict(read_config)}})
-    shown = "  ".join(f"{k} {v:.3g}" for k, v in result.metrics.items())
-    click.echo(f"trained CycleGAN on {len(domains[0])} A and {len(domains[1])} B images "
-               f"(held out: {', '.join(held) or 'none'}) for {result.epochs} epochs -> {out}\n"
-               f"{shown}")
+        config = resolve_cyclegan_config(config_file, options, train_overrides,
+                                         DataConfig(split=split))
+    result = train_cyclegan(domain_a, domain_b, out, config, read=read_config,
+                            val_subjects=val_subjects, resume=resume, progress=progress)
+    images_a, images_b = result.images
+    click.echo(f"trained CycleGAN on {images_a} A and {images_b} B images (held out: "
+               f"{', '.join(result.held_out) or 'none'}) for {result.fit.epochs} epochs -> "
+               f"{out}\n{_shown(result.fit.metrics)}")
 
 
 @cli.command("generate")
@@ -660,14 +565,9 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
     """
     from synthmed.augment.readers import read_images
     from synthmed.eval.classifier import ClassifierConfig
-    from synthmed.eval.utility import (
-        GeneratorRecipe,
-        SubsetGenerators,
-        TrainedRun,
-        UtilityConfig,
-        prepare_real,
-        run_grid,
-    )
+    from synthmed.eval.generators import GeneratorRecipe, SubsetGenerators, TrainedRun
+    from synthmed.eval.real_data import prepare_real
+    from synthmed.eval.utility import UtilityConfig, run_grid
     from synthmed.eval.utility_report import write_report
     from synthmed.gan.run import load_run
     from synthmed.io import check_out, resumable_output_dir
@@ -749,7 +649,8 @@ def evaluate_fidelity_command(real_path: str, synthetic: str, read_config: Any,
         save_gallery,
         torchscript_features,
     )
-    from synthmed.eval.utility import prepare_real, sample_run
+    from synthmed.eval.generators import sample_run
+    from synthmed.eval.real_data import prepare_real
     from synthmed.io import atomic_output_dir
 
     _check_out(out, overwrite, real_path, synthetic, extractor)
@@ -809,6 +710,7 @@ def evaluate_privacy_command(synthetic: str, train_path: str, holdout_path: str,
     from synthmed.augment.readers import read_images
     from synthmed.eval.features import default_extractor
     from synthmed.eval.fidelity import torchscript_features
+    from synthmed.eval.generators import sample_run
     from synthmed.eval.privacy_audit import (
         PrivacyConfig,
         check_inputs,
@@ -816,7 +718,7 @@ def evaluate_privacy_command(synthetic: str, train_path: str, holdout_path: str,
         evaluate_privacy,
         without_training_copies,
     )
-    from synthmed.eval.utility import RealData, sample_run
+    from synthmed.eval.real_data import RealData
     from synthmed.gan.run import load_run
     from synthmed.io import atomic_output_dir
 
@@ -881,7 +783,9 @@ def evaluate_translation_command(run: Path, source: str, target: str | None,
     Example: synthmed evaluate translation runs/t1t2 --source "brain/S3/t1.nii.gz"
     --target "brain/S3/t2.nii.gz" --out eval-t1t2
     """
-    from synthmed.eval.translation import evaluate_run, evaluate_unpaired, save_report
+    from synthmed.eval.translation import evaluate_run
+    from synthmed.eval.translation_report import save_report
+    from synthmed.eval.translation_unpaired import evaluate_unpaired
     from synthmed.gan.run import load_run
     from synthmed.io import atomic_output_dir
 

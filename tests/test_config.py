@@ -8,37 +8,31 @@ import json
 import math
 import re
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
 from synthmed.augment.items import ReadConfig
-from synthmed.augment.phantom import PhantomConfig, make_phantom
 from synthmed.errors import InputError
 from synthmed.gan import checkpoint
-from synthmed.gan.config import (
-    MAX_NZ,
-    CycleGANConfig,
-    DCGANConfig,
-    DPConfig,
+from synthmed.gan.config import MAX_NZ, CycleGANConfig, DCGANConfig, DPConfig, TrainConfig
+from synthmed.gan.generate import GenerateConfig, generate
+from synthmed.gan.run import load_run
+from synthmed.gan.run_config import (
+    FORMAT_VERSION,
     RunConfig,
-    TrainConfig,
-    from_dict,
-    to_dict,
-    with_overrides,
-)
-from synthmed.gan.run import (
-    build_model,
-    load_run,
     read_run_config,
     resolve_cyclegan_config,
     resolve_dcgan_config,
-    run_config,
 )
-from synthmed.gan.trainer import fit
+from synthmed.gan.train import train_dcgan
+from synthmed.gan.translate import translate_volume
 from synthmed.limits import MAX_SEED, MAX_WIDTH
+from synthmed.settings import from_dict, to_dict, with_overrides
 
 from .conftest import edit_config
 
@@ -94,9 +88,9 @@ def test_from_dict_converts_what_yaml_and_json_give():
 
 
 def test_optional_literal_and_nested_fields():
-    assert from_dict(TrainConfig, {"lr_decay_start": None}).lr_decay_start is None
-    with pytest.raises(InputError, match="lr_decay_start must be a whole number or null, got 'x'"):
-        from_dict(TrainConfig, {"lr_decay_start": "x"})
+    assert from_dict(TrainConfig, {"decay_epochs": None}).decay_epochs is None
+    with pytest.raises(InputError, match="decay_epochs must be a whole number or null, got 'x'"):
+        from_dict(TrainConfig, {"decay_epochs": "x"})
     assert from_dict(DPConfig, {"epsilon": 2, "delta": None}).epsilon == 2.0
     with pytest.raises(InputError, match="cfg: privacy: missing setting.s. epsilon"):
         from_dict(DPConfig, {}, "cfg")
@@ -104,12 +98,19 @@ def test_optional_literal_and_nested_fields():
         from_dict(ReadConfig, {"size": "abc"}, "--train-read")
     with pytest.raises(InputError, match="resize_mode must be one of resize, pad, fit"):
         from_dict(ReadConfig, {"resize_mode": "crop"}, "--train-read")
-    run = from_dict(RunConfig, {"model": {"width": 8}, "privacy": {"epsilon": 1}})
+    def document(**sections):
+        return {"format_version": FORMAT_VERSION, "kind": "dcgan",
+                "model": {"size": 28, **sections.pop("model", {})}, "train": {}, **sections}
+
+    run = RunConfig.from_document(document(model={"width": 8}, privacy={"epsilon": 1}), "f")
     assert run.model.width == 8 and run.privacy == DPConfig(1.0)
+    assert RunConfig.from_document(run.to_document(), "f") == run
     with pytest.raises(InputError, match="^f: privacy: epsilon must be a finite number, got 'x'"):
-        from_dict(RunConfig, {"privacy": {"epsilon": "x"}}, "f")
+        RunConfig.from_document(document(privacy={"epsilon": "x"}), "f")
     with pytest.raises(InputError, match="^f: model: nz must be between 1"):
-        from_dict(RunConfig, {"model": {"nz": 0}}, "f")
+        RunConfig.from_document(document(model={"nz": 0}), "f")
+    with pytest.raises(InputError, match="^f: model: size must be a whole number, got null"):
+        RunConfig.from_document(document(model={"size": None}), "f")  # a run's size is fixed
 
 
 def test_unknown_settings_are_listed_even_when_keys_are_not_strings():
@@ -139,7 +140,8 @@ def test_unknown_settings_are_listed_even_when_keys_are_not_strings():
     (TrainConfig, {"seed": -1}, f"seed must be between 0 and {MAX_SEED}, got -1"),
     (TrainConfig, {"seed": 2**70}, f"seed must be between 0 and {MAX_SEED}"),
     (TrainConfig, {"preview": 0}, "preview must be between 1"),
-    (TrainConfig, {"lr_decay_start": -1}, "lr_decay_start must be null (no decay) or at least 0"),
+    (TrainConfig, {"decay_epochs": -1}, "decay_epochs must be between 0 and the 50 epochs"),
+    (TrainConfig, {"decay_epochs": 51}, "decay_epochs must be between 0 and the 50 epochs"),
     (CycleGANConfig, {"ngf": 5000}, f"ngf must be between 1 and {MAX_WIDTH}"),
     (CycleGANConfig, {"d_layers": 10**9}, "d_layers must be between 1 and 8"),
     (CycleGANConfig, {"lambda_cycle": math.nan}, "lambda_cycle must be a finite number"),
@@ -203,7 +205,8 @@ def test_bad_config_files(tmp_path, kind, text, message):
 
 
 def test_a_runs_own_config_yaml_is_a_fine_config_file(trained):
-    model, train = resolve_dcgan_config("dcgan", trained / "config.yaml")
+    config = resolve_dcgan_config("dcgan", trained / "config.yaml")
+    model, train = config.model, config.train
     assert model.width == 4 and model.num_classes == 2 and train.epochs == 1
 
 
@@ -212,7 +215,7 @@ def test_a_config_asking_for_privacy_never_trains_openly(tmp_path):
     path.write_text("privacy: {epsilon: 1.0}\nmodel: {width: 8}\n")
     with pytest.raises(InputError, match="asks for differential privacy.*--dp-epsilon"):
         resolve_dcgan_config("dcgan", path)
-    model, _ = resolve_dcgan_config("dcgan", path, private=True)  # --dp-epsilon given
+    model = resolve_dcgan_config("dcgan", path, privacy=DPConfig(1.0)).model  # --dp-epsilon
     assert model.width == 8 and model.d_norm == "none"
 
 
@@ -227,13 +230,9 @@ def _escape(text: str) -> str:
 def trained(tmp_path_factory):
     """A run trained by the current code: a conditional DCGAN with EMA, one epoch."""
     run = tmp_path_factory.mktemp("trained") / "run"
-    data = make_phantom(PhantomConfig(n=16, size=28))[0]
-    model = DCGANConfig(size=28, width=4, num_classes=2, ema_decay=0.5)
-    train = TrainConfig(epochs=1, batch_size=8, preview=4)
-    config = {**run_config("dcgan", model, train),
-              "data": {"source": "phantom:n=16,size=28", "split": "train",
-                       "read": to_dict(ReadConfig(size=28))}}
-    fit(build_model(config), data, train, run, run_config=config, progress=False)
+    config = RunConfig("dcgan", DCGANConfig(width=4, ema_decay=0.5),
+                       TrainConfig(epochs=1, batch_size=8, preview=4))
+    train_dcgan("phantom:t1,n=16,size=28", run, config, conditional=True, progress=False)
     return run
 
 
@@ -247,8 +246,11 @@ def copied(tmp_path, trained):
 def test_a_run_trained_by_the_current_code_loads(trained):
     loaded = load_run(trained)
     assert loaded.class_names == ["no lesion", "lesion"] and loaded.epoch == 1
-    assert loaded.config["model"] == yaml.safe_load((trained / "config.yaml").read_text())["model"]
-    assert read_run_config(trained, kind="dcgan")["train"]["epochs"] == 1
+    saved = yaml.safe_load((trained / "config.yaml").read_text())
+    assert to_dict(loaded.config.model) == saved["model"] and saved["model"]["size"] == 28
+    assert saved["format_version"] == FORMAT_VERSION and saved["train"]["decay_epochs"] == 0
+    assert saved["data"]["source"] == "phantom:t1,n=16,size=28"
+    assert read_run_config(trained, kind="dcgan").train.epochs == 1
     assert torch.isfinite(loaded.sample(2, torch.tensor([0, 1]))).all()
 
 
@@ -366,9 +368,41 @@ def test_evaluation_configs_refuse_nan_inf_and_out_of_range_seeds():
 
 
 def test_read_training_data_checks_the_record_without_a_model(copied):
-    from synthmed.gan.run import read_training_data
+    from synthmed.gan.training_record import read_training_data
 
     assert read_training_data(copied)["class_names"] == ["no lesion", "lesion"]
     edit_record(copied, lambda r: r.update(fingerprint=5))
     with pytest.raises(InputError, match="training_data.json: fingerprint must be a string, got 5"):
         read_training_data(copied)
+
+
+# -- run directories written by earlier versions ---------------------------------------------------
+
+FORMAT_1 = Path(__file__).parent / "data" / "format_v1"  # written by synthmed at f3c2a00
+
+
+def test_a_format_1_dcgan_run_still_loads_and_generates(tmp_path):
+    run = load_run(FORMAT_1 / "dcgan", kind="dcgan")
+    assert yaml.safe_load((FORMAT_1 / "dcgan" / "config.yaml").read_text())["format_version"] == 1
+    assert run.config.train.decay_epochs == 0  # lr_decay_start: null, a constant rate
+    assert (run.config.model.size, run.config.model.num_classes) == (28, 2)
+    generate(run, tmp_path / "syn", GenerateConfig(n=4, format="npz"), progress=False)
+    with np.load(tmp_path / "syn" / "images.npz") as archive:
+        assert archive["train_images"].shape == (4, 28, 28)
+
+
+def test_a_format_1_cyclegan_run_still_loads_and_translates():
+    run = load_run(FORMAT_1 / "cyclegan", kind="cyclegan")
+    assert run.config.train.decay_epochs == 1  # 2 epochs, lr_decay_start 1: the last one decays
+    assert len(run.config.data.val_image_hashes) == 16 and run.config.data.split == "train"
+    volume = np.random.default_rng(0).uniform(0, 1000, (32, 32, 8)).astype(np.float32)
+    translated, slices = translate_volume(run, volume, "a2b")
+    assert translated.shape == volume.shape and slices > 0 and np.isfinite(translated).all()
+
+
+def test_a_format_1_lr_decay_start_out_of_range_is_named(tmp_path):
+    shutil.copytree(FORMAT_1 / "cyclegan", tmp_path / "run")
+    edit_config(tmp_path / "run", "train", "lr_decay_start", 7)
+    with pytest.raises(InputError, match="config.yaml: train: lr_decay_start must be null or "
+                                         "between 0 and the epochs, got 7"):
+        load_run(tmp_path / "run")

@@ -46,7 +46,7 @@ def test_config_defaults_are_the_reference():
     assert (c.channels, c.ngf, c.ndf, c.d_layers, c.norm) == (1, 64, 64, 3, "instance")
     assert (c.lambda_cycle, c.lambda_identity, c.pool_size) == (10.0, 0.5, 50)
     assert (c.lr, c.betas, c.init_gain) == (2e-4, (0.5, 0.999), 0.02)
-    assert (c.crop, c.flip) == (0, True)
+    assert (c.crop, c.flip) == (None, True)  # None: 7/8 of the image side, as 256 of 286
     assert c.lambda_cycle * c.lambda_identity == 5.0
     assert c.lambda_structure == 0.0  # not in the reference
     assert c.intensity_prior == "none"
@@ -58,6 +58,7 @@ def test_blocks_auto_and_explicit():
     assert CycleGANConfig().blocks(128) == 6
     assert CycleGANConfig().blocks(256) == 9
     assert CycleGANConfig(n_blocks=3).blocks(256) == 3
+    assert CycleGANConfig().blocks(None) == 6  # a size not yet known
     assert len([m for m in CycleGAN(tiny(n_blocks=0, crop=256)).generator_ab.model
                 if type(m).__name__ == "ResnetBlock"]) == 9
 

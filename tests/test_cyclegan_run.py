@@ -26,7 +26,8 @@ from synthmed.errors import InputError
 from synthmed.gan import checkpoint
 from synthmed.gan.config import CycleGANConfig, TrainConfig
 from synthmed.gan.data import UnpairedImages, group_hash
-from synthmed.gan.run import build_model, load_run, run_config
+from synthmed.gan.run import build_model, load_run
+from synthmed.gan.run_config import RunConfig, read_run_config
 from synthmed.gan.trainer import fit
 from synthmed.gan.translate import translate_volume
 
@@ -172,16 +173,16 @@ def test_hold_out_groups_by_name_and_count():
 
 
 def test_train_cyclegan_writes_a_complete_run(trained, volumes):
-    config = checkpoint.read_config(trained)
-    assert config["kind"] == "cyclegan"
-    assert config["model"]["crop"] == 24 and config["model"]["channels"] == 1
-    assert config["model"]["standardize"] is True
-    assert "val_subjects" not in config["data"]  # names may name patients: hashes of images
+    config = read_run_config(trained)
+    assert config.kind == "cyclegan"
+    assert config.model.crop == 24 and config.model.channels == 1
+    assert config.model.standardize is True
+    assert config.data.val_subjects == ()  # names may name patients: hashes of images
     held = [read_images(f"{volumes}/*/{contrast}.nii.gz") for contrast in ("t1", "t2")]
-    assert config["data"]["val_image_hashes"] == held_out_hashes(held, ["s2"])
+    assert list(config.data.val_image_hashes) == held_out_hashes(held, ["s2"])
     record = json.loads((trained / "training_data.json").read_text())
     assert record["domains"]["a"]["subjects"] == 2 and "group_hashes" not in record["domains"]["a"]
-    assert config["data"]["domain_a"] == "path not recorded"
+    assert config.data.domain_a == "path not recorded"
     assert str(trained.parent) not in (trained / "config.yaml").read_text()
     lines = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
@@ -200,8 +201,8 @@ def test_no_standardize_and_structure_options_reach_the_run(volumes, tmp_path):
                     f"{volumes}/s1/t2.nii.gz", "--out", out, "--epochs", "1", "--crop", "24",
                     "--no-standardize", "--lambda-structure", "1.5", *TINY)
     assert result.exit_code == 0, result.output
-    saved = checkpoint.read_config(out)["model"]
-    assert (saved["standardize"], saved["lambda_structure"]) == (False, 1.5)
+    saved = read_run_config(out).model
+    assert (saved.standardize, saved.lambda_structure) == (False, 1.5)
     assert load_run(out).model.config.lambda_structure == 1.5
     metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert metrics["loss_structure_ab"] > 0
@@ -213,7 +214,7 @@ def test_intensity_prior_keeps_the_training_domains_quantiles(volumes, tmp_path)
                     f"{volumes}/s1/t2.nii.gz", "--out", out, "--epochs", "1", "--crop", "24",
                     "--intensity-prior", "inverted", "--lambda-identity", "0", *TINY)
     assert result.exit_code == 0, result.output
-    assert checkpoint.read_config(out)["model"]["intensity_prior"] == "inverted"
+    assert read_run_config(out).model.intensity_prior == "inverted"
     loaded = load_run(out).model
     domains = json.loads((out / "training_data.json").read_text())["domains"]
     for net, source, target in ((loaded.generator_ab, "a", "b"),
@@ -237,12 +238,12 @@ def test_cyclegan_resume_after_a_kill_repeats_an_uninterrupted_run(volumes, tmp_
     b = read_images(f"{volumes}/s1/t2.nii.gz")
     model_config = CycleGANConfig(ngf=4, ndf=4, n_blocks=1, pool_size=3, crop=24)
     train_config = TrainConfig(epochs=3, batch_size=2, checkpoint_every=1, seed=3, preview=8,
-                               lr_decay_start=1)
-    config = run_config("cyclegan", model_config, train_config)
+                               decay_epochs=2)
+    config = RunConfig("cyclegan", model_config, train_config)
 
     def train(run_dir, model, resume=False):
-        return fit(model, UnpairedImages(a, b, crop=24), train_config, run_dir,
-                   run_config=config, resume=resume, progress=False)
+        return fit(model, UnpairedImages(a, b, crop=24), config, run_dir, resume=resume,
+                   progress=False)
 
     train(tmp_path / "a", build_model(config, seed=3))
     killed = build_model(config, seed=3)

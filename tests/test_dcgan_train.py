@@ -21,10 +21,13 @@ from synthmed.augment.dataset import ImageSet
 from synthmed.augment.phantom import PhantomConfig, make_phantom
 from synthmed.errors import InputError
 from synthmed.gan import checkpoint
-from synthmed.gan.config import DCGANConfig, TrainConfig, to_dict
+from synthmed.gan.config import DCGANConfig, TrainConfig
 from synthmed.gan.dcgan import DCGAN
-from synthmed.gan.run import build_model, fit_model_to_data, load_run, run_config
+from synthmed.gan.run import build_model, load_run
+from synthmed.gan.run_config import FORMAT_VERSION, RunConfig
+from synthmed.gan.train import fit_dcgan_to_data
 from synthmed.gan.trainer import TrainingDiverged, fit
+from synthmed.settings import to_dict
 
 from .conftest import invoke, one_line_error
 
@@ -56,10 +59,9 @@ def configs(model: dict | None = None, **train) -> tuple[DCGANConfig, TrainConfi
 
 
 def train_run(run_dir, data, model_config, train_config, *, resume=False, seed=None, model=None):
-    config = run_config("dcgan", model_config, train_config)
+    config = RunConfig("dcgan", model_config, train_config)
     model = model or build_model(config, seed=train_config.seed if seed is None else seed)
-    result = fit(model, data, train_config, run_dir, run_config=config, resume=resume,
-                 progress=False)
+    result = fit(model, data, config, run_dir, resume=resume, progress=False)
     return model, result
 
 
@@ -120,7 +122,7 @@ def test_train_step_returns_finite_stats_and_moves_both_networks(phantom):
 
 
 def test_train_step_is_reproducible_from_the_generator(phantom):
-    config = run_config("dcgan", *configs({"diffaugment": ALL_AUGMENTS}))
+    config = RunConfig("dcgan", *configs({"diffaugment": ALL_AUGMENTS}))
     runs = []
     for _ in range(2):
         model = build_model(config, seed=3)
@@ -219,20 +221,31 @@ def test_conditional_sampling_and_preview(phantom):
     assert model.preview(4, seed=1).shape == (4, 1, 32, 32)
 
 
-def test_fit_model_to_data(phantom):
+def test_fit_dcgan_to_data(phantom):
     t1 = phantom[0]
-    conditional = fit_model_to_data(DCGANConfig(size=32), t1, conditional=True)
+    conditional = fit_dcgan_to_data(DCGANConfig(size=32), t1, conditional=True)
     assert (conditional.channels, conditional.num_classes) == (1, 2)
-    assert fit_model_to_data(DCGANConfig(size=32), t1, conditional=False).num_classes == 0
+    assert fit_dcgan_to_data(DCGANConfig(size=32), t1, conditional=False).num_classes == 0
     rgb = ImageSet.from_arrays(np.zeros((4, 3, 32, 32), np.float32))
-    assert fit_model_to_data(DCGANConfig(size=32), rgb, conditional=False).channels == 3
+    assert fit_dcgan_to_data(DCGANConfig(size=32), rgb, conditional=False).channels == 3
     with pytest.raises(InputError, match="--conditional needs labelled data"):
-        fit_model_to_data(DCGANConfig(size=32), rgb, conditional=True)
+        fit_dcgan_to_data(DCGANConfig(size=32), rgb, conditional=True)
     with pytest.raises(InputError, match="images are 32x32 but the model makes 64x64"):
-        fit_model_to_data(DCGANConfig(size=64), t1, conditional=False)
+        fit_dcgan_to_data(DCGANConfig(size=64), t1, conditional=False)
     with pytest.raises(InputError, match="tutorial preset"):
-        fit_model_to_data(DCGANConfig.tutorial(), ImageSet.from_arrays(
+        fit_dcgan_to_data(DCGANConfig.tutorial(), ImageSet.from_arrays(
             np.zeros((2, 3, 28, 28), np.float32)), conditional=False)
+
+
+def test_the_default_dcgan_size_is_the_images_own():
+    for side in (28, 64):
+        images = ImageSet.from_arrays(np.zeros((2, 1, side, side), np.float32))
+        assert fit_dcgan_to_data(DCGANConfig(), images, conditional=False).size == side
+    for shape in ((40, 40), (28, 32)):
+        images = ImageSet.from_arrays(np.zeros((2, 1, *shape), np.float32))
+        with pytest.raises(InputError, match=f"images are {shape[0]}x{shape[1]}, a size the "
+                                             "DCGAN does not make: pass --size with one of 28"):
+            fit_dcgan_to_data(DCGANConfig(), images, conditional=False)
 
 
 # -- the run directory ------------------------------------------------------------------------
@@ -254,7 +267,7 @@ def test_run_directory_contents(trained, phantom):
     assert result.run_dir == run and result.epochs == 2
     assert STAT_KEYS | {"images_per_s", "diversity"} == set(result.metrics)
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["format_version"] == checkpoint.FORMAT_VERSION and config["synthmed_version"]
+    assert config["format_version"] == FORMAT_VERSION and config["synthmed_version"]
     assert config["kind"] == "dcgan"
     assert config["model"] == to_dict(model_config) and config["train"] == to_dict(train_config)
 
@@ -328,12 +341,12 @@ def test_exact_resume_after_a_kill(tmp_path, phantom, phantom28, name, epochs, e
         data = phantom28
         model_config = DCGANConfig.tutorial()
     train_config = TrainConfig(epochs=epochs, batch_size=8, checkpoint_every=every, preview=4,
-                               lr_decay_start=1, seed=5)
+                               decay_epochs=epochs - 1, seed=5)
     steps = len(data) // 8
     model_a, _ = train_run(tmp_path / "a", data, model_config, train_config)
 
     run_b = tmp_path / "b"
-    model_b = build_model(run_config("dcgan", model_config, train_config), seed=5)
+    model_b = build_model(RunConfig("dcgan", model_config, train_config), seed=5)
     kill_call = (kill_epoch - 1) * steps + kill_step
 
     def die(n, step):
@@ -424,7 +437,7 @@ def test_divergence_stops_and_keeps_the_last_checkpoint(tmp_path, phantom, bad_c
                                                          where, kept):
     run = tmp_path / "run"
     model_config, train_config = configs(epochs=4)
-    model = build_model(run_config("dcgan", model_config, train_config))
+    model = build_model(RunConfig("dcgan", model_config, train_config))
 
     def diverge(n, step):
         stats = step()
@@ -457,7 +470,7 @@ def test_divergence_stops_and_keeps_the_last_checkpoint(tmp_path, phantom, bad_c
 def test_load_run_samples_like_the_trained_model(trained):
     run, model = trained[0], trained[1]
     loaded = load_run(run)
-    assert loaded.epoch == 2 and loaded.config["kind"] == "dcgan"
+    assert loaded.epoch == 2 and loaded.config.kind == "dcgan"
     assert loaded.class_names == ["no lesion", "lesion"]
     assert not loaded.model.training
     labels = torch.tensor([0, 1, 1, 0])
@@ -659,7 +672,7 @@ def test_bf16_trains_with_finite_losses(tmp_path, phantom):
     run.mkdir()  # an existing empty folder is a fine run directory
     model_config, train_config = configs({"num_classes": 2, "diffaugment": ALL_AUGMENTS},
                                          precision="bf16")
-    model = build_model(run_config("dcgan", model_config, train_config))
+    model = build_model(RunConfig("dcgan", model_config, train_config))
     dtypes = []
     model.generator.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
     _, result = train_run(run, phantom[0], model_config, train_config, model=model)
@@ -670,12 +683,13 @@ def test_bf16_trains_with_finite_losses(tmp_path, phantom):
 
 
 def test_yaml_config_is_overridden_by_single_options(tmp_path):
-    from synthmed.gan.run import resolve_dcgan_config
+    from synthmed.gan.run_config import resolve_dcgan_config
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("model:\n  width: 16\n  loss: hinge\n  diffaugment: [color, cutout]\n"
                    "train:\n  epochs: 7\n  batch_size: 32\n")
-    model, train = resolve_dcgan_config("dcgan", cfg, {"width": 8}, {"epochs": None})
+    config = resolve_dcgan_config("dcgan", cfg, {"width": 8}, {"epochs": None})
+    model, train = config.model, config.train
     assert (model.width, model.loss, model.diffaugment) == (8, "hinge", ("color", "cutout"))
     assert (train.epochs, train.batch_size) == (7, 32)
     cfg.write_text("model:\n  widht: 16\n")
@@ -692,7 +706,7 @@ def test_r1_penalty_adds_half_gamma_times_the_squared_real_gradient(phantom):
     real, labels = batch(phantom[0])
     losses = {}
     for gamma in (0.0, 1e6):  # a fresh D has tiny input gradients: a large gamma shows them
-        model = build_model(run_config("dcgan", DCGANConfig(size=32, width=4, d_norm="none",
+        model = build_model(RunConfig("dcgan", DCGANConfig(size=32, width=4, d_norm="none",
                                                             r1_gamma=gamma), TrainConfig()))
         if gamma:
             probe = real.clone().requires_grad_(True)

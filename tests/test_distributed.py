@@ -40,7 +40,8 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
 
     from synthmed.augment.phantom import PhantomConfig, make_phantom
     from synthmed.gan.config import DCGANConfig, TrainConfig
-    from synthmed.gan.run import build_model, run_config
+    from synthmed.gan.run import build_model
+    from synthmed.gan.run_config import RunConfig
     from synthmed.gan.trainer import fit
 
     root_dir = Path(root)
@@ -49,7 +50,7 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
                                diffaugment=("color", "translation", "cutout"), ema_decay=0.9)
     train_config = TrainConfig(epochs=EPOCHS, batch_size=BATCH, preview=4, checkpoint_every=1,
                                seed=3)
-    config = run_config("dcgan", model_config, train_config)
+    config = RunConfig("dcgan", model_config, train_config)
     # other initial weights on each process: fit must start every copy from rank 0's
     model = build_model(config, seed=rank + 1)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
@@ -61,7 +62,7 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
         return real_step(batch, *args, **kwargs)
 
     model.train_step = recording_step
-    fit(model, data, train_config, root_dir / "run", run_config=config, progress=False)
+    fit(model, data, config, root_dir / "run", progress=False)
     torch.save({"initial": initial, "final": model.state_dict(), "seen": seen},
                root_dir / f"rank{rank}.pt")
 
@@ -69,7 +70,8 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     resumed = build_model(config, seed=rank + 10)
     longer = TrainConfig(epochs=EPOCHS + 1, batch_size=BATCH, preview=4, checkpoint_every=1,
                          seed=3)
-    fit(resumed, data, longer, root_dir / "run", run_config=config, resume=True, progress=False)
+    fit(resumed, data, RunConfig("dcgan", model_config, longer), root_dir / "run", resume=True,
+        progress=False)
     torch.save(resumed.state_dict(), root_dir / f"resumed{rank}.pt")
     dist.destroy_process_group()
 
@@ -173,16 +175,16 @@ def _cyclegan_worker(rank: int, world: int, port: int, root: str) -> None:
     from synthmed.augment.phantom import PhantomConfig, make_phantom
     from synthmed.gan.config import CycleGANConfig, TrainConfig
     from synthmed.gan.data import UnpairedImages
-    from synthmed.gan.run import build_model, run_config
+    from synthmed.gan.run import build_model
+    from synthmed.gan.run_config import RunConfig
     from synthmed.gan.trainer import fit
 
     t1, t2 = make_phantom(PhantomConfig(n=8, size=32))
     train_config = TrainConfig(epochs=1, batch_size=1, preview=4, seed=3)
-    config = run_config("cyclegan", CycleGANConfig(ngf=4, ndf=4, n_blocks=1, pool_size=2,
-                                                   crop=24), train_config)
+    config = RunConfig("cyclegan", CycleGANConfig(ngf=4, ndf=4, n_blocks=1, pool_size=2,
+                                                  crop=24), train_config)
     model = build_model(config, seed=rank + 1)
-    fit(model, UnpairedImages(t1, t2, crop=24), train_config, Path(root) / "run",
-        run_config=config, progress=False)
+    fit(model, UnpairedImages(t1, t2, crop=24), config, Path(root) / "run", progress=False)
     torch.save(model.state_dict(), Path(root) / f"cyclegan{rank}.pt")
     dist.destroy_process_group()
 

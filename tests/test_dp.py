@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,9 +19,9 @@ from synthmed.augment.phantom import PhantomConfig, make_phantom
 from synthmed.errors import InputError
 from synthmed.gan import checkpoint
 from synthmed.gan.config import CycleGANConfig, DCGANConfig, DPConfig, TrainConfig
-from synthmed.gan.data import UnpairedImages
 from synthmed.gan.dp import PrivateDiscriminator
-from synthmed.gan.run import build_model, load_run, run_config
+from synthmed.gan.run import build_model, load_run
+from synthmed.gan.run_config import RunConfig
 from synthmed.gan.trainer import fit
 
 from .test_dcgan_train import invoke, one_line_error
@@ -60,10 +61,9 @@ def dp_record(run_dir) -> dict:
 
 def train_private(run_dir, data, train_config, *, resume=False, model=None, seed=None):
     privacy = DPConfig(4.0)
-    config = run_config("dcgan", MODEL, train_config, privacy)
+    config = RunConfig("dcgan", MODEL, train_config, privacy=privacy)
     model = model or build_model(config, seed=train_config.seed if seed is None else seed)
-    return model, fit(model, data, train_config, run_dir, run_config=config, resume=resume,
-                      progress=False, privacy=privacy)
+    return model, fit(model, data, config, run_dir, resume=resume, progress=False)
 
 
 def killed_at(model, call: int) -> None:
@@ -82,7 +82,7 @@ def killed_at(model, call: int) -> None:
 def private_model(noise_seed: int = 0, batch_size: int = 4):
     """A conditional DCGAN with a private D (16 images, batch 4, noise multiplier 1: a
     saved state, which spares solving for it) and its optimisers."""
-    model = build_model(run_config("dcgan", MODEL, TrainConfig()), seed=0)
+    model = build_model(RunConfig("dcgan", MODEL, TrainConfig()), seed=0)
     fresh = {"noise_multiplier": 1.0, "accountant": {"history": [], "mechanism": "rdp"}}
     private = PrivateDiscriminator(DPConfig(4.0), 16, batch_size, epochs=2,
                                    noise=torch.Generator().manual_seed(noise_seed), state=fresh)
@@ -147,7 +147,7 @@ def test_each_image_gets_its_own_gradient_whatever_the_batch_size(phantom, reals
     """D's per-sample gradients are each image's own loss gradient, unscaled by the number of
     images Poisson sampling drew: the sensitivity of the clipped sum rests on both."""
     model, optimizers = private_model()
-    reference = build_model(run_config("dcgan", MODEL, TrainConfig()), seed=0).discriminator
+    reference = build_model(RunConfig("dcgan", MODEL, TrainConfig()), seed=0).discriminator
     real, labels = labelled(phantom[0], reals)
     fake = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     fake_labels = torch.tensor([0, 1, 1, 0])
@@ -295,12 +295,15 @@ def test_cli_dp_options_need_an_epsilon(tmp_path):
 
 
 def test_privacy_is_refused_for_cyclegan(tmp_path, phantom):
-    config = run_config("cyclegan", CycleGANConfig(ngf=4, ndf=4, n_blocks=1, crop=24),
-                        TrainConfig(epochs=1, batch_size=1))
+    config = RunConfig("cyclegan", CycleGANConfig(ngf=4, ndf=4, n_blocks=1, crop=24),
+                       TrainConfig(epochs=1, batch_size=1))
+    with pytest.raises(InputError, match="privacy: differentially private training is a DCGAN "
+                                         "option, not for a cyclegan run"):
+        replace(config, privacy=DPConfig(1.0))
+    model = build_model(config)
     with pytest.raises(InputError, match="differential privacy is available for DCGAN "
                                          "training only, not cyclegan"):
-        fit(build_model(config), UnpairedImages(*phantom, crop=24), TrainConfig(epochs=1),
-            tmp_path / "run", run_config=config, progress=False, privacy=DPConfig(1.0))
+        model.make_private(None)
     assert not (tmp_path / "run").exists()
 
 
@@ -311,7 +314,7 @@ def test_training_stops_with_a_checkpoint_when_the_budget_is_spent(tmp_path, pha
     """A run planned for 3 epochs, killed in epoch 2 and resumed for 6: it stops after epoch
     3, the last the budget pays for, with a checkpoint there (not a checkpoint epoch)."""
     run = tmp_path / "run"
-    model = build_model(run_config("dcgan", MODEL, TrainConfig()), seed=0)
+    model = build_model(RunConfig("dcgan", MODEL, TrainConfig()), seed=0)
     killed_at(model, 4 + 2)
     with pytest.raises(KeyboardInterrupt):
         train_private(run, phantom[0], TrainConfig(epochs=3, batch_size=4, preview=4,
@@ -330,11 +333,11 @@ def test_training_stops_with_a_checkpoint_when_the_budget_is_spent(tmp_path, pha
 
 def test_exact_resume_after_a_kill_repeats_a_private_run(tmp_path, phantom):
     train_config = TrainConfig(epochs=3, batch_size=4, checkpoint_every=2, preview=4, seed=5,
-                               lr_decay_start=1)
+                               decay_epochs=2)
     model_a, _ = train_private(tmp_path / "a", phantom[0], train_config)
 
     run_b = tmp_path / "b"
-    model_b = build_model(run_config("dcgan", MODEL, train_config), seed=5)
+    model_b = build_model(RunConfig("dcgan", MODEL, train_config), seed=5)
     killed_at(model_b, 2 * 4 + 2)  # epoch 3, step 2: the epoch-2 checkpoint is the last
     with pytest.raises(KeyboardInterrupt):
         train_private(run_b, phantom[0], train_config, model=model_b)

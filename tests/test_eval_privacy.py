@@ -17,13 +17,8 @@ from synthmed.augment.distances import flatten_pixels, nearest_distances
 from synthmed.augment.phantom import PhantomConfig, make_phantom
 from synthmed.cli import cli
 from synthmed.errors import InputError
-from synthmed.eval.privacy_audit import (
-    PrivacyConfig,
-    attack_indices,
-    discriminator_scores,
-    evaluate_privacy,
-    membership_auc,
-)
+from synthmed.eval.membership import attack_indices, discriminator_scores, membership_auc
+from synthmed.eval.privacy_audit import PrivacyConfig, evaluate_privacy
 from synthmed.eval.report import build_report
 from synthmed.gan.run import load_run
 from synthmed.io import MARKER

@@ -15,7 +15,9 @@ from PIL import Image
 from synthmed.augment.intensity import foreground_quantiles, percentile_range, to_model_space
 from synthmed.augment.nifti import display_plane
 from synthmed.errors import InputError
-from synthmed.eval.translation import (
+from synthmed.eval.translation import VolumePair, evaluate_pairs
+from synthmed.eval.translation_metrics import bounding_box
+from synthmed.eval.translation_report import (
     BEST_GLOBAL,
     IDENTITY,
     INVERTED,
@@ -23,9 +25,6 @@ from synthmed.eval.translation import (
     METHODS,
     SYNTHMED,
     TranslationReport,
-    VolumePair,
-    _bbox,
-    evaluate_pairs,
     save_report,
 )
 from synthmed.gan.config import CycleGANConfig
@@ -164,14 +163,14 @@ def test_bbox_ssim_is_lower_than_whole_slice_ssim_on_a_large_empty_background() 
 def test_bbox_is_padded_to_the_ssim_window_inside_the_slice(pixel, shape, expected) -> None:
     mask = np.zeros(shape, bool)
     mask[pixel] = True
-    rows, columns = _bbox(mask)
+    rows, columns = bounding_box(mask)
     assert ((rows.start, rows.stop), (columns.start, columns.stop)) == expected
 
 
 def test_bbox_keeps_a_large_box() -> None:
     mask = np.zeros((40, 40), bool)
     mask[3:30, 10:12] = True
-    rows, columns = _bbox(mask)
+    rows, columns = bounding_box(mask)
     assert (rows.start, rows.stop, columns.stop - columns.start) == (3, 30, 11)
     assert columns.start <= 10 and columns.stop >= 12
 

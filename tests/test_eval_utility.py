@@ -18,29 +18,28 @@ from synthmed.cli import cli
 from synthmed.errors import InputError
 from synthmed.eval import utility
 from synthmed.eval.classifier import ClassifierConfig
-from synthmed.eval.utility import (
+from synthmed.eval.generators import (
     GeneratorRecipe,
     SubsetGenerators,
     TrainedRun,
-    UtilityConfig,
     best_of,
-    fraction_subset,
-    make_regimes,
-    merge,
-    prepare_real,
-    run_grid,
     synthetic_labels,
 )
+from synthmed.eval.real_data import fraction_subset, prepare_real
+from synthmed.eval.utility import UtilityConfig, make_regimes, merge, run_grid
 from synthmed.eval.utility_report import _describe_generator, write_report
-from synthmed.gan import checkpoint
 from synthmed.gan.config import DCGANConfig, TrainConfig
-from synthmed.gan.run import build_model, load_run, run_config
-from synthmed.gan.trainer import fit
+from synthmed.gan.run import load_run
+from synthmed.gan.run_config import DataConfig, RunConfig, read_run_config
+from synthmed.gan.train import train_dcgan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = UtilityConfig(fractions=(0.5,), seeds=2, ratios=(1.0,),
                      classifier=ClassifierConfig(steps=6, eval_every=3, batch_size=16, width=4))
+# a generator trained on exactly the images it is given (split all), for a TrainedRun
+TINY_RUN = RunConfig("dcgan", DCGANConfig(width=4), TrainConfig(epochs=1, batch_size=32),
+                     DataConfig(split="all"))
 RECIPE = GeneratorRecipe(steps=2, width=8, batch_size=16, precision="fp32")
 
 
@@ -110,20 +109,13 @@ def test_synthetic_labels_follow_the_mix(real):
 
 def test_a_generator_that_saw_test_images_is_refused(real, tmp_path):
     leaked = ImageSet.concatenate([real.train, real.test])
-    model, train = DCGANConfig(size=32, width=4, num_classes=2), TrainConfig(epochs=1,
-                                                                            batch_size=32)
-    config = run_config("dcgan", model, train)
-    fit(build_model(config), leaked, train, tmp_path / "run", run_config=config, progress=False)
+    train_dcgan(leaked, tmp_path / "run", TINY_RUN, conditional=True, progress=False)
     with pytest.raises(InputError, match=rf"trained on {len(real.test)} test image"):
         TrainedRun(load_run(tmp_path / "run"), real)
 
 
 def test_a_generator_trained_on_more_images_than_the_fraction_warns(real, tmp_path):
-    model, train = DCGANConfig(size=32, width=4, num_classes=2), TrainConfig(epochs=1,
-                                                                            batch_size=32)
-    config = run_config("dcgan", model, train)
-    fit(build_model(config), real.train, train, tmp_path / "run", run_config=config,
-        progress=False)
+    train_dcgan(real.train, tmp_path / "run", TINY_RUN, conditional=True, progress=False)
     generator = TrainedRun(load_run(tmp_path / "run"), real)
     subset = fraction_subset(real.train, 0.25, seed=0)
     with pytest.warns(UserWarning, match="more than the"):
@@ -191,8 +183,8 @@ def test_the_recipe_small_data_remedies_reach_each_generator(real, tmp_path):
         GeneratorRecipe(diffaugment=("blur",))
     recipe = replace(RECIPE, diffaugment=("translation", "cutout"), ema_decay=0.9)
     run_dir = SubsetGenerators(recipe, tmp_path).train(fraction_subset(real.train, 0.5, 0))
-    model = checkpoint.read_config(run_dir)["model"]
-    assert (model["diffaugment"], model["ema_decay"]) == (["translation", "cutout"], 0.9)
+    model = read_run_config(run_dir).model
+    assert (model.diffaugment, model.ema_decay) == (("translation", "cutout"), 0.9)
     assert load_run(run_dir).model.ema is not None
     described = _describe_generator(SubsetGenerators(recipe, tmp_path).describe())
     assert "DiffAugment translation/cutout, EMA 0.9" in described
@@ -246,11 +238,7 @@ def test_a_rerun_with_another_grid_is_refused(grid_run, real):
 
 
 def test_a_moved_generator_run_keeps_the_finished_cells(real, tmp_path, monkeypatch):
-    model, train = DCGANConfig(size=32, width=4, num_classes=2), TrainConfig(epochs=1,
-                                                                            batch_size=32)
-    config = run_config("dcgan", model, train)
-    fit(build_model(config), real.train, train, tmp_path / "run", run_config=config,
-        progress=False)
+    train_dcgan(real.train, tmp_path / "run", TINY_RUN, conditional=True, progress=False)
     one_seed = replace(TINY, seeds=1)
     with pytest.warns(UserWarning, match="more than the"):
         results = run_grid(real, TrainedRun(load_run(tmp_path / "run"), real), one_seed,

@@ -17,16 +17,15 @@ from synthmed.errors import InputError
 from synthmed.gan import generate as generate_module
 from synthmed.gan.config import DCGANConfig, TrainConfig
 from synthmed.gan.generate import BLOCK, GenerateConfig, generate, plan_labels
-from synthmed.gan.run import build_model, load_run, run_config
-from synthmed.gan.trainer import fit
+from synthmed.gan.run import load_run
+from synthmed.gan.run_config import RunConfig
+from synthmed.gan.train import train_dcgan
 
 
 def train_tiny(run_dir, conditional: bool):
     t1, _ = make_phantom(PhantomConfig(n=48, size=28, lesion_fraction=0.25))
-    model_config = DCGANConfig(size=28, width=4, num_classes=2 if conditional else 0)
-    train = TrainConfig(epochs=1, batch_size=16)
-    config = run_config("dcgan", model_config, train)
-    fit(build_model(config), t1, train, run_dir, run_config=config, progress=False)
+    config = RunConfig("dcgan", DCGANConfig(width=4), TrainConfig(epochs=1, batch_size=16))
+    train_dcgan(t1, run_dir, config, conditional=conditional, progress=False)
     return run_dir
 
 
@@ -256,10 +255,8 @@ def test_dicom_export_from_real_dicom_carries_no_source_identifiers(tmp_path):
     from synthmed.augment.items import ReadConfig
 
     data = read_images(folder, ReadConfig(size=28))
-    model_config = DCGANConfig(size=28, width=4)
-    train = TrainConfig(epochs=1, batch_size=2)
-    config = run_config("dcgan", model_config, train)
-    fit(build_model(config), data, train, tmp_path / "run", run_config=config, progress=False)
+    config = RunConfig("dcgan", DCGANConfig(width=4), TrainConfig(epochs=1, batch_size=2))
+    train_dcgan(data, tmp_path / "run", config, progress=False)
     generate(load_run(tmp_path / "run"), tmp_path / "syn", GenerateConfig(n=3, format="dicom"),
              progress=False)
     source_values = {str(element.value) for ds in sources for element in ds.iterall()

@@ -29,6 +29,7 @@ from synthmed.augment.medmnist import write_npz
 from synthmed.augment.phantom import PhantomConfig, make_phantom, write_phantom_volumes
 from synthmed.cli import cli
 from synthmed.gan import checkpoint
+from synthmed.gan.run_config import read_run_config
 from synthmed.io import MARKER
 
 pytestmark = pytest.mark.slow
@@ -161,7 +162,7 @@ def test_resume_of_a_run_killed_before_it_saved_its_config_uses_the_options(tmp_
                                       "32", "--width", "4", "--epochs", "1", "--batch-size", "8",
                                       "--no-progress", "--out", str(run), "--resume"])
     assert result.exit_code == 0, result.output
-    assert checkpoint.read_config(run)["model"]["width"] == 4
+    assert read_run_config(run).model.width == 4
     assert hidden_leftovers(run) == []
 
 

@@ -1,6 +1,6 @@
 """Imports point one way (GUIDE section 3): ``augment <- gan <- eval <- cli``, with the
-foundation modules (``errors``, ``io``, ``limits``) below all of them. Every import statement
-counts, those inside functions too."""
+foundation modules (``errors``, ``io``, ``limits``, ``settings``) below all of them. Every
+import statement counts, those inside functions too."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import synthmed
 
 PACKAGE = Path(synthmed.__file__).parent
-FOUNDATION = {"errors", "io", "limits", "__init__"}
+FOUNDATION = {"errors", "io", "limits", "settings", "__init__"}
 # what each layer may import from synthmed, beside the foundation
 ALLOWED = {"foundation": set(), "augment": {"augment"}, "gan": {"augment", "gan"},
            "eval": {"augment", "gan", "eval"}, "cli": {"augment", "gan", "eval", "cli"}}

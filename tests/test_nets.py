@@ -20,7 +20,7 @@ from synthmed.gan.nets import (
     TutorialGenerator,
     base_size,
 )
-from synthmed.gan.run import resolve_dcgan_config
+from synthmed.gan.run_config import resolve_dcgan_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -133,12 +133,15 @@ def test_tutorial_config_and_cli_training_defaults():
     assert config.loss == "bce"
     assert config.lr_g == config.lr_d == 1e-4
     assert config.betas == (0.9, 0.999) and config.adam_eps == 1e-7
-    model, train = resolve_dcgan_config("tutorial")
+    resolved = resolve_dcgan_config("tutorial")
+    model, train = resolved.model, resolved.train
     assert model == config
     assert train.batch_size == 256 and train.checkpoint_every == 15
     assert train == TrainConfig(batch_size=256, checkpoint_every=15)
     # the general preset keeps the pytorch/examples settings
-    general, general_train = resolve_dcgan_config("dcgan")
+    resolved = resolve_dcgan_config("dcgan")
+    general, general_train = resolved.model, resolved.train
+    assert general.size is None  # follows the data
     assert general.lr_g == 2e-4 and general.betas == (0.5, 0.999)
     assert general_train.batch_size == 64
 
@@ -147,8 +150,9 @@ def test_resolve_config_file_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model:\n  lr_g: 0.001\n  diffaugment: [color, cutout]\n"
                     "train:\n  epochs: 7\n  batch_size: 32\n")
-    model, train = resolve_dcgan_config("tutorial", path, {"lr_d": 3e-4, "loss": None},
-                                        {"batch_size": 16})
+    resolved = resolve_dcgan_config("tutorial", path, {"lr_d": 3e-4, "loss": None},
+                                    {"batch_size": 16})
+    model, train = resolved.model, resolved.train
     assert model.preset == "tutorial" and model.lr_g == 0.001 and model.lr_d == 3e-4
     assert model.diffaugment == ("color", "cutout") and model.loss == "bce"
     assert (train.epochs, train.batch_size, train.checkpoint_every) == (7, 16, 15)

@@ -282,20 +282,12 @@ def train_classifier(
         augment: apply :func:`classic_augment` to every training batch.
         progress: called with the number of steps just done, after each validation pass.
     """
-    x_train, y_train = _check_split(train_images, train_labels, num_classes, "train")
-    x_val, y_val = _check_split(val_images, val_labels, num_classes, "val")
-    if x_val.shape[1] != x_train.shape[1]:
-        raise InputError(f"val images have {x_val.shape[1]} channels, train images "
-                         f"{x_train.shape[1]}")
-    side = min(x_train.shape[2:])
-    if side < MIN_SIDE[config.arch]:
-        raise InputError(f"{config.arch} needs images of at least {MIN_SIDE[config.arch]} px, "
-                         f"got {tuple(x_train.shape[2:])}")
+    x_train, y_train, x_val, y_val = _checked_inputs(train_images, train_labels, val_images,
+                                                     val_labels, num_classes, config.arch)
     order_seed, augment_seed = np.random.SeedSequence(seed).generate_state(2)
     order_rng = torch.Generator().manual_seed(int(order_seed))
     augment_rng = torch.Generator().manual_seed(int(augment_seed))
-    y_val_np = y_val.numpy()
-    val_complete = len(np.unique(y_val_np)) == num_classes
+    selection = _Selection(x_val, y_val, num_classes, config.precision)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # weight init and dropout
@@ -303,48 +295,95 @@ def train_classifier(
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                       weight_decay=config.weight_decay)
         batches = _batches(len(x_train), config.batch_size, order_rng)
-        curve: list[dict[str, float]] = []
-        best_key, best_index, best_state, best_probs = None, 0, None, None
         train_losses: list[float] = []
         for step in range(1, config.steps + 1):
-            model.train()
             index = next(batches)
             x = x_train[index]  # (B, C, H, W)
             if augment:
                 x = classic_augment(x, augment_rng)
-            with _autocast(config.precision):
-                logits = model(x)  # (B, K)
-            loss = F.cross_entropy(logits.float(), y_train[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            train_losses.append(loss.item())
+            train_losses.append(_train_step(model, optimizer, x, y_train[index],
+                                            config.precision))
             if step % config.eval_every and step != config.steps:
                 continue
-
-            model.eval()
-            logits = _run(model, x_val, 256, config.precision, model).double()  # (M, K)
-            probs = torch.softmax(logits, dim=1).numpy()
-            val_loss = F.cross_entropy(logits, y_val).item()
-            auroc = classification_metrics(y_val_np, probs)["auroc"]
-            curve.append({"step": step, "val_loss": val_loss, "val_auroc": auroc,
-                          "train_loss": float(np.mean(train_losses))})
-            key = (auroc, -val_loss) if val_complete else (-val_loss,)
-            if best_key is None or key > best_key:
-                best_key, best_index, best_probs = key, len(curve) - 1, probs
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            selection.score(model, step, float(np.mean(train_losses)))
             if progress is not None:
                 progress(len(train_losses))
             train_losses = []
+    return selection.trained(model, num_classes)
 
-    model.load_state_dict(best_state)
-    model.eval()
-    threshold = None
-    if num_classes == 2:
-        threshold = choose_threshold(y_val_np, best_probs[:, 1]) if val_complete else 0.5
-    return TrainedClassifier(model=model, curve=curve, best_step=int(curve[best_index]["step"]),
-                             converged=best_index < len(curve) - 3, threshold=threshold,
-                             precision=config.precision)
+
+def _checked_inputs(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray,
+                    val_labels: np.ndarray, num_classes: int, arch: str
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The training and validation images and labels as tensors, checked against each other
+    and against the smallest image side ``arch`` accepts."""
+    x_train, y_train = _check_split(train_images, train_labels, num_classes, "train")
+    x_val, y_val = _check_split(val_images, val_labels, num_classes, "val")
+    if x_val.shape[1] != x_train.shape[1]:
+        raise InputError(f"val images have {x_val.shape[1]} channels, train images "
+                         f"{x_train.shape[1]}")
+    side = min(x_train.shape[2:])
+    if side < MIN_SIDE[arch]:
+        raise InputError(f"{arch} needs images of at least {MIN_SIDE[arch]} px, "
+                         f"got {tuple(x_train.shape[2:])}")
+    return x_train, y_train, x_val, y_val
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                y: torch.Tensor, precision: str) -> float:
+    """One optimizer step on a batch ``x (B, C, H, W)``, ``y (B,)``; its cross-entropy loss."""
+    model.train()
+    with _autocast(precision):
+        logits = model(x)  # (B, K)
+    loss = F.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+class _Selection:
+    """The validation passes of one training run and the best state among them: the highest
+    val AUROC (ties: lower val loss), or the lowest val loss when validation lacks a class."""
+
+    def __init__(self, x_val: torch.Tensor, y_val: torch.Tensor, num_classes: int,
+                 precision: str) -> None:
+        self.x_val, self.y_val, self.precision = x_val, y_val, precision
+        self.y_val_np = y_val.numpy()
+        self.val_complete = len(np.unique(self.y_val_np)) == num_classes
+        self.curve: list[dict[str, float]] = []
+        self.best_key: tuple[float, ...] | None = None
+        self.best_index = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_probs: np.ndarray | None = None
+
+    def score(self, model: nn.Module, step: int, train_loss: float) -> None:
+        """A validation pass after ``step``: a point of the curve, and the model's state when
+        it is the best so far."""
+        model.eval()
+        logits = _run(model, self.x_val, 256, self.precision, model).double()  # (M, K)
+        probs = torch.softmax(logits, dim=1).numpy()
+        val_loss = F.cross_entropy(logits, self.y_val).item()
+        auroc = classification_metrics(self.y_val_np, probs)["auroc"]
+        self.curve.append({"step": step, "val_loss": val_loss, "val_auroc": auroc,
+                           "train_loss": train_loss})
+        key = (auroc, -val_loss) if self.val_complete else (-val_loss,)
+        if self.best_key is None or key > self.best_key:
+            self.best_key, self.best_index, self.best_probs = key, len(self.curve) - 1, probs
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def trained(self, model: nn.Module, num_classes: int) -> TrainedClassifier:
+        """``model`` with the best state, in eval mode, and (binary) its threshold."""
+        model.load_state_dict(self.best_state)
+        model.eval()
+        threshold = None
+        if num_classes == 2:
+            threshold = (choose_threshold(self.y_val_np, self.best_probs[:, 1])
+                         if self.val_complete else 0.5)
+        return TrainedClassifier(model=model, curve=self.curve,
+                                 best_step=int(self.curve[self.best_index]["step"]),
+                                 converged=self.best_index < len(self.curve) - 3,
+                                 threshold=threshold, precision=self.precision)
 
 
 def _batches(n: int, batch_size: int, rng: torch.Generator) -> Iterator[torch.Tensor]:

@@ -24,35 +24,30 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from synthmed.augment.items import ReadConfig
 from synthmed.augment.medmnist import write_npz
 from synthmed.augment.phantom import PhantomConfig, make_phantom, write_phantom_volumes
 from synthmed.augment.preview import save_preview
 from synthmed.augment.readers import read_images
-from synthmed.augment.splits import held_out_hashes, hold_out_groups, split_by_group
+from synthmed.augment.splits import split_by_group
 from synthmed.eval.classifier import ClassifierConfig
 from synthmed.eval.features import default_extractor
 from synthmed.eval.fidelity import evaluate_fidelity, save_gallery
+from synthmed.eval.generators import GeneratorRecipe, SubsetGenerators
 from synthmed.eval.privacy_audit import evaluate_privacy
+from synthmed.eval.real_data import fraction_subset, prepare_real
 from synthmed.eval.report import build_report
-from synthmed.eval.translation import evaluate_run, save_report
-from synthmed.eval.utility import (
-    GeneratorRecipe,
-    SubsetGenerators,
-    UtilityConfig,
-    fraction_subset,
-    prepare_real,
-    run_grid,
-)
+from synthmed.eval.translation import evaluate_run
+from synthmed.eval.translation_report import save_report
+from synthmed.eval.utility import UtilityConfig, run_grid
 from synthmed.eval.utility_report import write_report
 from synthmed.gan.config import CycleGANConfig, TrainConfig
-from synthmed.gan.data import UnpairedImages, recorded_source
 from synthmed.gan.generate import GenerateConfig, generate
-from synthmed.gan.run import build_model, load_run, run_config
-from synthmed.gan.trainer import fit
+from synthmed.gan.run import load_run
+from synthmed.gan.run_config import RunConfig
+from synthmed.gan.train import train_cyclegan
 from synthmed.io import atomic_output_dir
 
 
@@ -150,19 +145,13 @@ def _translation(work: Path, config: DemoConfig, progress: bool) -> None:
     subjects = write_phantom_volumes(volumes, PhantomConfig(
         n=8 * config.cyclegan_subjects, size=config.size, seed=1, slices_per_subject=8))
     held_out = subjects[-1]
-    domains = [read_images(f"{volumes}/*/{contrast}.nii.gz") for contrast in ("t1", "t2")]
-    (a, b), _ = hold_out_groups(domains, held_out)
-    held_hashes = held_out_hashes(domains, [held_out])
     model = CycleGANConfig(ngf=16, ndf=16, n_blocks=3, crop=24)
     train = TrainConfig(epochs=config.cyclegan_epochs, batch_size=1, precision="bf16",
-                        lr_decay_start=config.cyclegan_epochs // 2, preview=8)
+                        decay_epochs=config.cyclegan_epochs // 2, preview=8)
     run = work / "translation" / "run"
-    document = {**run_config("cyclegan", model, train), "data": {
-        "domain_a": recorded_source(f"{volumes}/*/t1.nii.gz"),
-        "domain_b": recorded_source(f"{volumes}/*/t2.nii.gz"),
-        "val_image_hashes": held_hashes, "read": asdict(ReadConfig())}}
-    fit(build_model(document, seed=0), UnpairedImages(a, b, crop=24), train, run,
-        run_config=document, progress=progress)
+    train_cyclegan(f"{volumes}/*/t1.nii.gz", f"{volumes}/*/t2.nii.gz", run,
+                   RunConfig("cyclegan", model, train), val_subjects=held_out,
+                   progress=progress)
     report = evaluate_run(load_run(run), str(volumes / held_out / "t1.nii.gz"),
                           str(volumes / held_out / "t2.nii.gz"))
     save_report(report, work / "translation")

@@ -25,7 +25,7 @@ from synthmed.eval.classifier import (
     build_classifier,
     train_classifier,
 )
-from synthmed.eval.utility import RealData
+from synthmed.eval.real_data import RealData
 
 EXTRACTOR_SEED = 0
 

@@ -90,15 +90,17 @@ def _sections(path: Path, root: Path) -> list[dict[str, str]]:
 
 
 def _run_section(path: Path, name: str, root: Path) -> dict[str, str]:
-    from synthmed.gan.run import read_run_config  # the models' modules only when needed
+    from synthmed.gan.run_config import read_run_config  # the models' modules only when needed
+    from synthmed.settings import to_dict
 
     config = read_run_config(path)
     lines = (path / checkpoint.METRICS).read_text().splitlines() \
         if (path / checkpoint.METRICS).is_file() else []
     last = json.loads(lines[-1]) if lines else {}
-    settings = {f"{part}.{k}": v for part in ("model", "train")
-                for k, v in config.get(part, {}).items()}
-    text = [f"## Training run `{name}` ({config.get('kind')})", "",
+    settings = {f"{part}.{k}": v for part, section in (("model", config.model),
+                                                       ("train", config.train))
+                for k, v in to_dict(section).items()}
+    text = [f"## Training run `{name}` ({config.kind})", "",
             _markdown_table(["setting", "value"], [[k, v] for k, v in settings.items()]), "",
             _markdown_table(["last epoch metric", "value"], [[k, v] for k, v in last.items()]),
             ""]

@@ -20,24 +20,20 @@ compared with the truth's original values.
   skipped). For SSIM, pixels outside the mask take the truth's values, so only the mask is
   scored; the identical background is what inflates whole-slice SSIM.
 - Identical images give an infinite PSNR (MONAI's value for a zero MSE). It stays ``inf`` in
-  the report and becomes ``null`` in :meth:`TranslationReport.to_json`, since JSON has no inf.
+  the report and becomes ``null`` in
+  :meth:`~synthmed.eval.translation_report.TranslationReport.to_json`, since JSON has no inf.
 """
 
 from __future__ import annotations
 
 import glob
-import io
 import math
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from monai.metrics import MAEMetric, PSNRMetric, SSIMMetric
-from PIL import Image
 
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.intensity import (
@@ -52,29 +48,32 @@ from synthmed.augment.intensity import (
 )
 from synthmed.augment.items import ReadConfig
 from synthmed.augment.nifti import display_plane, load_volume
-from synthmed.augment.preview import image_grid
 from synthmed.augment.readers import read_images
-from synthmed.augment.splits import split_by_group
 from synthmed.errors import InputError
-from synthmed.eval.classifier import ClassifierConfig, train_classifier
-from synthmed.eval.fidelity import FidelityReport, evaluate_fidelity
+from synthmed.eval.translation_metrics import (
+    METRICS,
+    SSIM_WINDOW,
+    bounding_box,
+    mean_absolute_error,
+    peak_snr,
+    structural_similarity,
+)
+from synthmed.eval.translation_report import (
+    BEST_GLOBAL,
+    IDENTITY,
+    INVERTED,
+    MATCHING,
+    METHODS,
+    PANEL_COLUMNS,
+    SYNTHMED,
+    TranslationReport,
+)
 from synthmed.gan.data import group_hash
 from synthmed.gan.run import LoadedRun
 from synthmed.gan.translate import read_config_of, target_domain, translate_images
-from synthmed.io import atomic_write, json_safe, write_json
 
 Translator = Callable[[np.ndarray], np.ndarray]  # (S, 1, H, W) in [-1, 1] -> same shape
-
-SYNTHMED = "synthmed"
-IDENTITY = "identity"
-MATCHING = "histogram matching"
-INVERTED = "inverted histogram matching"
-BEST_GLOBAL = "best global intensity map"
-METHODS = [SYNTHMED, IDENTITY, MATCHING, INVERTED, BEST_GLOBAL]
-METRICS = {"mae": "MAE", "psnr": "PSNR (dB)", "ssim_slice": "SSIM slice", "ssim_bbox": "SSIM bbox"}
-SSIM_WINDOW = 11
 ERROR_WHITE = 0.25  # panel error maps: an error of this share of high - low or more is white
-PANEL_COLUMNS = ("source", "translated", "truth", "|error|")
 
 
 @dataclass(frozen=True)
@@ -90,93 +89,6 @@ class VolumePair:
     subject: str
     source: np.ndarray
     target: np.ndarray
-
-
-@dataclass
-class TranslationReport:
-    """Scores of every method, per slice, per subject and over subjects.
-
-    Args:
-        methods: method names, the rows of every table.
-        per_subject: ``subject -> method -> metric -> value``; MAE and PSNR pooled over the
-            masked voxels of the subject's evaluated slices, SSIM the mean over its slices.
-        per_slice: one dict per (subject, slice, method): ``subject``, ``slice`` (voxel index
-            along the slice axis), ``method`` and the metrics.
-        summary: ``method -> metric -> {"mean", "std", "n"}`` over subjects (sample sd; NaN
-            when n < 2 or a value is infinite).
-        best_global_map: the histogram-matching method copied to ``best global intensity map``.
-        panels: ``subject -> (R * 4, 1, H, W)`` float32 in [-1, 1]: for each of R slices, the
-            columns source, translated, truth and |translated - truth| in truth units inside
-            the evaluation mask (black = 0, white >= ``ERROR_WHITE * (high - low)``); tile it
-            with ``image_grid(panel, columns=4)``.
-        settings: the evaluation settings and the rules used, as plain values.
-        intensity: ``subject -> {"source_low", "source_high", "truth_low", "truth_high"}``.
-    """
-
-    methods: list[str]
-    per_subject: dict[str, dict[str, dict[str, float]]]
-    per_slice: list[dict[str, Any]]
-    summary: dict[str, dict[str, dict[str, float]]]
-    best_global_map: str
-    panels: dict[str, np.ndarray]
-    settings: dict[str, Any]
-    intensity: dict[str, dict[str, float]]
-
-    def beats_best_global_map(self) -> dict[str, bool]:
-        """Per metric, whether the translator's mean over subjects beats the best global map."""
-        ours, theirs = self.summary[SYNTHMED], self.summary[BEST_GLOBAL]
-        return {
-            metric: bool(
-                ours[metric]["mean"] < theirs[metric]["mean"]
-                if metric == "mae"
-                else ours[metric]["mean"] > theirs[metric]["mean"]
-            )
-            for metric in METRICS
-        }
-
-    def to_json(self) -> dict[str, Any]:
-        """Everything but the panels as JSON values; non-finite numbers become ``None``."""
-        return json_safe({
-            "methods": self.methods,
-            "best_global_map": self.best_global_map,
-            "beats_best_global_map": self.beats_best_global_map(),
-            "settings": self.settings,
-            "notes": {
-                "psnr": "null means infinite: the images are identical inside the mask",
-                "summary": "mean and sample sd over subjects; n = number of subjects",
-            },
-            "intensity": self.intensity,
-            "summary": self.summary,
-            "per_subject": self.per_subject,
-            "per_slice": self.per_slice,
-        })
-
-    def to_markdown(self) -> str:
-        """A table of the methods (mean ± sd over subjects) and the rules behind it."""
-        slices = {m: sum(row["method"] == m for row in self.per_slice) for m in self.methods}
-        header = ["method", *METRICS.values(), "N subjects", "N slices"]
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for method in self.methods:
-            cells = [_format(self.summary[method][metric], metric) for metric in METRICS]
-            n = self.summary[method]["mae"]["n"]
-            lines.append(f"| {' | '.join([method, *cells, str(n), str(slices[method])])} |")
-        settings = self.settings
-        low, high = settings["percentiles"]
-        wins = self.beats_best_global_map()
-        verdict = "; ".join(f"{METRICS[m]}: {'yes' if wins[m] else 'no'}" for m in METRICS)
-        text = (
-            f"Slices along axis {settings['slice_axis']} whose evaluation mask (source "
-            f"foreground | truth foreground) covers more than {settings['min_foreground']:.1%} "
-            "of the slice. Every method's model-space output is put on the truth's original "
-            f"intensity scale with the truth's own mapping (its {low}-{high} percentiles inside "
-            "its foreground); MAE and PSNR use the evaluation-mask voxels, PSNR's peak is that "
-            "range, SSIM (MONAI, 11 px Gaussian window) is taken on the whole slice and on the "
-            "mask's bounding box padded to at least 11 px, with the background set to the "
-            "truth's. Mean ± sample sd over subjects; PSNR inf means identical images.\n\n"
-            f"Best global intensity map: {self.best_global_map} (higher mean PSNR). "
-            f"Does {SYNTHMED} beat it on the mean over subjects? {verdict}."
-        )
-        return "# Translation evaluation\n\n" + "\n".join(lines) + "\n\n" + text + "\n"
 
 
 def evaluate_pairs(
@@ -240,11 +152,20 @@ def evaluate_pairs(
         method: {m: _stats([s[method][m] for s in per_subject.values()]) for m in METRICS}
         for method in METHODS
     }
-    settings = {
+    settings = _settings(slice_axis, percentiles, min_foreground, len(quantiles), panel_slices)
+    return TranslationReport(
+        METHODS.copy(), per_subject, per_slice, summary, best, panels, settings, intensity
+    )
+
+
+def _settings(slice_axis: int, percentiles: tuple[float, float], min_foreground: float,
+              quantile_levels: int, panel_slices: int) -> dict[str, Any]:
+    """The evaluation settings and the rules used, as plain values."""
+    return {
         "slice_axis": slice_axis,
         "percentiles": list(percentiles),
         "min_foreground": min_foreground,
-        "quantile_levels": len(quantiles),
+        "quantile_levels": quantile_levels,
         "panel_slices": panel_slices,
         "masks": "foreground_mask(source) | foreground_mask(truth)",
         "intensity_scale": "truth original units; model space mapped back with the truth's "
@@ -255,34 +176,6 @@ def evaluate_pairs(
         "panel_columns": list(PANEL_COLUMNS),
         "panel_error_white": f"{ERROR_WHITE} * (truth_high - truth_low)",
     }
-    return TranslationReport(
-        METHODS.copy(), per_subject, per_slice, summary, best, panels, settings, intensity
-    )
-
-
-def save_report(report: TranslationReport, out: Path) -> list[Path]:
-    """Write ``translation.json``, ``translation.md`` and ``panel_<subject>.png`` into ``out``.
-
-    Panels are grayscale PNGs, one row per slice and the columns of ``PANEL_COLUMNS``;
-    characters other than letters, digits, ``.``, ``_`` and ``-`` in a subject name become
-    ``_`` in its file name. Every file is written atomically.
-
-    Returns:
-        The written paths.
-    """
-    out = Path(out)
-    if not out.is_dir():
-        raise InputError("no such folder", out)
-    written = [out / "translation.json", out / "translation.md"]
-    write_json(written[0], report.to_json())
-    atomic_write(written[1], report.to_markdown().encode())
-    for subject, panel in report.panels.items():
-        path = out / f"panel_{re.sub(r'[^A-Za-z0-9._-]', '_', subject)}.png"
-        buffer = io.BytesIO()
-        Image.fromarray(image_grid(panel, columns=len(PANEL_COLUMNS))[..., 0]).save(buffer, "PNG")
-        atomic_write(path, buffer.getvalue())
-        written.append(path)
-    return written
 
 
 @dataclass(frozen=True)
@@ -379,20 +272,21 @@ def _score(
     """Per-method subject scores and per-slice rows, on the truth's original scale."""
     peak = slices.high - slices.low
     mask, truth = slices.mask, slices.truth
-    boxes = [_bbox(m) for m in mask]
+    boxes = [bounding_box(m) for m in mask]
     scores: dict[str, dict[str, float]] = {}
     rows: list[dict[str, Any]] = []
     for method, images in outputs.items():
         original = to_original(images[:, 0], slices.low, slices.high)  # (S, H, W)
         scored = np.where(mask, original, truth)  # SSIM scores the mask, not the background
-        mae = [_mae(original[k][mask[k]], truth[k][mask[k]]) for k in range(len(mask))]
-        psnr = [_psnr(original[k][mask[k]], truth[k][mask[k]], peak) for k in range(len(mask))]
-        whole = _ssim(scored, truth, peak)
-        boxed = [_ssim(scored[k][box][None], truth[k][box][None], peak)[0]
+        mae = [mean_absolute_error(original[k][mask[k]], truth[k][mask[k]])
+               for k in range(len(mask))]
+        psnr = [peak_snr(original[k][mask[k]], truth[k][mask[k]], peak) for k in range(len(mask))]
+        whole = structural_similarity(scored, truth, peak)
+        boxed = [structural_similarity(scored[k][box][None], truth[k][box][None], peak)[0]
                  for k, box in enumerate(boxes)]
         scores[method] = {
-            "mae": _mae(original[mask], truth[mask]),
-            "psnr": _psnr(original[mask], truth[mask], peak),
+            "mae": mean_absolute_error(original[mask], truth[mask]),
+            "psnr": peak_snr(original[mask], truth[mask], peak),
             "ssim_slice": float(np.mean(whole)),
             "ssim_bbox": float(np.mean(boxed)),
         }
@@ -402,40 +296,6 @@ def _score(
             for k, index in enumerate(slices.indices)
         )
     return scores, rows
-
-
-def _mae(predicted: np.ndarray, truth: np.ndarray) -> float:
-    """MONAI MAE of two equal-length 1-D arrays (one batch item of ``(1, 1, n)``)."""
-    return float(MAEMetric(reduction="none")(_pixels(predicted), _pixels(truth)))
-
-
-def _psnr(predicted: np.ndarray, truth: np.ndarray, peak: float) -> float:
-    """MONAI PSNR of two equal-length 1-D arrays; ``inf`` when they are identical."""
-    return float(PSNRMetric(max_val=peak, reduction="none")(_pixels(predicted), _pixels(truth)))
-
-
-def _pixels(values: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(values, np.float64)).reshape(1, 1, -1)
-
-
-def _ssim(predicted: np.ndarray, truth: np.ndarray, peak: float) -> np.ndarray:
-    """MONAI SSIM of ``(S, h, w)`` images, one value per image ``(S,)``."""
-    metric = SSIMMetric(spatial_dims=2, data_range=peak, win_size=SSIM_WINDOW, reduction="none")
-    values = metric(torch.from_numpy(predicted[:, None].astype(np.float32)),
-                    torch.from_numpy(truth[:, None].astype(np.float32)))
-    return values.reshape(-1).numpy().astype(np.float64)
-
-
-def _bbox(mask: np.ndarray) -> tuple[slice, slice]:
-    """The bounding box of a non-empty ``(H, W)`` mask, grown to at least ``SSIM_WINDOW``."""
-    box = []
-    for axis, length in enumerate(mask.shape):
-        hits = np.flatnonzero(mask.any(axis=1 - axis))
-        start, stop = int(hits[0]), int(hits[-1]) + 1
-        start = max(0, min(start - max(0, SSIM_WINDOW - (stop - start)) // 2,
-                           length - SSIM_WINDOW))
-        box.append(slice(start, max(stop, start + SSIM_WINDOW)))
-    return box[0], box[1]
 
 
 def _panel(slices: _Slices, translated: np.ndarray, count: int) -> np.ndarray:
@@ -471,13 +331,6 @@ def _stats(values: list[float]) -> dict[str, float]:
     array = np.asarray(values, np.float64)
     std = float(array.std(ddof=1)) if len(array) > 1 and np.isfinite(array).all() else math.nan
     return {"mean": float(array.mean()), "std": std, "n": len(array)}
-
-
-def _format(stats: dict[str, float], metric: str) -> str:
-    """``mean ± sd`` with a precision that suits the metric."""
-    mean, sd = {"mae": (".4g", ".2g"), "psnr": (".2f", ".2f")}.get(metric, (".3f", ".3f"))
-    text = "inf" if math.isinf(stats["mean"]) else format(stats["mean"], mean)
-    return text if math.isnan(stats["std"]) else f"{text} ± {format(stats['std'], sd)}"
 
 
 # -- a trained run ---------------------------------------------------------------------------
@@ -534,10 +387,10 @@ def _pair_by_subject(sources: list[Path], targets: list[Path]) -> list[tuple[str
 
 def _refuse_training_images(run: LoadedRun, path: Path, read: ReadConfig) -> None:
     """A volume whose subject (its folder) or slices the run trained on."""
-    _refuse_seen(run, read_images(path, read), {path.parent.name}, path)
+    refuse_seen(run, read_images(path, read), {path.parent.name}, path)
 
 
-def _refuse_seen(run: LoadedRun, images: ImageSet, subjects: set[str], where: Any) -> None:
+def refuse_seen(run: LoadedRun, images: ImageSet, subjects: set[str], where: Any) -> None:
     """Images or subjects the run trained on cannot measure how it generalises."""
     hashes = set(images.image_hashes())
     for name, domain in run.training_data.get("domains", {}).items():
@@ -548,49 +401,3 @@ def _refuse_seen(run: LoadedRun, images: ImageSet, subjects: set[str], where: An
                 f"{len(seen)} image(s) and {len(known)} subject(s) of it were in the run's "
                 f"training domain {name.upper()}: evaluate on held-out subjects (train with "
                 "--val-subjects)", where)
-
-
-# -- without paired truth ---------------------------------------------------------------------
-
-
-def evaluate_unpaired(run: LoadedRun, source: str, reference: str, direction: str = "a2b",
-                      batch_size: int = 8, steps: int = 300) -> dict[str, FidelityReport]:
-    """Distribution distance between translated source images and real target-domain images
-    when no paired truth exists: the fidelity metrics (FID, KID, precision / recall / density
-    / coverage, with the real-vs-real floor) in a learned feature space, for the translator
-    and for the untranslated source (the gap a translator has to close).
-
-    The feature space is a domain classifier (source domain vs target domain) trained on the
-    source and reference images, with a validation split of slices for model selection;
-    translated images are never shown to it.
-
-    Returns:
-        ``{"synthmed": report, "identity": report}``.
-    """
-    read = read_config_of(run)
-    source_set, target_set = read_images(source, read), read_images(reference, read)
-    for images, where in ((source_set, source), (target_set, reference)):
-        _refuse_seen(run, images, set(images.groups.tolist()), where)
-    if source_set.size != target_set.size:
-        raise InputError(f"source images are {source_set.size} and reference images "
-                         f"{target_set.size}: pass --size to the run's training size", reference)
-    translated = replace(source_set, images=translate_images(run, source_set.images, direction,
-                                                             batch_size))
-    domains = ImageSet.concatenate([_labelled(source_set, 0), _labelled(target_set, 1)])
-    # a slice-level validation split: it only selects the feature extractor's weights
-    by_slice = replace(domains, groups=domains.sources)
-    domains = domains.with_splits(split_by_group(by_slice, val_fraction=0.2, test_fraction=0.0))
-    train, val = domains.split("train"), domains.split("val")
-    classifier = train_classifier(train.images, train.labels, val.images, val.labels, 2,
-                                  ClassifierConfig(steps=steps), seed=0)
-    name = (f"domain classifier (source vs target domain, small-cnn, {steps} steps) trained on "
-            f"the {len(source_set)} source and {len(target_set)} reference images")
-    return {method: evaluate_fidelity(_labelled(target_set, -1), _labelled(images, -1),
-                                      classifier.features, name)
-            for method, images in (("synthmed", translated), ("identity", source_set))}
-
-
-def _labelled(images: ImageSet, label: int) -> ImageSet:
-    """Every image with one label (``-1``: unlabelled) of the classes source / target."""
-    return replace(images, labels=np.full(len(images), label, np.int64),
-                   class_names=("source", "target") if label >= 0 else ())

@@ -22,37 +22,32 @@ not contain any validation or test image.
 A cell's result depends only on its (fraction, seed, regime), never on which process runs it,
 so ``shard=(k, n)`` runs one disjoint part of the grid and :func:`merge` joins the parts into
 the same ``results.json`` a single process writes.
+
+The real splits come from :mod:`synthmed.eval.real_data`, the synthetic images from
+:mod:`synthmed.eval.generators`; this module runs the grid and merges its shards.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from synthmed import __version__
 from synthmed.augment.dataset import ImageSet
-from synthmed.augment.splits import split_by_group
 from synthmed.errors import InputError
 from synthmed.eval.classifier import ClassifierConfig, TrainedClassifier, train_classifier
+from synthmed.eval.generators import SubsetGenerators, TrainedRun, best_of, synthetic_labels
 from synthmed.eval.metrics import classification_metrics
-from synthmed.gan import checkpoint
-from synthmed.gan.config import DCGANConfig, TrainConfig
-from synthmed.gan.data import LabelledImages
-from synthmed.gan.run import LoadedRun, build_model, load_run, read_run_config, run_config
-from synthmed.gan.trainer import fit
+from synthmed.eval.real_data import RealData, fraction_subset
 from synthmed.io import write_json
 
 RESULTS = "results.json"
-STEPS_PER_EPOCH = 50  # a generator's epoch spans repeats of a small subset (one grid each)
 
 
 @dataclass(frozen=True)
@@ -89,28 +84,6 @@ def make_regimes(ratios: tuple[float, ...], balance: bool) -> list[Regime]:
         regimes.append(Regime(f"real+classic+synthetic {label}", classic=True, synthetic=mix))
     regimes.append(Regime("synthetic only", real=False, synthetic=1.0))
     return regimes
-
-
-@dataclass(frozen=True)
-class GeneratorRecipe:
-    """The class-conditional DCGAN trained on each real subset (``--train-generator``).
-
-    The budget is in optimiser steps, so a small subset gets as many updates as a large one
-    (in epochs, 10 % of a data set would get a tenth of the training). ``diffaugment`` and
-    ``ema_decay`` are the small-data remedies of :class:`DCGANConfig`.
-    """
-
-    steps: int = 2000
-    width: int = 32
-    batch_size: int = 64
-    r1_gamma: float = 1.0
-    diffaugment: tuple[str, ...] = ()
-    ema_decay: float = 0.0
-    precision: str = "bf16"
-
-    def __post_init__(self) -> None:  # bad options fail here, not at the first generator
-        DCGANConfig(width=self.width, r1_gamma=self.r1_gamma, diffaugment=self.diffaugment,
-                    ema_decay=self.ema_decay)
 
 
 @dataclass(frozen=True)
@@ -152,186 +125,6 @@ class UtilityConfig:
     @property
     def regimes(self) -> list[Regime]:
         return make_regimes(self.ratios, self.balance)
-
-
-# -- data --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RealData:
-    """The real splits the harness uses, and what was done to make them."""
-
-    train: ImageSet
-    val: ImageSet
-    test: ImageSet
-    notes: list[str]
-
-
-def prepare_real(real: ImageSet, seed: int = 0) -> RealData:
-    """Train / val / test from the data's own splits (a missing val or test split is cut from
-    the training images by patient group); validation and test images identical to a training
-    image (or test to validation) are dropped, so no test image is also a training image."""
-    if not real.is_labelled or len(real.class_names) < 2:
-        raise InputError("the utility harness needs labelled data with at least 2 classes",
-                         real.metadata.get("origin"))
-    notes: list[str] = []
-    splits = set(real.splits.tolist())
-    if not {"train", "val", "test"} <= splits:
-        pool = real.subset(np.flatnonzero(real.splits != "test")) if "test" in splits else real
-        names = split_by_group(pool.with_splits([""] * len(pool)), val_fraction=0.15,
-                               test_fraction=0.0 if "test" in splits else 0.15, seed=seed)
-        cut = pool.with_splits(names)
-        real = ImageSet.concatenate([cut, real.split("test")]) if "test" in splits else cut
-        notes.append(f"the data had splits {sorted(splits - {''}) or 'none'}: "
-                     "missing splits were cut from the training images by patient group")
-    train, val, test = (real.split(name) for name in ("train", "val", "test"))
-    train_hashes = set(train.image_hashes())
-    val, dropped_val = _drop_seen(val, train_hashes)
-    test, dropped_test = _drop_seen(test, train_hashes | set(val.image_hashes()))
-    if dropped_val or dropped_test:
-        notes.append(f"dropped {dropped_val} validation and {dropped_test} test image(s) "
-                     "identical to an image of an earlier split")
-    for name, part in (("train", train), ("val", val), ("test", test)):
-        if len(part.class_counts()) < len(real.class_names):
-            raise InputError(f"the {name} split lacks a class (counts {part.class_counts()})",
-                             real.metadata.get("origin"))
-    return RealData(train, val, test, notes)
-
-
-def _drop_seen(part: ImageSet, seen: set[str]) -> tuple[ImageSet, int]:
-    keep = np.array([h not in seen for h in part.image_hashes()], bool)
-    return part.subset(np.flatnonzero(keep)), int((~keep).sum())
-
-
-def fraction_subset(train: ImageSet, fraction: float, seed: int) -> ImageSet:
-    """A stratified share of the training images (at least 2 per class), drawn with ``seed``;
-    the whole set for ``fraction == 1``."""
-    if fraction >= 1.0:
-        return train
-    rng = np.random.default_rng([seed, round(fraction * 1e6)])
-    chosen = []
-    for label in sorted(train.class_counts()):
-        members = np.flatnonzero(train.labels == label)
-        count = max(2, round(fraction * len(members)))
-        chosen.append(rng.choice(members, size=min(count, len(members)), replace=False))
-    return train.subset(np.sort(np.concatenate(chosen)))
-
-
-# -- generators -----------------------------------------------------------------------------
-
-
-SampleFn = Callable[[ImageSet, np.ndarray, int], np.ndarray]
-
-
-class TrainedRun:
-    """Synthetic images from one trained run, checked for leakage against val and test."""
-
-    def __init__(self, run: LoadedRun, real: RealData) -> None:
-        record = run.training_data
-        seen = set(record.get("image_hashes", []))
-        for name, part in (("validation", real.val), ("test", real.test)):
-            leaked = seen & set(part.image_hashes())
-            if leaked:
-                raise InputError(f"the generator was trained on {len(leaked)} {name} image(s): "
-                                 "train it on the training split only (train dcgan --split "
-                                 "train), or use --train-generator", run.path)
-        if list(record.get("class_names", [])) != list(real.train.class_names):
-            raise InputError(f"the generator's classes {record.get('class_names')} are not the "
-                             f"data's {list(real.train.class_names)}", run.path)
-        self.run = run
-        self.images_seen = int(record.get("images", 0))
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": "run", "path": str(self.run.path), "fingerprint": self.run.fingerprint,
-                "epoch": self.run.epoch, "images_seen": self.images_seen}
-
-    def sample(self, subset: ImageSet, labels: np.ndarray, seed: int) -> np.ndarray:
-        if self.images_seen > len(subset):
-            warnings.warn(f"the generator saw {self.images_seen} real training images, more "
-                          f"than the {len(subset)} of this fraction: its synthetic images carry "
-                          "information the classifier's real subset does not", stacklevel=2)
-        return _sample(self.run.model, labels, seed)
-
-
-class SubsetGenerators:
-    """A conditional DCGAN trained on each real subset, cached under ``folder`` by the
-    subset's fingerprint (so a rerun, a shard or a fraction of 1 reuses it)."""
-
-    def __init__(self, recipe: GeneratorRecipe, folder: Path) -> None:
-        self.recipe, self.folder = recipe, Path(folder)
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": "trained per subset", "model": "conditional DCGAN",
-                **asdict(self.recipe)}
-
-    def sample(self, subset: ImageSet, labels: np.ndarray, seed: int) -> np.ndarray:
-        return _sample(load_run(self.train(subset)).model, labels, seed)
-
-    def train(self, subset: ImageSet, progress: bool = False) -> Path:
-        """The run directory of the generator of ``subset``, trained (or finished) if needed."""
-        run_dir = self.folder / subset.fingerprint()[:16]
-        if not (run_dir / checkpoint.WEIGHTS).is_file() or not _finished(run_dir):
-            self._train(subset, run_dir, progress)
-        return run_dir
-
-    def _train(self, subset: ImageSet, run_dir: Path, progress: bool) -> None:
-        recipe = self.recipe
-        size = subset.size[0]
-        model = DCGANConfig(size=size, channels=subset.channels, width=recipe.width,
-                            num_classes=len(subset.class_names), r1_gamma=recipe.r1_gamma,
-                            diffaugment=recipe.diffaugment, ema_decay=recipe.ema_decay)
-        batch = min(recipe.batch_size, len(subset))
-        repeats = math.ceil(STEPS_PER_EPOCH * batch / len(subset))
-        epochs = math.ceil(recipe.steps / (len(subset) * repeats // batch))
-        train = TrainConfig(epochs=epochs, batch_size=batch, precision=recipe.precision,
-                            checkpoint_every=max(1, epochs // 10))
-        config = run_config("dcgan", model, train)
-        fit(build_model(config, seed=0), LabelledImages(subset, repeats), train, run_dir,
-            run_config=config, resume=run_dir.exists(), progress=progress)
-
-
-def _finished(run_dir: Path) -> bool:
-    config = read_run_config(run_dir, kind="dcgan")
-    return int(checkpoint.load_state(run_dir)["epoch"]) >= config["train"]["epochs"]
-
-
-def _sample(model: Any, labels: np.ndarray, seed: int, block: int = 256) -> np.ndarray:
-    """Images ``(len(labels), C, H, W)`` for the labels, from noise seeded with ``seed``."""
-    rng = torch.Generator().manual_seed(seed)
-    parts = [model.sample(len(chunk), labels=torch.from_numpy(chunk), generator=rng).numpy()
-             for chunk in np.array_split(labels, max(1, -(-len(labels) // block)))]
-    return np.concatenate(parts).astype(np.float32)
-
-
-def sample_run(path: Path, like: ImageSet, n: int, seed: int = 0) -> ImageSet:
-    """``n`` images from a trained DCGAN run, in the class mix of ``like`` when the run is
-    class-conditional (then labelled with ``like``'s class names), else unlabelled."""
-    run = load_run(path, kind="dcgan")
-    if run.model.conditional:
-        counts = like.class_counts()
-        share = np.array([counts.get(k, 0) for k in range(len(like.class_names))], float)
-        labels = np.random.default_rng(seed).choice(len(share), size=n, p=share / share.sum())
-    else:
-        labels = np.zeros(n, np.int64)
-    images = _sample(run.model, labels.astype(np.int64), seed)
-    return ImageSet.from_arrays(
-        images, labels=labels if run.model.conditional else None,
-        class_names=like.class_names if run.model.conditional else None, synthetic=True,
-        metadata={"origin": str(path)})
-
-
-def synthetic_labels(subset: ImageSet, mix: float | str, rng: np.random.Generator
-                     ) -> np.ndarray:
-    """Labels of the synthetic images for a subset: ``ratio x`` its count in its class mix
-    (rounded per class), or for ``balance`` enough to bring every class up to the largest."""
-    counts = subset.class_counts()
-    if mix == "balance":
-        top = max(counts.values())
-        wanted = {label: top - n for label, n in counts.items()}
-    else:
-        wanted = {label: round(float(mix) * n) for label, n in counts.items()}
-    labels = np.concatenate([np.full(n, label, np.int64) for label, n in wanted.items()])
-    return rng.permutation(labels)
 
 
 # -- the grid -------------------------------------------------------------------------------
@@ -485,22 +278,6 @@ def _real_only_classifier(subset: ImageSet, real: RealData, config: UtilityConfi
     return train_classifier(subset.images, subset.labels, real.val.images, real.val.labels,
                             len(real.train.class_names), config.classifier, seed=seed)
 
-
-def best_of(candidates: np.ndarray, labels: np.ndarray, judge: TrainedClassifier
-            ) -> np.ndarray:
-    """Per label, the candidate the judge gives the highest probability of that label.
-
-    Args:
-        candidates: ``(N * K, C, H, W)``, K consecutive candidates per label.
-        labels: ``(N,)``.
-    Returns:
-        ``(N, C, H, W)``.
-    """
-    n = len(labels)
-    k = len(candidates) // n
-    probability = judge.predict_proba(candidates)[np.arange(n * k), np.repeat(labels, k)]
-    chosen = probability.reshape(n, k).argmax(axis=1)
-    return candidates.reshape(n, k, *candidates.shape[1:])[np.arange(n), chosen]
 
 
 def _run_cell(cell: Cell, subset: ImageSet, synthetic: dict, real: RealData,

@@ -1,7 +1,7 @@
 """The run directory (GUIDE section 5): read and write, every write atomic.
 
 ```
-RUN/config.yaml          resolved config + synthmed version + format version
+RUN/config.yaml          resolved config, versioned (synthmed.gan.run_config)
 RUN/model.safetensors    weights, loadable without our code; metadata: kind, epoch, sha256
 RUN/trainer_state.pt     weights, optimisers, schedulers, epoch, RNG states (exact resume)
 RUN/training_data.json   what the model was trained on (fingerprint, per-image hashes, ...)
@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -40,7 +39,6 @@ from synthmed import __version__
 from synthmed.errors import InputError
 from synthmed.io import atomic_write, is_run_config
 
-FORMAT_VERSION = 1
 CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
 STATE = "trainer_state.pt"
@@ -111,29 +109,6 @@ def remove_temporaries(run_dir: Path) -> None:
 
 def _is_temporary(path: Path) -> bool:
     return path.is_file() and _TEMPORARY.fullmatch(path.name) is not None
-
-
-def write_config(run_dir: Path, config: dict[str, Any]) -> None:
-    """``config.yaml`` with the synthmed and format versions."""
-    document = {"synthmed_version": __version__, "format_version": FORMAT_VERSION, **config}
-    atomic_write(run_dir / CONFIG, yaml.safe_dump(document, sort_keys=False).encode())
-
-
-def read_config(run_dir: Path) -> dict[str, Any]:
-    """The run's config, or an error naming what is missing."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise InputError("no such run directory", run_dir)
-    path = run_dir / CONFIG
-    if not path.is_file():
-        raise InputError(f"not a synthmed run: {CONFIG} is missing", run_dir)
-    try:
-        config = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError):  # safe_load builds no Python objects
-        raise InputError("is not valid YAML", path) from None
-    if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"unknown run format (expected format_version {FORMAT_VERSION})", path)
-    return config
 
 
 def save_weights(run_dir: Path, state: dict[str, torch.Tensor], kind: str, epoch: int) -> None:

@@ -1,30 +1,19 @@
-"""Configuration dataclasses for models and training, and their YAML form.
+"""The configuration dataclasses of the models, of training and of differential privacy.
 
-A YAML file has one section per dataclass (``model:``, ``train:``); CLI options override
-single fields; the resolved configuration is written into the run directory (with a
-``privacy:`` section for a differentially private run).
+Each is one section of a run's ``config.yaml`` (:mod:`synthmed.gan.run_config`) and of a
+``--config`` file; every field is type- and range-checked when it is made.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import math
-import re
-import types
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
-from pathlib import Path
-from typing import Any, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
-import yaml
-
-from synthmed.errors import InputError, require
+from synthmed.errors import require
 from synthmed.gan.losses import AUGMENTS, LOSSES
 from synthmed.gan.nets import SIZES
 from synthmed.limits import MAX_SEED, MAX_WIDTH
-
-C = TypeVar("C")
+from synthmed.settings import check_fields
 
 # Sane maxima: larger values cannot be what was meant (they exhaust memory or never finish).
 MAX_NZ = 4096  # noise dimension
@@ -47,7 +36,8 @@ class DCGANConfig:
 
     Args:
         preset: ``tutorial`` (the classic 28x28x1 tutorial network) or ``dcgan`` (general).
-        size, channels: image side (28, 32, 64, 128, 256) and channels (1 or 3).
+        size, channels: image side (28, 32, 64, 128, 256; ``None``: the training images'
+            own) and channels (1 or 3).
         nz: noise dimension. width: channel width of G's last / D's first layer.
         num_classes: > 0 makes G and D class-conditional.
         loss: ``bce`` (non-saturating), ``hinge`` or ``lsgan``.
@@ -60,8 +50,10 @@ class DCGANConfig:
         lr_g, lr_d, betas, adam_eps: Adam settings per network.
     """
 
+    section: ClassVar[str] = "model"
+
     preset: str = "dcgan"
-    size: int = 64
+    size: int | None = None
     channels: int = 1
     nz: int = 100
     width: int = 64
@@ -84,7 +76,8 @@ class DCGANConfig:
         checks = [
             (self.preset in ("tutorial", "dcgan"), f"preset must be tutorial or dcgan, "
                                                    f"got {self.preset!r}"),
-            (self.size in SIZES, f"size must be one of {SIZES}, got {self.size}"),
+            (self.size is None or self.size in SIZES,
+             f"size must be one of {SIZES}, got {self.size}"),
             (self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}"),
             _between("nz", self.nz, 1, MAX_NZ),
             _between("width", self.width, 1, MAX_WIDTH,
@@ -129,9 +122,12 @@ class TrainConfig:
         precision: ``fp32`` or ``bf16`` (autocast; on CPU about 1.5x faster).
         checkpoint_every: epochs between checkpoints (and always at the end).
         preview: images in each epoch's sample grid (fixed noise; per class when conditional).
-        lr_decay_start: epoch from which learning rates fall linearly to 0 at the last epoch;
-            ``None`` keeps them constant.
+        decay_epochs: the last epochs, over which the learning rates fall linearly to 0
+            (0: constant); ``None``: the model's default, fixed when the run starts (none
+            for a DCGAN, the last half for a CycleGAN, as the reference).
     """
+
+    section: ClassVar[str] = "train"
 
     epochs: int = 50
     batch_size: int = 64
@@ -139,7 +135,7 @@ class TrainConfig:
     precision: str = "fp32"
     checkpoint_every: int = 5
     preview: int = 16
-    lr_decay_start: int | None = None
+    decay_epochs: int | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -152,9 +148,26 @@ class TrainConfig:
             (self.checkpoint_every >= 1,
              f"checkpoint_every must be at least 1, got {self.checkpoint_every}"),
             _between("preview", self.preview, 1, MAX_PREVIEW),
-            (self.lr_decay_start is None or self.lr_decay_start >= 0,
-             f"lr_decay_start must be null (no decay) or at least 0, got {self.lr_decay_start}"),
+            (self.decay_epochs is None or 0 <= self.decay_epochs <= self.epochs,
+             f"decay_epochs must be between 0 and the {self.epochs} epochs, "
+             f"got {self.decay_epochs}"),
         ])
+
+    @classmethod
+    def tutorial(cls) -> TrainConfig:
+        """The DCGAN tutorial's loop: batches of 256."""
+        return cls(batch_size=256, checkpoint_every=15)
+
+    @classmethod
+    def cyclegan(cls) -> TrainConfig:
+        """The reference CycleGAN's loop: batch 1, 200 epochs (the last 100 decaying)."""
+        return cls(epochs=200, batch_size=1)
+
+    def with_decay(self, share: float) -> TrainConfig:
+        """This loop with ``decay_epochs`` fixed: ``share`` of the epochs when unset."""
+        if self.decay_epochs is not None:
+            return self
+        return replace(self, decay_epochs=int(self.epochs * share))
 
 
 @dataclass(frozen=True)
@@ -166,6 +179,8 @@ class DPConfig:
         delta: the target delta; ``None``: ``min(1e-5, 1 / (10 N))`` for N training images.
         max_grad_norm: every image's gradient is clipped to this L2 norm.
     """
+
+    section: ClassVar[str] = "privacy"
 
     epsilon: float
     delta: float | None = None
@@ -187,245 +202,9 @@ class DPConfig:
         return self.delta if self.delta is not None else min(1e-5, 1.0 / (10 * images))
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything a run needs, as written to ``RUN/config.yaml``."""
-
-    model: DCGANConfig = field(default_factory=DCGANConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    kind: str = "dcgan"
-    privacy: DPConfig | None = None
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-
-
-def from_dict(cls: type[C], values: Any, where: str | Path = "config",
-              section: str | None = None) -> C:
-    """Build dataclass ``cls`` from a plain dict (a YAML / JSON section), checked.
-
-    Each value must fit its field's annotation (:func:`check_fields`: lists become tuples,
-    ints are accepted for floats, NaN and inf are refused), unknown keys and missing required
-    fields are errors, and then the dataclass's own range checks run.
-
-    Raises:
-        InputError: naming ``where`` (the file, or an option) and ``section.field``, with
-            what the field takes; also for a ``values`` that is not a mapping.
-    """
-    section = _SECTIONS.get(cls.__name__, "") if section is None else section
-    prefix = f"{section}: " if section else ""
-    if not isinstance(values, dict):
-        raise InputError(f"{prefix}must be a mapping of settings (name: value), got "
-                         f"{shown(values)}", where)
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    unknown = sorted(str(key) for key in values if key not in names)
-    if unknown:
-        raise InputError(f"{prefix}unknown setting(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(names))}", where)
-    missing = [f.name for f in fields(cls)  # type: ignore[arg-type]
-               if f.name not in values and f.default is MISSING
-               and f.default_factory is MISSING]
-    if missing:
-        raise InputError(f"{prefix}missing setting(s) {', '.join(missing)}", where)
-    hints = _hints(cls)
-    checked = {}
-    try:
-        for f in fields(cls):  # type: ignore[arg-type]
-            if f.name in values:
-                checked[f.name] = _coerce(hints.get(f.name, Any), values[f.name], f.name,
-                                          f.metadata.get("finite", True))
-        return cls(**checked)
-    except _Invalid as error:
-        raise InputError(f"{prefix}{error}", where) from None
-    except InputError as error:
-        if error.path is not None:
-            raise
-        raise InputError(f"{prefix}{error.problem}", where) from None
-
-
-def check_fields(config: Any) -> None:
-    """Check (and normalise) every field of dataclass instance ``config`` against its
-    annotation; call it first in ``__post_init__``.
-
-    ``int``: an int, not a bool (a whole float such as ``1e7`` becomes an int); ``float``:
-    an int or float, finite unless the field's metadata says ``finite=False``; ``bool``,
-    ``str``: exactly those; ``tuple[X, ...]`` / ``tuple[X, Y]``: a list or tuple of such items
-    (stored as a tuple); ``X | None``: ``None`` or an X; ``Literal[...]``: one of its values;
-    a dataclass: an instance or a mapping of its fields. YAML 1.1 reads ``2e-4`` (an exponent
-    without a dot) as a string: such strings are taken as the numbers they spell.
-
-    Raises:
-        InputError: ``field must be ..., got ...`` (no path: :func:`from_dict` adds it).
-    """
-    hints = _hints(type(config))
-    for f in fields(config):
-        value = getattr(config, f.name)
-        try:
-            checked = _coerce(hints.get(f.name, Any), value, f.name,
-                              f.metadata.get("finite", True))
-        except _Invalid as error:
-            raise InputError(str(error)) from None
-        if checked is not value:
-            object.__setattr__(config, f.name, checked)
-
-
-_SECTIONS = {"DCGANConfig": "model", "CycleGANConfig": "model", "TrainConfig": "train",
-             "DPConfig": "privacy"}
-_EXPONENT = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)[eE][-+]?\d+")
-
-
-class _Invalid(Exception):
-    """A value that does not fit its field's annotation (the message names the field)."""
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _coerce(annotation: Any, value: Any, name: str, finite: bool = True) -> Any:
-    """``value`` checked against ``annotation`` (see :func:`check_fields`), or ``_Invalid``."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(option, value, name, finite)
-            except _Invalid:
-                if isinstance(value, dict) and dataclasses.is_dataclass(option):
-                    raise  # the section's own error names the setting
-        raise _Invalid(f"{name} must be {_expected(annotation)}, got {shown(value)}")
-    if origin is typing.Literal:
-        if any(value == a and type(value) is type(a) for a in args):
-            return value
-        raise _Invalid(f"{name} must be {_expected(annotation)}, got {shown(value)}")
-    if annotation is bool or annotation is str:
-        if type(value) is annotation:
-            return value
-        raise _Invalid(f"{name} must be {_expected(annotation)}, got {shown(value)}")
-    if annotation is int:
-        number = _number(value)
-        if isinstance(number, float) and math.isfinite(number) and number.is_integer():
-            number = int(number)
-        if isinstance(number, int):
-            return number
-        raise _Invalid(f"{name} must be {_expected(int)}, got {shown(value)}")
-    if annotation is float:
-        number = _number(value)
-        if number is None:
-            raise _Invalid(f"{name} must be {_expected(float)}, got {shown(value)}")
-        if finite and not math.isfinite(number):
-            raise _Invalid(f"{name} must be a finite number, got {shown(value)}")
-        return number if type(number) is float else float(number)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise _Invalid(f"{name} must be {_expected(annotation)}, got {shown(value)}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            items = [(args[0], item) for item in value]
-        elif len(value) == len(args):
-            items = list(zip(args, value, strict=True))
-        else:
-            raise _Invalid(f"{name} must be {_expected(annotation)}, got {shown(value)}")
-        return tuple(_coerce(kind, item, f"{name}[{k}]", finite)
-                     for k, (kind, item) in enumerate(items))
-    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
-        if isinstance(value, annotation):
-            return value
-        if not isinstance(value, dict):
-            raise _Invalid(f"{name} must be a mapping of settings (name: value), got "
-                           f"{shown(value)}")
-        try:
-            return from_dict(annotation, value, section=name)
-        except InputError as error:
-            raise _Invalid(error.problem) from None
-    return value  # an annotation this checker does not know: left to the dataclass
-
-
-def _number(value: Any) -> int | float | None:
-    """An int or float (not a bool), or a string YAML 1.1 left unparsed such as ``2e-4``."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return value
-    if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
-        number = float(value)
-        return int(number) if number.is_integer() and abs(number) < 2**63 else number
-    return None
-
-
-def _expected(annotation: Any) -> str:
-    """What a field of ``annotation`` takes, in words."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        words = [_expected(a) for a in args if a is not type(None)]
-        return " or ".join(words) + (" or null" if type(None) in args else "")
-    if origin is typing.Literal:
-        return "one of " + ", ".join(str(a) for a in args)
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_plural(args[0])}"
-        if len(set(args)) == 1:
-            return f"a list of {len(args)} {_plural(args[0])}"
-        return f"a list of {len(args)} items ({', '.join(_expected(a) for a in args)})"
-    if dataclasses.is_dataclass(annotation):
-        return "a mapping of settings (name: value)"
-    return {int: "a whole number", float: "a finite number", bool: "true or false",
-            str: "a string"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
-
-
-def _plural(annotation: Any) -> str:
-    return {int: "whole numbers", float: "finite numbers", bool: "booleans",
-            str: "strings"}.get(annotation, _expected(annotation))
-
-
-def shown(value: Any) -> str:
-    """``value`` as a message shows it: YAML words for null and booleans, short reprs."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a mapping"
-    text = repr(list(value) if isinstance(value, tuple) else value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _betas(betas: tuple[float, ...]) -> tuple[bool, str]:
     return (len(betas) == 2 and all(0.0 <= b < 1.0 for b in betas),
             f"betas must be two numbers in [0, 1), got {list(betas)}")
-
-
-def load_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping from ``path``, or a clear error."""
-    try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise InputError("config file not found", path) from None
-    except yaml.YAMLError as error:
-        raise InputError(f"not valid YAML ({error})".replace("\n", " "), path) from None
-    if not isinstance(values, dict):
-        raise InputError("must hold a mapping (model:, train:)", path)
-    return values
-
-
-def with_overrides(config: C, **overrides: Any) -> C:
-    """``config`` with the fields that are not ``None`` in ``overrides`` replaced."""
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """A dataclass as plain YAML-safe values (tuples become lists)."""
-    def plain(value: Any) -> Any:
-        if isinstance(value, tuple | list):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return plain(asdict(config))
 
 
 INTENSITY_PRIORS = ("none", "matching", "inverted")
@@ -463,7 +242,8 @@ class CycleGANConfig:
             the identity loss asks for the opposite of an inverted map.
         pool_size: past fakes kept to show the discriminators (0: only the newest).
         lr, betas: Adam settings, the same for generators and discriminators.
-        crop: side of the random square training crops, a multiple of 4 (0: whole images).
+        crop: side of the random square training crops, a multiple of 4 (0: whole images;
+            ``None``: 7/8 of the smaller image side, like the reference's 256 of 286).
         flip: random horizontal flips of the training images.
         standardize: match each subject's foreground histogram to its domain's pooled one
             before training and translation (Nyúl-style histogram standardisation), so a
@@ -471,6 +251,8 @@ class CycleGANConfig:
             for different anatomy.
         init_gain: standard deviation of the N(0, init_gain) initial weights.
     """
+
+    section: ClassVar[str] = "model"
 
     channels: int = 1
     ngf: int = 64
@@ -486,7 +268,7 @@ class CycleGANConfig:
     pool_size: int = 50
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
-    crop: int = 0
+    crop: int | None = None
     flip: bool = True
     standardize: bool = True
     init_gain: float = 0.02
@@ -520,9 +302,9 @@ class CycleGANConfig:
             _between("pool_size", self.pool_size, 0, MAX_POOL),
             (self.lr > 0.0, f"lr must be positive, got {self.lr}"),
             _betas(self.betas),
-            (self.crop >= 0 and self.crop % 4 == 0,
+            (self.crop is None or (self.crop >= 0 and self.crop % 4 == 0),
              f"crop must be 0 (whole images) or a multiple of 4, got {self.crop}"),
-            (self.crop == 0 or self.crop >= smallest,
+            (not self.crop or self.crop >= smallest,
              f"crop must be at least {smallest} px for a {self.d_layers}-layer PatchGAN, "
              f"got {self.crop}"),
             (self.init_gain > 0.0, f"init_gain must be positive, got {self.init_gain}"),
@@ -535,9 +317,10 @@ class CycleGANConfig:
         must keep at least one pixel after ``d_layers`` halvings and two 4x4 convolutions."""
         return 3 * 2 ** self.d_layers
 
-    def blocks(self, size: int) -> int:
+    def blocks(self, size: int | None) -> int:
         """Residual blocks for training images of side ``size``: ``n_blocks`` when set, else
-        9 above 128 px and 6 up to 128 px (the reference's choice for 256 and 128 px)."""
+        9 above 128 px and 6 up to 128 px or for an unknown size (the reference's choice for
+        256 and 128 px)."""
         if self.n_blocks:
             return self.n_blocks
-        return 9 if size > 128 else 6
+        return 9 if size is not None and size > 128 else 6

@@ -25,6 +25,7 @@ from torch import nn
 
 from synthmed.augment.intensity import FOREGROUND_FLOOR
 from synthmed.gan.config import CycleGANConfig
+from synthmed.gan.model import GenerativeModel
 
 DIRECTIONS = ("a2b", "b2a")
 PRIOR_LEVELS = 101  # quantile levels of the prior's tables (foreground_quantiles' default)
@@ -265,7 +266,7 @@ class ImagePool(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-class CycleGAN(nn.Module):
+class CycleGAN(GenerativeModel):
     """Two generators (A -> B, B -> A), a PatchGAN per domain and a pool of fakes per domain.
 
     ``discriminator_a`` judges domain A images (real A against fakes from B), ``pool_a``

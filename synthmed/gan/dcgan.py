@@ -25,6 +25,7 @@ from synthmed.gan.losses import (
     real_decision,
     real_score,
 )
+from synthmed.gan.model import GenerativeModel
 from synthmed.gan.nets import (
     DCGANDiscriminator,
     DCGANGenerator,
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 Judge = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
-class DCGAN(nn.Module):
+class DCGAN(GenerativeModel):
     """Generator, discriminator and (optionally) an EMA of the generator.
 
     Examples:
@@ -52,6 +53,9 @@ class DCGAN(nn.Module):
 
     def __init__(self, config: DCGANConfig) -> None:
         super().__init__()
+        if config.size is None:
+            raise ValueError("the DCGAN's size is not set: fit the config to its data first "
+                             "(synthmed.gan.train.fit_dcgan_to_data)")
         self.config = config
         classes = config.num_classes
         if config.preset == "tutorial":

@@ -17,10 +17,10 @@ from synthmed.augment.distances import flatten_pixels, near_copy_threshold, near
 from synthmed.augment.items import ReadConfig
 from synthmed.augment.readers import read_images
 from synthmed.errors import InputError
-from synthmed.gan.config import from_dict, to_dict
 from synthmed.gan.data import recorded_source
 from synthmed.gan.run import LoadedRun
 from synthmed.gan.translate import read_config_of
+from synthmed.settings import from_dict, to_dict
 
 HOLDOUT_SEED = 0
 
@@ -129,7 +129,7 @@ def read_training_images(run: LoadedRun, config: PrivacyFilterConfig) -> ImageSe
     except TypeError as error:  # e.g. size=abc
         raise InputError(f"a value of the wrong type ({error})", "--train-read") from None
     data = read_images(config.train, read)
-    trained_on_train_split = run.config.get("data", {}).get("split", "train") == "train"
+    trained_on_train_split = run.config.data.split == "train"
     return data.split("train") if trained_on_train_split and "train" in data.splits else data
 
 

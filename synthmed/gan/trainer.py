@@ -1,21 +1,18 @@
 """One fit loop for every GAN: progress, metrics, sample grids, atomic checkpoints, exact
 resume, bf16 autocast, and data-parallel training under ``torchrun``.
 
-The model supplies ``make_optimizers()``, ``train_step(batch, optimizers, rng, autocast)``,
-``preview(...)``, ``state_dict()``, ``min_batch`` (the smallest batch it can train on)
-and optionally ``finish_epoch(seed)`` and ``make_private(private)``; the data
-(:mod:`synthmed.gan.data`: labelled images or two unpaired domains) supplies the batches and
-the preview's inputs. The loop knows nothing else about either.
+The model is a :class:`~synthmed.gan.model.GenerativeModel` (optimisers, a train step, a
+preview, its state); the data (:mod:`synthmed.gan.data`: labelled images or two unpaired
+domains) supplies the batches and the preview's inputs. The loop knows nothing else about
+either. :mod:`synthmed.gan.train` builds both from a user's files and options.
 
 Randomness: the order of the images comes from a generator seeded with ``seed`` (the same
 on every process); noise and augmentation from one seeded with ``seed`` and the process
 rank; dropout from torch's global generator, seeded the same way. All three are saved in
 every checkpoint, so a resumed run repeats an uninterrupted one exactly.
 
-Under ``torchrun`` each process trains on its own share of every batch order; gradients
-are averaged across processes (all-reduce, gloo on CPU, NCCL on GPUs) before each
-optimiser step and normalisation statistics at each epoch's end, so all copies of the
-model stay identical.
+Under ``torchrun`` each process trains on its own share of every batch order
+(:mod:`synthmed.gan.distributed` keeps the copies of the model identical).
 
 With ``privacy`` (a DCGAN on one process) the discriminator trains with DP-SGD
 (:mod:`synthmed.gan.dp`): batches are Poisson samples drawn from the order generator,
@@ -32,22 +29,23 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.distributed as dist
-from torch import nn
 from tqdm import tqdm
 
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.preview import save_grid
 from synthmed.errors import InputError, SynthmedError
 from synthmed.gan import checkpoint, distributed
-from synthmed.gan.config import DPConfig, TrainConfig
+from synthmed.gan.config import TrainConfig
 from synthmed.gan.data import LabelledImages, UnpairedImages
-from synthmed.gan.run import read_training_data
+from synthmed.gan.model import GenerativeModel
+from synthmed.gan.run_config import RunConfig, write_run_config
+from synthmed.gan.training_record import read_training_data
 from synthmed.io import atomic_write, write_json
 
 if TYPE_CHECKING:
@@ -71,25 +69,40 @@ class FitResult:
     note: str = ""
 
 
+@dataclass
+class _Session:
+    """What a fit carries from epoch to epoch: the process, its random generators, the
+    optimisers and their schedules, the private discriminator (or ``None``) and the epoch of
+    the last checkpoint."""
+
+    rank: int
+    world: int
+    device: torch.device
+    order_rng: torch.Generator
+    step_rng: torch.Generator
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
+    private: PrivateDiscriminator | None
+    epoch: int = 0
+    last_checkpoint: int = 0
+
+
 def fit(
-    model: nn.Module,
+    model: GenerativeModel,
     data: ImageSet | TrainingData,
-    train: TrainConfig,
+    config: RunConfig,
     run_dir: Path,
     *,
-    run_config: dict[str, Any],
     resume: bool = False,
     progress: bool = True,
-    privacy: DPConfig | None = None,
 ) -> FitResult:
-    """Train ``model`` on ``data`` into ``run_dir``; with ``resume``, continue from its checkpoint
-    (or start again when a kill came before the first one).
+    """Train ``model`` on ``data`` into ``run_dir`` as ``config`` says (its ``train`` and
+    ``privacy`` sections; ``config`` is written to ``config.yaml``); with ``resume``, continue
+    from the run's checkpoint (or start again when a kill came before the first one).
 
     Args:
         data: an image set (labelled images) or a :mod:`synthmed.gan.data` object.
-        run_config: the resolved configuration, written to ``config.yaml``.
         progress: show a progress bar (on the first process only).
-        privacy: train the discriminator with differential privacy (DCGAN only).
 
     Raises:
         InputError: the run directory is in use (without ``resume``) or belongs to other data
@@ -98,161 +111,186 @@ def fit(
     """
     run_dir = Path(run_dir)
     data = LabelledImages(data) if isinstance(data, ImageSet) else data
+    session = _set_up(model, data, config, run_dir, resume)
+    data.to(session.device)
+    train = config.train
+    steps_per_epoch = (session.private.steps_per_epoch if session.private is not None else
+                       len(_batches(torch.arange(len(data)), train.batch_size, session.rank,
+                                    session.world, model.min_batch)))
+    # disable=None: tqdm hides the bar when stderr is not a terminal (batch pipelines)
+    bar = tqdm(total=(train.epochs - session.epoch) * steps_per_epoch, unit="step",
+               disable=True if not progress or session.rank != 0 else None, dynamic_ncols=True)
+    metrics: dict[str, float] = {}
+    while session.epoch < train.epochs and _affords(session, steps_per_epoch):
+        bar.set_description(f"epoch {session.epoch + 1}/{train.epochs}")
+        metrics = _train_epoch(model, data, train, run_dir, session, bar)
+        _end_epoch(model, data, train, run_dir, session, metrics, progress,
+                   last=not _affords(session, steps_per_epoch))
+    bar.close()
+    if session.rank == 0:
+        _save_progress_gif(run_dir)
+        _save_loss_plot(run_dir)
+    note = ""
+    if session.private is not None and session.epoch < train.epochs:
+        note = (f"privacy budget spent: epsilon {session.private.epsilon():.3g} of "
+                f"{config.privacy.epsilon:g} after {session.epoch} of {train.epochs} epochs "
+                f"(another would exceed it); training stopped, the checkpoint of epoch "
+                f"{session.epoch} is kept")
+    return FitResult(run_dir, session.epoch, metrics, note)
+
+
+def _set_up(model: GenerativeModel, data: TrainingData, config: RunConfig, run_dir: Path,
+            resume: bool) -> _Session:
+    """The process, the model on its device, seeded generators, optimisers and schedules:
+    restored from the run's checkpoint, or with the run's files started."""
     rank, world = distributed.init()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) \
         if torch.cuda.is_available() else torch.device("cpu")
     model.to(device)
+    train = config.train
     order_rng = torch.Generator().manual_seed(train.seed)
     step_rng = torch.Generator(device=device).manual_seed(train.seed * 1_000 + rank)
     torch.manual_seed(train.seed * 1_000 + rank)
     restart = resume and checkpoint.is_unstarted(run_dir)  # killed before its first checkpoint
     state = checkpoint.load_state(run_dir) if resume and not restart else None
     if state is not None:
-        _require_same_data(run_dir, data)
-        if (privacy is None) != ("privacy" not in state):
-            raise InputError("was trained with other differential privacy settings: resume "
-                             "with the same options", run_dir)
+        _require_same_run(run_dir, data, config, state)
     private = None
-    if privacy is not None:
-        private = _make_private(model, data, train, privacy, world, step_rng,
+    if config.privacy is not None:
+        private = _make_private(model, data, config, world, step_rng,
                                 state["privacy"] if state is not None else None)
     optimizers = model.make_optimizers()
     schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(train))
                   for name, opt in optimizers.items()}
-    start_epoch = 0
+    session = _Session(rank, world, device, order_rng, step_rng, optimizers, schedulers,
+                       private)
     if state is not None:
-        model.load_state_dict(state["model"])
-        for name, opt in optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
-            schedulers[name].load_state_dict(state["schedulers"][name])
-        order_rng.set_state(state["rng"]["order"])
-        step_rng.set_state(state["rng"]["step"][rank])
-        torch.set_rng_state(state["rng"]["torch"][rank])
-        if "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"][rank])
-        start_epoch = int(state["epoch"])
-        if rank == 0:
-            _truncate_metrics(run_dir, start_epoch)
-            checkpoint.remove_temporaries(run_dir)
+        _restore(model, session, state, run_dir)
     else:
         problem = None
         if rank == 0:
             try:
-                _start_run(run_dir, run_config, data, private, restart)
+                _start_run(run_dir, config, data, private, restart)
             except InputError as error:
                 problem = error
         if not distributed.all_succeeded(problem is None):
             raise problem or SynthmedError("process 0 could not start the run")
-    last_checkpoint = start_epoch
     if world > 1:
-        _broadcast_state(model)
-        for opt in optimizers.values():
-            opt.register_step_pre_hook(_average_gradients_hook(world))
-        dist.barrier()
+        distributed.share_model(model, optimizers, world)
+    return session
 
-    data.to(device)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
-                if train.precision == "bf16" else contextlib.nullcontext())
-    epoch_metrics: dict[str, float] = {}
-    steps_per_epoch = (private.steps_per_epoch if private is not None else
-                       len(_batches(torch.arange(len(data)), train.batch_size, rank, world,
-                                    model.min_batch)))
-    # disable=None: tqdm hides the bar when stderr is not a terminal (batch pipelines)
-    bar = tqdm(total=(train.epochs - start_epoch) * steps_per_epoch, unit="step",
-               disable=True if not progress or rank != 0 else None, dynamic_ncols=True)
-    epochs_done = start_epoch
-    budget_left = private is None or private.affords(steps_per_epoch)
-    for epoch in range(start_epoch, train.epochs):
-        if not budget_left:
-            break
-        batches = (private.batches(order_rng) if private is not None else
-                   _batches(torch.randperm(len(data), generator=order_rng), train.batch_size,
-                            rank, world, model.min_batch))
-        started = time.perf_counter()
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        seen = 0
-        learning_rates = {f"lr_{name}": s.get_last_lr()[0] for name, s in schedulers.items()}
-        bar.set_description(f"epoch {epoch + 1}/{train.epochs}")
-        for step, index in enumerate(batches):
-            index = index.to(device)
-            stats = model.train_step(data.batch(index, step_rng), optimizers, step_rng,
-                                     autocast)
-            if not all(math.isfinite(v) for v in stats.values()):
-                raise TrainingDiverged(
-                    _divergence_message(run_dir, epoch, step, stats, last_checkpoint))
-            for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + value
-                counts[key] = counts.get(key, 0) + 1
-            seen += len(index) * world
-            bar.set_postfix(_postfix(stats, seen / (time.perf_counter() - started)))
-            bar.update()
-        images_per_s = seen / (time.perf_counter() - started)
-        for scheduler in schedulers.values():
-            scheduler.step()
-        if hasattr(model, "finish_epoch"):
-            with autocast:
-                model.finish_epoch(seed=train.seed + epoch)
-        if world > 1:
-            _average_buffers(model, world)
-        epoch_metrics = {key: value / counts[key] for key, value in sums.items()}
-        epoch_metrics["images_per_s"] = images_per_s
-        if private is not None:
-            epoch_metrics.update(private.metrics())
-            budget_left = private.affords(steps_per_epoch)
-        if rank == 0:
-            epoch_metrics.update(_save_preview(model, data, train, run_dir, epoch + 1))
-            _log(run_dir, epoch + 1, {**epoch_metrics, **learning_rates}, progress, train.epochs)
-        if (epoch + 1 == train.epochs or (epoch + 1) % train.checkpoint_every == 0
-                or not budget_left):
-            rng_states = {"order": order_rng.get_state(),
-                          "step": _gather(step_rng.get_state(), world, device),
-                          "torch": _gather(torch.get_rng_state(), world, device)}
-            if device.type == "cuda":
-                rng_states["cuda"] = _gather(torch.cuda.get_rng_state(), world, device)
-            if rank == 0:
-                _save_checkpoint(run_dir, model, optimizers, schedulers, epoch + 1, rng_states,
-                                 private)
-            last_checkpoint = epoch + 1
-        if world > 1:
-            dist.barrier()
-        epochs_done = epoch + 1
-    bar.close()
+
+def _restore(model: GenerativeModel, session: _Session, state: dict[str, Any],
+             run_dir: Path) -> None:
+    """The model, optimisers, schedules and random generators of the last checkpoint; the
+    metric lines and temporary files a kill left after it are dropped."""
+    model.load_state_dict(state["model"])
+    for name, optimizer in session.optimizers.items():
+        optimizer.load_state_dict(state["optimizers"][name])
+        session.schedulers[name].load_state_dict(state["schedulers"][name])
+    rank = session.rank
+    session.order_rng.set_state(state["rng"]["order"])
+    session.step_rng.set_state(state["rng"]["step"][rank])
+    torch.set_rng_state(state["rng"]["torch"][rank])
+    if "cuda" in state["rng"]:
+        torch.cuda.set_rng_state(state["rng"]["cuda"][rank])
+    session.epoch = session.last_checkpoint = int(state["epoch"])
     if rank == 0:
-        _save_progress_gif(run_dir)
-        _save_loss_plot(run_dir)
-    note = ""
-    if private is not None and epochs_done < train.epochs:
-        note = (f"privacy budget spent: epsilon {private.epsilon():.3g} of {privacy.epsilon:g} "
-                f"after {epochs_done} of {train.epochs} epochs (another would exceed it); "
-                f"training stopped, the checkpoint of epoch {epochs_done} is kept")
-    return FitResult(run_dir, epochs_done, epoch_metrics, note)
+        _truncate_metrics(run_dir, session.epoch)
+        checkpoint.remove_temporaries(run_dir)
+
+
+def _affords(session: _Session, steps: int) -> bool:
+    """Whether the privacy budget allows another epoch of ``steps`` (always without DP)."""
+    return session.private is None or session.private.affords(steps)
+
+
+def _train_epoch(model: GenerativeModel, data: TrainingData, train: TrainConfig,
+                 run_dir: Path, session: _Session, bar: tqdm) -> dict[str, float]:
+    """One epoch's steps; returns the mean of each step statistic and the throughput."""
+    s = session
+    batches = (s.private.batches(s.order_rng) if s.private is not None else
+               _batches(torch.randperm(len(data), generator=s.order_rng), train.batch_size,
+                        s.rank, s.world, model.min_batch))
+    autocast = (torch.autocast(s.device.type, dtype=torch.bfloat16)
+                if train.precision == "bf16" else contextlib.nullcontext())
+    started = time.perf_counter()
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    seen = 0
+    for step, index in enumerate(batches):
+        index = index.to(s.device)
+        stats = model.train_step(data.batch(index, s.step_rng), s.optimizers, s.step_rng,
+                                 autocast)
+        if not all(math.isfinite(v) for v in stats.values()):
+            raise TrainingDiverged(
+                _divergence_message(run_dir, s.epoch, step, stats, s.last_checkpoint))
+        for key, value in stats.items():
+            sums[key] = sums.get(key, 0.0) + value
+            counts[key] = counts.get(key, 0) + 1
+        seen += len(index) * s.world
+        bar.set_postfix(_postfix(stats, seen / (time.perf_counter() - started)))
+        bar.update()
+    images_per_s = seen / (time.perf_counter() - started)
+    with autocast:
+        model.finish_epoch(seed=train.seed + s.epoch)
+    return {**{key: value / counts[key] for key, value in sums.items()},
+            "images_per_s": images_per_s}
+
+
+def _end_epoch(model: GenerativeModel, data: TrainingData, train: TrainConfig, run_dir: Path,
+               session: _Session, metrics: dict[str, float], progress: bool,
+               last: bool) -> None:
+    """Step the schedules, share statistics, log the epoch with its preview and learning
+    rates (the metrics gain the preview's diversity and the privacy spent), and save a
+    checkpoint when one is due (every ``checkpoint_every`` epochs, at the end, or when
+    ``last`` because the privacy budget is spent)."""
+    s = session
+    learning_rates = {f"lr_{name}": sch.get_last_lr()[0] for name, sch in s.schedulers.items()}
+    for scheduler in s.schedulers.values():
+        scheduler.step()
+    if s.world > 1:
+        distributed.average_buffers(model, s.world)
+    if s.private is not None:
+        metrics.update(s.private.metrics())
+    s.epoch += 1
+    if s.rank == 0:
+        metrics.update(_save_preview(model, data, train, run_dir, s.epoch))
+        _log(run_dir, s.epoch, {**metrics, **learning_rates}, progress, train.epochs)
+    if s.epoch == train.epochs or s.epoch % train.checkpoint_every == 0 or last:
+        rng_states = {"order": s.order_rng.get_state(),
+                      "step": distributed.gather(s.step_rng.get_state(), s.world, s.device),
+                      "torch": distributed.gather(torch.get_rng_state(), s.world, s.device)}
+        if s.device.type == "cuda":
+            rng_states["cuda"] = distributed.gather(torch.cuda.get_rng_state(), s.world,
+                                                    s.device)
+        if s.rank == 0:
+            _save_checkpoint(run_dir, model, s, rng_states)
+        s.last_checkpoint = s.epoch
+    distributed.barrier()
 
 
 # -- run directory -----------------------------------------------------------------------
 
 
-def _make_private(model: nn.Module, data: TrainingData, train: TrainConfig, privacy: DPConfig,
-                  world: int, noise: torch.Generator,
-                  state: dict[str, Any] | None) -> PrivateDiscriminator:
+def _make_private(model: GenerativeModel, data: TrainingData, config: RunConfig, world: int,
+                  noise: torch.Generator, state: dict[str, Any] | None) -> PrivateDiscriminator:
     """Make ``model``'s discriminator private (before its optimisers are made)."""
     from synthmed.gan.dp import PrivateDiscriminator  # Opacus takes seconds to import
 
-    if not hasattr(model, "make_private"):
-        raise InputError(f"differential privacy is available for DCGAN training only, not "
-                         f"{model.kind}")
     if world > 1:
         raise InputError("differential privacy does not run under torchrun yet: train on one "
                          "process")
     if data.repeats != 1:
         raise InputError("differential privacy needs every image once per epoch (repeats 1)")
-    private = PrivateDiscriminator(privacy, len(data), train.batch_size, train.epochs, noise,
-                                   state)
+    train = config.train
+    private = PrivateDiscriminator(config.privacy, len(data), train.batch_size, train.epochs,
+                                   noise, state)
     model.make_private(private)
     return private
 
 
-def _start_run(run_dir: Path, run_config: dict[str, Any], data: TrainingData,
+def _start_run(run_dir: Path, config: RunConfig, data: TrainingData,
                private: PrivateDiscriminator | None, restart: bool) -> None:
     """Write the run's config and data record; ``restart`` replaces what a run killed before
     its first checkpoint left in ``run_dir``."""
@@ -262,7 +300,7 @@ def _start_run(run_dir: Path, run_config: dict[str, Any], data: TrainingData,
         raise InputError("already holds files: pass --resume to continue that run, or choose "
                          "another --out", run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.write_config(run_dir, run_config)  # first: it marks the folder as a run's
+    write_run_config(run_dir, config)  # first: it marks the folder as a run's
     (run_dir / checkpoint.SAMPLES).mkdir(exist_ok=True)
     record = data.record()
     if private is not None:
@@ -270,29 +308,33 @@ def _start_run(run_dir: Path, run_config: dict[str, Any], data: TrainingData,
     write_json(run_dir / checkpoint.TRAINING_DATA, record)
 
 
-def _require_same_data(run_dir: Path, data: TrainingData) -> None:
+def _require_same_run(run_dir: Path, data: TrainingData, config: RunConfig,
+                      state: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint with other data or other privacy settings."""
     if read_training_data(run_dir).get("fingerprint") != data.fingerprint():
         raise InputError("was trained on other data (fingerprints differ): resume with the "
                          "same data and options", run_dir)
+    if (config.privacy is None) != ("privacy" not in state):
+        raise InputError("was trained with other differential privacy settings: resume "
+                         "with the same options", run_dir)
 
 
-def _save_checkpoint(run_dir: Path, model: nn.Module, optimizers: dict, schedulers: dict,
-                     epoch: int, rng_states: dict[str, Any],
-                     private: PrivateDiscriminator | None) -> None:
+def _save_checkpoint(run_dir: Path, model: GenerativeModel, session: _Session,
+                     rng_states: dict[str, Any]) -> None:
     state = {
-        "epoch": epoch,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-        "schedulers": {name: s.state_dict() for name, s in schedulers.items()},
+        "epoch": session.epoch,
+        "model": model.state(),
+        "optimizers": {name: opt.state_dict() for name, opt in session.optimizers.items()},
+        "schedulers": {name: s.state_dict() for name, s in session.schedulers.items()},
         "rng": rng_states,
     }
-    if private is not None:  # the record first: a kill in between overstates the spend
+    if session.private is not None:  # the record first: a kill in between overstates the spend
         path = run_dir / checkpoint.TRAINING_DATA
         record = json.loads(path.read_text())
-        write_json(path, {**record, "differential_privacy": private.record()})
-        state["privacy"] = private.state_dict()
+        write_json(path, {**record, "differential_privacy": session.private.record()})
+        state["privacy"] = session.private.state_dict()
     checkpoint.save_state(run_dir, state)
-    checkpoint.save_weights(run_dir, state["model"], model.kind, epoch)
+    checkpoint.save_weights(run_dir, state["model"], model.kind, session.epoch)
 
 
 def _log(run_dir: Path, epoch: int, metrics: dict[str, float], progress: bool,
@@ -315,7 +357,7 @@ def _truncate_metrics(run_dir: Path, epoch: int) -> None:
         atomic_write(path, "".join(f"{line}\n" for line in kept).encode())
 
 
-def _save_preview(model: nn.Module, data: TrainingData, train: TrainConfig, run_dir: Path,
+def _save_preview(model: GenerativeModel, data: TrainingData, train: TrainConfig, run_dir: Path,
                   epoch: int) -> dict[str, float]:
     """Save the epoch's sample grid from fixed inputs.
 
@@ -390,14 +432,16 @@ def _batches(order: torch.Tensor, batch_size: int, rank: int, world: int,
     return batches
 
 
-def _lr_factor(train: TrainConfig):
-    """Learning-rate factor per epoch: 1, then a linear fall to 0 from ``lr_decay_start``."""
-    start = train.lr_decay_start
+def _lr_factor(train: TrainConfig) -> Callable[[int], float]:
+    """Learning-rate factor per epoch: 1, then a linear fall to 0 over the last
+    ``decay_epochs``."""
+    decay = train.decay_epochs or 0
+    start = train.epochs - decay
 
     def factor(epoch: int) -> float:
-        if start is None or epoch < start:
+        if not decay or epoch < start:
             return 1.0
-        return max(0.0, 1.0 - (epoch - start + 1) / (train.epochs - start + 1))
+        return max(0.0, 1.0 - (epoch - start + 1) / (decay + 1))
 
     return factor
 
@@ -415,42 +459,3 @@ def _divergence_message(run_dir: Path, epoch: int, step: int, stats: dict[str, f
             if last_checkpoint else "no checkpoint had been written yet")
     return (f"training diverged at epoch {epoch + 1}, step {step + 1} ({bad}); {kept}; "
             "try a lower learning rate, --loss hinge or spectral norm")
-
-
-# -- distributed ------------------------------------------------------------------------
-
-
-def _broadcast_state(model: nn.Module) -> None:
-    for tensor in model.state_dict().values():
-        dist.broadcast(tensor, src=0)
-
-
-def _average_gradients_hook(world: int):
-    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        for group in optimizer.param_groups:
-            for parameter in group["params"]:
-                if parameter.grad is not None:
-                    dist.all_reduce(parameter.grad)
-                    parameter.grad /= world
-
-    return hook
-
-
-def _average_buffers(model: nn.Module, world: int) -> None:
-    """Average the normalisation statistics (``running_mean`` / ``running_var``) over the
-    processes; other buffers (a CycleGAN's pool of past fakes) stay each process's own."""
-    for name, buffer in model.named_buffers():
-        if buffer.is_floating_point() and "running_" in name.rsplit(".", 1)[-1]:
-            dist.all_reduce(buffer)
-            buffer /= world
-
-
-def _gather(state: torch.Tensor, world: int, device: torch.device) -> list[torch.Tensor]:
-    """Every process's copy of an RNG state (CPU tensors), in rank order; the collective
-    runs on ``device`` because NCCL only moves GPU tensors."""
-    if world == 1:
-        return [state.cpu()]
-    local = state.to(device)
-    gathered = [torch.empty_like(local) for _ in range(world)]
-    dist.all_gather(gathered, local)
-    return [tensor.cpu() for tensor in gathered]

@@ -86,10 +86,7 @@ class TranslateConfig:
 def read_config_of(run: LoadedRun) -> ReadConfig:
     """The read options the run was trained with, less its ``root``: confining reads is each
     command's own choice (``--root``), not a property of the run."""
-    values = dict(run.config.get("data", {}).get("read", {}))
-    values.pop("root", None)
-    values["percentiles"] = tuple(values.get("percentiles", ReadConfig.percentiles))
-    return ReadConfig(**values)
+    return run.config.data.read_config()
 
 
 def target_domain(run: LoadedRun, direction: str) -> dict[str, Any]:
@@ -188,8 +185,8 @@ def translate_inputs(
         InputError: a run that is not a CycleGAN, an input that cannot be read or is given
             twice, an output folder that may not be written (:mod:`synthmed.io`).
     """
-    if run.config.get("kind") != "cyclegan":
-        raise InputError(f"is a {run.config.get('kind')!r} run: translate needs a cyclegan run",
+    if run.config.kind != "cyclegan":
+        raise InputError(f"is a {run.config.kind!r} run: translate needs a cyclegan run",
                          run.path)
     paths = [Path(p) for p in inputs]
     seen: dict[Path, Path] = {}

@@ -1,0 +1,174 @@
+"""The generators of the utility harness: a trained run checked for leakage against the
+validation and test splits, or a class-conditional DCGAN trained on each real subset; the
+labels of the synthetic images a regime mixes in, and the best-of-K choice among candidates."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from synthmed.augment.dataset import ImageSet
+from synthmed.errors import InputError
+from synthmed.eval.classifier import TrainedClassifier
+from synthmed.eval.real_data import RealData
+from synthmed.gan import checkpoint
+from synthmed.gan.config import DCGANConfig, TrainConfig
+from synthmed.gan.run import LoadedRun, load_run
+from synthmed.gan.run_config import DataConfig, RunConfig, read_run_config
+from synthmed.gan.train import train_dcgan
+
+STEPS_PER_EPOCH = 50  # a generator's epoch spans repeats of a small subset (one grid each)
+
+
+@dataclass(frozen=True)
+class GeneratorRecipe:
+    """The class-conditional DCGAN trained on each real subset (``--train-generator``).
+
+    The budget is in optimiser steps, so a small subset gets as many updates as a large one
+    (in epochs, 10 % of a data set would get a tenth of the training). ``diffaugment`` and
+    ``ema_decay`` are the small-data remedies of :class:`DCGANConfig`.
+    """
+
+    steps: int = 2000
+    width: int = 32
+    batch_size: int = 64
+    r1_gamma: float = 1.0
+    diffaugment: tuple[str, ...] = ()
+    ema_decay: float = 0.0
+    precision: str = "bf16"
+
+    def __post_init__(self) -> None:  # bad options fail here, not at the first generator
+        DCGANConfig(width=self.width, r1_gamma=self.r1_gamma, diffaugment=self.diffaugment,
+                    ema_decay=self.ema_decay)
+
+
+class TrainedRun:
+    """Synthetic images from one trained run, checked for leakage against val and test."""
+
+    def __init__(self, run: LoadedRun, real: RealData) -> None:
+        record = run.training_data
+        seen = set(record.get("image_hashes", []))
+        for name, part in (("validation", real.val), ("test", real.test)):
+            leaked = seen & set(part.image_hashes())
+            if leaked:
+                raise InputError(f"the generator was trained on {len(leaked)} {name} image(s): "
+                                 "train it on the training split only (train dcgan --split "
+                                 "train), or use --train-generator", run.path)
+        if list(record.get("class_names", [])) != list(real.train.class_names):
+            raise InputError(f"the generator's classes {record.get('class_names')} are not the "
+                             f"data's {list(real.train.class_names)}", run.path)
+        self.run = run
+        self.images_seen = int(record.get("images", 0))
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "run", "path": str(self.run.path), "fingerprint": self.run.fingerprint,
+                "epoch": self.run.epoch, "images_seen": self.images_seen}
+
+    def sample(self, subset: ImageSet, labels: np.ndarray, seed: int) -> np.ndarray:
+        if self.images_seen > len(subset):
+            warnings.warn(f"the generator saw {self.images_seen} real training images, more "
+                          f"than the {len(subset)} of this fraction: its synthetic images carry "
+                          "information the classifier's real subset does not", stacklevel=2)
+        return _sample(self.run.model, labels, seed)
+
+
+class SubsetGenerators:
+    """A conditional DCGAN trained on each real subset, cached under ``folder`` by the
+    subset's fingerprint (so a rerun, a shard or a fraction of 1 reuses it)."""
+
+    def __init__(self, recipe: GeneratorRecipe, folder: Path) -> None:
+        self.recipe, self.folder = recipe, Path(folder)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "trained per subset", "model": "conditional DCGAN",
+                **asdict(self.recipe)}
+
+    def sample(self, subset: ImageSet, labels: np.ndarray, seed: int) -> np.ndarray:
+        return _sample(load_run(self.train(subset)).model, labels, seed)
+
+    def train(self, subset: ImageSet, progress: bool = False) -> Path:
+        """The run directory of the generator of ``subset``, trained (or finished) if needed."""
+        run_dir = self.folder / subset.fingerprint()[:16]
+        if not (run_dir / checkpoint.WEIGHTS).is_file() or not _finished(run_dir):
+            self._train(subset, run_dir, progress)
+        return run_dir
+
+    def _train(self, subset: ImageSet, run_dir: Path, progress: bool) -> None:
+        recipe = self.recipe
+        model = DCGANConfig(width=recipe.width, r1_gamma=recipe.r1_gamma,
+                            diffaugment=recipe.diffaugment, ema_decay=recipe.ema_decay)
+        batch = min(recipe.batch_size, len(subset))
+        repeats = math.ceil(STEPS_PER_EPOCH * batch / len(subset))
+        epochs = math.ceil(recipe.steps / (len(subset) * repeats // batch))
+        train = TrainConfig(epochs=epochs, batch_size=batch, precision=recipe.precision,
+                            checkpoint_every=max(1, epochs // 10), decay_epochs=0)
+        config = RunConfig("dcgan", model, train, DataConfig(split="all"))
+        train_dcgan(subset, run_dir, config, conditional=True, repeats=repeats,
+                    resume=run_dir.exists(), progress=progress)
+
+
+def _finished(run_dir: Path) -> bool:
+    config = read_run_config(run_dir, kind="dcgan")
+    return int(checkpoint.load_state(run_dir)["epoch"]) >= config.train.epochs
+
+
+def _sample(model: Any, labels: np.ndarray, seed: int, block: int = 256) -> np.ndarray:
+    """Images ``(len(labels), C, H, W)`` for the labels, from noise seeded with ``seed``."""
+    rng = torch.Generator().manual_seed(seed)
+    parts = [model.sample(len(chunk), labels=torch.from_numpy(chunk), generator=rng).numpy()
+             for chunk in np.array_split(labels, max(1, -(-len(labels) // block)))]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def sample_run(path: Path, like: ImageSet, n: int, seed: int = 0) -> ImageSet:
+    """``n`` images from a trained DCGAN run, in the class mix of ``like`` when the run is
+    class-conditional (then labelled with ``like``'s class names), else unlabelled."""
+    run = load_run(path, kind="dcgan")
+    if run.model.conditional:
+        counts = like.class_counts()
+        share = np.array([counts.get(k, 0) for k in range(len(like.class_names))], float)
+        labels = np.random.default_rng(seed).choice(len(share), size=n, p=share / share.sum())
+    else:
+        labels = np.zeros(n, np.int64)
+    images = _sample(run.model, labels.astype(np.int64), seed)
+    return ImageSet.from_arrays(
+        images, labels=labels if run.model.conditional else None,
+        class_names=like.class_names if run.model.conditional else None, synthetic=True,
+        metadata={"origin": str(path)})
+
+
+def synthetic_labels(subset: ImageSet, mix: float | str, rng: np.random.Generator
+                     ) -> np.ndarray:
+    """Labels of the synthetic images for a subset: ``ratio x`` its count in its class mix
+    (rounded per class), or for ``balance`` enough to bring every class up to the largest."""
+    counts = subset.class_counts()
+    if mix == "balance":
+        top = max(counts.values())
+        wanted = {label: top - n for label, n in counts.items()}
+    else:
+        wanted = {label: round(float(mix) * n) for label, n in counts.items()}
+    labels = np.concatenate([np.full(n, label, np.int64) for label, n in wanted.items()])
+    return rng.permutation(labels)
+
+
+def best_of(candidates: np.ndarray, labels: np.ndarray, judge: TrainedClassifier
+            ) -> np.ndarray:
+    """Per label, the candidate the judge gives the highest probability of that label.
+
+    Args:
+        candidates: ``(N * K, C, H, W)``, K consecutive candidates per label.
+        labels: ``(N,)``.
+    Returns:
+        ``(N, C, H, W)``.
+    """
+    n = len(labels)
+    k = len(candidates) // n
+    probability = judge.predict_proba(candidates)[np.arange(n * k), np.repeat(labels, k)]
+    chosen = probability.reshape(n, k).argmax(axis=1)
+    return candidates.reshape(n, k, *candidates.shape[1:])[np.arange(n), chosen]

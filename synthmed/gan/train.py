@@ -1,0 +1,213 @@
+"""Train a generator or a translator from a user's data: the one recipe the CLI, the demo,
+the harness, the tests and the benchmarks all call.
+
+Each function reads the data (a path any reader takes, or an :class:`ImageSet`), fits the
+configuration to it (image size, channels, classes, crop), builds the model, holds the run
+directory's lock and runs the fit loop (:func:`synthmed.gan.trainer.fit`).
+
+Examples:
+    >>> config = resolve_dcgan_config(train_overrides={"epochs": 1})
+    >>> train_dcgan("phantom:n=64,size=32", Path("runs/phantom"), config)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from synthmed.augment.dataset import ImageSet
+from synthmed.augment.items import ReadConfig
+from synthmed.augment.readers import read_images
+from synthmed.augment.splits import held_out_hashes, hold_out_groups, hold_out_images
+from synthmed.errors import InputError
+from synthmed.gan import checkpoint
+from synthmed.gan.config import CycleGANConfig, DCGANConfig
+from synthmed.gan.data import LabelledImages, UnpairedImages, recorded_source
+from synthmed.gan.nets import SIZES
+from synthmed.gan.run import build_model
+from synthmed.gan.run_config import DataConfig, RunConfig, read_run_config
+from synthmed.gan.trainer import FitResult, fit
+from synthmed.io import check_out, output_lock
+from synthmed.settings import to_dict, with_overrides
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A finished training: the fit's result, the configuration it ran with, the training
+    images (per domain for a translator) and the subjects held out for evaluation."""
+
+    fit: FitResult
+    config: RunConfig
+    images: tuple[int, ...]
+    held_out: tuple[str, ...] = ()
+
+
+def train_dcgan(data: str | ImageSet, out: Path, config: RunConfig, *,
+                read: ReadConfig | None = None, conditional: bool = False, repeats: int = 1,
+                resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train a DCGAN on ``data`` into the run directory ``out``.
+
+    Args:
+        config: the resolved configuration (:func:`~synthmed.gan.run_config.
+            resolve_dcgan_config`, or the run's own for ``resume``); a model size of
+            ``None`` follows the data, and channels and classes always do; the learning
+            rate is constant unless ``train.decay_epochs`` says otherwise.
+        read: how to read a path (default: the config's ``data.read``); its image size is
+            the model's when that is set.
+        conditional: make G and D class-conditional (labelled data; also when the config
+            already has classes).
+        repeats: passes over the images per epoch (a small set gets fewer, longer epochs).
+        resume: continue the run in ``out`` from its last checkpoint.
+
+    Raises:
+        InputError: bad data or settings, an ``out`` that is an input, a busy run directory.
+    """
+    out = Path(out)
+    images = _read(data, out, read or config.data.read_config(), config.model.size)
+    if config.data.split == "train" and "train" in images.splits:
+        images = images.split("train")
+    model = fit_dcgan_to_data(config.model, images, conditional)
+    config = replace(config, model=model, train=config.train.with_decay(0.0),  # constant
+                     data=_recorded(config, data, read, model.size))
+    with training_into(out, resume):
+        result = fit(build_model(config, seed=config.train.seed),
+                     LabelledImages(images, repeats), config, out, resume=resume,
+                     progress=progress)
+    return TrainResult(result, config, (len(images),))
+
+
+def train_cyclegan(domain_a: str | ImageSet, domain_b: str | ImageSet, out: Path,
+                   config: RunConfig, *, read: ReadConfig | None = None,
+                   val_subjects: str | None = None, resume: bool = False,
+                   progress: bool = True) -> TrainResult:
+    """Train a CycleGAN between two unpaired domains into the run directory ``out``.
+
+    Args:
+        config: the resolved configuration (:func:`~synthmed.gan.run_config.
+            resolve_cyclegan_config`, or the run's own for ``resume``, whose held-out
+            subjects are held out again); the crop and block count follow the data; the
+            learning rate decays over the last half of the epochs unless
+            ``train.decay_epochs`` says otherwise.
+        val_subjects: subjects kept out of training: comma-separated names, or a count
+            drawn with the training seed; recorded by their images' hashes only.
+    """
+    out = Path(out)
+    read = read or config.data.read_config()
+    domains = [_read(domain, out, read) for domain in (domain_a, domain_b)]
+    if config.data.split == "train":
+        domains = [d.split("train") if "train" in d.splits else d for d in domains]
+    domains, held, hashes = _hold_out(domains, config, val_subjects)
+    model = fit_cyclegan_to_data(config.model, domains)
+    data = UnpairedImages(*domains, crop=model.crop, flip=model.flip,
+                          standardize=model.standardize)
+    recorded = replace(config.data, val_image_hashes=tuple(hashes), read=to_dict(read),
+                       domain_a=_source(domain_a), domain_b=_source(domain_b))
+    config = replace(config, model=model, data=recorded,
+                     train=config.train.with_decay(0.5))  # the reference's last half
+    built = build_model(config, seed=config.train.seed)
+    built.set_intensity_prior(*data.quantiles)
+    with training_into(out, resume):
+        result = fit(built, data, config, out, resume=resume, progress=progress)
+    return TrainResult(result, config, tuple(len(d) for d in domains), tuple(held))
+
+
+def fit_dcgan_to_data(model: DCGANConfig, data: ImageSet, conditional: bool) -> DCGANConfig:
+    """The size (when unset: the images', if the DCGAN makes it), channels and classes of
+    ``data``; a set size must be the images'."""
+    origin = data.metadata.get("origin")
+    conditional = conditional or model.num_classes > 0
+    if conditional and not data.is_labelled:
+        raise InputError("--conditional needs labelled data (class folders, a label column or "
+                         "npz labels)", origin)
+    height, width = data.size
+    size = model.size
+    if size is None and (height != width or height not in SIZES):
+        raise InputError(f"images are {height}x{width}, a size the DCGAN does not make: pass "
+                         f"--size with one of {', '.join(map(str, SIZES))}", origin)
+    if size is not None and data.size != (size, size):
+        raise InputError(f"images are {height}x{width} but the model makes {size}x{size}: "
+                         f"pass --size {size}", origin)
+    return with_overrides(model, size=height, channels=data.channels,
+                          num_classes=len(data.class_names) if conditional else 0)
+
+
+def fit_cyclegan_to_data(model: CycleGANConfig, domains: list[ImageSet]) -> CycleGANConfig:
+    """Channels from the data; the training crop (unset: 7/8 of the smaller image side, a
+    multiple of 4, like the reference's 256 of 286) and the generators' block count for it."""
+    side = min(min(domain.size) for domain in domains)
+    crop = model.crop
+    if crop is None:
+        crop = max(model.min_size, side * 7 // 8 // 4 * 4)
+    if crop > side:
+        raise InputError(f"the training crop {crop} is larger than the images ({side} px): "
+                         "pass a smaller --crop", domains[0].metadata.get("origin"))
+    return with_overrides(model, channels=domains[0].channels, crop=crop,
+                          n_blocks=model.blocks(crop or side))
+
+
+def resumes_saved_config(out: Path, resume: bool) -> bool:
+    """Whether ``--resume`` takes every setting from the run's config.yaml: not when a kill
+    came before the run saved it (it then starts again from the options)."""
+    killed_early = checkpoint.is_unstarted(out) and not (out / checkpoint.CONFIG).exists()
+    return resume and not killed_early
+
+
+def saved_config(out: Path, kind: str, epochs: int | None = None) -> RunConfig:
+    """The config a run saved, for ``--resume``; ``epochs`` may extend the training."""
+    config = read_run_config(out, kind)
+    return replace(config, train=with_overrides(config.train, epochs=epochs))
+
+
+@contextlib.contextmanager
+def training_into(out: Path, resume: bool) -> Iterator[None]:
+    """Hold the lock on the run directory ``out`` (one writer at a time), and when training
+    fails before its first checkpoint, remove the run directory it made: nothing in it could
+    be resumed, and it would block a new start."""
+    new = not resume and not out.exists()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        try:
+            yield
+        except BaseException:
+            if new and not (out / checkpoint.STATE).is_file():
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+
+def _read(data: str | ImageSet, out: Path, read: ReadConfig,
+          size: int | None = None) -> ImageSet:
+    """``data`` itself, or the images a path names (at ``size`` when set), after checking
+    that writing ``out`` cannot cost them."""
+    if isinstance(data, ImageSet):
+        return data
+    check_out(out, (data,))
+    return read_images(data, read if size is None else replace(read, size=size))
+
+
+def _source(data: str | ImageSet) -> str | None:
+    return recorded_source(data) if isinstance(data, str) else None
+
+
+def _recorded(config: RunConfig, data: str | ImageSet, read: ReadConfig | None,
+              size: int) -> DataConfig:
+    """The data section a DCGAN run records: its source and the read options it used."""
+    used = replace(read or config.data.read_config(), size=size)
+    return replace(config.data, source=_source(data), read=to_dict(used))
+
+
+def _hold_out(domains: list[ImageSet], config: RunConfig, val_subjects: str | None
+              ) -> tuple[list[ImageSet], list[str], list[str]]:
+    """The domains without the held-out subjects, their names and their images' hashes: the
+    run's own when it recorded some (a resumed run), else ``val_subjects``."""
+    recorded = config.data
+    if recorded.val_image_hashes:
+        kept, held = hold_out_images(domains, set(recorded.val_image_hashes))
+        return kept, held, list(recorded.val_image_hashes)
+    spec = ",".join(recorded.val_subjects) or val_subjects  # older runs recorded names
+    if not spec:
+        return domains, [], []
+    kept, held = hold_out_groups(domains, spec, seed=config.train.seed)
+    return kept, held, held_out_hashes(domains, held)

@@ -42,9 +42,11 @@ from synthmed import __version__
 from synthmed.errors import InputError
 
 MARKER = ".synthmed-output"
-LEGACY_MARKERS = ("provenance.json", "manifest.csv", "results.json", "fidelity.json",
-                  "privacy.json", "translation.json", "unpaired.json", "synthmed-report.html")
-RUN_CONFIG = "config.yaml"
+RUN_CONFIG = "config.yaml"  # a run directory's settings (synthmed.gan.run_config)
+PROVENANCE = "provenance.json"  # how an export was made
+MANIFEST = "manifest.csv"  # one row per exported image
+LEGACY_MARKERS = (PROVENANCE, MANIFEST, "results.json", "fidelity.json", "privacy.json",
+                  "translation.json", "unpaired.json", "synthmed-report.html")
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ def layer(module: str) -> str:
     part = module.split(".")[1] if "." in module else "__init__"
     if part in FOUNDATION or part.startswith("__"):  # synthmed.__version__ is the package's
         return "foundation"
-    return "cli" if part in ("cli", "cli_types") else part
+    return part  # synthmed.cli.* is the cli layer
 
 
 def imported_modules(path: Path) -> list[str]:

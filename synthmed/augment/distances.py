@@ -8,6 +8,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
+#: the near-copy threshold's percentile: unseen real images come that close at this rate (%)
+NEAR_COPY_PERCENTILE = 5.0
+
 
 def flatten_pixels(images: np.ndarray) -> np.ndarray:
     """(N, C, H, W) model-space images in [-1, 1] -> (N, C*H*W) float32 vectors."""
@@ -23,8 +26,8 @@ def nearest_distances(queries: np.ndarray, references: np.ndarray
     return distances[:, 0], indices[:, 0]
 
 
-def near_copy_threshold(train: np.ndarray, holdout: np.ndarray, percentile: float = 5.0
-                        ) -> float:
+def near_copy_threshold(train: np.ndarray, holdout: np.ndarray,
+                        percentile: float = NEAR_COPY_PERCENTILE) -> float:
     """The `percentile`-th percentile of the distances from each held-out vector (N, D) to its
     nearest training vector (M, D): a synthetic image closer to a training image than this is
     a near-copy."""

@@ -17,9 +17,8 @@ from typing import Any
 
 from synthmed.augment import dicom, medmnist, nifti, pictures
 from synthmed.augment.dataset import ImageSet
-from synthmed.augment.readers import MANIFEST_NAME
 from synthmed.errors import InputError
-from synthmed.io import atomic_output_dir
+from synthmed.io import MANIFEST, PROVENANCE, atomic_output_dir
 
 EXPORT_FORMATS = ("png", "npz", "dicom", "nifti")
 SUFFIX = {"png": ".png", "dicom": ".dcm", "nifti": ".nii.gz"}
@@ -61,13 +60,13 @@ def write_imageset(
     if format not in EXPORT_FORMATS:
         raise InputError(f"unknown export format {format!r}: use {', '.join(EXPORT_FORMATS)}")
     if provenance is not None:
-        (folder / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        (folder / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
     if format == "npz":
         medmnist.write_npz(imageset, folder / NPZ_NAME, bit_depth=bit_depth)
         return
     names = file_names(imageset, SUFFIX[format])
     write_files(imageset, folder, format, names, bit_depth=bit_depth)
-    write_manifest(imageset, folder / MANIFEST_NAME, names)
+    write_manifest(imageset, folder / MANIFEST, names)
 
 
 def write_files(

@@ -31,8 +31,8 @@ from synthmed.augment.items import (
     split_name,
 )
 from synthmed.errors import InputError
+from synthmed.io import MANIFEST
 
-MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "label", "split", "group", "modality")
 FORMATS = ("auto", "dicom", "nifti", "image", "npz", "csv")
 
@@ -71,8 +71,8 @@ def read_images(path: str | Path, config: ReadConfig | None = None) -> ImageSet:
         root = Path(text)
         if not root.exists():
             raise InputError("no such file or folder", root)
-        if root.is_dir() and (root / MANIFEST_NAME).is_file() and config.format == "auto":
-            root = root / MANIFEST_NAME
+        if root.is_dir() and (root / MANIFEST).is_file() and config.format == "auto":
+            root = root / MANIFEST
         if root.is_file():
             result = _read_file(root, config, skipped)
         else:

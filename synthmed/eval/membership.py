@@ -11,8 +11,12 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from synthmed.augment.distances import near_copy_threshold, nearest_distances
-from synthmed.eval.stats import bootstrap_ci
+from synthmed.augment.distances import (
+    NEAR_COPY_PERCENTILE,
+    near_copy_threshold,
+    nearest_distances,
+)
+from synthmed.eval.stats import N_BOOT, bootstrap_ci
 from synthmed.gan.run import LoadedRun
 
 # -- distances ---------------------------------------------------------------------------------
@@ -55,7 +59,8 @@ class Distances:
 
 
 def distance_to_closest_record(synthetic: np.ndarray, train: np.ndarray, holdout: np.ndarray,
-                               percentile: float = 5.0, seed: int = 0) -> Distances:
+                               percentile: float = NEAR_COPY_PERCENTILE, seed: int = 0
+                               ) -> Distances:
     """DCR of ``synthetic (M, D)`` against ``train (N_t, D)`` and ``holdout (N_h, D)``."""
     to_train, nearest = nearest_distances(synthetic, train)
     size = min(len(train), len(holdout))
@@ -107,7 +112,7 @@ def membership_auc(members: np.ndarray, non_members: np.ndarray) -> float:
 
 
 def membership_attack(members: np.ndarray, control: np.ndarray, non_members: np.ndarray,
-                      n_boot: int = 1000, confidence: float = 0.95, seed: int = 0
+                      n_boot: int = N_BOOT, confidence: float = 0.95, seed: int = 0
                       ) -> dict[str, Any]:
     """The attack (members vs non-members) and its control (held-out half A vs non-members),
     scores ``(n,)`` each, with bootstrap intervals of the AUC and of the advantage.

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from synthmed.augment.dataset import ImageSet
-from synthmed.augment.distances import flatten_pixels, nearest_distances
+from synthmed.augment.distances import NEAR_COPY_PERCENTILE, flatten_pixels, nearest_distances
 from synthmed.errors import InputError, require
 from synthmed.eval.fidelity import FeatureFn, checked_features
 from synthmed.eval.membership import (
@@ -42,6 +42,7 @@ from synthmed.eval.membership import (
     membership_attack,
 )
 from synthmed.eval.privacy_report import PrivacyReport
+from synthmed.eval.stats import N_BOOT
 from synthmed.gan.run import LoadedRun
 from synthmed.limits import MAX_SEED
 from synthmed.settings import check_fields
@@ -62,8 +63,8 @@ class PrivacyConfig:
         seed: the subsampling, the held-out halves and the bootstrap.
     """
 
-    percentile: float = 5.0
-    n_boot: int = 1000
+    percentile: float = NEAR_COPY_PERCENTILE
+    n_boot: int = N_BOOT
     confidence: float = 0.95
     pairs: int = 16
     batch_size: int = 64

@@ -21,7 +21,7 @@ from typing import Any
 
 from synthmed.errors import InputError
 from synthmed.gan import checkpoint
-from synthmed.io import atomic_write
+from synthmed.io import MANIFEST, PROVENANCE, atomic_write
 
 HTML_NAME = "synthmed-report.html"
 MARKDOWN_NAME = "synthmed-report.md"
@@ -80,7 +80,7 @@ def _sections(path: Path, root: Path) -> list[dict[str, str]]:
     found = [path / f for f in EVALUATION_FILES if (path / f).is_file()]
     if found:
         return [_evaluation_section(path, name, found, root)]
-    if (path / "provenance.json").is_file():
+    if (path / PROVENANCE).is_file():
         return [_export_section(path, name)]
     pictures = sorted(path.glob("*.png"))
     inside_run = (path.parent / checkpoint.CONFIG).is_file()  # a run's samples/ are shown
@@ -121,11 +121,11 @@ def _evaluation_section(path: Path, name: str, found: list[Path], root: Path
 
 
 def _export_section(path: Path, name: str) -> dict[str, str]:
-    provenance = json.loads((path / "provenance.json").read_text())
+    provenance = json.loads((path / PROVENANCE).read_text())
     rows = [[k, json.dumps(v) if isinstance(v, dict | list) else v]
             for k, v in provenance.items()]
     text = [f"## Export `{name}`", "", _markdown_table(["provenance", "value"], rows), ""]
-    manifest = path / "manifest.csv"
+    manifest = path / MANIFEST
     if manifest.is_file():
         with manifest.open(newline="", encoding="utf-8") as handle:
             count = sum(1 for _ in csv.DictReader(handle))

@@ -20,6 +20,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import stats
 
+#: bootstrap resamples of an interval, unless told otherwise
+N_BOOT = 1000
+
 
 def summarize(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
     """Mean, sample sd and Student-t confidence interval of the non-nan values.
@@ -141,7 +144,7 @@ def bootstrap_ci(
     values_a: np.ndarray,
     values_b: np.ndarray | None,
     statistic: Callable[..., float],
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT,
     confidence: float = 0.95,
     rng: np.random.Generator | None = None,
 ) -> tuple[float, float]:

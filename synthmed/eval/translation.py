@@ -37,6 +37,7 @@ import numpy as np
 
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.intensity import (
+    DEFAULT_PERCENTILES,
     FOREGROUND_FLOOR,
     foreground_mask,
     masked_to_model_space,
@@ -68,6 +69,7 @@ from synthmed.eval.translation_report import (
     SYNTHMED,
     TranslationReport,
 )
+from synthmed.gan.cyclegan import TRANSLATE_BATCH
 from synthmed.gan.data import group_hash
 from synthmed.gan.run import LoadedRun
 from synthmed.gan.translate import read_config_of, target_domain, translate_images
@@ -96,9 +98,9 @@ def evaluate_pairs(
     translator: Translator,
     target_quantiles: np.ndarray,
     *,
-    slice_axis: int = 2,
-    percentiles: tuple[float, float] = (0.5, 99.5),
-    min_foreground: float = 0.01,
+    slice_axis: int = ReadConfig.slice_axis,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    min_foreground: float = ReadConfig.min_foreground,
     panel_slices: int = 3,
 ) -> TranslationReport:
     """Score a translator and the global-intensity baselines against paired truths.
@@ -337,7 +339,7 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def evaluate_run(run: LoadedRun, source: str, target: str, direction: str = "a2b",
-                 batch_size: int = 8) -> TranslationReport:
+                 batch_size: int = TRANSLATE_BATCH) -> TranslationReport:
     """Evaluate a CycleGAN run on paired NIfTI volumes, with the run's own read options and
     the target domain's training quantiles for the histogram-matching baselines.
 

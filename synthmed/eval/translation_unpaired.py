@@ -15,12 +15,14 @@ from synthmed.errors import InputError
 from synthmed.eval.classifier import ClassifierConfig, train_classifier
 from synthmed.eval.fidelity import FidelityReport, evaluate_fidelity
 from synthmed.eval.translation import refuse_seen
+from synthmed.gan.cyclegan import TRANSLATE_BATCH
 from synthmed.gan.run import LoadedRun
 from synthmed.gan.translate import read_config_of, translate_images
 
 
 def evaluate_unpaired(run: LoadedRun, source: str, reference: str, direction: str = "a2b",
-                      batch_size: int = 8, steps: int = 300) -> dict[str, FidelityReport]:
+                      batch_size: int = TRANSLATE_BATCH, steps: int = 300
+                      ) -> dict[str, FidelityReport]:
     """Distribution distance between translated source images and real target-domain images
     when no paired truth exists: the fidelity metrics (FID, KID, precision / recall / density
     / coverage, with the real-vs-real floor) in a learned feature space, for the translator

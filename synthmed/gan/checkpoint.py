@@ -37,9 +37,9 @@ from safetensors.torch import save as save_safetensors
 
 from synthmed import __version__
 from synthmed.errors import InputError
-from synthmed.io import atomic_write, is_run_config
+from synthmed.io import RUN_CONFIG, atomic_write, is_run_config
 
-CONFIG = "config.yaml"
+CONFIG = RUN_CONFIG
 WEIGHTS = "model.safetensors"
 STATE = "trainer_state.pt"
 TRAINING_DATA = "training_data.json"

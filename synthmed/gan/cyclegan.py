@@ -30,6 +30,7 @@ from synthmed.gan.model import GenerativeModel
 DIRECTIONS = ("a2b", "b2a")
 PRIOR_LEVELS = 101  # quantile levels of the prior's tables (foreground_quantiles' default)
 PRIOR_BOUND = 0.999  # the prior's values are kept inside (-1, 1) for atanh
+TRANSLATE_BATCH = 8  # images per forward pass when translating, unless told otherwise
 
 
 def _norm(kind: str, width: int) -> nn.Module:
@@ -124,8 +125,8 @@ class ResnetGenerator(nn.Module):
         torch.Size([2, 1, 32, 32])
     """
 
-    def __init__(self, channels: int = 1, ngf: int = 64, n_blocks: int = 9,
-                 norm: str = "instance", upsample: str = "convtranspose",
+    def __init__(self, channels: int, ngf: int, n_blocks: int = 9,
+                 norm: str = CycleGANConfig.norm, upsample: str = CycleGANConfig.upsample,
                  prior: QuantileMap | None = None) -> None:
         super().__init__()
         bias = norm == "instance"
@@ -180,8 +181,8 @@ class PatchGAN(nn.Module):
         layers: stride-2 convolutions (3: 70x70 patches). norm: ``instance`` or ``batch``.
     """
 
-    def __init__(self, channels: int = 1, ndf: int = 64, layers: int = 3,
-                 norm: str = "instance") -> None:
+    def __init__(self, channels: int, ndf: int, layers: int = CycleGANConfig.d_layers,
+                 norm: str = CycleGANConfig.norm) -> None:
         super().__init__()
         if norm not in ("instance", "batch"):
             raise ValueError(f"norm must be instance or batch, got {norm!r}")
@@ -223,7 +224,7 @@ class ImagePool(nn.Module):
         size: images to keep (reference: 50).
     """
 
-    def __init__(self, size: int = 50) -> None:
+    def __init__(self, size: int) -> None:
         super().__init__()
         self.size = size
         self.register_buffer("images", torch.zeros(0))
@@ -408,7 +409,7 @@ class CycleGAN(GenerativeModel):
 
     @torch.no_grad()
     def translate(self, images: torch.Tensor, direction: str,
-                  batch_size: int = 8) -> torch.Tensor:
+                  batch_size: int = TRANSLATE_BATCH) -> torch.Tensor:
         """Translate ``images`` ``(N, C, H, W)`` in [-1, 1] of any H and W: ``a2b`` or ``b2a``.
 
         The images are padded at the bottom and right to multiples of 4 (at least 8; by

@@ -45,7 +45,6 @@ from synthmed.augment import medmnist
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.export import (
     EXPORT_FORMATS,
-    MANIFEST_NAME,
     SUFFIX,
     file_names,
     write_files,
@@ -56,6 +55,8 @@ from synthmed.gan.data import recorded_source
 from synthmed.gan.near_copy import NearCopyFilter, PrivacyFilterConfig, near_copy_filter
 from synthmed.gan.run import LoadedRun
 from synthmed.io import (
+    MANIFEST,
+    PROVENANCE,
     atomic_write,
     check_out,
     check_replaceable,
@@ -165,7 +166,7 @@ def generate(
         if rank == 0:
             _finish(work, out, config, record, labels, overwrite)
     distributed.barrier()
-    return json.loads((out / "provenance.json").read_text())
+    return json.loads((out / PROVENANCE).read_text())
 
 
 def _write_blocks(run: LoadedRun, config: GenerateConfig, record: dict, labels: np.ndarray,
@@ -257,7 +258,7 @@ def _finish(work: Path, out: Path, config: GenerateConfig, record: dict, labels:
     """Merge the manifest parts (counting the dropped near-copies), assemble the npz, and move
     the folder into place."""
     parts = [part.read_text() for part in sorted((work / "parts").glob("*.csv"))]
-    with (work / MANIFEST_NAME).open("w", newline="", encoding="utf-8") as handle:
+    with (work / MANIFEST).open("w", newline="", encoding="utf-8") as handle:
         handle.write(",".join(MANIFEST_COLUMNS) + "\r\n")
         handle.writelines(parts)
     if config.format == "npz":
@@ -269,7 +270,7 @@ def _finish(work: Path, out: Path, config: GenerateConfig, record: dict, labels:
         column = MANIFEST_COLUMNS.index("noise_round")
         dropped = sum(int(row[column]) for part in parts for row in csv.reader(io.StringIO(part)))
         record = {**record, "privacy_filter": {**record["privacy_filter"], "dropped": dropped}}
-    write_json(work / "provenance.json", record)
+    write_json(work / PROVENANCE, record)
     shutil.rmtree(work / "parts")
     (work / "plan.json").unlink()
     mark_output(work, "synthetic")

@@ -13,7 +13,12 @@ from typing import Any
 import numpy as np
 
 from synthmed.augment.dataset import ImageSet
-from synthmed.augment.distances import flatten_pixels, near_copy_threshold, nearest_distances
+from synthmed.augment.distances import (
+    NEAR_COPY_PERCENTILE,
+    flatten_pixels,
+    near_copy_threshold,
+    nearest_distances,
+)
 from synthmed.augment.items import ReadConfig
 from synthmed.augment.readers import read_images
 from synthmed.errors import InputError
@@ -47,7 +52,7 @@ class PrivacyFilterConfig:
     read: dict[str, Any] = field(default_factory=dict)
     threshold: float | None = None
     holdout_fraction: float = 0.2
-    percentile: float = 5.0
+    percentile: float = NEAR_COPY_PERCENTILE
     max_redraws: int = 10
 
     def __post_init__(self) -> None:

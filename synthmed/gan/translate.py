@@ -49,9 +49,10 @@ from synthmed.augment.nifti import display_plane, load_volume
 from synthmed.augment.pictures import SUFFIXES as PICTURE_SUFFIXES
 from synthmed.augment.readers import read_images
 from synthmed.errors import InputError
+from synthmed.gan.cyclegan import TRANSLATE_BATCH
 from synthmed.gan.data import recorded_source
 from synthmed.gan.run import LoadedRun
-from synthmed.io import atomic_output_dir
+from synthmed.io import MANIFEST, PROVENANCE, atomic_output_dir
 
 DIRECTIONS = ("a2b", "b2a")
 FORMATS = ("nifti", "dicom", "png")
@@ -71,7 +72,7 @@ class TranslateConfig:
 
     direction: str = "a2b"
     format: str | None = None
-    batch_size: int = 8
+    batch_size: int = TRANSLATE_BATCH
     keep_source_names: bool = False
 
     def __post_init__(self) -> None:
@@ -102,7 +103,7 @@ def _domain(run: LoadedRun, name: str) -> dict[str, Any]:
 
 
 def translate_images(run: LoadedRun, images: np.ndarray, direction: str,
-                     batch_size: int = 8) -> np.ndarray:
+                     batch_size: int = TRANSLATE_BATCH) -> np.ndarray:
     """Model-space images ``(N, C, H, W)`` of any size -> translated, same shape, in [-1, 1].
 
     When the run standardised its training subjects, the images (taken as one subject) are
@@ -140,7 +141,7 @@ def _training_shape(height: int, width: int, read: ReadConfig) -> tuple[int, int
 
 
 def translate_volume(run: LoadedRun, volume: np.ndarray, direction: str,
-                     batch_size: int = 8) -> tuple[np.ndarray, int]:
+                     batch_size: int = TRANSLATE_BATCH) -> tuple[np.ndarray, int]:
     """A 3D volume ``(X, Y, Z)`` in its original units -> the translated volume in the target
     domain's units, slice by slice along the run's slice axis. Slices without foreground (as
     training skipped them) become the target's background. Returns the volume and the number
@@ -206,8 +207,8 @@ def translate_inputs(
             source = str(path) if config.keep_source_names else str(number)
             rows.extend(_translate_one(run, path, work, name, source, config))
         record = _provenance(run, config, rows)
-        (work / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
-        _write_manifest(work / "manifest.csv", rows)
+        (work / PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
+        _write_manifest(work / MANIFEST, rows)
     return record
 
 

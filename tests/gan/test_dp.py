@@ -24,7 +24,7 @@ from synthmed.gan.run import build_model, load_run
 from synthmed.gan.run_config import RunConfig
 from synthmed.gan.trainer import fit
 
-from .test_dcgan_train import invoke, one_line_error
+from ..conftest import invoke, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

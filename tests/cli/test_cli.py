@@ -10,9 +10,8 @@ from click.testing import CliRunner
 
 from synthmed.augment.readers import read_images
 from synthmed.cli import cli
-from tests.conftest import real_file
 
-from .conftest import invoke
+from ..conftest import invoke, real_file
 
 
 def test_help_lists_the_commands():
@@ -92,3 +91,17 @@ def test_user_errors_are_one_line_without_traceback(args, message):
 def test_verbose_shows_the_traceback(tmp_path):
     result = CliRunner().invoke(cli, ["--verbose", "data", "inspect", str(tmp_path / "nope")])
     assert result.exit_code == 1 and "Traceback" in result.output
+
+
+def test_train_dcgan_makes_images_of_the_datas_own_size(shared_data, tmp_path):
+    """BreastMNIST is 28 px: without --size the DCGAN trains and generates at 28 px (it used
+    to upsample to a 64 px model)."""
+    data = real_file(shared_data, "medmnist/breastmnist.npz")
+    result = invoke("train", "dcgan", data, "--out", tmp_path / "r", "--epochs", 1,
+                    "--width", 4, "--no-progress")
+    assert result.exit_code == 0, result.output
+    result = invoke("generate", tmp_path / "r", "--format", "npz", "--n", 6,
+                    "--out", tmp_path / "syn", "--no-progress")
+    assert result.exit_code == 0, result.output
+    with np.load(tmp_path / "syn" / "images.npz") as archive:
+        assert archive["train_images"].shape == (6, 28, 28)

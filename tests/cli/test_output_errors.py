@@ -22,7 +22,7 @@ from PIL import Image
 
 from synthmed.augment.phantom import PhantomConfig, make_phantom
 
-from .conftest import invoke, one_line_error
+from ..conftest import invoke, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

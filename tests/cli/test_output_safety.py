@@ -17,7 +17,7 @@ import pytest
 from synthmed.gan import checkpoint
 from synthmed.io import MARKER, check_out, output_lock, replace_folder
 
-from .conftest import invoke, one_line_error
+from ..conftest import invoke, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -26,7 +26,7 @@ from synthmed.errors import InputError
 from synthmed.gan.run import load_run
 from synthmed.gan.translate import read_config_of
 
-from .conftest import invoke, one_line_error
+from ..conftest import invoke, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from synthmed.cli import cli
 
-from .test_eval_report import rendered_body
+from .test_report import rendered_body
 
 
 @pytest.fixture(scope="module")

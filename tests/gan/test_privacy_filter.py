@@ -23,7 +23,7 @@ from synthmed.gan.generate import BLOCK, GenerateConfig, generate
 from synthmed.gan.near_copy import PrivacyFilterConfig
 from synthmed.gan.run import load_run
 
-from .conftest import invoke
+from ..conftest import invoke
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -18,7 +18,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, generate_uid
 
-from .conftest import invoke
+from ..conftest import invoke
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

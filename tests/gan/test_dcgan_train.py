@@ -29,7 +29,7 @@ from synthmed.gan.train import fit_dcgan_to_data
 from synthmed.gan.trainer import TrainingDiverged, fit
 from synthmed.settings import to_dict
 
-from .conftest import invoke, one_line_error
+from ..conftest import invoke, one_line_error
 
 ALL_AUGMENTS = ("color", "translation", "cutout")
 STAT_KEYS = {"loss_d", "loss_g", "d_real", "d_fake", "d_accuracy"}

@@ -31,7 +31,7 @@ from synthmed.gan.run_config import RunConfig, read_run_config
 from synthmed.gan.trainer import fit
 from synthmed.gan.translate import translate_volume
 
-from .conftest import invoke, real_file
+from ..conftest import invoke, real_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -34,7 +34,7 @@ from synthmed.gan.translate import translate_volume
 from synthmed.limits import MAX_SEED, MAX_WIDTH
 from synthmed.settings import from_dict, to_dict, with_overrides
 
-from .conftest import edit_config
+from ..conftest import edit_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -378,7 +378,7 @@ def test_read_training_data_checks_the_record_without_a_model(copied):
 
 # -- run directories written by earlier versions ---------------------------------------------------
 
-FORMAT_1 = Path(__file__).parent / "data" / "format_v1"  # written by synthmed at f3c2a00
+FORMAT_1 = Path(__file__).parents[1] / "data" / "format_v1"  # written by synthmed at f3c2a00
 
 
 def test_a_format_1_dcgan_run_still_loads_and_generates(tmp_path):

@@ -16,12 +16,12 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from synthmed import cli_types
 from synthmed.cli import cli
+from synthmed.cli import types as cli_types
 from synthmed.gan import checkpoint
 from synthmed.limits import MAX_IMAGES, MAX_SEED
 
-from .conftest import edit_config, invoke, one_line_error
+from ..conftest import edit_config, invoke, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -148,11 +148,11 @@ def test_every_seed_and_float_option_uses_the_shared_checked_types():
     for path, param in _options(cli):
         if param.name == "seed":
             seeds.append(path)
-            assert param.type is cli_types.SEED, f"{path} --seed: use cli_types.SEED"
+            assert param.type is cli_types.SEED, f"{path} --seed: use cli.types.SEED"
         if isinstance(param.type, click.types.FloatParamType):
             floats.append(path)
             assert isinstance(param.type, cli_types.FiniteFloat), \
-                f"{path} {param.opts}: a float option must refuse NaN (cli_types.FiniteFloat)"
+                f"{path} {param.opts}: a float option must refuse NaN (cli.types.FiniteFloat)"
     assert {"synthmed train dcgan", "synthmed train cyclegan", "synthmed generate",
             "synthmed data phantom", "synthmed evaluate privacy"} <= set(seeds)
     assert floats

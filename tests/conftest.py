@@ -4,6 +4,7 @@ tests that need it are skipped, with the reason, when it is absent."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,30 @@ def edit_config(run: Path, section: str | None, key: str, value: object) -> None
     config = yaml.safe_load(path.read_text())
     (config[section] if section else config)[key] = value
     path.write_text(yaml.safe_dump(config))
+
+
+def copied_run(tmp_path: Path, run: Path) -> Path:
+    """A copy of the run directory ``run`` to damage, as ``tmp_path / "run"``."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return copy
+
+
+def generate_killed_at_block(run: object, out: Path, config: object, block: int) -> None:
+    """Run ``generate`` into ``out`` and kill it (``KeyboardInterrupt``) as it writes block
+    ``block`` (from 1); the output must not appear, only its hidden partial folder."""
+    from synthmed.gan import generate as generate_module
+
+    real_write, calls = generate_module._write_block, []
+
+    def dies(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) == block:
+            raise KeyboardInterrupt
+        real_write(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(generate_module, "_write_block", dies)
+        with pytest.raises(KeyboardInterrupt):
+            generate_module.generate(run, out, config, progress=False)
+    assert not out.exists()  # the output only ever appears complete

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import click
 import numpy as np
@@ -21,7 +20,7 @@ from synthmed.cli import types as cli_types
 from synthmed.gan import checkpoint
 from synthmed.limits import MAX_IMAGES, MAX_SEED
 
-from ..conftest import edit_config, invoke, one_line_error
+from ..conftest import copied_run, edit_config, invoke, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -58,9 +57,7 @@ def cyclegan_run(tmp_path_factory):
 
 @pytest.fixture
 def copied(tmp_path, dcgan_run):
-    run = tmp_path / "run"
-    shutil.copytree(dcgan_run, run)
-    return run
+    return copied_run(tmp_path, dcgan_run)
 
 
 # -- --config files --------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from synthmed.gan.translate import translate_volume
 from synthmed.limits import MAX_SEED, MAX_WIDTH
 from synthmed.settings import from_dict, to_dict, with_overrides
 
-from ..conftest import edit_config
+from ..conftest import copied_run, edit_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -238,9 +238,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture
 def copied(tmp_path, trained):
-    run = tmp_path / "run"
-    shutil.copytree(trained, run)
-    return run
+    return copied_run(tmp_path, trained)
 
 
 def test_a_run_trained_by_the_current_code_loads(trained):

@@ -21,6 +21,8 @@ from synthmed.gan.run import load_run
 from synthmed.gan.run_config import RunConfig
 from synthmed.gan.train import train_dcgan
 
+from ..conftest import generate_killed_at_block
+
 
 def train_tiny(run_dir, conditional: bool):
     t1, _ = make_phantom(PhantomConfig(n=48, size=28, lesion_fraction=0.25))
@@ -151,21 +153,8 @@ def test_interrupted_export_resumes_to_the_same_result(conditional_run, tmp_path
     config = GenerateConfig(n=3 * BLOCK, format="png", seed=1)
     generate(run, tmp_path / "whole", config, progress=False)
 
-    real_write = generate_module._write_block
-    calls = []
-
-    def dies_on_third_block(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        real_write(*args, **kwargs)
-
-    monkeypatch.setattr(generate_module, "_write_block", dies_on_third_block)
-    with pytest.raises(KeyboardInterrupt):
-        generate(run, tmp_path / "resumed", config, progress=False)
-    assert not (tmp_path / "resumed").exists()  # the output only ever appears complete
+    generate_killed_at_block(run, tmp_path / "resumed", config, block=3)
     assert len(list((tmp_path / ".resumed.partial" / "parts").glob("*.csv"))) == 2
-    monkeypatch.setattr(generate_module, "_write_block", real_write)
     generate(run, tmp_path / "resumed", config, progress=False)
     for name in ("manifest.csv", "provenance.json"):
         whole = (tmp_path / "whole" / name).read_text().replace("whole", "")

@@ -23,7 +23,7 @@ from synthmed.gan.generate import BLOCK, GenerateConfig, generate
 from synthmed.gan.near_copy import PrivacyFilterConfig
 from synthmed.gan.run import load_run
 
-from ..conftest import invoke
+from ..conftest import generate_killed_at_block, invoke
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -146,20 +146,7 @@ def test_same_command_twice_and_after_an_interruption_gives_the_same_files(
     for name in ("first", "second"):
         generate(run, tmp_path / name, config, progress=False)
 
-    real_write = generate_module._write_block
-    calls = []
-
-    def dies_on_second_block(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        real_write(*args, **kwargs)
-
-    monkeypatch.setattr(generate_module, "_write_block", dies_on_second_block)
-    with pytest.raises(KeyboardInterrupt):
-        generate(run, tmp_path / "resumed", config, progress=False)
-    assert not (tmp_path / "resumed").exists()
-    monkeypatch.setattr(generate_module, "_write_block", real_write)
+    generate_killed_at_block(run, tmp_path / "resumed", config, block=2)
     generate(run, tmp_path / "resumed", config, progress=False)
 
     first = files(tmp_path / "first")

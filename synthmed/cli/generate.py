@@ -1,4 +1,5 @@
-"""``synthmed generate`` (a synthetic data set from a DCGAN run) and ``synthmed translate``
+"""``synthmed generate`` (a synthetic data set from a DCGAN or diffusion run) and
+``synthmed translate``
 (inputs through a CycleGAN run)."""
 
 from __future__ import annotations
@@ -50,12 +51,15 @@ _HOLDOUT_SHARE = PrivacyFilterConfig.holdout_fraction * 100
               help=f"Near-copy pixel distance (default: the {NEAR_COPY_PERCENTILE:g}th "
                    f"percentile of the distances from {_HOLDOUT_SHARE:g} % of the training "
                    "subjects to the others).")
+@click.option("--sampling-steps", type=click.IntRange(1),
+              help="A diffusion run's DDIM steps per image (default: the run's own).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 def generate_command(run: Path, out: Path, n: int | None, per_class: str | None, balance: bool,
                      seed: int, format_: str, bit_depth: str | None, privacy_filter: bool,
                      train_data: str | None, train_read: tuple[str, ...],
-                     threshold: float | None, overwrite: bool, progress: bool) -> None:
+                     threshold: float | None, sampling_steps: int | None, overwrite: bool,
+                     progress: bool) -> None:
     """Generate a synthetic data set from a trained RUN, with manifest.csv and provenance.json.
 
     Interrupted? Run the same command again: finished blocks are kept.
@@ -65,6 +69,7 @@ def generate_command(run: Path, out: Path, n: int | None, per_class: str | None,
     """
     from synthmed.gan.generate import generate
     from synthmed.gan.run import load_run
+    from synthmed.gan.run_config import GENERATORS
 
     if not privacy_filter and (train_data or train_read or threshold is not None):
         raise InputError("--train, --train-read and --threshold need --privacy-filter")
@@ -72,8 +77,8 @@ def generate_command(run: Path, out: Path, n: int | None, per_class: str | None,
                                   threshold=threshold) if privacy_filter else None
     config = GenerateConfig(n=n, per_class=_parse_counts(per_class), balance=balance, seed=seed,
                             format=format_, bit_depth=None if bit_depth is None else int(bit_depth),
-                            privacy_filter=privacy)
-    record = generate(load_run(run, kind="dcgan"), out, config, overwrite=overwrite,
+                            privacy_filter=privacy, sampling_steps=sampling_steps)
+    record = generate(load_run(run, kind=GENERATORS), out, config, overwrite=overwrite,
                       progress=progress)
     counts = ", ".join(f"{k} {v}" for k, v in record["class_counts"].items())
     click.echo(f"wrote {record['images']} synthetic image(s) as {format_} to {out}"

@@ -1,4 +1,4 @@
-"""``synthmed train``: a DCGAN or a CycleGAN, each run a directory.
+"""``synthmed train``: a DCGAN, a diffusion model or a CycleGAN, each run a directory.
 
 Every model and loop option defaults to ``None``: unset, a ``--config`` file's value or the
 family's own default (:mod:`synthmed.gan.config`, shown in ``--help``) stands.
@@ -14,7 +14,13 @@ import click
 
 from synthmed.cli import types
 from synthmed.cli.base import Group, comma_names, config_option, read_options, stacked
-from synthmed.gan.config import CycleGANConfig, DCGANConfig, DPConfig, TrainConfig
+from synthmed.gan.config import (
+    CycleGANConfig,
+    DCGANConfig,
+    DiffusionConfig,
+    DPConfig,
+    TrainConfig,
+)
 from synthmed.gan.run_config import DataConfig
 
 _TRAIN_OPTIONS = ("epochs", "batch_size", "precision", "seed", "checkpoint_every")
@@ -44,6 +50,23 @@ def _loop_options(loop: TrainConfig, epochs: str, decay: bool,
                      help="Epochs between checkpoints."))
 
 
+#: DATA, --out, the read options and --config of a generator's training.
+_generator_inputs = stacked(
+    click.argument("data"),
+    click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+                 help="Run directory."),
+    read_options,
+    click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+                 help="YAML with model: and train: sections; options below override it."))
+
+
+#: --resume and --progress of every training.
+_resume_and_progress = stacked(
+    click.option("--resume", is_flag=True, help="Continue the run in --out from its last "
+                 "checkpoint (one killed before its first checkpoint starts again)."),
+    click.option("--progress/--no-progress", default=True, help="Show the progress bar."))
+
+
 def _metrics_line(metrics: dict[str, float]) -> str:
     return "  ".join(f"{k} {v:.3g}" for k, v in metrics.items())
 
@@ -54,12 +77,7 @@ def train() -> None:
 
 
 @train.command("dcgan")
-@click.argument("data")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Run directory.")
-@read_options
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="YAML with model: and train: sections; options below override it.")
+@_generator_inputs
 @config_option("--preset", type=click.Choice(["dcgan", "tutorial"]), config=DCGANConfig,
                field="preset", override=False,
                help="tutorial: the classic 28x28 DCGAN tutorial network.")
@@ -89,9 +107,7 @@ def train() -> None:
               help="Its delta (default min(1e-5, 1/(10 N)) for N training images).")
 @config_option("--dp-max-grad-norm", type=types.POSITIVE, config=DPConfig,
                field="max_grad_norm", help="Its per-image gradient clipping norm")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint "
-              "(one killed before its first checkpoint starts again).")
-@click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+@_resume_and_progress
 def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Path | None,
                         preset: str, conditional: bool, split: str, resume: bool,
                         progress: bool, **options: Any) -> None:
@@ -122,6 +138,78 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
                f"for {result.fit.epochs} epochs -> {out}\n{_metrics_line(result.fit.metrics)}")
     if result.fit.note:
         click.echo(result.fit.note)
+
+
+@train.command("diffusion")
+@_generator_inputs
+@click.option("--conditional", is_flag=True,
+              help="Class-conditional, with classifier-free guidance (labelled data).")
+@config_option("--split", type=click.Choice(["train", "all"]), config=DataConfig, field="split",
+               override=False, help="Train on the data's train split only, or on all of it.")
+@_loop_options(TrainConfig(), "Epochs", decay=False, batch_default=True)
+@click.option("--widths", help=f"Comma list of the U-Net's level widths (default "
+                               f"{','.join(map(str, DiffusionConfig.widths))}); with "
+                               "--attention, one entry per level.")
+@click.option("--attention", help="Comma list of true/false: self-attention per level.")
+@config_option("--label-dropout", type=types.FiniteFloat(0, 1, max_open=True),
+               config=DiffusionConfig, field="label_dropout",
+               help="Share of images shown unlabelled (classifier-free guidance)")
+@config_option("--guidance", type=types.NON_NEGATIVE, config=DiffusionConfig, field="guidance",
+               help="Guidance scale when sampling (1: none)")
+@config_option("--sampling-steps", type=click.IntRange(1), config=DiffusionConfig,
+               field="sampling_steps", help="DDIM steps per sample")
+@config_option("--lr", type=types.POSITIVE, config=DiffusionConfig, field="lr",
+               help="AdamW learning rate")
+@config_option("--ema", "ema_decay", type=types.DECAY, config=DiffusionConfig,
+               field="ema_decay", help="EMA decay of the network for sampling")
+@_resume_and_progress
+def train_diffusion_command(data: str, out: Path, read_config: Any, config_file: Path | None,
+                            conditional: bool, split: str, resume: bool, progress: bool,
+                            **options: Any) -> None:
+    """Train a denoising diffusion model (MONAI U-Net, DDIM sampling) on DATA.
+
+    Example: synthmed train diffusion breastmnist.npz --out runs/breast-ddpm --conditional
+    --epochs 100 --precision bf16
+    """
+    from synthmed.gan.run_config import resolve_diffusion_config
+    from synthmed.gan.train import resumes_saved_config, saved_config, train_diffusion
+    from synthmed.io import check_out
+
+    check_out(out, (data, config_file))
+    train_overrides = {k: options.pop(k) for k in _TRAIN_OPTIONS}
+    for name, parse in (("widths", _whole_numbers), ("attention", _flags)):
+        if options[name] is not None:
+            options[name] = parse(options[name], f"--{name}")
+    resumed = resumes_saved_config(out, resume)
+    if resumed:
+        config = saved_config(out, "diffusion", epochs=train_overrides["epochs"])
+    else:
+        config = resolve_diffusion_config(config_file, {**options, "size": read_config.size},
+                                          train_overrides, DataConfig(split=split))
+    result = train_diffusion(data, out, config, read=read_config,
+                             conditional=conditional and not resumed, resume=resume,
+                             progress=progress)
+    click.echo(f"trained diffusion model on {result.images[0]} images for {result.fit.epochs} "
+               f"epochs -> {out}\n{_metrics_line(result.fit.metrics)}")
+
+
+def _whole_numbers(text: str, option: str) -> tuple[int, ...]:
+    """``"32,64,64"`` -> ``(32, 64, 64)``."""
+    parts = comma_names(text)
+    if not parts or not all(part.isdigit() for part in parts):
+        raise click.BadParameter(f"{text!r} is not a comma list of whole numbers",
+                                 param_hint=option)
+    return tuple(int(part) for part in parts)
+
+
+def _flags(text: str, option: str) -> tuple[bool, ...]:
+    """``"false,true"`` -> ``(False, True)``."""
+    words = {"true": True, "false": False}
+    parts = [part.lower() for part in comma_names(text)]
+    if not parts or not all(part in words for part in parts):
+        raise click.BadParameter(f"{text!r} is not a comma list of true / false",
+                                 param_hint=option)
+    return tuple(words[part] for part in parts)
 
 
 @train.command("cyclegan")
@@ -169,9 +257,7 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
                help="Past fakes shown to D")
 @config_option("--lr", type=types.POSITIVE, config=CycleGANConfig, field="lr",
                help="Adam learning rate")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint "
-              "(one killed before its first checkpoint starts again).")
-@click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+@_resume_and_progress
 def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config: Any,
                            config_file: Path | None, val_subjects: str | None, split: str,
                            resume: bool, progress: bool, **options: Any) -> None:

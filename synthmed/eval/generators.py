@@ -20,7 +20,7 @@ from synthmed.eval.real_data import RealData
 from synthmed.gan import checkpoint
 from synthmed.gan.config import DCGANConfig, TrainConfig
 from synthmed.gan.run import LoadedRun, load_run
-from synthmed.gan.run_config import DataConfig, RunConfig, read_run_config
+from synthmed.gan.run_config import GENERATORS, DataConfig, RunConfig, read_run_config
 from synthmed.gan.train import train_dcgan
 
 STEPS_PER_EPOCH = 50  # a generator's epoch spans repeats of a small subset (one grid each)
@@ -129,7 +129,7 @@ def _sample(model: Any, labels: np.ndarray, seed: int, block: int = 256) -> np.n
 def sample_run(path: Path, like: ImageSet, n: int, seed: int = 0) -> ImageSet:
     """``n`` images from a trained DCGAN run, in the class mix of ``like`` when the run is
     class-conditional (then labelled with ``like``'s class names), else unlabelled."""
-    run = load_run(path, kind="dcgan")
+    run = load_run(path, kind=GENERATORS)
     if run.model.conditional:
         counts = like.class_counts()
         share = np.array([counts.get(k, 0) for k in range(len(like.class_names))], float)

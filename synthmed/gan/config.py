@@ -324,3 +324,81 @@ class CycleGANConfig:
         if self.n_blocks:
             return self.n_blocks
         return 9 if size is not None and size > 128 else 6
+
+
+DIFFUSION_SCHEDULES = ("linear_beta", "scaled_linear_beta", "cosine")
+MAX_TIMESTEPS = 10_000
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """A denoising diffusion model (DDPM training, DDIM sampling) from MONAI's parts, with
+    classifier-free guidance when class-conditional (Ho & Salimans 2022).
+
+    Args:
+        size, channels: image side (``None``: the training images'; a multiple of
+            ``2 ** (len(widths) - 1)``) and channels (1 or 3).
+        num_classes: > 0 makes the model class-conditional.
+        widths: channels of the U-Net's levels (each divisible by ``norm_groups``).
+        attention: self-attention at each level (as many as ``widths``).
+        res_blocks: residual blocks per level.
+        norm_groups: groups of the GroupNorm layers.
+        timesteps: noise levels of training (``schedule``: the betas over them).
+        label_dropout: share of training images shown without their label, so the same
+            network also predicts unconditionally (what the guidance extrapolates from).
+        guidance: classifier-free guidance scale at sampling (1: none; only when
+            conditional).
+        sampling_steps: DDIM steps per sample (deterministic, eta 0).
+        lr: AdamW learning rate. ema_decay: > 0 keeps an exponential moving average of the
+            network, used for sampling.
+    """
+
+    section: ClassVar[str] = "model"
+
+    size: int | None = None
+    channels: int = 1
+    num_classes: int = 0
+    widths: tuple[int, ...] = (32, 64, 64)
+    attention: tuple[bool, ...] = (False, False, True)
+    res_blocks: int = 1
+    norm_groups: int = 8
+    timesteps: int = 1000
+    schedule: str = "scaled_linear_beta"
+    label_dropout: float = 0.1
+    guidance: float = 2.0
+    sampling_steps: int = 50
+    lr: float = 2e-4
+    ema_decay: float = 0.999
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        require([
+            (self.size is None or self.size % self.multiple == 0,
+             f"size must be a multiple of {self.multiple} for {len(self.widths)} U-Net "
+             f"levels, got {self.size}"),
+            (self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}"),
+            _between("num_classes", self.num_classes, 0, MAX_CLASSES),
+            (1 <= len(self.widths) <= 6, f"widths must list 1 to 6 levels, got {self.widths}"),
+            (all(1 <= w <= MAX_WIDTH and w % self.norm_groups == 0 for w in self.widths),
+             f"widths must be between 1 and {MAX_WIDTH} and divisible by norm_groups "
+             f"{self.norm_groups}, got {list(self.widths)}"),
+            (len(self.attention) == len(self.widths),
+             f"attention must have one entry per level ({len(self.widths)}), got "
+             f"{list(self.attention)}"),
+            _between("res_blocks", self.res_blocks, 1, 8),
+            (self.norm_groups >= 1, f"norm_groups must be positive, got {self.norm_groups}"),
+            _between("timesteps", self.timesteps, 2, MAX_TIMESTEPS),
+            (self.schedule in DIFFUSION_SCHEDULES,
+             f"schedule must be one of {', '.join(DIFFUSION_SCHEDULES)}, got {self.schedule!r}"),
+            (0.0 <= self.label_dropout < 1.0,
+             f"label_dropout must be in [0, 1), got {self.label_dropout}"),
+            (self.guidance >= 0.0, f"guidance must not be negative, got {self.guidance}"),
+            _between("sampling_steps", self.sampling_steps, 1, self.timesteps),
+            (self.lr > 0.0, f"lr must be positive, got {self.lr}"),
+            (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
+        ])
+
+    @property
+    def multiple(self) -> int:
+        """Image sides must be multiples of this: each level below the first halves them."""
+        return 2 ** (len(self.widths) - 1)

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from synthmed.errors import require
 from synthmed.gan.config import DCGANConfig
@@ -25,7 +24,7 @@ from synthmed.gan.losses import (
     real_decision,
     real_score,
 )
-from synthmed.gan.model import GenerativeModel
+from synthmed.gan.model import GenerativeModel, moving_average
 from synthmed.gan.nets import (
     DCGANDiscriminator,
     DCGANGenerator,
@@ -68,8 +67,7 @@ class DCGAN(GenerativeModel):
                                                     classes, config.d_norm, config.spectral_norm,
                                                     config.minibatch_std)
         self.ema = (
-            AveragedModel(self.generator, avg_fn=_ema_with_warmup(config.ema_decay),
-                          use_buffers=True)
+            moving_average(self.generator, config.ema_decay)
             if config.ema_decay else None
         )
         self.private: PrivateDiscriminator | None = None
@@ -77,6 +75,11 @@ class DCGAN(GenerativeModel):
     @property
     def conditional(self) -> bool:
         return self.config.num_classes > 0
+
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        """The shape of one image's noise ``(nz,)``."""
+        return (self.config.nz,)
 
     def make_private(self, private: PrivateDiscriminator) -> None:
         """Train D with DP-SGD (:mod:`synthmed.gan.dp`): call before
@@ -286,14 +289,3 @@ def _as_sum(scores: torch.Tensor) -> torch.Tensor:
     scores.register_hook(lambda grad: grad * count)
     return scores
 
-
-def _ema_with_warmup(decay: float):
-    """EMA update with the decay ramped up as ``min(decay, (1 + t) / (10 + t))`` over the
-    ``t`` updates so far, so the untrained generator of the first steps fades out quickly."""
-
-    def average(averaged: torch.Tensor, current: torch.Tensor,
-                updates: torch.Tensor) -> torch.Tensor:
-        step_decay = min(decay, (1.0 + float(updates)) / (10.0 + float(updates)))
-        return step_decay * averaged + (1.0 - step_decay) * current
-
-    return average

@@ -87,6 +87,7 @@ class GenerateConfig:
         bit_depth: 8 or 16 for PNG; ``None`` picks 16 when the training data's original
             units fit 16-bit pictures and were not 8-bit, else 8.
         privacy_filter: drop near-copies of training images (``None``: keep every image).
+        sampling_steps: a diffusion model's DDIM steps (``None``: its own).
     """
 
     n: int | None = None
@@ -96,6 +97,7 @@ class GenerateConfig:
     format: str = "png"
     bit_depth: int | None = None
     privacy_filter: PrivacyFilterConfig | None = None
+    sampling_steps: int | None = None
 
     def __post_init__(self) -> None:
         if sum(x is not None and x is not False and x != {}
@@ -111,6 +113,8 @@ class GenerateConfig:
             raise InputError(f"--seed must be in 0..{MAX_SEED}, got {self.seed}")
         if self.format not in EXPORT_FORMATS:
             raise InputError(f"unknown format {self.format!r}: use {', '.join(EXPORT_FORMATS)}")
+        if self.sampling_steps is not None and self.sampling_steps < 1:
+            raise InputError(f"--sampling-steps must be at least 1, got {self.sampling_steps}")
 
 
 def plan_labels(run: LoadedRun, config: GenerateConfig) -> np.ndarray:
@@ -153,6 +157,11 @@ def generate(
     rank, _ = distributed.init()
     check_out(out, (run.path, config.privacy_filter and config.privacy_filter.train))
     check_replaceable(out, overwrite)
+    if config.sampling_steps is not None:
+        if run.model.kind != "diffusion":
+            raise InputError(f"--sampling-steps is for diffusion runs, not a {run.model.kind} "
+                             "run", run.path)
+        run.model.sampling_steps = config.sampling_steps
     labels = plan_labels(run, config)
     near = near_copy_filter(run, config.privacy_filter) if config.privacy_filter else None
     record = _provenance(run, config, labels, near)
@@ -226,8 +235,8 @@ def _draw_block(run: LoadedRun, labels: np.ndarray, rng: torch.Generator,
     Raises:
         InputError: images still near-copies after ``near.max_redraws`` new draws.
     """
-    nz = run.model.config.nz
-    images = _generate(run, torch.randn(BLOCK, nz, generator=rng)[:len(labels)], labels)
+    shape = run.model.noise_shape
+    images = _generate(run, torch.randn(BLOCK, *shape, generator=rng)[:len(labels)], labels)
     rounds = np.zeros(len(labels), np.int64)
     if near is None:
         return images, rounds
@@ -236,7 +245,7 @@ def _draw_block(run: LoadedRun, labels: np.ndarray, rng: torch.Generator,
         if not copies.any():
             break
         redo = np.flatnonzero(copies)
-        z = torch.randn(BLOCK, nz, generator=rng)[redo]
+        z = torch.randn(BLOCK, *shape, generator=rng)[redo]
         images[redo] = _generate(run, z, labels[redo])
         rounds[redo] = round_
         copies[redo] = near.copies(images[redo])
@@ -248,7 +257,7 @@ def _draw_block(run: LoadedRun, labels: np.ndarray, rng: torch.Generator,
 
 
 def _generate(run: LoadedRun, z: torch.Tensor, labels: np.ndarray) -> np.ndarray:
-    """Images ``(n, C, H, W)`` for the noise ``z`` ``(n, nz)`` and labels ``(n,)``."""
+    """Images ``(n, C, H, W)`` for the noise ``z`` ``(n, *noise_shape)`` and labels ``(n,)``."""
     conditional = torch.from_numpy(labels) if run.model.conditional else None
     return run.model.generate(z, conditional).numpy()
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from synthmed.errors import InputError
 
@@ -64,3 +65,17 @@ class GenerativeModel(nn.Module, ABC):
     def state(self) -> dict[str, torch.Tensor]:
         """The weights to save: every tensor of the state dict, detached, on the CPU."""
         return {name: tensor.detach().cpu() for name, tensor in self.state_dict().items()}
+
+
+def moving_average(network: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of ``network``'s weights and buffers, for sampling; call
+    its ``update_parameters(network)`` after each step. The decay ramps up as
+    ``min(decay, (1 + t) / (10 + t))`` over the ``t`` updates so far, so the untrained
+    network of the first steps fades out quickly."""
+
+    def average(averaged: torch.Tensor, current: torch.Tensor,
+                updates: torch.Tensor) -> torch.Tensor:
+        step_decay = min(decay, (1.0 + float(updates)) / (10.0 + float(updates)))
+        return step_decay * averaged + (1.0 - step_decay) * current
+
+    return AveragedModel(network, avg_fn=average, use_buffers=True)

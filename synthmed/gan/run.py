@@ -12,11 +12,13 @@ from synthmed.errors import InputError
 from synthmed.gan import checkpoint
 from synthmed.gan.cyclegan import CycleGAN
 from synthmed.gan.dcgan import DCGAN
+from synthmed.gan.diffusion import DiffusionModel
 from synthmed.gan.model import GenerativeModel
 from synthmed.gan.run_config import RunConfig, read_run_config
 from synthmed.gan.training_record import read_training_data
 
-MODELS: dict[str, type[GenerativeModel]] = {"dcgan": DCGAN, "cyclegan": CycleGAN}
+MODELS: dict[str, type[GenerativeModel]] = {"dcgan": DCGAN, "cyclegan": CycleGAN,
+                                             "diffusion": DiffusionModel}
 
 
 def build_model(config: RunConfig, seed: int = 0) -> GenerativeModel:
@@ -47,7 +49,7 @@ class LoadedRun:
         return self.model.sample(n, labels=labels, generator=generator)
 
 
-def load_run(path: str | Path, kind: str | None = None) -> LoadedRun:
+def load_run(path: str | Path, kind: str | tuple[str, ...] | None = None) -> LoadedRun:
     """Load ``RUN`` for sampling: config, checked weights, training data record.
 
     Raises:

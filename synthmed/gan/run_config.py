@@ -5,8 +5,8 @@ single options).
 ```
 synthmed_version: 0.x      the version that wrote it
 format_version: 2          this schema; version 1 (before decay_epochs) still loads
-kind: dcgan | cyclegan     which model section follows
-model: {...}               DCGANConfig or CycleGANConfig
+kind: dcgan | cyclegan | diffusion   which model section follows
+model: {...}               DCGANConfig, CycleGANConfig or DiffusionConfig
 train: {...}               TrainConfig
 privacy: {...}             DPConfig, only for a differentially private DCGAN
 data: {...}                DataConfig: where the training images came from
@@ -25,17 +25,26 @@ from synthmed import __version__
 from synthmed.augment.items import ReadConfig
 from synthmed.errors import InputError, require
 from synthmed.gan.checkpoint import CONFIG
-from synthmed.gan.config import CycleGANConfig, DCGANConfig, DPConfig, TrainConfig
+from synthmed.gan.config import (
+    CycleGANConfig,
+    DCGANConfig,
+    DiffusionConfig,
+    DPConfig,
+    TrainConfig,
+)
 from synthmed.io import atomic_write
 from synthmed.settings import check_fields, from_dict, load_yaml, shown, to_dict, with_overrides
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-MODEL_CONFIGS: dict[str, type] = {"dcgan": DCGANConfig, "cyclegan": CycleGANConfig}
+MODEL_CONFIGS: dict[str, type] = {"dcgan": DCGANConfig, "cyclegan": CycleGANConfig,
+                                   "diffusion": DiffusionConfig}
+GENERATORS = ("dcgan", "diffusion")  # the kinds that make new images
 SPLITS = ("train", "all")
 #: What each kind of run is for, when a command is handed the other kind.
 USES = {"dcgan": "a DCGAN generates images: use it with synthmed generate",
-        "cyclegan": "a CycleGAN translates images: use it with synthmed translate"}
+        "cyclegan": "a CycleGAN translates images: use it with synthmed translate",
+        "diffusion": "a diffusion model generates images: use it with synthmed generate"}
 _SECTIONS = ("synthmed_version", "format_version", "kind", "model", "train", "privacy", "data")
 
 
@@ -85,7 +94,7 @@ class RunConfig:
     """Everything a run was trained with, as ``RUN/config.yaml`` holds it."""
 
     kind: str
-    model: DCGANConfig | CycleGANConfig
+    model: DCGANConfig | CycleGANConfig | DiffusionConfig
     train: TrainConfig
     data: DataConfig = field(default_factory=DataConfig)
     privacy: DPConfig | None = None
@@ -143,7 +152,7 @@ class RunConfig:
             if error.path is not None:
                 raise
             raise InputError(error.problem, where) from None
-        if kind == "dcgan" and config.model.size is None:  # a run's size is always fixed
+        if kind in GENERATORS and config.model.size is None:  # a run's size is always fixed
             raise InputError("model: size must be a whole number, got null", where)
         return config
 
@@ -169,9 +178,10 @@ def write_run_config(run_dir: Path, config: RunConfig) -> None:
     atomic_write(Path(run_dir) / CONFIG, text.encode())
 
 
-def read_run_config(run_dir: str | Path, kind: str | None = None) -> RunConfig:
-    """``RUN/config.yaml``, every field checked; with ``kind``, a run of another kind is
-    refused, saying what that kind is for.
+def read_run_config(run_dir: str | Path, kind: str | tuple[str, ...] | None = None
+                    ) -> RunConfig:
+    """``RUN/config.yaml``, every field checked; with ``kind`` (one or several), a run of
+    another kind is refused, saying what that kind is for.
 
     Raises:
         InputError: no such run, no config, invalid YAML or a bad value (naming the field).
@@ -186,9 +196,11 @@ def read_run_config(run_dir: str | Path, kind: str | None = None) -> RunConfig:
         document = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError):  # safe_load builds no Python objects
         raise InputError("is not valid YAML", path) from None
-    if kind is not None and isinstance(document, dict) and document.get("kind") != kind \
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if kinds is not None and isinstance(document, dict) and document.get("kind") not in kinds \
             and document.get("kind") in USES:
-        raise InputError(f"is a {document['kind']!r} run, not {kind!r}: "
+        wanted = " or ".join(repr(k) for k in kinds)
+        raise InputError(f"is a {document['kind']!r} run, not {wanted}: "
                          f"{USES[document['kind']]}", run_dir)
     return RunConfig.from_document(document, path)
 
@@ -231,11 +243,29 @@ def resolve_cyclegan_config(
 ) -> RunConfig:
     """The reference CycleGAN's defaults (batch 1; 200 epochs, the last half with the learning
     rate falling linearly to 0), then the YAML file's sections, then single overrides."""
+    return _resolved("cyclegan", CycleGANConfig(), TrainConfig.cyclegan(), config_file,
+                     model_overrides, train_overrides, data)
+
+
+def resolve_diffusion_config(
+    config_file: Path | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    data: DataConfig | None = None,
+) -> RunConfig:
+    """The diffusion model's defaults, then the YAML file's sections, then single overrides."""
+    return _resolved("diffusion", DiffusionConfig(), TrainConfig(), config_file,
+                     model_overrides, train_overrides, data)
+
+
+def _resolved(kind: str, model: Any, train: TrainConfig, config_file: Path | None,
+              model_overrides: dict[str, Any] | None, train_overrides: dict[str, Any] | None,
+              data: DataConfig | None) -> RunConfig:
+    """``model`` and ``train`` with a config file's sections, then the single overrides."""
     values, where = _config_file(config_file)
-    model, train = _with_file(CycleGANConfig(), TrainConfig.cyclegan(), values, where)
-    train = with_overrides(train, **(train_overrides or {}))
-    return RunConfig("cyclegan", with_overrides(model, **(model_overrides or {})), train,
-                     data or DataConfig())
+    model, train = _with_file(model, train, values, where)
+    return RunConfig(kind, with_overrides(model, **(model_overrides or {})),
+                     with_overrides(train, **(train_overrides or {})), data or DataConfig())
 
 
 def resolve_privacy(epsilon: float | None, delta: float | None = None,

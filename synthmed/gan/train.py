@@ -1,5 +1,5 @@
-"""Train a generator or a translator from a user's data: the one recipe the CLI, the demo,
-the harness, the tests and the benchmarks all call.
+"""Train a generator (DCGAN, diffusion) or a translator (CycleGAN) from a user's data: the
+one recipe the CLI, the demo, the harness, the tests and the benchmarks all call.
 
 Each function reads the data (a path any reader takes, or an :class:`ImageSet`), fits the
 configuration to it (image size, channels, classes, crop), builds the model, holds the run
@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.items import ReadConfig
@@ -24,7 +25,7 @@ from synthmed.augment.readers import read_images
 from synthmed.augment.splits import held_out_hashes, hold_out_groups, hold_out_images
 from synthmed.errors import InputError
 from synthmed.gan import checkpoint
-from synthmed.gan.config import CycleGANConfig, DCGANConfig
+from synthmed.gan.config import CycleGANConfig, DCGANConfig, DiffusionConfig
 from synthmed.gan.data import LabelledImages, UnpairedImages, recorded_source
 from synthmed.gan.nets import SIZES
 from synthmed.gan.run import build_model
@@ -65,11 +66,32 @@ def train_dcgan(data: str | ImageSet, out: Path, config: RunConfig, *,
     Raises:
         InputError: bad data or settings, an ``out`` that is an input, a busy run directory.
     """
+    return _train_generator(data, out, config, fit_dcgan_to_data, read=read,
+                            conditional=conditional, repeats=repeats, resume=resume,
+                            progress=progress)
+
+
+def train_diffusion(data: str | ImageSet, out: Path, config: RunConfig, *,
+                    read: ReadConfig | None = None, conditional: bool = False,
+                    repeats: int = 1, resume: bool = False, progress: bool = True
+                    ) -> TrainResult:
+    """Train a diffusion model on ``data`` into the run directory ``out``; the arguments are
+    :func:`train_dcgan`'s (the image size must suit the U-Net's levels)."""
+    return _train_generator(data, out, config, fit_diffusion_to_data, read=read,
+                            conditional=conditional, repeats=repeats, resume=resume,
+                            progress=progress)
+
+
+def _train_generator(data: str | ImageSet, out: Path, config: RunConfig,
+                     fit_to_data: Callable[[Any, ImageSet, bool], Any], *,
+                     read: ReadConfig | None, conditional: bool, repeats: int, resume: bool,
+                     progress: bool) -> TrainResult:
+    """Read, fit the model config to the images, train: the recipe of every generator."""
     out = Path(out)
     images = _read(data, out, read or config.data.read_config(), config.model.size)
     if config.data.split == "train" and "train" in images.splits:
         images = images.split("train")
-    model = fit_dcgan_to_data(config.model, images, conditional)
+    model = fit_to_data(config.model, images, conditional)
     config = replace(config, model=model, train=config.train.with_decay(0.0),  # constant
                      data=_recorded(config, data, read, model.size))
     with training_into(out, resume):
@@ -118,10 +140,7 @@ def fit_dcgan_to_data(model: DCGANConfig, data: ImageSet, conditional: bool) -> 
     """The size (when unset: the images', if the DCGAN makes it), channels and classes of
     ``data``; a set size must be the images'."""
     origin = data.metadata.get("origin")
-    conditional = conditional or model.num_classes > 0
-    if conditional and not data.is_labelled:
-        raise InputError("--conditional needs labelled data (class folders, a label column or "
-                         "npz labels)", origin)
+    conditional = _conditional(conditional, model.num_classes, data)
     height, width = data.size
     size = model.size
     if size is None and (height != width or height not in SIZES):
@@ -132,6 +151,33 @@ def fit_dcgan_to_data(model: DCGANConfig, data: ImageSet, conditional: bool) -> 
                          f"pass --size {size}", origin)
     return with_overrides(model, size=height, channels=data.channels,
                           num_classes=len(data.class_names) if conditional else 0)
+
+
+def fit_diffusion_to_data(model: DiffusionConfig, data: ImageSet,
+                          conditional: bool) -> DiffusionConfig:
+    """The size (when unset: the images', if square and a multiple of the U-Net's
+    ``multiple``), channels and classes of ``data``; a set size must be the images'."""
+    origin = data.metadata.get("origin")
+    conditional = _conditional(conditional, model.num_classes, data)
+    height, width = data.size
+    if model.size is None and (height != width or height % model.multiple):
+        raise InputError(f"images are {height}x{width}, a size the diffusion U-Net does not "
+                         f"make: pass --size with a multiple of {model.multiple}", origin)
+    if model.size is not None and data.size != (model.size, model.size):
+        raise InputError(f"images are {height}x{width} but the model makes "
+                         f"{model.size}x{model.size}: pass --size {model.size}", origin)
+    return with_overrides(model, size=height, channels=data.channels,
+                          num_classes=len(data.class_names) if conditional else 0)
+
+
+def _conditional(asked: bool, classes: int, data: ImageSet) -> bool:
+    """Whether the model is class-conditional (asked, or its config has classes); refused
+    for unlabelled data."""
+    conditional = asked or classes > 0
+    if conditional and not data.is_labelled:
+        raise InputError("--conditional needs labelled data (class folders, a label column or "
+                         "npz labels)", data.metadata.get("origin"))
+    return conditional
 
 
 def fit_cyclegan_to_data(model: CycleGANConfig, domains: list[ImageSet]) -> CycleGANConfig:

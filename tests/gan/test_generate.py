@@ -261,3 +261,10 @@ def test_dicom_export_from_real_dicom_carries_no_source_identifiers(tmp_path):
         leaked = {str(e.value) for e in ds.iterall()} & source_values
         assert not leaked, f"{path.name} carries source values {leaked}"
         assert ds.pixel_array.shape == (28, 28)
+
+
+def test_sampling_steps_are_refused_for_a_dcgan(plain_run, tmp_path):
+    with pytest.raises(InputError, match="--sampling-steps is for diffusion runs, not a dcgan"):
+        generate(load_run(plain_run), tmp_path / "syn", GenerateConfig(n=2, sampling_steps=3),
+                 progress=False)
+    assert not (tmp_path / "syn").exists()

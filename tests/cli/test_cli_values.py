@@ -231,8 +231,8 @@ def test_translate_with_a_dcgan_run_says_to_use_generate(dcgan_run, tmp_path):
 def test_generate_with_a_cyclegan_run_says_to_use_translate(cyclegan_run, tmp_path):
     result = invoke("generate", cyclegan_run, "--n", 2, "--out", tmp_path / "syn",
                     "--no-progress")
-    one_line_error(result, "is a 'cyclegan' run, not 'dcgan': a CycleGAN translates images: "
-                           "use it with synthmed translate")
+    one_line_error(result, "is a 'cyclegan' run, not 'dcgan' or 'diffusion': a CycleGAN "
+                           "translates images: use it with synthmed translate")
 
 
 def test_runs_trained_by_the_current_commands_load(dcgan_run, cyclegan_run):

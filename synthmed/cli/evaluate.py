@@ -47,9 +47,12 @@ def _shard(text: str) -> tuple[int, int]:
                    "the training images by patient).")
 @read_options
 @click.option("--generator", "generator_run", type=click.Path(path_type=Path),
-              help="A trained conditional DCGAN run (refused if it saw a val or test image).")
-@click.option("--train-generator", type=click.Choice(["dcgan-conditional"]),
-              help="Train a conditional DCGAN on exactly each fraction's real subset.")
+              help="A trained conditional DCGAN or diffusion run (refused if it saw a val or "
+                   "test image).")
+@click.option("--train-generator",
+              type=click.Choice(["dcgan-conditional", "diffusion-conditional"]),
+              help="Train a conditional DCGAN or diffusion model on exactly each "
+                   "fraction's real subset.")
 @config_option("--generator-steps", type=click.IntRange(1), config=GeneratorRecipe,
                field="steps", override=False,
                help="Optimiser steps of each trained generator (the same for every fraction).")
@@ -102,6 +105,7 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
     from synthmed.eval.utility import run_grid
     from synthmed.eval.utility_report import write_report
     from synthmed.gan.run import load_run
+    from synthmed.gan.run_config import GENERATORS
     from synthmed.io import check_out, resumable_output_dir
 
     if (generator_run is None) == (train_generator is None):
@@ -114,10 +118,11 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
                                                        batch_size=batch_size))
     part = _shard(shard)
     real = prepare_real(read_images(real_path, read_config))
-    generator = (TrainedRun(load_run(generator_run, kind="dcgan"), real) if generator_run
+    generator = (TrainedRun(load_run(generator_run, kind=GENERATORS), real) if generator_run
                  else SubsetGenerators(GeneratorRecipe(
                      steps=generator_steps, diffaugment=comma_names(generator_diffaugment),
-                     ema_decay=generator_ema), out / "generators"))
+                     ema_decay=generator_ema), out / "generators",
+                     family=train_generator.split("-")[0]))
     with resumable_output_dir(out, (real_path, generator_run), "utility"):
         results = run_grid(real, generator, config, out, shard=part, progress=progress)
         if part == (1, 1):

@@ -18,11 +18,13 @@ from synthmed.errors import InputError
 from synthmed.eval.classifier import TrainedClassifier
 from synthmed.eval.real_data import RealData
 from synthmed.gan import checkpoint
-from synthmed.gan.config import DCGANConfig, TrainConfig
+from synthmed.gan.config import DCGANConfig, DiffusionConfig, TrainConfig
 from synthmed.gan.run import LoadedRun, load_run
 from synthmed.gan.run_config import GENERATORS, DataConfig, RunConfig, read_run_config
-from synthmed.gan.train import train_dcgan
+from synthmed.gan.train import train_dcgan, train_diffusion
 
+#: The generator families the harness trains per subset, and how its report names them.
+FAMILIES = {"dcgan": "conditional DCGAN", "diffusion": "conditional diffusion model"}
 STEPS_PER_EPOCH = 50  # a generator's epoch spans repeats of a small subset (one grid each)
 
 
@@ -79,14 +81,27 @@ class TrainedRun:
 
 
 class SubsetGenerators:
-    """A conditional DCGAN trained on each real subset, cached under ``folder`` by the
-    subset's fingerprint (so a rerun, a shard or a fraction of 1 reuses it)."""
+    """A conditional generator trained on each real subset, cached under ``folder`` by the
+    subset's fingerprint (so a rerun, a shard or a fraction of 1 reuses it).
 
-    def __init__(self, recipe: GeneratorRecipe, folder: Path) -> None:
-        self.recipe, self.folder = recipe, Path(folder)
+    ``family`` ``dcgan`` follows the whole recipe; ``diffusion`` takes its steps, batch size,
+    precision and width (the U-Net's levels: width, 2 x width, 2 x width) and the model's own
+    defaults for the rest (:class:`DiffusionConfig`).
+    """
+
+    def __init__(self, recipe: GeneratorRecipe, folder: Path, family: str = "dcgan") -> None:
+        if family not in FAMILIES:
+            raise InputError(f"generator family must be one of {', '.join(FAMILIES)}, got "
+                             f"{family!r}")
+        self.recipe, self.folder, self.family = recipe, Path(folder), family
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "trained per subset", "model": "conditional DCGAN",
+        if self.family == "diffusion":
+            r = self.recipe
+            return {"kind": "trained per subset", "model": FAMILIES[self.family],
+                    "steps": r.steps, "batch_size": r.batch_size, "precision": r.precision,
+                    "width": r.width}
+        return {"kind": "trained per subset", "model": FAMILIES[self.family],
                 **asdict(self.recipe)}
 
     def sample(self, subset: ImageSet, labels: np.ndarray, seed: int) -> np.ndarray:
@@ -94,27 +109,35 @@ class SubsetGenerators:
 
     def train(self, subset: ImageSet, progress: bool = False) -> Path:
         """The run directory of the generator of ``subset``, trained (or finished) if needed."""
-        run_dir = self.folder / subset.fingerprint()[:16]
+        prefix = "" if self.family == "dcgan" else f"{self.family}-"  # dcgan: as before
+        run_dir = self.folder / f"{prefix}{subset.fingerprint()[:16]}"
         if not (run_dir / checkpoint.WEIGHTS).is_file() or not _finished(run_dir):
             self._train(subset, run_dir, progress)
         return run_dir
 
     def _train(self, subset: ImageSet, run_dir: Path, progress: bool) -> None:
         recipe = self.recipe
-        model = DCGANConfig(width=recipe.width, r1_gamma=recipe.r1_gamma,
-                            diffaugment=recipe.diffaugment, ema_decay=recipe.ema_decay)
         batch = min(recipe.batch_size, len(subset))
         repeats = math.ceil(STEPS_PER_EPOCH * batch / len(subset))
         epochs = math.ceil(recipe.steps / (len(subset) * repeats // batch))
         train = TrainConfig(epochs=epochs, batch_size=batch, precision=recipe.precision,
                             checkpoint_every=max(1, epochs // 10), decay_epochs=0)
-        config = RunConfig("dcgan", model, train, DataConfig(split="all"))
-        train_dcgan(subset, run_dir, config, conditional=True, repeats=repeats,
-                    resume=run_dir.exists(), progress=progress)
+        if self.family == "diffusion":
+            widths = (recipe.width, 2 * recipe.width, 2 * recipe.width)
+            config = RunConfig("diffusion", DiffusionConfig(widths=widths), train,
+                               DataConfig(split="all"))
+            trainer = train_diffusion
+        else:
+            model = DCGANConfig(width=recipe.width, r1_gamma=recipe.r1_gamma,
+                                diffaugment=recipe.diffaugment, ema_decay=recipe.ema_decay)
+            config = RunConfig("dcgan", model, train, DataConfig(split="all"))
+            trainer = train_dcgan
+        trainer(subset, run_dir, config, conditional=True, repeats=repeats,
+                resume=run_dir.exists(), progress=progress)
 
 
 def _finished(run_dir: Path) -> bool:
-    config = read_run_config(run_dir, kind="dcgan")
+    config = read_run_config(run_dir, kind=GENERATORS)
     return int(checkpoint.load_state(run_dir)["epoch"]) >= config.train.epochs
 
 

@@ -186,6 +186,10 @@ def _describe_generator(generator: dict[str, Any]) -> str:
     if generator["kind"] == "run":
         return (f"trained run `{generator['path']}` (epoch {generator['epoch']}, "
                 f"{generator['images_seen']} real training images seen)")
+    if generator.get("model") == "conditional diffusion model":
+        return (f"a conditional diffusion model trained on exactly each fraction's real subset "
+                f"({generator['steps']} steps of batch {generator['batch_size']}, widths "
+                f"{generator['width']}/{2 * generator['width']}/{2 * generator['width']})")
     remedies = ""
     if generator.get("diffaugment"):
         remedies += f", DiffAugment {'/'.join(generator['diffaugment'])}"

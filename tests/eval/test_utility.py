@@ -190,6 +190,24 @@ def test_the_recipe_small_data_remedies_reach_each_generator(real, tmp_path):
     assert "DiffAugment translation/cutout, EMA 0.9" in described
 
 
+def test_a_diffusion_model_can_be_the_generator_of_each_subset(real, tmp_path):
+    generators = SubsetGenerators(RECIPE, tmp_path, family="diffusion")
+    subset = fraction_subset(real.train, 0.5, 0)
+    run_dir = generators.train(subset)
+    assert run_dir.name.startswith("diffusion-") and generators.train(subset) == run_dir
+    config = read_run_config(run_dir)
+    assert config.kind == "diffusion" and config.model.num_classes == len(subset.class_names)
+    labels = np.array([0, 1, 1])
+    images = generators.sample(subset, labels, seed=0)
+    assert images.shape == (3, *subset.images.shape[1:]) and np.isfinite(images).all()
+    assert np.array_equal(images, generators.sample(subset, labels, seed=0))
+    assert _describe_generator(generators.describe()).startswith(
+        f"a conditional diffusion model trained on exactly each fraction's real subset "
+        f"({RECIPE.steps} steps of batch {RECIPE.batch_size}, widths 8/16/16)")
+    with pytest.raises(InputError, match="generator family must be one of dcgan, diffusion"):
+        SubsetGenerators(RECIPE, tmp_path, family="vae")
+
+
 def test_report_files(grid_run):
     out, results, _ = grid_run
     paths = write_report(results, out)

@@ -72,7 +72,7 @@ from synthmed.eval.translation_report import (
 from synthmed.gan.cyclegan import TRANSLATE_BATCH
 from synthmed.gan.data import group_hash
 from synthmed.gan.run import LoadedRun
-from synthmed.gan.translate import read_config_of, target_domain, translate_images
+from synthmed.gan.translate import target_domain, translate_images
 
 Translator = Callable[[np.ndarray], np.ndarray]  # (S, 1, H, W) in [-1, 1] -> same shape
 ERROR_WHITE = 0.25  # panel error maps: an error of this share of high - low or more is white
@@ -351,7 +351,7 @@ def evaluate_run(run: LoadedRun, source: str, target: str, direction: str = "a2b
     Raises:
         InputError: unpaired subjects, or a subject whose images the run was trained on.
     """
-    read = read_config_of(run)
+    read = run.config.data.read_config()
     source_files, target_files = _nifti_files(source), _nifti_files(target)
     pairs = _pair_by_subject(source_files, target_files)
     for files in (source_files, target_files):

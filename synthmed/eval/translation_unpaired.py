@@ -17,7 +17,7 @@ from synthmed.eval.fidelity import FidelityReport, evaluate_fidelity
 from synthmed.eval.translation import refuse_seen
 from synthmed.gan.cyclegan import TRANSLATE_BATCH
 from synthmed.gan.run import LoadedRun
-from synthmed.gan.translate import read_config_of, translate_images
+from synthmed.gan.translate import translate_images
 
 
 def evaluate_unpaired(run: LoadedRun, source: str, reference: str, direction: str = "a2b",
@@ -35,7 +35,7 @@ def evaluate_unpaired(run: LoadedRun, source: str, reference: str, direction: st
     Returns:
         ``{"synthmed": report, "identity": report}``.
     """
-    read = read_config_of(run)
+    read = run.config.data.read_config()
     source_set, target_set = read_images(source, read), read_images(reference, read)
     for images, where in ((source_set, source), (target_set, reference)):
         refuse_seen(run, images, set(images.groups.tolist()), where)

@@ -24,7 +24,6 @@ from synthmed.augment.readers import read_images
 from synthmed.errors import InputError
 from synthmed.gan.data import recorded_source
 from synthmed.gan.run import LoadedRun
-from synthmed.gan.translate import read_config_of
 from synthmed.settings import from_dict, to_dict
 
 HOLDOUT_SEED = 0
@@ -128,7 +127,7 @@ def near_copy_filter(run: LoadedRun, config: PrivacyFilterConfig) -> NearCopyFil
 def read_training_images(run: LoadedRun, config: PrivacyFilterConfig) -> ImageSet:
     """``config.train`` read with the run's read options (size: the model's; ``config.read``
     replacing some), and only its train split when the run trained on that."""
-    saved = replace(read_config_of(run), size=run.model.config.size)
+    saved = replace(run.config.data.read_config(), size=run.model.config.size)
     try:
         read = from_dict(ReadConfig, {**to_dict(saved), **config.read}, "--train-read")
     except TypeError as error:  # e.g. size=abc

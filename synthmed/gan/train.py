@@ -29,7 +29,7 @@ from synthmed.gan.config import CycleGANConfig, DCGANConfig, DiffusionConfig
 from synthmed.gan.data import LabelledImages, UnpairedImages, recorded_source
 from synthmed.gan.nets import SIZES
 from synthmed.gan.run import build_model
-from synthmed.gan.run_config import DataConfig, RunConfig, read_run_config
+from synthmed.gan.run_config import RunConfig, read_run_config
 from synthmed.gan.trainer import FitResult, fit
 from synthmed.io import check_out, output_lock
 from synthmed.settings import to_dict, with_overrides
@@ -88,12 +88,13 @@ def _train_generator(data: str | ImageSet, out: Path, config: RunConfig,
                      progress: bool) -> TrainResult:
     """Read, fit the model config to the images, train: the recipe of every generator."""
     out = Path(out)
-    images = _read(data, out, read or config.data.read_config(), config.model.size)
-    if config.data.split == "train" and "train" in images.splits:
-        images = images.split("train")
+    read = read or config.data.read_config()
+    images = _chosen_split(_read(data, out, read, config.model.size), config.data.split)
     model = fit_to_data(config.model, images, conditional)
-    config = replace(config, model=model, train=config.train.with_decay(0.0),  # constant
-                     data=_recorded(config, data, read, model.size))
+    recorded = replace(config.data, source=_source(data),
+                       read=to_dict(replace(read, size=model.size)))  # the options it used
+    config = replace(config, model=model, data=recorded,
+                     train=config.train.with_decay(0.0))  # a constant learning rate
     with training_into(out, resume):
         result = fit(build_model(config, seed=config.train.seed),
                      LabelledImages(images, repeats), config, out, resume=resume,
@@ -118,9 +119,8 @@ def train_cyclegan(domain_a: str | ImageSet, domain_b: str | ImageSet, out: Path
     """
     out = Path(out)
     read = read or config.data.read_config()
-    domains = [_read(domain, out, read) for domain in (domain_a, domain_b)]
-    if config.data.split == "train":
-        domains = [d.split("train") if "train" in d.splits else d for d in domains]
+    domains = [_chosen_split(_read(domain, out, read), config.data.split)
+               for domain in (domain_a, domain_b)]
     domains, held, hashes = _hold_out(domains, config, val_subjects)
     model = fit_cyclegan_to_data(config.model, domains)
     data = UnpairedImages(*domains, crop=model.crop, flip=model.flip,
@@ -237,11 +237,9 @@ def _source(data: str | ImageSet) -> str | None:
     return recorded_source(data) if isinstance(data, str) else None
 
 
-def _recorded(config: RunConfig, data: str | ImageSet, read: ReadConfig | None,
-              size: int) -> DataConfig:
-    """The data section a DCGAN run records: its source and the read options it used."""
-    used = replace(read or config.data.read_config(), size=size)
-    return replace(config.data, source=_source(data), read=to_dict(used))
+def _chosen_split(images: ImageSet, split: str) -> ImageSet:
+    """The images' train split for ``split`` ``train`` when they have one, else all."""
+    return images.split("train") if split == "train" and "train" in images.splits else images
 
 
 def _hold_out(domains: list[ImageSet], config: RunConfig, val_subjects: str | None

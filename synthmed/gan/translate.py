@@ -84,12 +84,6 @@ class TranslateConfig:
             raise InputError("batch size must be positive")
 
 
-def read_config_of(run: LoadedRun) -> ReadConfig:
-    """The read options the run was trained with, less its ``root``: confining reads is each
-    command's own choice (``--root``), not a property of the run."""
-    return run.config.data.read_config()
-
-
 def target_domain(run: LoadedRun, direction: str) -> dict[str, Any]:
     """The training record of the domain ``direction`` translates into."""
     return _domain(run, direction[-1])
@@ -114,7 +108,7 @@ def translate_images(run: LoadedRun, images: np.ndarray, direction: str,
     if run.model.config.standardize:
         quantiles = _domain(run, direction[0])["foreground_quantiles"]
         images = match_histogram(images, np.asarray(quantiles))
-    read = read_config_of(run)
+    read = run.config.data.read_config()
     height, width = images.shape[-2:]
     scaled = _training_shape(height, width, read)
     tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
@@ -146,7 +140,7 @@ def translate_volume(run: LoadedRun, volume: np.ndarray, direction: str,
     domain's units, slice by slice along the run's slice axis. Slices without foreground (as
     training skipped them) become the target's background. Returns the volume and the number
     of translated slices."""
-    read = read_config_of(run)
+    read = run.config.data.read_config()
     mask = foreground_mask(volume)
     low, high = percentile_range(volume, mask, read.percentiles)
     axis = read.slice_axis if volume.ndim == 3 else 2
@@ -274,7 +268,7 @@ def _load_nifti(path: Path) -> nib.Nifti1Image:
 
 def _read_slices(run: LoadedRun, path: Path, kind: str) -> ImageSet:
     """A DICOM series or the pictures of ``path`` at their own size, normalised as in training."""
-    read = replace(read_config_of(run), size=None, skip_bad=False,
+    read = replace(run.config.data.read_config(), size=None, skip_bad=False,
                    format="image" if kind == "picture" else kind)
     if kind == "picture" and path.is_dir():
         sets = [read_images(p, read) for p in sorted(path.rglob("*"))

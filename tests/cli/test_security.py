@@ -24,7 +24,6 @@ from synthmed.augment.items import ReadConfig
 from synthmed.augment.readers import read_images
 from synthmed.errors import InputError
 from synthmed.gan.run import load_run
-from synthmed.gan.translate import read_config_of
 
 from ..conftest import invoke, one_line_error
 
@@ -252,7 +251,7 @@ def test_a_run_does_not_impose_its_root_on_later_reads(run_copy, tmp_path):
     config = yaml.safe_load(path.read_text())
     config["data"]["read"]["root"] = str(tmp_path / "gone")
     path.write_text(yaml.safe_dump(config))
-    assert read_config_of(load_run(run_copy)).root is None
+    assert load_run(run_copy).config.data.read_config().root is None
 
 
 # -- exports never write outside their folder ------------------------------------------------

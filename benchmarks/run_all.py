@@ -39,6 +39,8 @@ BENCHMARKS = {
                      [str(HERE / "large_inputs.py"), "--out", OUT]),
     "breastmnist_quality": ("conditional DCGAN quality on BreastMNIST",
                             [str(HERE / "breastmnist_quality.py"), "--out", f"{OUT}/run"]),
+    "generator_quality": ("generator quality per family and recipe on real sets",
+                          [str(HERE / "generator_quality.py"), "--out", OUT, "--headline"]),
     "cyclegan_t1t2": ("CycleGAN step times and T1 -> T2 quality against baselines",
                       [str(HERE / "cyclegan_t1t2.py"), "--out", OUT]),
     "utility_harness": ("classifier gain from synthetic data on real sets",

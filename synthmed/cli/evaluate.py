@@ -60,6 +60,14 @@ def _shard(text: str) -> tuple[int, int]:
                override=False,
                help="DiffAugment policy of each trained generator: comma list of "
                     "color,translation,cutout.")
+@config_option("--generator-ada-target", type=types.FiniteFloat(0, 1, max_open=True),
+               config=GeneratorRecipe, field="ada_target", override=False,
+               help="Adaptive augmentation target of each trained DCGAN (0.6 in Karras et al. "
+                    "2020; needs --generator-diffaugment); 0: the ops always apply.")
+@config_option("--generator-transition-steps", type=types.STEP_RANGE, config=GeneratorRecipe,
+               field="transition_steps", override=False,
+               help="Each trained DCGAN learns unconditionally until step START, then ramps its "
+                    "class conditioning in until END.")
 @config_option("--generator-ema", type=types.DECAY, config=GeneratorRecipe, field="ema_decay",
                override=False, help="EMA decay of each trained generator, e.g. 0.999.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -90,7 +98,9 @@ def _shard(text: str) -> tuple[int, int]:
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Path | None,
                              train_generator: str | None, generator_steps: int,
-                             generator_diffaugment: str, generator_ema: float, out: Path,
+                             generator_diffaugment: str, generator_ada_target: float,
+                             generator_transition_steps: tuple[int, int],
+                             generator_ema: float, out: Path,
                              fractions: str, seeds: int, ratios: str, balance: bool,
                              best_of: int, arch: str, steps: int, batch_size: int, metric: str,
                              shard: str, progress: bool) -> None:
@@ -121,6 +131,8 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
     generator = (TrainedRun(load_run(generator_run, kind=GENERATORS), real) if generator_run
                  else SubsetGenerators(GeneratorRecipe(
                      steps=generator_steps, diffaugment=comma_names(generator_diffaugment),
+                     ada_target=generator_ada_target,
+                     transition_steps=generator_transition_steps,
                      ema_decay=generator_ema), out / "generators",
                      family=train_generator.split("-")[0]))
     with resumable_output_dir(out, (real_path, generator_run), "utility"):
@@ -211,8 +223,8 @@ def evaluate_fidelity_command(real_path: str, synthetic: str, read_config: Any,
 
 @evaluate.command("privacy")
 @click.option("--synthetic", required=True,
-              help="Synthetic images (a folder, npz, manifest ...) or a trained DCGAN run "
-                   "(adds the white-box attack).")
+              help="Synthetic images (a folder, npz, manifest ...) or a trained DCGAN or "
+                   "diffusion run (adds the white-box attack).")
 @click.option("--train", "train_path", required=True,
               help="The real images the generator was trained on (members).")
 @click.option("--holdout", "holdout_path", required=True,
@@ -255,6 +267,7 @@ def evaluate_privacy_command(synthetic: str, train_path: str, holdout_path: str,
     )
     from synthmed.eval.real_data import RealData
     from synthmed.gan.run import load_run
+    from synthmed.gan.run_config import GENERATORS
     from synthmed.io import atomic_output_dir
 
     def read(path: str, split: str, option: str) -> Any:
@@ -265,7 +278,7 @@ def evaluate_privacy_command(synthetic: str, train_path: str, holdout_path: str,
     holdout = read(holdout_path, holdout_split, "--holdout-split")
     run = None
     if (Path(synthetic) / RUN_CONFIG).is_file():
-        run = load_run(synthetic, kind="dcgan")
+        run = load_run(synthetic, kind=GENERATORS)
         fake = sample_run(Path(synthetic), train, n_samples or len(train), seed)
     else:
         fake = read_images(synthetic, read_config)

@@ -94,6 +94,15 @@ def train() -> None:
               help="Minibatch standard deviation feature in D (against mode collapse).")
 @click.option("--upsample", type=click.Choice(["convtranspose", "resize"]), help="G's upsampling.")
 @click.option("--diffaugment", help="Comma list of color,translation,cutout.")
+@config_option("--ada-target", type=types.FiniteFloat(0, 1, max_open=True), config=DCGANConfig,
+               field="ada_target", help="Adaptive augmentation: apply the --diffaugment ops with "
+               "a probability that rises while E[sign D(real)] is above this target (0.6 in "
+               "Karras et al. 2020); 0: always")
+@config_option("--ada-images", type=click.IntRange(1), config=DCGANConfig, field="ada_images",
+               help="Real images over which that probability moves by at most 1")
+@config_option("--transition-steps", type=types.STEP_RANGE, config=DCGANConfig,
+               field="transition_steps", help="With --conditional: train unconditionally until "
+               "step START, then ramp the class conditioning in until END (0,0: from the start)")
 @click.option("--ema", "ema_decay", type=types.DECAY,
               help="EMA decay of G for sampling, e.g. 0.999.")
 @click.option("--r1", "r1_gamma", type=types.NON_NEGATIVE,

@@ -39,3 +39,24 @@ DECAY = FiniteFloat(0, 1, max_open=True)
 FRACTION = FiniteFloat(0, 1)
 #: any finite number
 FINITE = FiniteFloat()
+
+
+class StepRange(click.ParamType):
+    """``START,END``: two optimiser steps, ``0 <= START <= END`` (a transition's span)."""
+
+    name = "START,END"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        start, comma, end = str(value).partition(",")
+        if not (comma and start.strip().isdigit() and end.strip().isdigit()):
+            self.fail(f"{value!r} is not START,END (two whole numbers of steps)", param, ctx)
+        if int(start) > int(end):
+            self.fail(f"{value!r}: START must not be after END", param, ctx)
+        return int(start), int(end)
+
+
+#: a span of optimiser steps: START,END
+STEP_RANGE = StepRange()

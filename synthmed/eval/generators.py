@@ -33,8 +33,9 @@ class GeneratorRecipe:
     """The class-conditional DCGAN trained on each real subset (``--train-generator``).
 
     The budget is in optimiser steps, so a small subset gets as many updates as a large one
-    (in epochs, 10 % of a data set would get a tenth of the training). ``diffaugment`` and
-    ``ema_decay`` are the small-data remedies of :class:`DCGANConfig`.
+    (in epochs, 10 % of a data set would get a tenth of the training). ``diffaugment``,
+    ``ada_target``, ``transition_steps`` and ``ema_decay`` are the small-data remedies of
+    :class:`DCGANConfig`.
     """
 
     steps: int = 2000
@@ -42,12 +43,19 @@ class GeneratorRecipe:
     batch_size: int = 64
     r1_gamma: float = 1.0
     diffaugment: tuple[str, ...] = ()
+    ada_target: float = 0.0
+    transition_steps: tuple[int, int] = (0, 0)
     ema_decay: float = 0.0
     precision: str = "bf16"
 
     def __post_init__(self) -> None:  # bad options fail here, not at the first generator
-        DCGANConfig(width=self.width, r1_gamma=self.r1_gamma, diffaugment=self.diffaugment,
-                    ema_decay=self.ema_decay)
+        self.dcgan_config()
+
+    def dcgan_config(self) -> DCGANConfig:
+        """The DCGAN of the recipe, before it is fitted to a subset's images."""
+        return DCGANConfig(width=self.width, r1_gamma=self.r1_gamma,
+                           diffaugment=self.diffaugment, ada_target=self.ada_target,
+                           transition_steps=self.transition_steps, ema_decay=self.ema_decay)
 
 
 class TrainedRun:
@@ -128,9 +136,7 @@ class SubsetGenerators:
                                DataConfig(split="all"))
             trainer = train_diffusion
         else:
-            model = DCGANConfig(width=recipe.width, r1_gamma=recipe.r1_gamma,
-                                diffaugment=recipe.diffaugment, ema_decay=recipe.ema_decay)
-            config = RunConfig("dcgan", model, train, DataConfig(split="all"))
+            config = RunConfig("dcgan", recipe.dcgan_config(), train, DataConfig(split="all"))
             trainer = train_dcgan
         trainer(subset, run_dir, config, conditional=True, repeats=repeats,
                 resume=run_dir.exists(), progress=progress)

@@ -133,21 +133,25 @@ def membership_attack(members: np.ndarray, control: np.ndarray, non_members: np.
             "n_members": len(members), "n_non_members": len(non_members)}
 
 
-def discriminator_scores(run: LoadedRun, images: np.ndarray, labels: np.ndarray | None,
-                         batch_size: int = 64, seed: int = 0) -> np.ndarray:
-    """``(N,)`` the DCGAN discriminator's logit (higher = "real") for images ``(N, C, H, W)``
-    with labels ``(N,)`` (run's class indices; ``None`` for an unconditional run).
+def white_box_scores(run: LoadedRun, images: np.ndarray, labels: np.ndarray | None,
+                     batch_size: int = 64, seed: int = 0) -> np.ndarray:
+    """``(N,)`` the run's own membership scores (higher = more like a training image) for
+    images ``(N, C, H, W)`` with labels ``(N,)`` (run's class indices; ``None`` for an
+    unconditional run): a DCGAN's discriminator logit, a diffusion model's minus denoising
+    error (:meth:`~synthmed.gan.model.GenerativeModel.membership_scores`).
 
     Batches are drawn in a seeded random order, so a minibatch-std discriminator sees members
-    and non-members mixed as in training rather than one group at a time.
+    and non-members mixed as in training rather than one group at a time; the diffusion
+    model's noise comes from the same seed.
     """
     model = run.model
     order = np.random.default_rng(seed).permutation(len(images))
+    rng = torch.Generator().manual_seed(seed)
     scores = np.empty(len(images))
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
             batch = torch.from_numpy(np.ascontiguousarray(images[index], np.float32))
             classes = None if labels is None else torch.from_numpy(labels[index].astype(np.int64))
-            scores[index] = model.discriminator(batch, classes).float().numpy()  # (B,)
+            scores[index] = model.membership_scores(batch, classes, rng).numpy()  # (B,)
     return scores

@@ -13,7 +13,8 @@ vectors in [-1, 1]) and, when a feature extractor is given, in its feature space
   ideal, ties count half.
 - Membership inference: an attacker scores a real image (higher = "it was in the training
   set"); the ROC AUC of member vs non-member scores, 0.5 = chance. Black-box: minus the
-  distance to the nearest synthetic image. White-box (a DCGAN run): the discriminator's logit.
+  distance to the nearest synthetic image. White-box (with the run): a DCGAN's discriminator
+  logit; a diffusion model's minus denoising error at low noise levels (Carlini et al. 2023).
   The held-out set is split into seeded halves A and B: the attack is training images vs B,
   the *control* A vs B (both sides non-members: chance up to noise); the *advantage* is AUC
   minus control AUC. Members, A and B have the same size.
@@ -37,9 +38,9 @@ from synthmed.eval.fidelity import FeatureFn, checked_features
 from synthmed.eval.membership import (
     Distances,
     attack_indices,
-    discriminator_scores,
     distance_to_closest_record,
     membership_attack,
+    white_box_scores,
 )
 from synthmed.eval.privacy_report import PrivacyReport
 from synthmed.eval.stats import N_BOOT
@@ -59,7 +60,7 @@ class PrivacyConfig:
         n_boot: bootstrap resamples of each interval.
         confidence: coverage of the intervals.
         pairs: closest synthetic / training pairs in the gallery.
-        batch_size: images per discriminator call (white-box attack).
+        batch_size: images per network call of the white-box attack.
         seed: the subsampling, the held-out halves and the bootstrap.
     """
 
@@ -103,8 +104,8 @@ def evaluate_privacy(
         features_fit_on_train: the feature space was learnt from ``train`` (the default
             extractor is): it pulls any image towards the training images, and the report
             says so beside an excess closer to them in that space.
-        run: the DCGAN run that made ``synthetic``: adds the white-box attack and refuses a
-            held-out image its training record lists.
+        run: the DCGAN or diffusion run that made ``synthetic``: adds the white-box attack
+            and refuses a held-out image its training record lists.
         config: see :class:`PrivacyConfig`.
 
     Raises:
@@ -142,7 +143,7 @@ def _vectors(synthetic: ImageSet, train: ImageSet, holdout: ImageSet,
 def _attack_scores(vectors: dict[str, list[np.ndarray]], train: ImageSet, holdout: ImageSet,
                    run: LoadedRun | None, config: PrivacyConfig) -> dict[str, Scores]:
     """Per attack, the scores of members, control and non-members: minus the distance to the
-    nearest synthetic vector in each space, and with a run its discriminator's logit."""
+    nearest synthetic vector in each space, and with a run its white-box score."""
     members, control, non_members = attack_indices(len(train), len(holdout), config.seed)
     scores = {space: tuple(-nearest_distances(queries, fake)[0] for queries in
                            (real[members], held[control], held[non_members]))
@@ -151,9 +152,10 @@ def _attack_scores(vectors: dict[str, list[np.ndarray]], train: ImageSet, holdou
         parts = ((train, members), (holdout, control), (holdout, non_members))
         labels = (np.concatenate([s.labels[index] for s, index in parts])
                   if run.model.conditional else None)
-        logits = discriminator_scores(run, np.concatenate([s.images[index] for s, index in parts]),
-                                      labels, config.batch_size, config.seed)
-        scores["discriminator"] = tuple(np.split(logits, [len(members), 2 * len(members)]))
+        white = white_box_scores(run, np.concatenate([s.images[index] for s, index in parts]),
+                                 labels, config.batch_size, config.seed)
+        scores[run.model.white_box_attack] = tuple(np.split(white, [len(members),
+                                                                    2 * len(members)]))
     return scores
 
 

@@ -25,7 +25,8 @@ FIT_ON_TRAIN = (" Caution: this feature space was learnt from the training image
                 "pixel space or near-copies, it may say more about the extractor than about "
                 "the generator.")
 ATTACKS = {"pixels": "black-box, pixel distance", "features": "black-box, feature distance",
-           "discriminator": "white-box, discriminator logit"}
+           "discriminator": "white-box, discriminator logit",
+           "denoising": "white-box, denoising error"}
 
 # The limits section of privacy.md, the same for every audit.
 LIMITS = (
@@ -188,7 +189,8 @@ class PrivacyReport:
               f" | {a['n_members']} / {a['n_non_members']} |" for name, a in self.attacks.items()),
             "",
             "An attacker scores real images (black-box: closeness to the nearest synthetic image; "
-            "white-box: the GAN discriminator's output) to guess which were in the training set. "
+            "white-box: the GAN discriminator's output, or how well a diffusion model predicts "
+            "the noise added to the image) to guess which were in the training set. "
             "AUC 0.5 means no better than a coin; 1.0 means every training image is recognised. "
             "The control runs the same attack with two halves of the held-out images, so both "
             "sides are non-members: the advantage (AUC minus control AUC) is what the training "

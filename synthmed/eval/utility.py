@@ -42,7 +42,14 @@ from synthmed import __version__
 from synthmed.augment.dataset import ImageSet
 from synthmed.errors import InputError
 from synthmed.eval.classifier import ClassifierConfig, TrainedClassifier, train_classifier
-from synthmed.eval.generators import SubsetGenerators, TrainedRun, best_of, synthetic_labels
+from synthmed.eval.generators import (
+    FAMILIES,
+    GeneratorRecipe,
+    SubsetGenerators,
+    TrainedRun,
+    best_of,
+    synthetic_labels,
+)
 from synthmed.eval.metrics import classification_metrics
 from synthmed.eval.real_data import RealData, fraction_subset
 from synthmed.io import write_json
@@ -242,6 +249,8 @@ def _grid_identity(results: dict[str, Any]) -> dict[str, Any]:
     config = {k: v for k, v in config.items() if k not in ("seeds", "fractions")}
     data = {k: v for k, v in results["data"].items() if k != "origin"}
     generator = {k: v for k, v in results["generator"].items() if k != "path"}
+    if generator.get("model") == FAMILIES["dcgan"]:
+        generator = {**_as_json(asdict(GeneratorRecipe())), **generator}
     return {**{k: v for k, v in results.items() if k != "cells"}, "config": config,
             "data": data, "generator": generator}
 

@@ -193,6 +193,11 @@ def _describe_generator(generator: dict[str, Any]) -> str:
     remedies = ""
     if generator.get("diffaugment"):
         remedies += f", DiffAugment {'/'.join(generator['diffaugment'])}"
+    if generator.get("ada_target"):
+        remedies += f" (adaptive, target {generator['ada_target']})"
+    if generator.get("transition_steps", [0, 0])[1]:
+        start, end = generator["transition_steps"]
+        remedies += f", conditioning ramped in over steps {start}-{end}"
     if generator.get("ema_decay"):
         remedies += f", EMA {generator['ema_decay']}"
     return (f"a conditional DCGAN trained on exactly each fraction's real subset "

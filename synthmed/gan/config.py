@@ -45,6 +45,15 @@ class DCGANConfig:
         minibatch_std: a minibatch standard deviation feature in D (against mode collapse).
         upsample: ``convtranspose`` or ``resize`` (+ conv; no checkerboards) in G.
         diffaugment: any of ``color``, ``translation``, ``cutout`` applied before D.
+        ada_target: > 0 makes the augmentation adaptive (ADA, Karras et al. 2020): each
+            diffaugment op applies to an image with a probability p, raised while D's
+            overfitting measure ``E[sign D(real)]`` is above this target (0.6 in the paper)
+            and lowered while below it. 0: every op on every image.
+        ada_images: real images D sees while p moves by at most 1 (the adjustment speed).
+        transition_steps: ``(start, end)``: a conditional model trains unconditionally until
+            step ``start``, then its class conditioning ramps in linearly until ``end``
+            (Shahbazi et al. 2022, against conditional collapse on small data); ``(0, 0)``:
+            conditional from the first step.
         ema_decay: > 0 keeps an exponential moving average of G, used for sampling.
         r1_gamma: > 0 adds the R1 penalty ``gamma / 2 * |grad D(real)|^2`` to D's loss.
         lr_g, lr_d, betas, adam_eps: Adam settings per network.
@@ -64,6 +73,9 @@ class DCGANConfig:
     minibatch_std: bool = False
     upsample: str = "convtranspose"
     diffaugment: tuple[str, ...] = ()
+    ada_target: float = 0.0
+    ada_images: int = 10_000
+    transition_steps: tuple[int, int] = (0, 0)
     ema_decay: float = 0.0
     r1_gamma: float = 0.0
     lr_g: float = 2e-4
@@ -90,6 +102,14 @@ class DCGANConfig:
              f"upsample must be convtranspose or resize, got {self.upsample!r}"),
             (set(self.diffaugment) <= set(AUGMENTS),
              f"diffaugment takes {AUGMENTS}, got {self.diffaugment}"),
+            (0.0 <= self.ada_target < 1.0, f"ada_target must be in [0, 1), got {self.ada_target}"),
+            (self.ada_target == 0.0 or bool(self.diffaugment),
+             "ada_target adapts how often the diffaugment ops apply: give them too "
+             "(--diffaugment color,translation,cutout)"),
+            _between("ada_images", self.ada_images, 1, 10**9),
+            (0 <= self.transition_steps[0] <= self.transition_steps[1],
+             f"transition_steps must be (start, end) with 0 <= start <= end, got "
+             f"{self.transition_steps}"),
             (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
             (self.r1_gamma >= 0.0, f"r1_gamma must not be negative, got {self.r1_gamma}"),
             (self.lr_g > 0.0, f"lr_g must be positive, got {self.lr_g}"),

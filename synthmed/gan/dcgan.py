@@ -4,6 +4,12 @@ The fit loop (:mod:`synthmed.gan.trainer`) drives it through ``make_optimizers``
 ``train_step`` and ``preview`` and never knows which GAN it trains. With
 :meth:`DCGAN.make_private` its discriminator trains with differential privacy
 (:mod:`synthmed.gan.dp`).
+
+Two small-data remedies are options of :class:`DCGANConfig`: adaptive discriminator
+augmentation (``ada_target``: the probability of the DiffAugment ops follows D's overfitting,
+Karras et al. 2020) and transitional conditioning (``transition_steps``: unconditional first,
+then the class terms ramp in, Shahbazi et al. 2022). Their state (the probability, the steps
+done) are buffers of the model, so checkpoints keep them and a resumed run repeats exactly.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import torch
 from torch import nn
 
 from synthmed.errors import require
+from synthmed.gan import distributed
 from synthmed.gan.config import DCGANConfig
 from synthmed.gan.losses import (
     diff_augment,
@@ -49,6 +56,7 @@ class DCGAN(GenerativeModel):
 
     kind = "dcgan"
     min_batch = 2  # BatchNorm needs two images
+    white_box_attack = "discriminator"
 
     def __init__(self, config: DCGANConfig) -> None:
         super().__init__()
@@ -71,10 +79,29 @@ class DCGAN(GenerativeModel):
             if config.ema_decay else None
         )
         self.private: PrivateDiscriminator | None = None
+        # only runs that use them have these buffers, so older runs' weights still load
+        if config.ada_target > 0:
+            self.register_buffer("augment_probability", torch.zeros((), dtype=torch.float64))
+        if config.transition_steps[1] > 0:
+            self.register_buffer("steps_done", torch.zeros((), dtype=torch.int64))
 
     @property
     def conditional(self) -> bool:
         return self.config.num_classes > 0
+
+    @property
+    def conditioning_strength(self) -> float:
+        """How much the class terms count now, in [0, 1]: 0 before ``transition_steps``'
+        start, rising linearly to 1 at its end (always 1 without a transition)."""
+        start, end = self.config.transition_steps
+        if end == 0 or int(self.steps_done) >= end:
+            return 1.0
+        return max(0.0, (int(self.steps_done) - start) / (end - start))
+
+    @property
+    def augment_chance(self) -> float:
+        """The chance that each DiffAugment op applies to an image: ADA's p, or 1."""
+        return float(self.augment_probability) if self.config.ada_target > 0 else 1.0
 
     @property
     def noise_shape(self) -> tuple[int, ...]:
@@ -101,6 +128,9 @@ class DCGAN(GenerativeModel):
                                   "leave it out with --dp-epsilon"),
             (c.r1_gamma == 0, "--r1 needs a double backward pass, which per-sample gradients "
                               "do not support: leave it out with --dp-epsilon"),
+            (c.ada_target == 0, "--ada-target adapts to D's outputs on real images, which the "
+                                "privacy accounting does not cover: leave it out with "
+                                "--dp-epsilon"),
         ]
         require(checks)
         self.private = private
@@ -142,15 +172,16 @@ class DCGAN(GenerativeModel):
             fake_labels = (torch.randint(self.config.num_classes, (fakes,), generator=rng,
                                          device=real.device) if self.conditional else None)
         z = torch.randn(fakes, self.config.nz, generator=rng, device=real.device)
-        augment = self.config.diffaugment
+        augment, chance = self.config.diffaugment, self.augment_chance
+        strength = self.conditioning_strength
 
         def judge(images: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
             if augment:
-                images = diff_augment(images, augment, rng)
-            return self.discriminator(images, classes).float()
+                images = diff_augment(images, augment, rng, chance)
+            return self.discriminator(images, classes, strength).float()
 
         with autocast:
-            fake = self.generator(z, fake_labels)
+            fake = self.generator(z, fake_labels, strength)
         discriminator_step = (self._discriminator_loss if self.private is None
                               else self._private_discriminator_loss)
         d_real, d_fake, loss_d = discriminator_step(judge, real, labels, fake.detach(),
@@ -180,7 +211,23 @@ class DCGAN(GenerativeModel):
         }
         if len(d_real) == 0:
             del stats["loss_d"], stats["d_real"]
+        if self.config.ada_target > 0:
+            self._adapt_augmentation(real_decision(kind, d_real.detach()))
+            stats["augment_p"] = chance
+        if self.config.transition_steps[1] > 0:
+            self.steps_done += 1
+            stats["conditioning"] = strength
         return stats
+
+    def _adapt_augmentation(self, called_real: torch.Tensor) -> None:
+        """ADA's update of p from D's calls on this step's real images ``(B,)`` (of every
+        process): up while ``E[sign D(real)]`` exceeds the target, down while below, by the
+        batch's share of ``ada_images``."""
+        counts = distributed.summed(torch.stack([called_real.sum(), torch.tensor(
+            len(called_real), device=called_real.device)]).double())
+        overfitting = 2.0 * counts[0] / counts[1] - 1.0  # E[sign D(real)]
+        step = torch.sign(overfitting - self.config.ada_target) * counts[1] / self.config.ada_images
+        self.augment_probability.copy_((self.augment_probability + step).clamp(0.0, 1.0))
 
     def _discriminator_loss(
         self, judge: Judge, real: torch.Tensor, labels: torch.Tensor | None,
@@ -213,6 +260,14 @@ class DCGAN(GenerativeModel):
         return d_real, d_fake, discriminator_loss(self.config.loss, d_real, d_fake)
 
     @torch.no_grad()
+    def membership_scores(self, images: torch.Tensor, labels: torch.Tensor | None,
+                          rng: torch.Generator) -> torch.Tensor:
+        """D's logit ``(B,)`` for real images ``(B, C, H, W)``: D learnt to call its training
+        images real, so members tend to score higher (``rng`` is not needed)."""
+        labels = labels if self.conditional else None
+        return self.discriminator(images, labels, self.conditioning_strength).float()
+
+    @torch.no_grad()
     def sample(
         self,
         n: int,
@@ -237,7 +292,7 @@ class DCGAN(GenerativeModel):
         was_training = net.training
         net.eval()
         try:
-            return net(z.to(device), labels).float().clamp(-1, 1).cpu()
+            return net(z.to(device), labels, self.conditioning_strength).float().clamp(-1, 1).cpu()
         finally:
             net.train(was_training)
 
@@ -267,7 +322,7 @@ class DCGAN(GenerativeModel):
                 z = torch.randn(batch_size, self.config.nz, generator=rng, device=device)
                 labels = (torch.randint(self.config.num_classes, (batch_size,), generator=rng,
                                         device=device) if self.conditional else None)
-                net(z, labels)
+                net(z, labels, self.conditioning_strength)
             net.train(was_training)
             for norm, momentum in zip(norms, momenta, strict=True):
                 norm.momentum = momentum

@@ -39,6 +39,10 @@ class DiffusionModel(GenerativeModel):
 
     kind = "diffusion"
     min_batch = 1
+    white_box_attack = "denoising"
+    #: the noise levels of the membership attack, as shares of ``timesteps``: low levels,
+    #: where a model that memorised its images predicts their noise best (Carlini et al. 2023)
+    ATTACK_LEVELS = (0.025, 0.05, 0.1, 0.2)
 
     def __init__(self, config: DiffusionConfig) -> None:
         super().__init__()
@@ -100,6 +104,31 @@ class DiffusionModel(GenerativeModel):
         if self.ema is not None:
             self.ema.update_parameters(self.unet)
         return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def membership_scores(self, images: torch.Tensor, labels: torch.Tensor | None,
+                          rng: torch.Generator) -> torch.Tensor:
+        """Minus the denoising error ``(B,)`` of real images ``(B, C, H, W)``: the mean squared
+        error of the sampling network's noise prediction at the ``ATTACK_LEVELS``, with
+        fresh noise from ``rng`` (a training image's noise is predicted better)."""
+        net = self.ema.module if self.ema is not None else self.unet
+        device = next(net.parameters()).device
+        images = images.to(device)
+        classes = labels.to(device) if self.conditional else None
+        was_training = net.training
+        net.eval()
+        error = torch.zeros(len(images), device=device)
+        try:
+            for level in self.ATTACK_LEVELS:
+                t = torch.full((len(images),), round(level * self.config.timesteps),
+                               device=device)
+                noise = torch.randn(images.shape, generator=rng, device=device)
+                predicted = net(self.noise_schedule.add_noise(images, noise, t), t,
+                                class_labels=classes)
+                error += (predicted.float() - noise).square().mean(dim=(1, 2, 3))
+        finally:
+            net.train(was_training)
+        return -(error / len(self.ATTACK_LEVELS)).cpu()
 
     def sample(self, n: int, labels: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:

@@ -73,6 +73,14 @@ def average_buffers(model: nn.Module, world: int) -> None:
             buffer /= world
 
 
+def summed(values: torch.Tensor) -> torch.Tensor:
+    """``values`` summed over the processes (a copy; themselves in a single process)."""
+    total = values.clone()
+    if dist.is_initialized():
+        dist.all_reduce(total)
+    return total
+
+
 def gather(state: torch.Tensor, world: int, device: torch.device) -> list[torch.Tensor]:
     """Every process's copy of an RNG state (CPU tensors), in rank order; the collective
     runs on ``device`` because NCCL only moves GPU tensors."""

@@ -47,33 +47,42 @@ def real_score(kind: str, output: torch.Tensor) -> torch.Tensor:
     return output if kind == "lsgan" else torch.sigmoid(output)
 
 
-def diff_augment(x: torch.Tensor, policy: tuple[str, ...], rng: torch.Generator) -> torch.Tensor:
+def diff_augment(x: torch.Tensor, policy: tuple[str, ...], rng: torch.Generator,
+                 probability: float = 1.0) -> torch.Tensor:
     """Augment ``x`` ``(B, C, H, W)`` in [-1, 1] with the listed transforms, differentiably.
 
     Args:
         policy: any of ``color``, ``translation``, ``cutout``, applied in that order.
         rng: the generator all random draws come from (exact resume needs it).
+        probability: the chance that each transform applies to an image (ADA's p); below 1
+            each transform's draws are followed by one draw per image of whether it applies.
     """
-    batch = x.shape[0]
-
-    def uniform(*shape: int) -> torch.Tensor:
-        return torch.rand(batch, *shape, generator=rng, device=x.device, dtype=x.dtype)
-
-    if "color" in policy:
-        x = x + (uniform(1, 1, 1) - 0.5)  # brightness
-        if x.shape[1] == 3:
-            mean = x.mean(dim=1, keepdim=True)
-            x = (x - mean) * (uniform(1, 1, 1) * 2.0) + mean  # saturation
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * (uniform(1, 1, 1) + 0.5) + mean  # contrast
-    if "translation" in policy:
-        x = _translate(x, rng, ratio=0.125)
-    if "cutout" in policy:
-        x = _cutout(x, rng, ratio=0.5)
+    transforms = {"color": _color, "translation": _translate, "cutout": _cutout}
+    for name, transform in transforms.items():
+        if name not in policy or probability <= 0.0:
+            continue
+        changed = transform(x, rng)
+        if probability < 1.0:
+            applies = torch.rand(x.shape[0], generator=rng, device=x.device) < probability
+            changed = torch.where(applies[:, None, None, None], changed, x)
+        x = changed
     return x
 
 
-def _translate(x: torch.Tensor, rng: torch.Generator, ratio: float) -> torch.Tensor:
+def _color(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Random brightness, saturation (colour images) and contrast per image."""
+    def uniform() -> torch.Tensor:
+        return torch.rand(x.shape[0], 1, 1, 1, generator=rng, device=x.device, dtype=x.dtype)
+
+    x = x + (uniform() - 0.5)  # brightness
+    if x.shape[1] == 3:
+        mean = x.mean(dim=1, keepdim=True)
+        x = (x - mean) * (uniform() * 2.0) + mean  # saturation
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * (uniform() + 0.5) + mean  # contrast
+
+
+def _translate(x: torch.Tensor, rng: torch.Generator, ratio: float = 0.125) -> torch.Tensor:
     """Shift each image by up to ``ratio`` of its size, filling with zeros."""
     batch, _, height, width = x.shape
     max_dy, max_dx = int(height * ratio + 0.5), int(width * ratio + 0.5)
@@ -86,7 +95,7 @@ def _translate(x: torch.Tensor, rng: torch.Generator, ratio: float) -> torch.Ten
     return padded.permute(0, 2, 3, 1)[index, rows, cols].permute(0, 3, 1, 2)
 
 
-def _cutout(x: torch.Tensor, rng: torch.Generator, ratio: float) -> torch.Tensor:
+def _cutout(x: torch.Tensor, rng: torch.Generator, ratio: float = 0.5) -> torch.Tensor:
     """Zero a square of ``ratio`` x the image size at a random place inside each image."""
     batch, _, height, width = x.shape
     cut_h, cut_w = int(height * ratio + 0.5), int(width * ratio + 0.5)

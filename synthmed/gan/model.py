@@ -28,10 +28,12 @@ class GenerativeModel(nn.Module, ABC):
     Class attributes:
         kind: the family's name (``dcgan``, ``cyclegan``).
         min_batch: the smallest batch a step can take (BatchNorm needs 2).
+        white_box_attack: the name of :meth:`membership_scores` in the privacy audit.
     """
 
     kind: ClassVar[str]
     min_batch: ClassVar[int] = 1
+    white_box_attack: ClassVar[str] = ""
     config: Any
 
     @abstractmethod
@@ -61,6 +63,13 @@ class GenerativeModel(nn.Module, ABC):
         :meth:`make_optimizers`; a family without it refuses (as its run config does)."""
         raise InputError(f"differential privacy is available for DCGAN training only, not "
                          f"{self.kind}")
+
+    def membership_scores(self, images: torch.Tensor, labels: torch.Tensor | None,
+                          rng: torch.Generator) -> torch.Tensor:
+        """White-box membership scores ``(B,)`` of real images ``(B, C, H, W)`` (higher: more
+        like a training image), for the privacy audit; a family without one refuses.
+        ``white_box_attack`` names it in reports."""
+        raise InputError(f"the privacy audit has no white-box attack on a {self.kind} run")
 
     def state(self) -> dict[str, torch.Tensor]:
         """The weights to save: every tensor of the state dict, detached, on the CPU."""

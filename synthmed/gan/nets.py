@@ -13,7 +13,8 @@ Both take ``num_classes > 0`` for the class-conditional variant: a label embeddi
 concatenated to the noise in G, and D adds a projection term (Miyato & Koyama 2018),
 ``<embed(y), pooled features>``, to its logit. Embeddings start small (Keras' uniform
 +-0.05 in the tutorial family, N(0, 0.02) in the DCGAN family) so the projection does not
-swamp the logit at the start.
+swamp the logit at the start. A ``strength`` in [0, 1] scales both class terms (0: the
+networks ignore the labels), for transitional conditioning.
 """
 
 from __future__ import annotations
@@ -43,12 +44,13 @@ class LabelEmbedding(nn.Module):
         self.embedding = nn.Embedding(num_classes, LABEL_DIM) if num_classes else None
         self.extra = LABEL_DIM if num_classes else 0
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None,
+                strength: float = 1.0) -> torch.Tensor:
         if self.embedding is None:
             return z
         if labels is None:
             raise ValueError("a class-conditional generator needs labels")
-        return torch.cat([z, self.embedding(labels)], dim=1)
+        return torch.cat([z, _scaled(self.embedding(labels), strength)], dim=1)
 
 
 class MinibatchStd(nn.Module):
@@ -79,13 +81,20 @@ class ProjectionHead(nn.Module):
         self.linear = wrap(nn.Linear(channels * side * side, 1))
         self.embedding = wrap(nn.Embedding(num_classes, channels)) if num_classes else None
 
-    def forward(self, features: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None,
+                strength: float = 1.0) -> torch.Tensor:
         logit = self.linear(features.flatten(1)).squeeze(1)
         if self.embedding is not None:
             if labels is None:
                 raise ValueError("a class-conditional discriminator needs labels")
-            logit = logit + (self.embedding(labels) * features.mean(dim=(2, 3))).sum(dim=1)
+            projection = (self.embedding(labels) * features.mean(dim=(2, 3))).sum(dim=1)
+            logit = logit + _scaled(projection, strength)
         return logit
+
+
+def _scaled(term: torch.Tensor, strength: float) -> torch.Tensor:
+    """A class term times the conditioning strength (untouched at full strength)."""
+    return term if strength == 1.0 else term * strength
 
 
 # -- the tutorial preset ----------------------------------------------------------------------
@@ -115,8 +124,9 @@ class TutorialGenerator(nn.Module):
         )
         _keras_init(self)
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.project(self.label(z, labels)).view(-1, 256, 7, 7)  # (B, 256, 7, 7)
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None,
+                strength: float = 1.0) -> torch.Tensor:
+        h = self.project(self.label(z, labels, strength)).view(-1, 256, 7, 7)  # (B, 256, 7, 7)
         return self.deconv(h)
 
 
@@ -137,8 +147,9 @@ class TutorialDiscriminator(nn.Module):
         self.head = ProjectionHead(128, 7, num_classes, spectral_norm)
         _keras_init(self)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.features(x), labels)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                strength: float = 1.0) -> torch.Tensor:
+        return self.head(self.features(x), labels, strength)
 
 
 def _keras_init(module: nn.Module) -> None:
@@ -203,8 +214,9 @@ class DCGANGenerator(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         _dcgan_init(self)
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.blocks(self.project(self.label(z, labels)))
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None,
+                strength: float = 1.0) -> torch.Tensor:
+        return self.blocks(self.project(self.label(z, labels, strength)))
 
 
 class DCGANDiscriminator(nn.Module):
@@ -246,8 +258,9 @@ class DCGANDiscriminator(nn.Module):
                                    spectral_norm)
         _dcgan_init(self)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.features(x), labels)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                strength: float = 1.0) -> torch.Tensor:
+        return self.head(self.features(x), labels, strength)
 
 
 def _dcgan_init(module: nn.Module) -> None:

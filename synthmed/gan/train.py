@@ -149,6 +149,9 @@ def fit_dcgan_to_data(model: DCGANConfig, data: ImageSet, conditional: bool) -> 
     if size is not None and data.size != (size, size):
         raise InputError(f"images are {height}x{width} but the model makes {size}x{size}: "
                          f"pass --size {size}", origin)
+    if model.transition_steps[1] > 0 and not conditional:
+        raise InputError("--transition-steps ramps in the class conditioning: train with "
+                         "--conditional or leave it out", origin)
     return with_overrides(model, size=height, channels=data.channels,
                           num_classes=len(data.class_names) if conditional else 0)
 

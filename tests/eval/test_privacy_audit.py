@@ -17,7 +17,7 @@ from synthmed.augment.distances import flatten_pixels, nearest_distances
 from synthmed.augment.phantom import PhantomConfig, make_phantom
 from synthmed.cli import cli
 from synthmed.errors import InputError
-from synthmed.eval.membership import attack_indices, discriminator_scores, membership_auc
+from synthmed.eval.membership import attack_indices, membership_auc, white_box_scores
 from synthmed.eval.privacy_audit import PrivacyConfig, evaluate_privacy
 from synthmed.eval.report import build_report
 from synthmed.gan.run import load_run
@@ -165,10 +165,10 @@ def tiny_run(tmp_path_factory):
     return root
 
 
-def test_discriminator_scores_are_the_discriminator_logits(tiny_run):
+def test_white_box_scores_of_a_dcgan_are_the_discriminator_logits(tiny_run):
     run = load_run(tiny_run / "run")
     data = make_phantom(PhantomConfig(n=12, size=32, seed=4))[0]
-    scores = discriminator_scores(run, data.images, data.labels, batch_size=64, seed=1)
+    scores = white_box_scores(run, data.images, data.labels, batch_size=64, seed=1)
     with torch.inference_mode():
         direct = run.model.discriminator(torch.from_numpy(data.images),
                                          torch.from_numpy(data.labels)).numpy()

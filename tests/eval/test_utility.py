@@ -146,6 +146,8 @@ def test_results_written_before_best_of_existed_keep_their_cells(grid_run, real,
     out, results, generators = grid_run
     older = json.loads((out / "results.json").read_text())
     del older["config"]["best_of"]
+    for option in ("ada_target", "transition_steps"):  # recipe options added later
+        del older["generator"][option]
     (tmp_path / "results.json").write_text(json.dumps(older))
     monkeypatch.setattr(utility, "train_classifier",
                         lambda *a, **k: pytest.fail("a finished cell was trained again"))
@@ -181,13 +183,17 @@ def test_grid_trains_every_cell_on_its_own_subset(grid_run, real):
 def test_the_recipe_small_data_remedies_reach_each_generator(real, tmp_path):
     with pytest.raises(InputError, match="diffaugment takes"):
         GeneratorRecipe(diffaugment=("blur",))
-    recipe = replace(RECIPE, diffaugment=("translation", "cutout"), ema_decay=0.9)
+    recipe = replace(RECIPE, diffaugment=("translation", "cutout"), ada_target=0.6,
+                     transition_steps=(1, 3), ema_decay=0.9)
     run_dir = SubsetGenerators(recipe, tmp_path).train(fraction_subset(real.train, 0.5, 0))
     model = read_run_config(run_dir).model
-    assert (model.diffaugment, model.ema_decay) == (("translation", "cutout"), 0.9)
-    assert load_run(run_dir).model.ema is not None
+    assert (model.diffaugment, model.ada_target, model.transition_steps, model.ema_decay) == (
+        ("translation", "cutout"), 0.6, (1, 3), 0.9)
+    trained = load_run(run_dir).model
+    assert trained.ema is not None and trained.conditioning_strength == 1.0
     described = _describe_generator(SubsetGenerators(recipe, tmp_path).describe())
-    assert "DiffAugment translation/cutout, EMA 0.9" in described
+    assert ("DiffAugment translation/cutout (adaptive, target 0.6), conditioning ramped in over "
+            "steps 1-3, EMA 0.9") in described
 
 
 def test_a_diffusion_model_can_be_the_generator_of_each_subset(real, tmp_path):

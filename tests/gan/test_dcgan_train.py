@@ -24,7 +24,7 @@ from synthmed.gan import checkpoint
 from synthmed.gan.config import DCGANConfig, TrainConfig
 from synthmed.gan.dcgan import DCGAN
 from synthmed.gan.run import build_model, load_run
-from synthmed.gan.run_config import FORMAT_VERSION, RunConfig
+from synthmed.gan.run_config import FORMAT_VERSION, RunConfig, read_run_config
 from synthmed.gan.train import fit_dcgan_to_data
 from synthmed.gan.trainer import TrainingDiverged, fit
 from synthmed.settings import to_dict
@@ -329,14 +329,17 @@ def test_run_directory_contents(trained, phantom):
     ("dcgan", 4, 2, 3, 2),  # mid epoch 3: the epoch-2 checkpoint is the last
     ("dcgan", 4, 2, 4, 1),  # start of epoch 4: epoch 3's metrics line must be dropped
     ("tutorial", 2, 1, 2, 1),  # the big tutorial G: 2 epochs only
+    ("small-data", 4, 2, 3, 2),  # ADA's probability and the transition's steps resume too
 ])
 def test_exact_resume_after_a_kill(tmp_path, phantom, phantom28, name, epochs, every,
                                    kill_epoch, kill_step):
     """A run killed after a checkpoint and resumed repeats an uninterrupted run exactly."""
-    if name == "dcgan":  # noise, augmentation, EMA, labels
+    if name != "tutorial":  # noise, augmentation, EMA, labels
         data = phantom[0]
+        small_data = dict(ada_target=0.6, ada_images=64, transition_steps=(2, 9))
         model_config = DCGANConfig(size=32, width=4, num_classes=2, diffaugment=ALL_AUGMENTS,
-                                   ema_decay=0.9, lr_g=1e-3)
+                                   ema_decay=0.9, lr_g=1e-3,
+                                   **(small_data if name == "small-data" else {}))
     else:  # dropout (torch's global generator)
         data = phantom28
         model_config = DCGANConfig.tutorial()
@@ -369,6 +372,9 @@ def test_exact_resume_after_a_kill(tmp_path, phantom, phantom28, name, epochs, e
     lines_a, lines_b = metric_lines(tmp_path / "a"), metric_lines(run_b)
     assert [line["epoch"] for line in lines_b] == list(range(1, epochs + 1))
     assert without_speed(lines_b) == without_speed(lines_a)
+    if name == "small-data":  # p adapted, and the conditioning ramped in over the epochs
+        assert len({line["augment_p"] for line in lines_a}) > 1
+        assert lines_a[0]["conditioning"] < 1 and lines_a[-1]["conditioning"] == 1
     lrs = [line["lr_generator"] for line in lines_a]
     # each line logs the rate its epoch trained with: the base rate, then a linear fall that
     # would reach 0 one epoch after the last
@@ -717,3 +723,31 @@ def test_r1_penalty_adds_half_gamma_times_the_squared_real_gradient(phantom):
     assert losses[1e6]["loss_g"] != losses[0.0]["loss_g"]  # D's update differed
     with pytest.raises(InputError, match="r1_gamma"):
         DCGANConfig(r1_gamma=-1.0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--transition-steps", "2,8"], "--transition-steps ramps in the class conditioning: train "
+                                    "with --conditional"),
+    (["--ada-target", 0.6], "ada_target adapts how often the diffaugment ops apply"),
+])
+def test_cli_small_data_options_need_their_companions(tmp_path, args, message):
+    out = tmp_path / "run"
+    result = invoke("train", "dcgan", "phantom:t1,n=8", "--size", 32, *args, "--out", out,
+                    "--epochs", 1, "--no-progress")
+    one_line_error(result, message)
+    assert not out.exists()
+
+
+def test_cli_trains_with_adaptive_augmentation_and_a_transition(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("train", "dcgan", "phantom:t1,n=32", "--size", 32, "--width", 4,
+                    "--conditional", "--diffaugment", "translation,cutout", "--ada-target", 0.6,
+                    "--ada-images", 50, "--transition-steps", "1,4", "--batch-size", 8,
+                    "--epochs", 2, "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    model = read_run_config(out).model
+    assert (model.ada_target, model.ada_images, model.transition_steps) == (0.6, 50, (1, 4))
+    lines = metric_lines(out)
+    assert lines[-1]["conditioning"] == 1.0 and 0 <= lines[-1]["augment_p"] <= 1
+    weights = load_file(out / "model.safetensors")
+    assert int(weights["steps_done"]) == 8 and "augment_probability" in weights

@@ -276,6 +276,8 @@ def test_resuming_a_spent_run_stops_at_once(cli_run, tmp_path):
                             "privacy forbids: pass --d-norm none"),
     (["--r1", 1], "--r1 needs a double backward pass"),
     (["--minibatch-std"], "--minibatch-std mixes the images of a batch"),
+    (["--diffaugment", "cutout", "--ada-target", 0.6], "--ada-target adapts to D's outputs on "
+                                                       "real images"),
 ])
 def test_cli_refuses_what_privacy_cannot_train(tmp_path, args, message):
     out = tmp_path / "run"

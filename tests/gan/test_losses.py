@@ -238,3 +238,15 @@ def test_diffaugment_bf16():
     x = images().to(torch.bfloat16)
     out = diff_augment(x, ALL, rng())
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_augment_probability_applies_each_op_to_a_share_of_the_images():
+    x = images(batch=400)
+    assert torch.equal(diff_augment(x, ALL, rng(), probability=0.0), x)
+    # probability 1 is plain DiffAugment, draw for draw
+    assert torch.equal(diff_augment(x, ALL, rng(4), probability=1.0), diff_augment(x, ALL, rng(4)))
+    out = diff_augment(x, ("cutout",), rng(), probability=0.25)
+    changed = (out != x).flatten(1).any(dim=1).float().mean().item()
+    assert 0.15 < changed < 0.35  # about a quarter of the images lost a square
+    untouched = ~(out != x).flatten(1).any(dim=1)
+    assert torch.equal(out[untouched], x[untouched])

@@ -361,3 +361,55 @@ def test_discriminator_with_minibatch_std_and_the_option_is_refused_for_tutorial
     assert d(torch.randn(6, 1, 32, 32), torch.tensor([0, 1] * 3)).shape == (6,)
     with pytest.raises(InputError, match="minibatch-std"):
         DCGANConfig.tutorial(minibatch_std=True)
+
+
+@pytest.mark.parametrize("preset", ["dcgan", "tutorial"])
+def test_conditioning_strength_scales_the_class_terms(preset):
+    """At strength 0 both networks ignore the labels; in between, D's class term is scaled."""
+    config = DCGANConfig(preset=preset, size=28, width=4, num_classes=3)
+    model = DCGAN(config).eval()
+    z, x = torch.randn(1, config.nz), torch.randn(1, 1, 28, 28)
+    labels = torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        for net, inputs in ((model.generator, z), (model.discriminator, x)):
+            ignored = [net(inputs, labels[k:k + 1], 0.0) for k in range(3)]
+            assert all(torch.equal(ignored[0], out) for out in ignored[1:])
+            assert not torch.equal(net(inputs, labels[:1]), net(inputs, labels[1:2]))
+        x, labels = x.repeat(3, 1, 1, 1), torch.tensor([0, 1, 2])
+        full, half, none = (model.discriminator(x, labels, s) for s in (1.0, 0.5, 0.0))
+    torch.testing.assert_close(half - none, (full - none) / 2)
+
+
+def test_transition_ramps_the_conditioning_in_over_its_steps():
+    model = DCGAN(DCGANConfig(size=28, width=4, num_classes=2, transition_steps=(4, 8)))
+    strengths = []
+    for step in range(10):
+        model.steps_done.fill_(step)
+        strengths.append(model.conditioning_strength)
+    assert strengths == [0, 0, 0, 0, 0, 0.25, 0.5, 0.75, 1, 1]
+    assert DCGAN(DCGANConfig(size=28, width=4, num_classes=2)).conditioning_strength == 1.0
+
+
+def test_ada_moves_the_probability_by_the_batch_share_towards_the_target():
+    model = DCGAN(DCGANConfig(size=28, width=4, diffaugment=("cutout",), ada_target=0.6,
+                              ada_images=100))
+    assert model.augment_chance == 0.0  # ADA starts without augmentation
+    overfit = torch.tensor([True] * 9 + [False])  # E[sign D(real)] = 0.8 > 0.6: up
+    for _ in range(3):
+        model._adapt_augmentation(overfit)
+    assert model.augment_chance == pytest.approx(0.3)
+    model._adapt_augmentation(torch.tensor([True] * 7 + [False] * 3))  # 0.4 < 0.6: down
+    assert model.augment_chance == pytest.approx(0.2)
+    for _ in range(30):
+        model._adapt_augmentation(torch.zeros(10, dtype=torch.bool))
+    assert model.augment_chance == 0.0  # held in [0, 1]
+    assert DCGAN(DCGANConfig(size=28, width=4, diffaugment=("cutout",))).augment_chance == 1.0
+
+
+def test_small_data_options_are_checked():
+    with pytest.raises(InputError, match="diffaugment ops"):
+        DCGANConfig(ada_target=0.6)
+    with pytest.raises(InputError, match="ada_target must be in"):
+        DCGANConfig(ada_target=1.0, diffaugment=("color",))
+    with pytest.raises(InputError, match="transition_steps"):
+        DCGANConfig(transition_steps=(5, 2))

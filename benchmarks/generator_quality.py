@@ -1,0 +1,222 @@
+"""Generator quality per family and recipe on real sets: do the synthetic images carry what
+the real ones teach a classifier?
+
+For each set and real-data fraction (the harness's stratified subset of the training split,
+seed 0) and each recipe, one class-conditional generator is trained on exactly that subset
+(as ``evaluate utility --train-generator`` trains it; cached under ``OUT/<set>/<recipe>``),
+then measured:
+
+- train time (wall, this machine) and the time to sample the subset's size;
+- fidelity in the default feature space (:mod:`synthmed.eval.features`): FID, KID,
+  precision, recall and coverage of synthetic vs the subset, next to the real-vs-real floor
+  (two halves of the subset);
+- synthetic only: a classifier trained on as many synthetic images as the subset holds (its
+  class mix), selected on the real validation split, scored on the real test split, over
+  ``--seeds`` seeds, next to the same classifier trained on the real subset;
+- privacy (:func:`synthmed.eval.privacy_audit.evaluate_privacy`, held-out = validation +
+  test): near-copy share, closer-to-train share (0.5 is ideal) and the white-box membership
+  advantage over the control.
+
+The best recipe of a set is the one with the highest mean *validation* AUROC of its
+synthetic-only classifiers; test numbers never choose. ``--headline`` then runs the utility
+harness with it (``evaluate utility``, ratio 1 and balance, ``--seeds`` seeds) and prints its
+headline: the best synthetic regime against the best regime without synthetic images,
+real-repeated included, with the paired 95 % interval.
+
+    SYNTHMED_TEST_DATA=../shared/data python benchmarks/generator_quality.py --out bench-quality
+    python benchmarks/generator_quality.py --out q --sets breastmnist-0.25 \\
+        --recipes dcgan@1000,dcgan@4000          # RECIPE@STEPS: the budget study of a recipe
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from common import add_data_options, synthmed
+
+from synthmed.augment.dataset import ImageSet
+from synthmed.augment.items import ReadConfig
+from synthmed.augment.readers import read_images
+from synthmed.eval.classifier import ClassifierConfig, train_classifier
+from synthmed.eval.features import default_extractor
+from synthmed.eval.fidelity import evaluate_fidelity
+from synthmed.eval.generators import GeneratorRecipe, SubsetGenerators, sample_run
+from synthmed.eval.metrics import classification_metrics
+from synthmed.eval.privacy_audit import evaluate_privacy
+from synthmed.eval.real_data import RealData, fraction_subset, prepare_real
+from synthmed.eval.stats import summarize
+from synthmed.gan.losses import AUGMENTS
+from synthmed.gan.run import load_run
+
+#: name -> (path under the data folder, read options, fraction of the training split)
+SETS = {
+    "breastmnist-0.25": ("medmnist/breastmnist.npz", {}, 0.25),
+    "breastmnist-1.0": ("medmnist/breastmnist.npz", {}, 1.0),
+    "brain-tumor-0.1": ("brain-tumor-mri", {"size": 32, "channels": 1}, 0.1),
+    "retinamnist-1.0": ("medmnist/retinamnist.npz", {}, 1.0),
+}
+#: name -> (family, recipe); the first is the harness's default
+RECIPES = {
+    "dcgan": ("dcgan", GeneratorRecipe()),
+    "dcgan-ada-transition": ("dcgan", GeneratorRecipe(
+        diffaugment=AUGMENTS, ada_target=0.6, transition_steps=(500, 1000), ema_decay=0.999)),
+    "diffusion": ("diffusion", GeneratorRecipe()),
+}
+FIDELITY = ("fid", "kid", "precision", "recall", "coverage")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_data_options(parser)
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--recipes", default=",".join(RECIPES),
+                        help="comma list of RECIPE or RECIPE@STEPS (another budget)")
+    parser.add_argument("--seeds", type=int, default=3, help="classifier seeds per cell")
+    parser.add_argument("--headline", action="store_true",
+                        help="run the utility harness with each set's best recipe")
+    args = parser.parse_args(argv)
+    for name in args.sets.split(","):
+        path, read, fraction = SETS[name]
+        if not (args.data / path).exists():
+            sys.exit(f"{args.data / path}: not found (set SYNTHMED_TEST_DATA)")
+        real = prepare_real(read_images(args.data / path, ReadConfig(**read)))
+        subset = fraction_subset(real.train, fraction, seed=0)
+        rows = {"real only": real_only(subset, real, args.seeds)}
+        for recipe_name in args.recipes.split(","):
+            family, recipe = chosen_recipe(recipe_name)
+            rows[recipe_name] = measure(family, recipe, subset, real,
+                                        args.out / name / recipe_name, args.seeds)
+        (args.out / name / "rows.json").write_text(json.dumps(rows, indent=1))
+        print_table(name, len(subset), rows)
+        if args.headline:
+            headline(name, rows, args, fraction)
+
+
+def chosen_recipe(name: str) -> tuple[str, GeneratorRecipe]:
+    """The family and recipe of ``RECIPE`` or ``RECIPE@STEPS``."""
+    base, _, steps = name.partition("@")
+    family, recipe = RECIPES[base]
+    return family, replace(recipe, steps=int(steps)) if steps else recipe
+
+
+def real_only(subset: ImageSet, real: RealData, seeds: int) -> dict:
+    """The classifier trained on the real subset: validation and test AUROC over seeds."""
+    return {"auroc": classifier_auroc(subset, real, seeds), "fidelity_floor": None}
+
+
+def measure(family: str, recipe: GeneratorRecipe, subset: ImageSet, real: RealData,
+            folder: Path, seeds: int) -> dict:
+    """One recipe's generator on ``subset``: its times, fidelity, synthetic-only AUROC and
+    privacy numbers."""
+    generators = SubsetGenerators(recipe, folder, family)
+    timing = folder / "train_seconds.json"
+    started = time.perf_counter()
+    run_dir = generators.train(subset)
+    if not timing.is_file():  # the first call trained it; a rerun keeps that time
+        timing.write_text(json.dumps(time.perf_counter() - started))
+    started = time.perf_counter()
+    synthetic = sample_run(run_dir, like=subset, n=len(subset), seed=0)
+    sample_seconds = time.perf_counter() - started
+
+    extractor = default_extractor(real)
+    fidelity = evaluate_fidelity(subset, synthetic, extractor, extractor.name)
+    holdout = ImageSet.concatenate([real.val, real.test])
+    privacy = evaluate_privacy(synthetic, subset, holdout, features=extractor,
+                               extractor=extractor.name, features_fit_on_train=True,
+                               run=load_run(run_dir)).to_json()
+    samples = [synthetic] + [sample_run(run_dir, like=subset, n=len(subset), seed=s)
+                             for s in range(1, seeds)]
+    return {
+        "recipe": {"family": family, **asdict(recipe)},
+        "train_seconds": json.loads(timing.read_text()),
+        "sample_seconds": sample_seconds,
+        "fidelity": {k: fidelity.overall[k] for k in FIDELITY},
+        "fidelity_floor": {k: fidelity.floor[k] for k in FIDELITY},
+        "auroc": classifier_auroc(samples, real, seeds),
+        "near_copy_share": privacy["dcr"]["pixels"]["near_copy_share"],
+        "closer_to_train_share": privacy["dcr"]["pixels"]["closer_to_train_share"],
+        "membership": {name: {k: attack[k] for k in ("auc", "advantage", "advantage_ci")}
+                       for name, attack in privacy["membership"].items()},
+    }
+
+
+def classifier_auroc(train: ImageSet | list[ImageSet], real: RealData, seeds: int) -> dict:
+    """Validation and test AUROC (mean and 95 % interval over seeds) of the harness's
+    classifier trained on ``train`` (one set, or one per seed)."""
+    sets = train if isinstance(train, list) else [train] * seeds
+    config, classes = ClassifierConfig(), len(real.train.class_names)
+    scores: dict[str, list[float]] = {"val": [], "test": []}
+    for seed, images in enumerate(sets):
+        model = train_classifier(images.images, images.labels, real.val.images, real.val.labels,
+                                 classes, config, seed=seed)
+        for split, part in (("val", real.val), ("test", real.test)):
+            metrics = classification_metrics(part.labels, model.predict_proba(part.images))
+            scores[split].append(metrics["auroc"])
+    return {split: summarize(values) for split, values in scores.items()}
+
+
+def print_table(name: str, n: int, rows: dict) -> None:
+    """One markdown table per set: a row per recipe, the real-only classifier first."""
+    real_test = rows["real only"]["auroc"]["test"]["mean"]
+    print(f"\n### {name} ({n} real training images)\n")
+    print("| recipe | train min | FID (floor) | KID (floor) | precision | recall (floor) | "
+          "coverage (floor) | val AUROC | test AUROC [95 % CI] | x real | near-copy | "
+          "closer to train | membership adv. |")
+    print("|---" * 13 + "|")
+    for recipe, row in rows.items():
+        test = row["auroc"]["test"]
+        cells = [recipe]
+        if row["fidelity_floor"] is None:
+            cells += ["-"] * 6
+        else:
+            fid, floor = row["fidelity"], row["fidelity_floor"]
+            cells += [f"{row['train_seconds'] / 60:.1f}",
+                      f"{fid['fid']:.2f} ({floor['fid']:.2f})",
+                      f"{fid['kid']:.3f} ({floor['kid']:.3f})", f"{fid['precision']:.2f}",
+                      f"{fid['recall']:.2f} ({floor['recall']:.2f})",
+                      f"{fid['coverage']:.2f} ({floor['coverage']:.2f})"]
+        cells += [f"{row['auroc']['val']['mean']:.3f}",
+                  f"{test['mean']:.3f} [{test['ci_low']:.3f}, {test['ci_high']:.3f}]",
+                  f"{test['mean'] / real_test:.2f}"]
+        if "near_copy_share" in row:
+            attacks = ", ".join(f"{k} {a['advantage']:+.3f}"
+                                for k, a in row["membership"].items())
+            cells += [f"{row['near_copy_share']:.3f}", f"{row['closer_to_train_share']:.2f}",
+                      attacks]
+        else:
+            cells += ["-"] * 3
+        print("| " + " | ".join(cells) + " |")
+
+
+def headline(name: str, rows: dict, args: argparse.Namespace, fraction: float) -> None:
+    """The utility harness with the recipe of the best mean validation AUROC."""
+    best = max((r for r in rows if r != "real only"),
+               key=lambda r: rows[r]["auroc"]["val"]["mean"])
+    family, recipe = chosen_recipe(best)
+    path, read, _ = SETS[name]
+    read_args = [f"--{k}={v}" for k, v in read.items()]
+    recipe_args = ["--generator-steps", str(recipe.steps)]
+    if family == "dcgan" and recipe.diffaugment:
+        recipe_args += ["--generator-diffaugment", ",".join(recipe.diffaugment),
+                        "--generator-ada-target", str(recipe.ada_target),
+                        "--generator-transition-steps",
+                        ",".join(map(str, recipe.transition_steps)),
+                        "--generator-ema", str(recipe.ema_decay)]
+    out = args.out / name / f"harness-{best}"
+    seconds = synthmed("evaluate", "utility", "--real", str(args.data / path), *read_args,
+                       "--train-generator", f"{family}-conditional", *recipe_args,
+                       "--fractions", str(fraction), "--seeds", str(args.seeds), "--ratios",
+                       "1", "--balance", "--out", str(out), "--no-progress")
+    (head,) = (part["headline"] for part in json.loads((out / "summary.json").read_text()).values())
+    print(f"\n{name}: harness with {best} ({seconds / 60:.0f} min): {head['best_synthetic']} vs "
+          f"{head['best_without']}: {head['metric']} gain {head['gain_mean']:+.3f} "
+          f"[{head['gain_ci_low']:+.3f}, {head['gain_ci_high']:+.3f}]")
+
+
+if __name__ == "__main__":
+    main()

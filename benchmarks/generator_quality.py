@@ -215,7 +215,9 @@ def headline(name: str, rows: dict, args: argparse.Namespace, fraction: float) -
     (head,) = (part["headline"] for part in json.loads((out / "summary.json").read_text()).values())
     print(f"\n{name}: harness with {best} ({seconds / 60:.0f} min): {head['best_synthetic']} vs "
           f"{head['best_without']}: {head['metric']} gain {head['gain_mean']:+.3f} "
-          f"[{head['gain_ci_low']:+.3f}, {head['gain_ci_high']:+.3f}]")
+          f"[{head['gain_ci_low']:+.3f}, {head['gain_ci_high']:+.3f}]"
+          + ("" if head.get("converged", 1) == 1 else
+             f" (unconverged in {1 - head['converged']:.0%} of the seeds)"))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from synthmed.cli.base import Group, check_out_folder, comma_names, config_optio
 from synthmed.eval.classifier import ClassifierConfig
 from synthmed.eval.generators import GeneratorRecipe
 from synthmed.eval.privacy_audit import PrivacyConfig
-from synthmed.eval.utility import UtilityConfig
+from synthmed.eval.utility import MAX_DOUBLINGS, UtilityConfig
 from synthmed.gan.translate import TranslateConfig
 from synthmed.io import RUN_CONFIG
 
@@ -86,9 +86,14 @@ def _shard(text: str) -> tuple[int, int]:
                     "trained on the fraction's real images finds most typical of its class.")
 @config_option("--classifier", "arch", type=click.Choice(["small-cnn", "resnet18", "densenet121"]),
                config=ClassifierConfig, field="arch", override=False)
-@config_option("--steps", type=click.IntRange(1), config=ClassifierConfig, field="steps",
+@config_option("--steps", type=click.IntRange(2), config=ClassifierConfig, field="steps",
                override=False,
-               help="Optimiser steps of every classifier (the same in every regime).")
+               help="Optimiser steps of every classifier (the same in every regime of a "
+                    "fraction), before the pilot.")
+@config_option("--pilot-doublings", type=click.IntRange(0, MAX_DOUBLINGS), config=UtilityConfig,
+               field="pilot_doublings", override=False,
+               help="Per fraction, double --steps at most this often while the `real` regime "
+                    "(seed 0) has its best validation pass among its last three; 0: no pilot.")
 @config_option("--batch-size", type=click.IntRange(1), config=ClassifierConfig,
                field="batch_size", override=False)
 @config_option("--metric", type=click.Choice(["auroc", "balanced_accuracy", "macro_f1"]),
@@ -102,8 +107,8 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
                              generator_transition_steps: tuple[int, int],
                              generator_ema: float, out: Path,
                              fractions: str, seeds: int, ratios: str, balance: bool,
-                             best_of: int, arch: str, steps: int, batch_size: int, metric: str,
-                             shard: str, progress: bool) -> None:
+                             best_of: int, arch: str, steps: int, pilot_doublings: int,
+                             batch_size: int, metric: str, shard: str, progress: bool) -> None:
     """Classifier gain from synthetic data: the same classifier and steps under every regime.
 
     Example: synthmed evaluate utility --real breastmnist.npz --train-generator
@@ -123,7 +128,7 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
     check_out(out, (real_path, generator_run))
     config = UtilityConfig(fractions=_floats(fractions, "--fractions"), seeds=seeds,
                            ratios=_floats(ratios, "--ratios"), balance=balance,
-                           best_of=best_of, metric=metric,
+                           best_of=best_of, metric=metric, pilot_doublings=pilot_doublings,
                            classifier=ClassifierConfig(arch=arch, steps=steps,
                                                        batch_size=batch_size))
     part = _shard(shard)

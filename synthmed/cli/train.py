@@ -20,6 +20,7 @@ from synthmed.gan.config import (
     DiffusionConfig,
     DPConfig,
     TrainConfig,
+    resolve_precision,
 )
 from synthmed.gan.run_config import DataConfig
 
@@ -43,7 +44,9 @@ def _loop_options(loop: TrainConfig, epochs: str, decay: bool,
                       help=epochs),
         *decay_epochs,
         batch_size,
-        click.option("--precision", type=click.Choice(["fp32", "bf16"]), help="bf16: autocast."),
+        click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]),
+                     callback=lambda _ctx, _param, value: value and resolve_precision(value),
+                     help="bf16: autocast; auto: bf16 where the device computes it natively."),
         config_option("--seed", type=types.SEED, config=loop, field="seed",
                       help="Seeds every random draw"),
         click.option("--checkpoint-every", type=click.IntRange(1),

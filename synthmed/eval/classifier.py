@@ -18,6 +18,7 @@ model.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from monai.networks.nets import DenseNet121, resnet18
 from torch import nn
 
 from synthmed.errors import InputError
+from synthmed.eval.augmentation import AUGMENTATIONS
 from synthmed.eval.metrics import choose_threshold, classification_metrics
 
 ARCHITECTURES = ("small-cnn", "resnet18", "densenet121")
@@ -167,50 +169,6 @@ def build_classifier(arch: str, in_channels: int, num_classes: int,
     raise InputError(f"unknown classifier arch {arch!r}, use one of {', '.join(ARCHITECTURES)}")
 
 
-# -- classic augmentation ---------------------------------------------------------------------
-
-
-def classic_augment(images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-    """Classic augmentation of a batch ``(B, C, H, W)`` in [-1, 1], clamped to [-1, 1].
-
-    Per image: a horizontal flip with probability 1/2, a rotation of up to ±10°, an isotropic
-    scale in [0.9, 1.1] and a translation of up to ±6 % of each side, applied as one batched
-    bilinear resampling (``affine_grid`` / ``grid_sample``, reflection padding as in MONAI's
-    ``Affine``; rotation in pixel units, so non-square images are not sheared); then contrast
-    x [0.9, 1.1] about the image mean and brightness ±0.1. All parameters are drawn from
-    ``rng`` (on its device), none from the global RNG.
-    """
-    if images.ndim != 4:
-        raise InputError(f"classic_augment needs images (B, C, H, W), got {tuple(images.shape)}")
-    b, _, h, w = images.shape
-
-    def uniform(low: float, high: float) -> torch.Tensor:  # (B,)
-        u = torch.rand(b, generator=rng, device=rng.device, dtype=torch.float64)
-        return (low + (high - low) * u).to(images.device)
-
-    flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
-    angle = torch.deg2rad(uniform(-10, 10))
-    scale = uniform(0.9, 1.1)
-    shift_x, shift_y = uniform(-0.12, 0.12), uniform(-0.12, 0.12)  # 6 % of a side spans 2
-    contrast, brightness = uniform(0.9, 1.1), uniform(-0.1, 0.1)
-
-    # theta maps output to input coordinates, normalised to [-1, 1] per axis; the rotation
-    # is in pixels, hence the aspect factors h / w and w / h.
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([
-        torch.stack([cos * flip, -sin * h / w, shift_x], dim=1),
-        torch.stack([sin * w / h * flip, cos, shift_y], dim=1),
-    ], dim=1).to(images.dtype)  # (B, 2, 3)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # (B, H, W, 2)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
-                        align_corners=False)  # (B, C, H, W)
-
-    mean = out.mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
-    out = (out - mean) * contrast.view(b, 1, 1, 1).to(out.dtype) + mean
-    out = out + brightness.view(b, 1, 1, 1).to(out.dtype)
-    return out.clamp(-1.0, 1.0)
-
-
 # -- training ---------------------------------------------------------------------------------
 
 
@@ -251,6 +209,22 @@ class TrainedClassifier:
         return feats.float().numpy()
 
 
+@dataclass(frozen=True)
+class Pretraining:
+    """Images a classifier trains on first, for the first ``steps`` of its budget (bridged
+    transfer: synthetic images, then the real ones).
+
+    Args:
+        images: ``(P, C, H, W)`` in [-1, 1].
+        labels: ``(P,)`` ints in ``[0, num_classes)``.
+        steps: optimiser steps on these images, fewer than the budget.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    steps: int
+
+
 def train_classifier(
     train_images: np.ndarray,
     train_labels: np.ndarray,
@@ -260,7 +234,9 @@ def train_classifier(
     config: ClassifierConfig,
     seed: int,
     *,
-    augment: bool = False,
+    augment: tuple[str, ...] = (),
+    weights: np.ndarray | None = None,
+    pretraining: Pretraining | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> TrainedClassifier:
     """Train ``config.arch`` for exactly ``config.steps`` AdamW steps; keep the best state on
@@ -279,29 +255,42 @@ def train_classifier(
         num_classes: K, at least 2.
         config: architecture and optimisation settings.
         seed: seeds initialisation, dropout, batch order and augmentation.
-        augment: apply :func:`classic_augment` to every training batch.
+        augment: names in :data:`AUGMENTATIONS`, applied in order to every training batch.
+        weights: ``(N,)`` non-negative loss weight of each training image (``None``: 1).
+        pretraining: images trained on first, within the same ``config.steps``.
         progress: called with the number of steps just done, after each validation pass.
     """
     x_train, y_train, x_val, y_val = _checked_inputs(train_images, train_labels, val_images,
                                                      val_labels, num_classes, config.arch)
+    w_train = _checked_weights(weights, len(x_train))
+    unknown = [name for name in augment if name not in AUGMENTATIONS]
+    if unknown:
+        raise InputError(f"unknown augmentation {unknown[0]!r}, use {', '.join(AUGMENTATIONS)}")
     order_seed, augment_seed = np.random.SeedSequence(seed).generate_state(2)
     order_rng = torch.Generator().manual_seed(int(order_seed))
     augment_rng = torch.Generator().manual_seed(int(augment_seed))
     selection = _Selection(x_val, y_val, num_classes, config.precision)
+    stages = [(x_train, y_train, w_train, config.steps)]
+    if pretraining is not None:
+        x_first, y_first = _checked_pretraining(pretraining, x_train, num_classes, config)
+        stages = [(x_first, y_first, None, pretraining.steps),
+                  (x_train, y_train, w_train, config.steps - pretraining.steps)]
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # weight init and dropout
         model = build_classifier(config.arch, x_train.shape[1], num_classes, config.width)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                       weight_decay=config.weight_decay)
-        batches = _batches(len(x_train), config.batch_size, order_rng)
+        schedule = ((x, y, w, index) for x, y, w, steps in stages
+                    for index in itertools.islice(_batches(len(x), config.batch_size,
+                                                           order_rng), steps))
         train_losses: list[float] = []
-        for step in range(1, config.steps + 1):
-            index = next(batches)
-            x = x_train[index]  # (B, C, H, W)
-            if augment:
-                x = classic_augment(x, augment_rng)
-            train_losses.append(_train_step(model, optimizer, x, y_train[index],
+        for step, (x_all, y_all, w_all, index) in enumerate(schedule, start=1):
+            x = x_all[index]  # (B, C, H, W)
+            for name in augment:
+                x = AUGMENTATIONS[name](x, augment_rng)
+            train_losses.append(_train_step(model, optimizer, x, y_all[index],
+                                            None if w_all is None else w_all[index],
                                             config.precision))
             if step % config.eval_every and step != config.steps:
                 continue
@@ -310,6 +299,30 @@ def train_classifier(
                 progress(len(train_losses))
             train_losses = []
     return selection.trained(model, num_classes)
+
+
+def _checked_weights(weights: np.ndarray | None, n: int) -> torch.Tensor | None:
+    """Per-image loss weights ``(N,)`` float32, or ``None``; InputError when they do not fit."""
+    if weights is None:
+        return None
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any():
+        raise InputError(f"weights must be {n} finite non-negative numbers, one per training "
+                         f"image, got shape {w.shape}")
+    return torch.from_numpy(w.astype(np.float32))
+
+
+def _checked_pretraining(pretraining: Pretraining, x_train: torch.Tensor, num_classes: int,
+                         config: ClassifierConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pretraining images and labels as tensors, checked like the training split."""
+    if not 1 <= pretraining.steps < config.steps:
+        raise InputError(f"pretraining steps must be between 1 and {config.steps - 1} (the "
+                         f"budget is {config.steps}), got {pretraining.steps}")
+    x, y = _check_split(pretraining.images, pretraining.labels, num_classes, "pretraining")
+    if x.shape[1:] != x_train.shape[1:]:
+        raise InputError(f"pretraining images are {tuple(x.shape[1:])}, training images "
+                         f"{tuple(x_train.shape[1:])}")
+    return x, y
 
 
 def _checked_inputs(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray,
@@ -330,12 +343,16 @@ def _checked_inputs(train_images: np.ndarray, train_labels: np.ndarray, val_imag
 
 
 def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                y: torch.Tensor, precision: str) -> float:
-    """One optimizer step on a batch ``x (B, C, H, W)``, ``y (B,)``; its cross-entropy loss."""
+                y: torch.Tensor, w: torch.Tensor | None, precision: str) -> float:
+    """One optimizer step on a batch ``x (B, C, H, W)``, ``y (B,)``, loss weights ``w (B,)``
+    (``None``: 1); its mean (weighted) cross-entropy loss."""
     model.train()
     with _autocast(precision):
         logits = model(x)  # (B, K)
-    loss = F.cross_entropy(logits.float(), y)
+    if w is None:
+        loss = F.cross_entropy(logits.float(), y)
+    else:
+        loss = (F.cross_entropy(logits.float(), y, reduction="none") * w).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -43,7 +43,7 @@ from synthmed.eval.translation import evaluate_run
 from synthmed.eval.translation_report import save_report
 from synthmed.eval.utility import UtilityConfig, run_grid
 from synthmed.eval.utility_report import write_report
-from synthmed.gan.config import CycleGANConfig, TrainConfig
+from synthmed.gan.config import CycleGANConfig, TrainConfig, resolve_precision
 from synthmed.gan.generate import GenerateConfig, generate
 from synthmed.gan.run import load_run
 from synthmed.gan.run_config import RunConfig
@@ -53,21 +53,25 @@ from synthmed.io import atomic_output_dir
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """How big the demo is; :meth:`quick` is the two-minute version."""
+    """How big the demo is; :meth:`quick` is the few-minute version (a narrower generator, no
+    step-budget pilot)."""
 
     slices: int = 2000
     size: int = 32
     fraction: float = 0.25
     seeds: int = 3
     generator_steps: int = 300
+    generator_width: int = 32
     classifier_steps: int = 200
+    pilot_doublings: int = 3
     cyclegan_subjects: int = 6
     cyclegan_epochs: int = 6
 
     @classmethod
     def quick(cls) -> DemoConfig:
-        return cls(slices=640, fraction=0.25, seeds=2, generator_steps=100,
-                   classifier_steps=60, cyclegan_subjects=4, cyclegan_epochs=2)
+        return cls(slices=640, fraction=0.25, seeds=2, generator_steps=100, generator_width=16,
+                   classifier_steps=60, pilot_doublings=0, cyclegan_subjects=4,
+                   cyclegan_epochs=2)
 
 
 def run_demo(out: Path, config: DemoConfig, *, overwrite: bool = False, progress: bool = True,
@@ -106,7 +110,8 @@ def _demo_steps(work: Path, config: DemoConfig, progress: bool,
     subset = fraction_subset(real.train, config.fraction, seed=0)
     echo(f"2/7 conditional DCGAN on {len(subset)} slices ({config.fraction:.0%} of the "
          "training patients' slices)")
-    generators = SubsetGenerators(GeneratorRecipe(steps=config.generator_steps),
+    generators = SubsetGenerators(GeneratorRecipe(steps=config.generator_steps,
+                                                  width=config.generator_width),
                                   work / "utility" / "generators")
     run_dir = generators.train(subset, progress=progress)
 
@@ -116,6 +121,7 @@ def _demo_steps(work: Path, config: DemoConfig, progress: bool,
 
     echo(f"4/7 utility harness: {config.seeds} seeds x {len(UtilityConfig().regimes)} regimes")
     utility = UtilityConfig(fractions=(config.fraction,), seeds=config.seeds,
+                            pilot_doublings=config.pilot_doublings,
                             classifier=ClassifierConfig(steps=config.classifier_steps))
     write_report(run_grid(real, generators, utility, work / "utility", progress=progress),
                  work / "utility")
@@ -146,7 +152,8 @@ def _translation(work: Path, config: DemoConfig, progress: bool) -> None:
         n=8 * config.cyclegan_subjects, size=config.size, seed=1, slices_per_subject=8))
     held_out = subjects[-1]
     model = CycleGANConfig(ngf=16, ndf=16, n_blocks=3, crop=24)
-    train = TrainConfig(epochs=config.cyclegan_epochs, batch_size=1, precision="bf16",
+    train = TrainConfig(epochs=config.cyclegan_epochs, batch_size=1,
+                        precision=resolve_precision("auto"),
                         decay_epochs=config.cyclegan_epochs // 2, preview=8)
     run = work / "translation" / "run"
     train_cyclegan(f"{volumes}/*/t1.nii.gz", f"{volumes}/*/t2.nii.gz", run,

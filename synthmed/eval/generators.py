@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,13 @@ from synthmed.errors import InputError
 from synthmed.eval.classifier import TrainedClassifier
 from synthmed.eval.real_data import RealData
 from synthmed.gan import checkpoint
-from synthmed.gan.config import DCGANConfig, DiffusionConfig, TrainConfig
+from synthmed.gan.config import (
+    PRECISIONS,
+    DCGANConfig,
+    DiffusionConfig,
+    TrainConfig,
+    resolve_precision,
+)
 from synthmed.gan.run import LoadedRun, load_run
 from synthmed.gan.run_config import GENERATORS, DataConfig, RunConfig, read_run_config
 from synthmed.gan.train import train_dcgan, train_diffusion
@@ -35,7 +41,8 @@ class GeneratorRecipe:
     The budget is in optimiser steps, so a small subset gets as many updates as a large one
     (in epochs, 10 % of a data set would get a tenth of the training). ``diffaugment``,
     ``ada_target``, ``transition_steps`` and ``ema_decay`` are the small-data remedies of
-    :class:`DCGANConfig`.
+    :class:`DCGANConfig`. ``precision`` ``auto`` is bf16 where the device computes it natively
+    (:func:`resolve_precision`), fixed when :class:`SubsetGenerators` takes the recipe.
     """
 
     steps: int = 2000
@@ -46,9 +53,12 @@ class GeneratorRecipe:
     ada_target: float = 0.0
     transition_steps: tuple[int, int] = (0, 0)
     ema_decay: float = 0.0
-    precision: str = "bf16"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:  # bad options fail here, not at the first generator
+        if self.precision not in (*PRECISIONS, "auto"):
+            raise InputError(f"generator precision must be fp32, bf16 or auto, got "
+                             f"{self.precision!r}")
         self.dcgan_config()
 
     def dcgan_config(self) -> DCGANConfig:
@@ -101,7 +111,8 @@ class SubsetGenerators:
         if family not in FAMILIES:
             raise InputError(f"generator family must be one of {', '.join(FAMILIES)}, got "
                              f"{family!r}")
-        self.recipe, self.folder, self.family = recipe, Path(folder), family
+        self.recipe = replace(recipe, precision=resolve_precision(recipe.precision))
+        self.folder, self.family = Path(folder), family
 
     def describe(self) -> dict[str, Any]:
         if self.family == "diffusion":
@@ -126,7 +137,7 @@ class SubsetGenerators:
     def _train(self, subset: ImageSet, run_dir: Path, progress: bool) -> None:
         recipe = self.recipe
         batch = min(recipe.batch_size, len(subset))
-        repeats = math.ceil(STEPS_PER_EPOCH * batch / len(subset))
+        repeats = math.ceil(min(STEPS_PER_EPOCH, recipe.steps) * batch / len(subset))
         epochs = math.ceil(recipe.steps / (len(subset) * repeats // batch))
         train = TrainConfig(epochs=epochs, batch_size=batch, precision=recipe.precision,
                             checkpoint_every=max(1, epochs // 10), decay_epochs=0)

@@ -29,6 +29,7 @@ from sklearn.metrics import (
 
 METRICS = ("auroc", "balanced_accuracy", "macro_f1", "accuracy")
 BINARY_METRICS = ("sensitivity", "specificity")
+MINORITY_METRIC = "minority_sensitivity"
 
 
 def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -65,7 +66,8 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def classification_metrics(
-    labels: np.ndarray, probabilities: np.ndarray, threshold: float | None = None
+    labels: np.ndarray, probabilities: np.ndarray, threshold: float | None = None,
+    minority: int | None = None,
 ) -> dict[str, float]:
     """Score predicted class probabilities against the true labels.
 
@@ -81,14 +83,18 @@ def classification_metrics(
     - ``accuracy``: the share of correct decisions.
     - binary only: ``sensitivity`` (recall of class 1) and ``specificity`` (recall of class 0),
       ``nan`` when that class is missing from ``labels``.
+    - with ``minority``: ``minority_sensitivity``, the recall of that class (the rarest in
+      training, where gains from synthetic images tend to show first).
 
     Args:
         labels: ``(N,)`` integer labels in ``0 .. K-1``.
         probabilities: ``(N, K)`` class probabilities, rows summing to 1.
         threshold: the binary decision threshold, e.g. from :func:`choose_threshold`.
+        minority: a class index in ``0 .. K-1``.
 
     Returns:
-        ``metric -> value``: the keys of ``METRICS``, plus ``BINARY_METRICS`` when ``K == 2``.
+        ``metric -> value``: the keys of ``METRICS``, plus ``BINARY_METRICS`` when ``K == 2``
+        and ``minority_sensitivity`` with ``minority``.
 
     Raises:
         ValueError: an empty set, ``K < 2``, lengths that differ, labels out of range, or
@@ -121,6 +127,10 @@ def classification_metrics(
     }
     if k == 2:
         result.update(sensitivity=float(recall[1]), specificity=float(recall[0]))
+    if minority is not None:
+        if not 0 <= minority < k:
+            raise ValueError(f"minority must be a class in 0..{k - 1}, got {minority}")
+        result[MINORITY_METRIC] = float(recall[minority])
     return result
 
 

@@ -4,10 +4,16 @@ The same classifier, hyper-parameters and number of optimiser steps are used in 
 
 - ``real``: the real training images of the fraction;
 - ``real+classic``: the same with classic augmentation (flips, small affine, intensity);
+- ``real+classic-mri``: classic plus MR / X-ray artefacts (bias field, gamma, Gibbs ringing,
+  noise; MONAI), the strongest cheap baseline;
 - ``real-repeated``: the real images repeated to the size of the largest real + synthetic set,
   with classic augmentation: the control that shows how much of a gain is only extra training;
 - ``real+synthetic xR`` / ``real+classic+synthetic xR``: R synthetic images per real one (class
   mix of the real subset), or ``balance``: synthetic images fill every class up to the largest;
+- ``real+classic+synthetic xR (loss x0.5)``: the same, each synthetic image's loss weighted
+  by :data:`SYNTHETIC_WEIGHT`, so the real images dominate once synthetic ones outnumber them;
+- ``synthetic, then real+classic xR``: bridged transfer (Li et al. 2024), half the steps on
+  the synthetic images alone, then the other half on the real ones;
 - ``synthetic only``: as many synthetic images as real ones, tested on real images.
 
 Grid: fractions (stratified subsets of the real training split, drawn per seed) x seeds x
@@ -41,7 +47,12 @@ from tqdm import tqdm
 from synthmed import __version__
 from synthmed.augment.dataset import ImageSet
 from synthmed.errors import InputError
-from synthmed.eval.classifier import ClassifierConfig, TrainedClassifier, train_classifier
+from synthmed.eval.classifier import (
+    ClassifierConfig,
+    Pretraining,
+    TrainedClassifier,
+    train_classifier,
+)
 from synthmed.eval.generators import (
     FAMILIES,
     GeneratorRecipe,
@@ -55,6 +66,11 @@ from synthmed.eval.real_data import RealData, fraction_subset
 from synthmed.io import write_json
 
 RESULTS = "results.json"
+MAX_DOUBLINGS = 6  # the pilot's budget grows at most 64-fold
+
+
+#: The loss weight of a synthetic image in the down-weighted regimes (fixed, not tuned).
+SYNTHETIC_WEIGHT = 0.5
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,10 @@ class Regime:
         real: real images included. classic: classic augmentation on every batch.
         synthetic: ``None``, a ratio of synthetic to real images, or ``"balance"``.
         repeat_to: the real images repeated to this multiple of their count (the control).
+        mri: MR / X-ray intensity artefacts (:func:`mri_augment`) after the classic ones.
+        synthetic_weight: the loss weight of a synthetic image (a real one weighs 1).
+        bridged: the synthetic images alone for the first half of the steps, then the real
+            ones (bridged transfer) instead of one mixed set.
     """
 
     name: str
@@ -73,22 +93,38 @@ class Regime:
     classic: bool = False
     synthetic: float | str | None = None
     repeat_to: float = 1.0
+    mri: bool = False
+    synthetic_weight: float = 1.0
+    bridged: bool = False
 
     @property
     def uses_synthetic(self) -> bool:
         return self.synthetic is not None
 
+    @property
+    def augment(self) -> tuple[str, ...]:
+        """The classifier's augmentations (:data:`AUGMENTATIONS` names), in order."""
+        return ("classic",) * self.classic + ("mri",) * self.mri
+
 
 def make_regimes(ratios: tuple[float, ...], balance: bool) -> list[Regime]:
-    """The regimes of the grid, baselines first."""
+    """The regimes of the grid, baselines first; per mix of synthetic images: mixed in plainly,
+    with classic augmentation, with their loss down-weighted, and bridged (synthetic first)."""
     mixes: list[float | str] = [*ratios, *(["balance"] if balance else [])]
     largest = 1.0 + max(ratios, default=1.0)
     regimes = [Regime("real"), Regime("real+classic", classic=True),
+               Regime("real+classic-mri", classic=True, mri=True),
                Regime("real-repeated", classic=True, repeat_to=largest)]
     for mix in mixes:
         label = "balance" if mix == "balance" else f"x{mix:g}"
-        regimes.append(Regime(f"real+synthetic {label}", synthetic=mix))
-        regimes.append(Regime(f"real+classic+synthetic {label}", classic=True, synthetic=mix))
+        regimes += [
+            Regime(f"real+synthetic {label}", synthetic=mix),
+            Regime(f"real+classic+synthetic {label}", classic=True, synthetic=mix),
+            Regime(f"real+classic+synthetic {label} (loss x{SYNTHETIC_WEIGHT:g})", classic=True,
+                   synthetic=mix, synthetic_weight=SYNTHETIC_WEIGHT),
+            Regime(f"synthetic, then real+classic {label}", classic=True, synthetic=mix,
+                   bridged=True),
+        ]
     regimes.append(Regime("synthetic only", real=False, synthetic=1.0))
     return regimes
 
@@ -107,6 +143,10 @@ class UtilityConfig:
             classifier trained on the fraction's real images (the ``real`` regime's model)
             finds most typical of its class; 1 keeps every draw.
         metric: the headline metric (``auroc``, ``balanced_accuracy``, ``macro_f1``).
+        pilot_doublings: before a fraction's cells, the ``real`` regime of seed 0 is trained
+            with ``classifier.steps``, doubled at most this many times while its best
+            validation pass is among its last three (unconverged); every regime of the
+            fraction then gets that budget. 0: ``classifier.steps`` as given.
     """
 
     fractions: tuple[float, ...] = (0.1, 0.25, 1.0)
@@ -115,6 +155,7 @@ class UtilityConfig:
     balance: bool = False
     best_of: int = 1
     metric: str = "auroc"
+    pilot_doublings: int = 3
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
     def __post_init__(self) -> None:
@@ -126,6 +167,12 @@ class UtilityConfig:
             raise InputError(f"ratios must be positive finite numbers, got {list(self.ratios)}")
         if self.best_of < 1:
             raise InputError(f"best_of must be at least 1, got {self.best_of}")
+        if not 0 <= self.pilot_doublings <= MAX_DOUBLINGS:
+            raise InputError(f"pilot_doublings must be between 0 and {MAX_DOUBLINGS}, got "
+                             f"{self.pilot_doublings}")
+        if self.classifier.steps < 2:
+            raise InputError("the classifier needs at least 2 steps (the bridged regimes give "
+                             f"half to the synthetic images), got {self.classifier.steps}")
         if self.metric not in ("auroc", "balanced_accuracy", "macro_f1", "accuracy"):
             raise InputError(f"unknown metric {self.metric!r}")
 
@@ -174,7 +221,7 @@ def run_grid(
     out.mkdir(parents=True, exist_ok=True)
     cells = grid(config, shard)
     results = _header(real, generator, config)
-    done = _load_cells(out / RESULTS, results, config)
+    done, budgets = _load_cells(out / RESULTS, results, config)
     bar = tqdm(total=len(cells), unit="model", disable=True if not progress else None,
                dynamic_ncols=True)
     for fraction, seed in dict.fromkeys((c.fraction, c.seed) for c in cells):
@@ -183,18 +230,43 @@ def run_grid(
         bar.update(sum(1 for c in cells if (c.fraction, c.seed) == (fraction, seed)) - len(todo))
         if not todo:
             continue
+        if f"{fraction:g}" not in budgets:
+            bar.set_postfix_str(f"f={fraction:g} pilot")
+            budgets[f"{fraction:g}"] = pilot_budget(real, fraction, config)
+        budget = replace(config, classifier=replace(config.classifier,
+                                                    steps=budgets[f"{fraction:g}"]))
         subset = fraction_subset(real.train, fraction, seed)
-        synthetic = _synthetic_sets(subset, todo, generator, seed, real, config)
+        synthetic = _synthetic_sets(subset, todo, generator, seed, real, budget)
         for cell in todo:
             bar.set_postfix_str(f"f={fraction:g} seed={seed} {cell.regime.name}")
-            done[_key(cell)] = _run_cell(cell, subset, synthetic, real, config)
+            done[_key(cell)] = _run_cell(cell, subset, synthetic, real, budget)
             bar.update()
-        results["cells"] = _ordered(done.values(), config)
-        write_json(out / RESULTS, results)
+        _write_results(out, results, done, budgets, config)
     bar.close()
-    results["cells"] = _ordered(done.values(), config)
+    return _write_results(out, results, done, budgets, config)
+
+
+def _write_results(out: Path, header: dict[str, Any], done: dict[tuple, dict[str, Any]],
+                   budgets: dict[str, int], config: UtilityConfig) -> dict[str, Any]:
+    results = {**{k: v for k, v in header.items() if k not in ("budgets", "cells")},
+               "budgets": dict(sorted(budgets.items(), key=lambda kv: float(kv[0]))),
+               "cells": _ordered(done.values(), config)}
     write_json(out / RESULTS, results)
     return results
+
+
+def pilot_budget(real: RealData, fraction: float, config: UtilityConfig) -> int:
+    """The classifier's step budget at ``fraction``: ``config.classifier.steps``, doubled at
+    most ``config.pilot_doublings`` times while the ``real`` regime of seed 0 has not
+    converged (its best validation pass among its last three)."""
+    subset = fraction_subset(real.train, fraction, seed=0)
+    steps = config.classifier.steps
+    for _ in range(config.pilot_doublings):
+        trial = replace(config, classifier=replace(config.classifier, steps=steps))
+        if _real_only_classifier(subset, real, trial, seed=0).converged:
+            break
+        steps *= 2
+    return steps
 
 
 def _header(real: RealData, generator: TrainedRun | SubsetGenerators,
@@ -223,11 +295,12 @@ def _header(real: RealData, generator: TrainedRun | SubsetGenerators,
 
 
 def _load_cells(path: Path, header: dict[str, Any], config: UtilityConfig
-                ) -> dict[tuple, dict[str, Any]]:
-    """Finished cells of an earlier run of the same grid on the same data. The grid may have
-    grown (more seeds, more fractions): its finished cells are kept and only the new ones run."""
+                ) -> tuple[dict[tuple, dict[str, Any]], dict[str, int]]:
+    """Finished cells and step budgets of an earlier run of the same grid on the same data.
+    The grid may have grown (more seeds, more fractions): its finished cells are kept and only
+    the new ones run."""
     if not path.is_file():
-        return {}
+        return {}, {}
     earlier = json.loads(path.read_text())
     if _grid_identity(earlier) != _grid_identity(header):
         raise InputError("holds results of another grid, data or generator: choose another "
@@ -238,21 +311,31 @@ def _load_cells(path: Path, header: dict[str, Any], config: UtilityConfig
         raise InputError(f"holds {len(outside)} finished cell(s) outside this grid, e.g. "
                          f"fraction {outside[0][0]}, seed {outside[0][1]}: rerun with those "
                          "--fractions and --seeds or choose another --out", path.parent)
-    return cells
+    return cells, _earlier_budgets(earlier)
+
+
+def _earlier_budgets(results: dict[str, Any]) -> dict[str, int]:
+    """The step budget of each fraction of ``results``; results written before the pilot
+    existed trained every fraction with the classifier's own steps."""
+    if "budgets" in results:
+        return dict(results["budgets"])
+    steps = results["config"]["classifier"]["steps"]
+    return {f"{cell['fraction']:g}": steps for cell in results["cells"]}
 
 
 def _grid_identity(results: dict[str, Any]) -> dict[str, Any]:
     """What must match for cells to be reused or merged: everything but the cells, the seed
     count, the fractions and where the data and the generator lie (their fingerprints say
-    what they are). Options added since the results were written count as their defaults."""
+    what they are). Options added since the results were written count as their defaults, and
+    regimes added since then are run beside the finished ones."""
     config = _as_json(asdict(_config_from(results["config"])))
     config = {k: v for k, v in config.items() if k not in ("seeds", "fractions")}
     data = {k: v for k, v in results["data"].items() if k != "origin"}
     generator = {k: v for k, v in results["generator"].items() if k != "path"}
     if generator.get("model") == FAMILIES["dcgan"]:
         generator = {**_as_json(asdict(GeneratorRecipe())), **generator}
-    return {**{k: v for k, v in results.items() if k != "cells"}, "config": config,
-            "data": data, "generator": generator}
+    rest = {k: v for k, v in results.items() if k not in ("cells", "regimes", "budgets")}
+    return {**rest, "config": config, "data": data, "generator": generator}
 
 
 def _key(cell: Cell) -> tuple:
@@ -272,8 +355,10 @@ def _synthetic_sets(subset: ImageSet, cells: list[Cell], generator: TrainedRun |
     mixes = dict.fromkeys(c.regime.synthetic for c in cells if c.regime.uses_synthetic)
     judge = _real_only_classifier(subset, real, config, seed) \
         if mixes and config.best_of > 1 else None
+    every_mix = list(dict.fromkeys(r.synthetic for r in config.regimes if r.uses_synthetic))
     sets = {}
-    for k, mix in enumerate(mixes):
+    for mix in mixes:
+        k = every_mix.index(mix)  # the mix's draws do not depend on which cells are left
         labels = synthetic_labels(subset, mix, np.random.default_rng([seed, k]))
         candidates = generator.sample(subset, np.repeat(labels, config.best_of), seed * 1000 + k)
         images = candidates if judge is None else best_of(candidates, labels, judge)
@@ -295,6 +380,7 @@ def _run_cell(cell: Cell, subset: ImageSet, synthetic: dict, real: RealData,
     regime = cell.regime
     images, labels = [], []
     n_real = n_synthetic = 0
+    pretraining = None
     if regime.real:
         n_real = max(1, round(regime.repeat_to * len(subset)))
         index = np.resize(np.arange(len(subset)), n_real)  # the subset repeated, then cut
@@ -303,20 +389,36 @@ def _run_cell(cell: Cell, subset: ImageSet, synthetic: dict, real: RealData,
     if regime.uses_synthetic:
         synthetic_images, synthetic_labels_ = synthetic[regime.synthetic]
         n_synthetic = len(synthetic_images)
-        images.append(synthetic_images)
-        labels.append(synthetic_labels_)
+        if regime.bridged:
+            pretraining = Pretraining(synthetic_images, synthetic_labels_,
+                                      config.classifier.steps // 2)
+        else:
+            images.append(synthetic_images)
+            labels.append(synthetic_labels_)
+    weights = None
+    if regime.synthetic_weight != 1.0:
+        weights = np.concatenate([np.ones(n_real), np.full(n_synthetic, regime.synthetic_weight)])
     trained = train_classifier(np.concatenate(images), np.concatenate(labels), real.val.images,
                                real.val.labels, len(real.train.class_names), config.classifier,
-                               seed=cell.seed, augment=regime.classic)
+                               seed=cell.seed, augment=regime.augment, weights=weights,
+                               pretraining=pretraining)
     probabilities = trained.predict_proba(real.test.images)
-    test = classification_metrics(real.test.labels, probabilities, trained.threshold)
+    test = classification_metrics(real.test.labels, probabilities, trained.threshold,
+                                  minority=minority_class(real.train))
     return {
         "fraction": cell.fraction, "seed": cell.seed, "regime": regime.name,
         "n_real_images": len(subset), "n_real": n_real, "n_synthetic": n_synthetic,
+        "steps": config.classifier.steps,
         "best_step": trained.best_step, "converged": trained.converged,
         "threshold": trained.threshold, "curve": trained.curve,
         "test": test,
     }
+
+
+def minority_class(train: ImageSet) -> int:
+    """The class with the fewest training images (the lowest index among equals)."""
+    counts = train.class_counts()
+    return min(counts, key=lambda label: (counts[label], label))
 
 
 # -- merging shards ----------------------------------------------------------------------------
@@ -330,13 +432,18 @@ def merge(parts: list[Path], out: Path) -> dict[str, Any]:
         if not path.is_file():
             raise InputError(f"has no {RESULTS}", part)
         loaded.append(json.loads(path.read_text()))
-    header = {k: v for k, v in loaded[0].items() if k != "cells"}
+    header = {k: v for k, v in loaded[0].items() if k not in ("cells", "budgets")}
     for part, other in zip(parts[1:], loaded[1:], strict=True):
         if _grid_identity(other) != _grid_identity(loaded[0]) or \
                 other["config"] != header["config"]:
             raise InputError("is a shard of another grid, data or generator", part)
     cells: dict[tuple, dict[str, Any]] = {}
-    for other in loaded:
+    budgets: dict[str, int] = {}
+    for part, other in zip(parts, loaded, strict=True):
+        for fraction, steps in _earlier_budgets(other).items():
+            if budgets.setdefault(fraction, steps) != steps:
+                raise InputError(f"gives fraction {fraction} a budget of {steps} steps, another "
+                                 f"shard {budgets[fraction]}", part)
         for cell in other["cells"]:
             cells[(cell["fraction"], cell["seed"], cell["regime"])] = cell
     config = _config_from(header["config"])
@@ -346,13 +453,12 @@ def merge(parts: list[Path], out: Path) -> dict[str, Any]:
         raise InputError(f"{len(missing)} cell(s) of the grid are missing, e.g. fraction "
                          f"{missing[0][0]}, seed {missing[0][1]}, {missing[0][2]}: merge every "
                          "shard")
-    results = {**header, "cells": _ordered(cells.values(), config)}
     Path(out).mkdir(parents=True, exist_ok=True)
-    write_json(Path(out) / RESULTS, results)
-    return results
+    return _write_results(Path(out), header, cells, budgets, config)
 
 
 def _config_from(values: dict[str, Any]) -> UtilityConfig:
+    values = {"pilot_doublings": 0, **values}  # results written before the pilot had none
     classifier = ClassifierConfig(**values["classifier"])
     rest = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
             if k != "classifier"}

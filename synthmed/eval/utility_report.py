@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from synthmed.eval.metrics import METRICS
+from synthmed.eval.metrics import BINARY_METRICS, METRICS, MINORITY_METRIC
 from synthmed.eval.stats import holm, paired_comparison, resolvable_difference, summarize
 from synthmed.io import atomic_write, write_json
 
@@ -49,7 +49,7 @@ def summarize_results(results: dict[str, Any]) -> dict[str, Any]:
 
 def _metrics(results: dict[str, Any]) -> list[str]:
     first = results["cells"][0]["test"] if results["cells"] else {}
-    return [m for m in (*METRICS, "sensitivity", "specificity") if m in first]
+    return [m for m in (*METRICS, *BINARY_METRICS, MINORITY_METRIC) if m in first]
 
 
 def _seed_values(cells: dict[str, list[dict]], name: str, metric: str) -> dict[int, float]:
@@ -90,6 +90,7 @@ def _headline(table: dict[str, dict[str, Any]], cells: dict[str, list[dict]],
     best_synthetic = max(with_synthetic, key=lambda n: _mean(table, n, metric))
     best_other = max(without, key=lambda n: _mean(table, n, metric))
     return {"metric": metric, "best_synthetic": best_synthetic, "best_without": best_other,
+            "converged": min(table[best_synthetic]["converged"], table[best_other]["converged"]),
             **_paired(cells, best_synthetic, best_other, metric)}
 
 
@@ -119,9 +120,9 @@ def to_markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
         *([f"Synthetic images: the best of {config['best_of']} candidates each, judged by the "
            "`real` regime's classifier (trained on the fraction's real images) by the "
            "probability it gives the intended class."] if config.get("best_of", 1) > 1 else []),
-        f"Classifier: {config['classifier']['arch']}, {config['classifier']['steps']} optimiser "
-        f"steps of batch {config['classifier']['batch_size']} in every regime (compute-matched), "
-        "model selection on the validation split, the test split scored once per model.",
+        f"Classifier: {config['classifier']['arch']}, {_budgets(results)} of batch "
+        f"{config['classifier']['batch_size']} in every regime (compute-matched), model "
+        "selection on the validation split, the test split scored once per model.",
         f"Seeds: {seeds} per regime and fraction; intervals are Student-t 95 % over seeds; p "
         f"against `{BASELINE}` (paired by seed), Holm-corrected over the regimes.",
         "",
@@ -135,22 +136,38 @@ def to_markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
         "repeated to the size of the largest real + synthetic set with the same steps and "
         "augmentation: a synthetic regime must beat it, not only `real`, to show that the "
         "synthetic images, and not extra training, made the difference. Accuracy at a fixed "
-        "threshold misleads on imbalanced sets; binary thresholds are chosen on validation.",
+        "threshold misleads on imbalanced sets; binary thresholds are chosen on validation. "
+        "The last column is the recall of the class with the fewest training images, where "
+        "gains from synthetic images showed first in earlier studies (Frid-Adar et al. 2018).",
         "",
     ]
     return "\n".join(lines)
+
+
+def _budgets(results: dict[str, Any]) -> str:
+    """The classifier's step budget per fraction, and how it was chosen."""
+    steps = results["config"]["classifier"]["steps"]
+    budgets = results.get("budgets") or {}
+    doublings = results["config"].get("pilot_doublings", 0)
+    if not doublings:
+        return f"{steps} optimiser steps"
+    chosen = ", ".join(f"{b} at fraction {f}" for f, b in budgets.items())
+    return (f"optimiser steps {chosen} (a pilot on `{BASELINE}`, seed 0, doubled {steps} steps "
+            f"at most {doublings} times until its best validation pass was not among its last "
+            "three)")
 
 
 def _fraction_table(fraction: str, part: dict[str, Any], results: dict[str, Any],
                     metric: str) -> list[str]:
     table = part["regimes"]
     baseline_converged = table[BASELINE]["converged"]
+    minority = f"`{minority_name(results['data'])}`"
     lines = [
         f"## Real-data fraction {fraction}",
         "",
         f"| regime | {metric} mean ± sd | 95 % CI | gain vs real [95 % CI] | p (t, Holm) | "
-        "p (Wilcoxon, Holm) | resolvable | balanced acc. | macro F1 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"p (Wilcoxon, Holm) | resolvable | balanced acc. | macro F1 | {minority} sens. |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in table.items():
         stats = row[metric]
@@ -162,7 +179,8 @@ def _fraction_table(fraction: str, part: dict[str, Any], results: dict[str, Any]
                f"{gain['gain_ci_high']:+.3f}] | {_p(gain['t_p_holm'])} | "
                f"{_p(gain['wilcoxon_p_holm'])} | {gain['resolvable']:.3f}" if gain
                else "(baseline) | | |")
-            + f" | {row['balanced_accuracy']['mean']:.3f} | {row['macro_f1']['mean']:.3f} |")
+            + f" | {row['balanced_accuracy']['mean']:.3f} | {row['macro_f1']['mean']:.3f} | "
+            + (f"{row[MINORITY_METRIC]['mean']:.3f} |" if MINORITY_METRIC in row else "n/a |"))
     lines.append("")
     head = part["headline"]
     if head:
@@ -173,13 +191,30 @@ def _fraction_table(fraction: str, part: dict[str, Any], results: dict[str, Any]
             f"best without synthetic images `{head['best_without']}`: {metric} gain "
             f"{head['gain_mean']:+.3f} [{head['gain_ci_low']:+.3f}, {head['gain_ci_high']:+.3f}]"
             f", paired t p = {_p(head['t_p'])}, Wilcoxon p = {_p(head['wilcoxon_p'])}: "
-            f"synthetic data {verdict}.")
+            f"synthetic data {verdict}{_unconverged(head)}.")
     if baseline_converged < 1:
         lines.append(f"Warning: the `{BASELINE}` baseline's best validation pass was among its "
                      f"last three in {1 - baseline_converged:.0%} of seeds: raise the step "
                      "budget (--steps) until it converges.")
     lines.append("")
     return lines
+
+
+def minority_name(data: dict[str, Any]) -> str:
+    """The name of the class with the fewest training images (as ``minority_class``)."""
+    counts = data["counts"]["train"]
+    return min(data["class_names"], key=lambda name: (counts.get(name, 0),
+                                                      data["class_names"].index(name)))
+
+
+def _unconverged(head: dict[str, Any]) -> str:
+    """The headline's caveat when a regime it compares had not converged."""
+    share = head.get("converged", 1.0)
+    if share >= 1:
+        return ""
+    return (f", but UNCONVERGED: in {1 - share:.0%} of the seeds of one of the two regimes the "
+            "best validation pass was among the last three, so the gain may change with more "
+            "steps")
 
 
 def _describe_generator(generator: dict[str, Any]) -> str:

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from synthmed.errors import InputError
+from synthmed.eval.augmentation import classic_augment, mri_augment
 from synthmed.eval.classifier import (
     ClassifierConfig,
+    Pretraining,
     TrainedClassifier,
     build_classifier,
-    classic_augment,
     train_classifier,
 )
 
@@ -111,6 +112,21 @@ def test_classic_augment_leaves_global_rng_alone():
     assert torch.equal(state, torch.get_rng_state())
 
 
+def test_mri_augment_is_seeded_in_range_and_changes_intensities_not_geometry():
+    x = gradient_batch(32)
+    a = mri_augment(x, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, mri_augment(x, torch.Generator().manual_seed(3)), rtol=0, atol=0)
+    assert not torch.allclose(a, mri_augment(x, torch.Generator().manual_seed(4)))
+    assert a.shape == x.shape and a.dtype == x.dtype and a.min() >= -1 and a.max() <= 1
+    changed = (a - x).abs().amax(dim=(1, 2, 3)) > 1e-3  # (B,)
+    assert 0 < int(changed.sum()) <= len(x)
+    # no flip or shift: every image still rises from left to right
+    assert (a[:, 0, :, -4:].mean(dim=(1, 2)) > a[:, 0, :, :4].mean(dim=(1, 2))).all()
+    state = torch.get_rng_state()
+    mri_augment(x, torch.Generator().manual_seed(0))
+    assert torch.equal(state, torch.get_rng_state())
+
+
 # -- training ---------------------------------------------------------------------------------
 
 
@@ -131,9 +147,43 @@ def test_train_classifier_learns_and_keeps_the_best_pass(trained, easy):
     assert features.shape == (32, 64) and features.dtype == np.float32
 
 
+def test_pretraining_comes_first_within_the_same_budget(easy):
+    swapped_images, swapped_labels = halves(64, seed=3, swap=True)
+    config = ClassifierConfig(steps=60, eval_every=10, **TINY)
+    trained = train_classifier(**easy, num_classes=2, config=config, seed=0,
+                               pretraining=Pretraining(swapped_images, swapped_labels, 30))
+    aurocs = {e["step"]: e["val_auroc"] for e in trained.curve}
+    assert list(aurocs) == [10, 20, 30, 40, 50, 60]
+    assert aurocs[30] < 0.2 and aurocs[60] > 0.9  # the swapped rule first, then the real one
+    for steps, message in ((60, "between 1 and 59"), (0, "between 1 and 59")):
+        with pytest.raises(InputError, match=message):
+            train_classifier(**easy, num_classes=2, config=config, seed=0,
+                             pretraining=Pretraining(swapped_images, swapped_labels, steps))
+    with pytest.raises(InputError, match=r"pretraining images are \(1, 8, 8\)"):
+        train_classifier(**easy, num_classes=2, config=config, seed=0,
+                         pretraining=Pretraining(swapped_images[:, :, :8, :8], swapped_labels, 5))
+
+
+def test_loss_weights_of_zero_silence_their_images(easy):
+    swapped_images, swapped_labels = halves(64, seed=3, swap=True)
+    mixed = {**easy, "train_images": np.concatenate([easy["train_images"], swapped_images]),
+             "train_labels": np.concatenate([easy["train_labels"], swapped_labels])}
+    config = ClassifierConfig(steps=40, eval_every=10, **TINY)
+    silenced = train_classifier(**mixed, num_classes=2, config=config, seed=0,
+                                weights=np.repeat([1.0, 0.0], 64))
+    heard = train_classifier(**mixed, num_classes=2, config=config, seed=0,
+                             weights=np.ones(128))
+    assert silenced.curve[-1]["val_auroc"] > 0.9 > heard.curve[-1]["val_auroc"] + 0.2
+    with pytest.raises(InputError, match="weights must be 128 finite non-negative"):
+        train_classifier(**mixed, num_classes=2, config=config, seed=0, weights=-np.ones(128))
+    with pytest.raises(InputError, match="unknown augmentation 'blur'"):
+        train_classifier(**mixed, num_classes=2, config=config, seed=0, augment=("blur",))
+
+
 def test_train_classifier_is_deterministic_and_seeded(easy):
     config = ClassifierConfig(steps=12, eval_every=6, **TINY)
-    runs = [train_classifier(**easy, num_classes=2, config=config, seed=s, augment=True)
+    runs = [train_classifier(**easy, num_classes=2, config=config, seed=s,
+                               augment=("classic", "mri"))
             for s in (5, 5, 6)]
     probs = [r.predict_proba(easy["val_images"]) for r in runs]
     np.testing.assert_array_equal(probs[0], probs[1])

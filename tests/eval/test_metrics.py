@@ -72,6 +72,18 @@ def test_sensitivity_specificity_by_hand() -> None:
     assert result["accuracy"] == pytest.approx(7 / 10)
 
 
+def test_minority_sensitivity_is_the_recall_of_the_named_class() -> None:
+    labels, probabilities = softmax_rows(30, 3, seed=1)
+    decisions = probabilities.argmax(axis=1)
+    for minority in range(3):
+        result = classification_metrics(labels, probabilities, minority=minority)
+        expected = (decisions[labels == minority] == minority).mean()
+        assert result["minority_sensitivity"] == pytest.approx(expected)
+    assert "minority_sensitivity" not in classification_metrics(labels, probabilities)
+    with pytest.raises(ValueError, match="minority must be a class in 0..2"):
+        classification_metrics(labels, probabilities, minority=3)
+
+
 def test_threshold_separable_gives_perfect_balanced_accuracy() -> None:
     labels = np.array([0, 0, 0, 1, 1, 1, 0, 1])
     p1 = np.array([0.05, 0.2, 0.55, 0.6, 0.8, 0.95, 0.25, 0.7])

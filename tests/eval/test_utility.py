@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from synthmed.augment.splits import split_by_group
 from synthmed.cli import cli
 from synthmed.errors import InputError
 from synthmed.eval import utility
-from synthmed.eval.classifier import ClassifierConfig
+from synthmed.eval.classifier import ClassifierConfig, train_classifier
 from synthmed.eval.generators import (
     GeneratorRecipe,
     SubsetGenerators,
@@ -28,14 +29,14 @@ from synthmed.eval.generators import (
 from synthmed.eval.real_data import fraction_subset, prepare_real
 from synthmed.eval.utility import UtilityConfig, make_regimes, merge, run_grid
 from synthmed.eval.utility_report import _describe_generator, write_report
-from synthmed.gan.config import DCGANConfig, TrainConfig
+from synthmed.gan.config import DCGANConfig, TrainConfig, resolve_precision
 from synthmed.gan.run import load_run
 from synthmed.gan.run_config import DataConfig, RunConfig, read_run_config
 from synthmed.gan.train import train_dcgan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = UtilityConfig(fractions=(0.5,), seeds=2, ratios=(1.0,),
+TINY = UtilityConfig(fractions=(0.5,), seeds=2, ratios=(1.0,), pilot_doublings=0,
                      classifier=ClassifierConfig(steps=6, eval_every=3, batch_size=16, width=4))
 # a generator trained on exactly the images it is given (split all), for a TrainedRun
 TINY_RUN = RunConfig("dcgan", DCGANConfig(width=4), TrainConfig(epochs=1, batch_size=32),
@@ -65,10 +66,11 @@ def grid_run(real, tmp_path_factory):
 
 def test_regimes_include_the_controls_and_every_mix():
     names = [r.name for r in make_regimes((0.5, 2.0), balance=True)]
-    assert names[:3] == ["real", "real+classic", "real-repeated"]
+    assert names[:4] == ["real", "real+classic", "real+classic-mri", "real-repeated"]
     assert {"real+synthetic x0.5", "real+classic+synthetic x2", "real+synthetic balance",
+            "real+classic+synthetic balance (loss x0.5)", "synthetic, then real+classic x2",
             "synthetic only"} <= set(names)
-    repeated = make_regimes((0.5, 2.0), balance=False)[2]
+    repeated = make_regimes((0.5, 2.0), balance=False)[3]
     assert repeated.repeat_to == 3.0 and repeated.classic and not repeated.uses_synthetic
 
 
@@ -141,18 +143,27 @@ def test_best_of_keeps_the_candidate_most_typical_of_each_label():
         UtilityConfig(best_of=0)
 
 
-def test_results_written_before_best_of_existed_keep_their_cells(grid_run, real, tmp_path,
-                                                                 monkeypatch):
+def test_results_of_an_older_version_keep_their_cells_and_gain_the_new_regimes(
+        grid_run, real, tmp_path, monkeypatch):
     out, results, generators = grid_run
+    new_regimes = {"real+classic-mri", "real+classic+synthetic x1 (loss x0.5)",
+                   "synthetic, then real+classic x1"}
     older = json.loads((out / "results.json").read_text())
-    del older["config"]["best_of"]
+    for option in ("best_of", "pilot_doublings"):  # options added later
+        del older["config"][option]
     for option in ("ada_target", "transition_steps"):  # recipe options added later
         del older["generator"][option]
+    del older["budgets"]
+    older["regimes"] = [r for r in older["regimes"] if r["name"] not in new_regimes]
+    older["cells"] = [c for c in older["cells"] if c["regime"] not in new_regimes]
     (tmp_path / "results.json").write_text(json.dumps(older))
+    trained = []
+    real_train = utility.train_classifier
     monkeypatch.setattr(utility, "train_classifier",
-                        lambda *a, **k: pytest.fail("a finished cell was trained again"))
-    assert run_grid(real, generators, TINY, tmp_path, progress=False)["cells"] == \
-        results["cells"]
+                        lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    again = run_grid(real, generators, TINY, tmp_path, progress=False)
+    assert len(trained) == 2 * len(new_regimes)  # only the new regimes' cells, each seed
+    assert again["cells"] == results["cells"] and again["budgets"] == {"0.5": 6}
 
 
 def test_grid_trains_every_cell_on_its_own_subset(grid_run, real):
@@ -161,7 +172,10 @@ def test_grid_trains_every_cell_on_its_own_subset(grid_run, real):
     assert [(c["seed"], c["regime"]) for c in results["cells"]] == [
         (s, r) for s in range(2) for r in regimes]
     for cell in results["cells"]:
-        assert set(cell["test"]) >= {"auroc", "balanced_accuracy", "macro_f1", "sensitivity"}
+        assert set(cell["test"]) >= {"auroc", "balanced_accuracy", "macro_f1", "sensitivity",
+                                     "minority_sensitivity"}
+        # the phantom's rarer class in training is class 1 (lesion)
+        assert cell["test"]["minority_sensitivity"] == cell["test"]["sensitivity"]
         assert cell["curve"] and cell["best_step"] in [p["step"] for p in cell["curve"]]
     by_regime = {c["regime"]: c for c in results["cells"] if c["seed"] == 0}
     subset_size = len(fraction_subset(real.train, 0.5, seed=0))
@@ -196,6 +210,14 @@ def test_the_recipe_small_data_remedies_reach_each_generator(real, tmp_path):
             "steps 1-3, EMA 0.9") in described
 
 
+def test_the_recipe_precision_auto_is_fixed_before_the_first_generator(tmp_path):
+    with pytest.raises(InputError, match="generator precision must be fp32, bf16 or auto"):
+        GeneratorRecipe(precision="fp16")
+    generators = SubsetGenerators(GeneratorRecipe(), tmp_path)
+    assert GeneratorRecipe().precision == "auto"
+    assert generators.describe()["precision"] == resolve_precision("auto") in ("fp32", "bf16")
+
+
 def test_a_diffusion_model_can_be_the_generator_of_each_subset(real, tmp_path):
     generators = SubsetGenerators(RECIPE, tmp_path, family="diffusion")
     subset = fraction_subset(real.train, 0.5, 0)
@@ -214,6 +236,42 @@ def test_a_diffusion_model_can_be_the_generator_of_each_subset(real, tmp_path):
         SubsetGenerators(RECIPE, tmp_path, family="vae")
 
 
+def test_each_regime_trains_on_its_own_set_for_the_same_steps(real, tmp_path, monkeypatch):
+    calls = []
+
+    def recording(images, labels, val_images, val_labels, classes, config, seed, **options):
+        pretraining = options["pretraining"]
+        calls.append({"n": len(images), "steps": config.steps, "augment": options["augment"],
+                      "weights": options["weights"],
+                      "first": None if pretraining is None else (len(pretraining.images),
+                                                                 pretraining.steps)})
+        return train_classifier(images, labels, val_images, val_labels, classes, config, seed,
+                                **options)
+
+    monkeypatch.setattr(utility, "train_classifier", recording)
+    config = replace(TINY, seeds=1)
+    run_grid(real, SubsetGenerators(RECIPE, tmp_path / "generators"), config, tmp_path,
+             progress=False)
+    by_regime = dict(zip((r.name for r in config.regimes), calls, strict=True))
+    n = len(fraction_subset(real.train, 0.5, seed=0))
+    expected = {  # images, augmentations, pretraining (images, steps)
+        "real": (n, (), None),
+        "real+classic": (n, ("classic",), None),
+        "real+classic-mri": (n, ("classic", "mri"), None),
+        "real-repeated": (2 * n, ("classic",), None),
+        "real+synthetic x1": (2 * n, (), None),
+        "real+classic+synthetic x1": (2 * n, ("classic",), None),
+        "real+classic+synthetic x1 (loss x0.5)": (2 * n, ("classic",), None),
+        "synthetic, then real+classic x1": (n, ("classic",), (n, 3)),
+        "synthetic only": (n, (), None),
+    }
+    assert {name: (c["n"], c["augment"], c["first"]) for name, c in by_regime.items()} == expected
+    assert {c["steps"] for c in calls} == {6}
+    weights = by_regime["real+classic+synthetic x1 (loss x0.5)"]["weights"]
+    assert weights.tolist() == [1.0] * n + [0.5] * n
+    assert all(c["weights"] is None for name, c in by_regime.items() if "loss" not in name)
+
+
 def test_report_files(grid_run):
     out, results, _ = grid_run
     paths = write_report(results, out)
@@ -222,6 +280,7 @@ def test_report_files(grid_run):
     for regime in TINY.regimes:
         assert f"| {regime.name} |" in report
     assert "Headline" in report and "real-repeated" in report
+    assert "| macro F1 | `lesion` sens. |" in report  # the class with fewer training images
     summary = json.loads((out / "summary.json").read_text())
     gain = summary["0.5"]["regimes"]["real+classic"]["auroc"]["gain"]
     assert {"gain_mean", "gain_ci_low", "t_p_holm", "wilcoxon_p_holm", "resolvable"} <= set(gain)
@@ -276,6 +335,28 @@ def test_a_moved_generator_run_keeps_the_finished_cells(real, tmp_path, monkeypa
     assert again["generator"]["path"] == str(tmp_path / "moved")
 
 
+def test_the_pilot_doubles_the_budget_until_real_converges(real, tmp_path, monkeypatch):
+    pilot_steps = []
+
+    def converging_at_24(subset, real_data, config, seed):
+        pilot_steps.append(config.classifier.steps)
+        return SimpleNamespace(converged=config.classifier.steps >= 24)
+
+    monkeypatch.setattr(utility, "_real_only_classifier", converging_at_24)
+    config = replace(TINY, seeds=1, pilot_doublings=3)
+    generators = SubsetGenerators(RECIPE, tmp_path / "generators")
+    results = run_grid(real, generators, config, tmp_path, progress=False)
+    assert pilot_steps == [6, 12, 24]
+    assert results["budgets"] == {"0.5": 24} and {c["steps"] for c in results["cells"]} == {24}
+    assert run_grid(real, generators, config, tmp_path, progress=False) == results
+    assert pilot_steps == [6, 12, 24]  # a rerun reads the budget back
+    capped = run_grid(real, generators, replace(config, pilot_doublings=1), tmp_path / "capped",
+                      progress=False)
+    assert capped["budgets"] == {"0.5": 12}  # at most one doubling, converged or not
+    with pytest.raises(InputError, match="pilot_doublings must be between 0 and 6"):
+        replace(TINY, pilot_doublings=7)
+
+
 def test_shards_merge_into_the_single_process_results(grid_run, real, tmp_path):
     out, results, generators = grid_run
     for k in (1, 2):
@@ -290,6 +371,11 @@ def test_shards_merge_into_the_single_process_results(grid_run, real, tmp_path):
         (out / "results.json").read_text()
     with pytest.raises(InputError, match="missing"):
         merge([tmp_path / "shard1"], tmp_path / "half")
+    other = json.loads((tmp_path / "shard2" / "results.json").read_text())
+    other["budgets"] = {"0.5": 12}
+    (tmp_path / "shard2" / "results.json").write_text(json.dumps(other))
+    with pytest.raises(InputError, match="budget of 12 steps, another shard 6"):
+        merge([tmp_path / "shard1", tmp_path / "shard2"], tmp_path / "mismatch")
 
 
 def test_evaluate_utility_command(tmp_path, phantom):
@@ -299,8 +385,8 @@ def test_evaluate_utility_command(tmp_path, phantom):
     write_npz(phantom, data)
     out = tmp_path / "utility"
     args = ["evaluate", "utility", "--real", str(data), "--out", str(out), "--fractions", "0.5",
-            "--seeds", "2", "--steps", "4", "--batch-size", "16", "--generator-steps", "2",
-            "--no-progress"]
+            "--seeds", "2", "--steps", "4", "--pilot-doublings", "1", "--batch-size", "16",
+            "--generator-steps", "2", "--no-progress"]
     both = CliRunner().invoke(cli, [*args, "--train-generator", "dcgan-conditional",
                                     "--generator", str(tmp_path)])
     assert both.exit_code == 2 and "exactly one" in both.output
@@ -310,6 +396,11 @@ def test_evaluate_utility_command(tmp_path, phantom):
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
     assert "DiffAugment translation, EMA 0.9" in report and "the best of 2 candidates" in report
-    assert json.loads((out / "results.json").read_text())["config"]["best_of"] == 2
+    written = json.loads((out / "results.json").read_text())
+    assert written["config"]["best_of"] == 2
+    # one pass per run cannot converge, so the pilot doubled the 4 steps once
+    assert written["budgets"] == {"0.5": 8} and {c["steps"] for c in written["cells"]} == {8}
+    assert "optimiser steps 8 at fraction 0.5 (a pilot on `real`" in report
+    assert "but UNCONVERGED" in report
     assert {"results.json", "report.md", "gain.png", "fractions.png"} <= {
         p.name for p in out.iterdir()}

@@ -21,7 +21,7 @@ from synthmed.augment.dataset import ImageSet
 from synthmed.augment.phantom import PhantomConfig, make_phantom
 from synthmed.errors import InputError
 from synthmed.gan import checkpoint
-from synthmed.gan.config import DCGANConfig, TrainConfig
+from synthmed.gan.config import DCGANConfig, TrainConfig, resolve_precision
 from synthmed.gan.dcgan import DCGAN
 from synthmed.gan.run import build_model, load_run
 from synthmed.gan.run_config import FORMAT_VERSION, RunConfig, read_run_config
@@ -686,6 +686,22 @@ def test_bf16_trains_with_finite_losses(tmp_path, phantom):
     assert all(math.isfinite(v) for v in result.metrics.values())
     assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
     assert load_run(run).sample(2, torch.tensor([0, 1])).dtype == torch.float32
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, native):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    assert resolve_precision("auto") == ("bf16" if native else "fp32")
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+
+
+def test_precision_auto_on_the_command_line_records_what_it_chose(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("train", "dcgan", "phantom:n=16,size=28", "--out", out, "--epochs", 1,
+                    "--batch-size", 8, "--width", 4, "--precision", "auto", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert read_run_config(out).train.precision == resolve_precision("auto")
 
 
 def test_yaml_config_is_overridden_by_single_options(tmp_path):

@@ -90,6 +90,12 @@ def _shard(text: str) -> tuple[int, int]:
                override=False,
                help="Optimiser steps of every classifier (the same in every regime of a "
                     "fraction), before the pilot.")
+@config_option("--generator-pool", type=click.Choice(["subset", "train"]), config=UtilityConfig,
+               field="generator_pool", override=False,
+               help="subset: each trained generator sees exactly its fraction's labelled "
+                    "images; train: one unconditional generator sees the whole training split "
+                    "(an unlabelled pool), its images labelled by the real-only classifier, "
+                    "beside the pool's real images labelled the same way (self-training).")
 @config_option("--pilot-doublings", type=click.IntRange(0, MAX_DOUBLINGS), config=UtilityConfig,
                field="pilot_doublings", override=False,
                help="Per fraction, double --steps at most this often while the `real` regime "
@@ -107,7 +113,8 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
                              generator_transition_steps: tuple[int, int],
                              generator_ema: float, out: Path,
                              fractions: str, seeds: int, ratios: str, balance: bool,
-                             best_of: int, arch: str, steps: int, pilot_doublings: int,
+                             best_of: int, arch: str, steps: int, generator_pool: str,
+                             pilot_doublings: int,
                              batch_size: int, metric: str, shard: str, progress: bool) -> None:
     """Classifier gain from synthetic data: the same classifier and steps under every regime.
 
@@ -125,10 +132,14 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
 
     if (generator_run is None) == (train_generator is None):
         raise click.UsageError("pass exactly one of --generator RUN and --train-generator")
+    if generator_pool == "train" and generator_run is not None:
+        raise click.UsageError("--generator-pool train trains its generator: pass "
+                               "--train-generator, not --generator")
     check_out(out, (real_path, generator_run))
     config = UtilityConfig(fractions=_floats(fractions, "--fractions"), seeds=seeds,
                            ratios=_floats(ratios, "--ratios"), balance=balance,
-                           best_of=best_of, metric=metric, pilot_doublings=pilot_doublings,
+                           best_of=best_of, metric=metric, generator_pool=generator_pool,
+                           pilot_doublings=pilot_doublings,
                            classifier=ClassifierConfig(arch=arch, steps=steps,
                                                        batch_size=batch_size))
     part = _shard(shard)
@@ -139,7 +150,8 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
                      ada_target=generator_ada_target,
                      transition_steps=generator_transition_steps,
                      ema_decay=generator_ema), out / "generators",
-                     family=train_generator.split("-")[0]))
+                     family=train_generator.split("-")[0],
+                     conditional=generator_pool == "subset"))
     with resumable_output_dir(out, (real_path, generator_run), "utility"):
         results = run_grid(real, generator, config, out, shard=part, progress=progress)
         if part == (1, 1):

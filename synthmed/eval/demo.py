@@ -69,8 +69,8 @@ class DemoConfig:
 
     @classmethod
     def quick(cls) -> DemoConfig:
-        return cls(slices=640, fraction=0.25, seeds=2, generator_steps=100, generator_width=16,
-                   classifier_steps=60, pilot_doublings=0, cyclegan_subjects=4,
+        return cls(slices=640, fraction=0.25, seeds=2, generator_steps=50, generator_width=16,
+                   classifier_steps=30, pilot_doublings=0, cyclegan_subjects=4,
                    cyclegan_epochs=2)
 
 

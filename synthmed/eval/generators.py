@@ -99,29 +99,35 @@ class TrainedRun:
 
 
 class SubsetGenerators:
-    """A conditional generator trained on each real subset, cached under ``folder`` by the
-    subset's fingerprint (so a rerun, a shard or a fraction of 1 reuses it).
+    """A generator trained on each set of real images it is given, cached under ``folder`` by
+    the set's fingerprint (so a rerun, a shard or a fraction of 1 reuses it): class-conditional
+    on each real subset, or with ``conditional`` False, unconditional (for an unlabelled pool;
+    its samples' labels are then ignored).
 
     ``family`` ``dcgan`` follows the whole recipe; ``diffusion`` takes its steps, batch size,
     precision and width (the U-Net's levels: width, 2 x width, 2 x width) and the model's own
     defaults for the rest (:class:`DiffusionConfig`).
     """
 
-    def __init__(self, recipe: GeneratorRecipe, folder: Path, family: str = "dcgan") -> None:
+    def __init__(self, recipe: GeneratorRecipe, folder: Path, family: str = "dcgan",
+                 conditional: bool = True) -> None:
         if family not in FAMILIES:
             raise InputError(f"generator family must be one of {', '.join(FAMILIES)}, got "
                              f"{family!r}")
+        if not conditional and recipe.transition_steps != (0, 0):
+            raise InputError("transitional conditioning needs a conditional generator; the "
+                             "generator of an unlabelled pool is unconditional")
         self.recipe = replace(recipe, precision=resolve_precision(recipe.precision))
-        self.folder, self.family = Path(folder), family
+        self.folder, self.family, self.conditional = Path(folder), family, conditional
 
     def describe(self) -> dict[str, Any]:
+        kind = ({"kind": "trained per subset"} if self.conditional else
+                {"kind": "trained on the pool", "conditional": False})
         if self.family == "diffusion":
             r = self.recipe
-            return {"kind": "trained per subset", "model": FAMILIES[self.family],
-                    "steps": r.steps, "batch_size": r.batch_size, "precision": r.precision,
-                    "width": r.width}
-        return {"kind": "trained per subset", "model": FAMILIES[self.family],
-                **asdict(self.recipe)}
+            return {**kind, "model": FAMILIES[self.family], "steps": r.steps,
+                    "batch_size": r.batch_size, "precision": r.precision, "width": r.width}
+        return {**kind, "model": FAMILIES[self.family], **asdict(self.recipe)}
 
     def sample(self, subset: ImageSet, labels: np.ndarray, seed: int) -> np.ndarray:
         return _sample(load_run(self.train(subset)).model, labels, seed)
@@ -129,6 +135,7 @@ class SubsetGenerators:
     def train(self, subset: ImageSet, progress: bool = False) -> Path:
         """The run directory of the generator of ``subset``, trained (or finished) if needed."""
         prefix = "" if self.family == "dcgan" else f"{self.family}-"  # dcgan: as before
+        prefix += "" if self.conditional else "pool-"
         run_dir = self.folder / f"{prefix}{subset.fingerprint()[:16]}"
         if not (run_dir / checkpoint.WEIGHTS).is_file() or not _finished(run_dir):
             self._train(subset, run_dir, progress)
@@ -149,7 +156,7 @@ class SubsetGenerators:
         else:
             config = RunConfig("dcgan", recipe.dcgan_config(), train, DataConfig(split="all"))
             trainer = train_dcgan
-        trainer(subset, run_dir, config, conditional=True, repeats=repeats,
+        trainer(subset, run_dir, config, conditional=self.conditional, repeats=repeats,
                 resume=run_dir.exists(), progress=progress)
 
 
@@ -195,6 +202,15 @@ def synthetic_labels(subset: ImageSet, mix: float | str, rng: np.random.Generato
         wanted = {label: round(float(mix) * n) for label, n in counts.items()}
     labels = np.concatenate([np.full(n, label, np.int64) for label, n in wanted.items()])
     return rng.permutation(labels)
+
+
+def pseudo_labels(images: np.ndarray, judge: TrainedClassifier) -> np.ndarray:
+    """The judge's decisions ``(N,)`` on images ``(N, C, H, W)``: binary, the positive class
+    at its validation threshold; otherwise the most probable class."""
+    probabilities = judge.predict_proba(images)  # (N, K)
+    if judge.threshold is not None:
+        return (probabilities[:, 1] >= judge.threshold).astype(np.int64)
+    return probabilities.argmax(axis=1).astype(np.int64)
 
 
 def best_of(candidates: np.ndarray, labels: np.ndarray, judge: TrainedClassifier

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from synthmed.errors import InputError
+from synthmed.eval.verdict import verdict_lines
 from synthmed.gan import checkpoint
 from synthmed.io import MANIFEST, PROVENANCE, atomic_write
 
@@ -33,10 +34,14 @@ color:#222}table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{borde
 padding:3px 8px;text-align:left}th{background:#f3f3f3}img{max-width:100%;margin:.5em 0;
 image-rendering:pixelated}h2{border-bottom:2px solid #ddd;margin-top:2em}code{background:#f3f3f3;
 padding:0 3px}figure{margin:1em 0}figcaption{color:#666;font-size:85%}"""
-CHECK = """window.addEventListener('load',function(){var bad=[];
+CHECK = """window.addEventListener('load',function(){var bad=[],d=document.body.dataset;
 document.querySelectorAll('img').forEach(function(i){if(!i.complete||i.naturalWidth===0)
-bad.push(i.alt)});document.body.dataset.brokenImages=bad.length;
-document.body.dataset.images=document.images.length})"""
+bad.push(i.alt)});d.brokenImages=bad.length;d.images=document.images.length;
+var first=document.querySelector('h2');d.firstSection=first?first.textContent:'';
+d.firstSectionTop=first?Math.round(first.getBoundingClientRect().top):-1;
+d.folded=document.querySelectorAll('details:not([open])').length})"""
+FOLD = "<details><summary>{}</summary>"  # a Markdown line that opens a collapsed block
+UNFOLD = "</details>"
 
 
 def build_report(folder: Path) -> tuple[Path, Path]:
@@ -50,16 +55,18 @@ def build_report(folder: Path) -> tuple[Path, Path]:
         raise InputError("no such folder", folder)
     folders = [folder, *(p for p in folder.rglob("*") if p.is_dir()
                          and not any(part.startswith(".") for part in p.relative_to(folder).parts))]
-    sections = [section for path in sorted(folders, key=_made_at)
-                for section in _sections(path, folder)]
+    ordered = sorted(folders, key=_made_at)
+    sections = [section for path in ordered for section in _sections(path, folder)]
     if not sections:
         raise InputError("holds no run, evaluation or export to report on", folder)
     title = f"synthmed report: {folder.resolve().name}"
-    markdown = "\n\n".join([f"# {title}", *(s["markdown"] for s in sections)]) + "\n"
+    verdict = "\n".join(verdict_lines([(_name(path, folder), path) for path in ordered]))
+    markdown = "\n\n".join([f"# {title}", *([verdict] if verdict else []),
+                             *(s["markdown"] for s in sections)]) + "\n"
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
             f"</title><style>{STYLE}</style><script>{CHECK}</script></head><body>"
-            f"<h1>{html.escape(title)}</h1>" + "".join(s["html"] for s in sections)
-            + "</body></html>\n")
+            f"<h1>{html.escape(title)}</h1>" + markdown_to_html(verdict)
+            + "".join(s["html"] for s in sections) + "</body></html>\n")
     paths = folder / HTML_NAME, folder / MARKDOWN_NAME
     atomic_write(paths[0], page.encode())
     atomic_write(paths[1], markdown.encode())
@@ -72,9 +79,13 @@ def _made_at(folder: Path) -> tuple[float, str]:
     return min(times, default=float("inf")), folder.as_posix()
 
 
+def _name(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path != root else path.name
+
+
 def _sections(path: Path, root: Path) -> list[dict[str, str]]:
     """The sections one folder contributes (none for a plain folder)."""
-    name = path.relative_to(root).as_posix() if path != root else path.name
+    name = _name(path, root)
     if (path / checkpoint.CONFIG).is_file():
         return [_run_section(path, name, root)]
     found = [path / f for f in EVALUATION_FILES if (path / f).is_file()]
@@ -101,9 +112,10 @@ def _run_section(path: Path, name: str, root: Path) -> dict[str, str]:
                                                        ("train", config.train))
                 for k, v in to_dict(section).items()}
     text = [f"## Training run `{name}` ({config.kind})", "",
+            FOLD.format(f"Settings ({len(settings)}) and last epoch metrics"), "",
             _markdown_table(["setting", "value"], [[k, v] for k, v in settings.items()]), "",
             _markdown_table(["last epoch metric", "value"], [[k, v] for k, v in last.items()]),
-            ""]
+            "", UNFOLD, ""]
     samples = sorted((path / "samples").glob("epoch_*.png"))
     images = [p for p in [*(samples[-1:]), path / "progress.gif", path / "losses.png"]
               if p.is_file()]
@@ -124,7 +136,8 @@ def _export_section(path: Path, name: str) -> dict[str, str]:
     provenance = json.loads((path / PROVENANCE).read_text())
     rows = [[k, json.dumps(v) if isinstance(v, dict | list) else v]
             for k, v in provenance.items()]
-    text = [f"## Export `{name}`", "", _markdown_table(["provenance", "value"], rows), ""]
+    text = [f"## Export `{name}`", "", FOLD.format("Provenance"), "",
+            _markdown_table(["provenance", "value"], rows), "", UNFOLD, ""]
     manifest = path / MANIFEST
     if manifest.is_file():
         with manifest.open(newline="", encoding="utf-8") as handle:
@@ -154,13 +167,16 @@ def _markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 
 def markdown_to_html(text: str) -> str:
     """The Markdown our reports use: headings, pipe tables, bullet lists, paragraphs,
-    ``**bold**`` and `` `code` ``."""
+    ``**bold**``, `` `code` `` and the lines that fold a block (:data:`FOLD`, :data:`UNFOLD`),
+    kept as they are."""
     out: list[str] = []
     lines = text.splitlines()
     k = 0
     while k < len(lines):
         line = lines[k]
-        if line.startswith("#"):
+        if line.startswith(("<details>", UNFOLD)):
+            out.append(line)
+        elif line.startswith("#"):
             level = min(len(line) - len(line.lstrip("#")), 6)
             out.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
         elif line.startswith("|"):

@@ -59,74 +59,16 @@ from synthmed.eval.generators import (
     SubsetGenerators,
     TrainedRun,
     best_of,
+    pseudo_labels,
     synthetic_labels,
 )
 from synthmed.eval.metrics import classification_metrics
 from synthmed.eval.real_data import RealData, fraction_subset
+from synthmed.eval.regimes import Regime, make_regimes
 from synthmed.io import write_json
 
 RESULTS = "results.json"
 MAX_DOUBLINGS = 6  # the pilot's budget grows at most 64-fold
-
-
-#: The loss weight of a synthetic image in the down-weighted regimes (fixed, not tuned).
-SYNTHETIC_WEIGHT = 0.5
-
-
-@dataclass(frozen=True)
-class Regime:
-    """One way of building the classifier's training set.
-
-    Args:
-        name: shown in reports.
-        real: real images included. classic: classic augmentation on every batch.
-        synthetic: ``None``, a ratio of synthetic to real images, or ``"balance"``.
-        repeat_to: the real images repeated to this multiple of their count (the control).
-        mri: MR / X-ray intensity artefacts (:func:`mri_augment`) after the classic ones.
-        synthetic_weight: the loss weight of a synthetic image (a real one weighs 1).
-        bridged: the synthetic images alone for the first half of the steps, then the real
-            ones (bridged transfer) instead of one mixed set.
-    """
-
-    name: str
-    real: bool = True
-    classic: bool = False
-    synthetic: float | str | None = None
-    repeat_to: float = 1.0
-    mri: bool = False
-    synthetic_weight: float = 1.0
-    bridged: bool = False
-
-    @property
-    def uses_synthetic(self) -> bool:
-        return self.synthetic is not None
-
-    @property
-    def augment(self) -> tuple[str, ...]:
-        """The classifier's augmentations (:data:`AUGMENTATIONS` names), in order."""
-        return ("classic",) * self.classic + ("mri",) * self.mri
-
-
-def make_regimes(ratios: tuple[float, ...], balance: bool) -> list[Regime]:
-    """The regimes of the grid, baselines first; per mix of synthetic images: mixed in plainly,
-    with classic augmentation, with their loss down-weighted, and bridged (synthetic first)."""
-    mixes: list[float | str] = [*ratios, *(["balance"] if balance else [])]
-    largest = 1.0 + max(ratios, default=1.0)
-    regimes = [Regime("real"), Regime("real+classic", classic=True),
-               Regime("real+classic-mri", classic=True, mri=True),
-               Regime("real-repeated", classic=True, repeat_to=largest)]
-    for mix in mixes:
-        label = "balance" if mix == "balance" else f"x{mix:g}"
-        regimes += [
-            Regime(f"real+synthetic {label}", synthetic=mix),
-            Regime(f"real+classic+synthetic {label}", classic=True, synthetic=mix),
-            Regime(f"real+classic+synthetic {label} (loss x{SYNTHETIC_WEIGHT:g})", classic=True,
-                   synthetic=mix, synthetic_weight=SYNTHETIC_WEIGHT),
-            Regime(f"synthetic, then real+classic {label}", classic=True, synthetic=mix,
-                   bridged=True),
-        ]
-    regimes.append(Regime("synthetic only", real=False, synthetic=1.0))
-    return regimes
 
 
 @dataclass(frozen=True)
@@ -143,6 +85,11 @@ class UtilityConfig:
             classifier trained on the fraction's real images (the ``real`` regime's model)
             finds most typical of its class; 1 keeps every draw.
         metric: the headline metric (``auroc``, ``balanced_accuracy``, ``macro_f1``).
+        generator_pool: ``subset``: the generator of a (fraction, seed) sees exactly its
+            labelled subset; ``train``: one unconditional generator sees every training image
+            (many scans, few labels), its samples pseudo-labelled by the ``real`` regime's
+            classifier, beside the self-training control (the same classifier's labels on the
+            pool's real images).
         pilot_doublings: before a fraction's cells, the ``real`` regime of seed 0 is trained
             with ``classifier.steps``, doubled at most this many times while its best
             validation pass is among its last three (unconverged); every regime of the
@@ -155,6 +102,7 @@ class UtilityConfig:
     balance: bool = False
     best_of: int = 1
     metric: str = "auroc"
+    generator_pool: str = "subset"
     pilot_doublings: int = 3
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
@@ -175,10 +123,22 @@ class UtilityConfig:
                              f"half to the synthetic images), got {self.classifier.steps}")
         if self.metric not in ("auroc", "balanced_accuracy", "macro_f1", "accuracy"):
             raise InputError(f"unknown metric {self.metric!r}")
+        if self.generator_pool not in ("subset", "train"):
+            raise InputError(f"generator_pool must be subset or train, got "
+                             f"{self.generator_pool!r}")
+        if self.pool and (self.balance or self.best_of > 1 or max(self.fractions) >= 1):
+            raise InputError("an unlabelled pool (generator_pool train) needs fractions below 1 "
+                             "(the rest of the training split is the pool) and takes neither "
+                             "balance nor best_of (its samples' labels come from the real-only "
+                             "classifier)")
+
+    @property
+    def pool(self) -> bool:
+        return self.generator_pool == "train"
 
     @property
     def regimes(self) -> list[Regime]:
-        return make_regimes(self.ratios, self.balance)
+        return make_regimes(self.ratios, self.balance, self.pool)
 
 
 # -- the grid -------------------------------------------------------------------------------
@@ -350,20 +310,43 @@ def _ordered(cells: Any, config: UtilityConfig) -> list[dict[str, Any]]:
 def _synthetic_sets(subset: ImageSet, cells: list[Cell], generator: TrainedRun |
                     SubsetGenerators, seed: int, real: RealData, config: UtilityConfig
                     ) -> dict[Any, tuple[np.ndarray, np.ndarray]]:
-    """Synthetic (images, labels) per mix the cells need, drawn once per (fraction, seed);
-    the best of ``config.best_of`` candidates per image when it is above 1."""
+    """The (images, labels) sets the cells add to the real subset, drawn once per (fraction,
+    seed): synthetic ones keyed by their mix, in the subset's class mix (the best of
+    ``config.best_of`` candidates per image when above 1); with an unlabelled pool, synthetic
+    ones from the pool's generator and the pool's own real images (keyed ``("pool",
+    ratio)``), both labelled by the ``real`` regime's classifier."""
     mixes = dict.fromkeys(c.regime.synthetic for c in cells if c.regime.uses_synthetic)
-    judge = _real_only_classifier(subset, real, config, seed) \
-        if mixes and config.best_of > 1 else None
+    ratios = dict.fromkeys(c.regime.unlabelled for c in cells if c.regime.unlabelled)
+    judge = (_real_only_classifier(subset, real, config, seed)
+             if (mixes or ratios) and (config.pool or config.best_of > 1) else None)
     every_mix = list(dict.fromkeys(r.synthetic for r in config.regimes if r.uses_synthetic))
-    sets = {}
+    sets: dict[Any, tuple[np.ndarray, np.ndarray]] = {}
     for mix in mixes:
         k = every_mix.index(mix)  # the mix's draws do not depend on which cells are left
+        if config.pool:
+            images = generator.sample(real.train, np.zeros(round(float(mix) * len(subset)),
+                                                           np.int64), seed * 1000 + k)
+            sets[mix] = (images, pseudo_labels(images, judge))
+            continue
         labels = synthetic_labels(subset, mix, np.random.default_rng([seed, k]))
         candidates = generator.sample(subset, np.repeat(labels, config.best_of), seed * 1000 + k)
         images = candidates if judge is None else best_of(candidates, labels, judge)
         sets[mix] = (images, labels)
+    for ratio in ratios:
+        images = _pool_images(real.train, subset, round(ratio * len(subset)),
+                              np.random.default_rng([seed, round(ratio * 1e6)]))
+        sets[("pool", ratio)] = (images, pseudo_labels(images, judge))
     return sets
+
+
+def _pool_images(train: ImageSet, subset: ImageSet, n: int, rng: np.random.Generator
+                 ) -> np.ndarray:
+    """Up to ``n`` training images ``(n, C, H, W)`` outside the labelled subset, drawn
+    without replacement (their labels are never read)."""
+    labelled = set(subset.image_hashes())
+    pool = np.flatnonzero([h not in labelled for h in train.image_hashes()])
+    chosen = np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
+    return train.images[chosen]
 
 
 def _real_only_classifier(subset: ImageSet, real: RealData, config: UtilityConfig,
@@ -379,13 +362,18 @@ def _run_cell(cell: Cell, subset: ImageSet, synthetic: dict, real: RealData,
     """Train one classifier and score it once on the test split."""
     regime = cell.regime
     images, labels = [], []
-    n_real = n_synthetic = 0
+    n_real = n_synthetic = n_unlabelled = 0
     pretraining = None
     if regime.real:
         n_real = max(1, round(regime.repeat_to * len(subset)))
         index = np.resize(np.arange(len(subset)), n_real)  # the subset repeated, then cut
         images.append(subset.images[index])
         labels.append(subset.labels[index])
+    if regime.unlabelled:
+        pool_images, pool_labels = synthetic[("pool", regime.unlabelled)]
+        n_unlabelled = len(pool_images)
+        images.append(pool_images)
+        labels.append(pool_labels)
     if regime.uses_synthetic:
         synthetic_images, synthetic_labels_ = synthetic[regime.synthetic]
         n_synthetic = len(synthetic_images)
@@ -408,6 +396,7 @@ def _run_cell(cell: Cell, subset: ImageSet, synthetic: dict, real: RealData,
     return {
         "fraction": cell.fraction, "seed": cell.seed, "regime": regime.name,
         "n_real_images": len(subset), "n_real": n_real, "n_synthetic": n_synthetic,
+        "n_unlabelled": n_unlabelled,
         "steps": config.classifier.steps,
         "best_step": trained.best_step, "converged": trained.converged,
         "threshold": trained.threshold, "curve": trained.curve,

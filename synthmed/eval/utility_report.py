@@ -184,14 +184,12 @@ def _fraction_table(fraction: str, part: dict[str, Any], results: dict[str, Any]
     lines.append("")
     head = part["headline"]
     if head:
-        verdict = ("helped" if head["gain_ci_low"] > 0 else
-                   "hurt" if head["gain_ci_high"] < 0 else "made no difference we can resolve")
         lines.append(
             f"**Headline ({fraction}):** best synthetic regime `{head['best_synthetic']}` vs "
             f"best without synthetic images `{head['best_without']}`: {metric} gain "
             f"{head['gain_mean']:+.3f} [{head['gain_ci_low']:+.3f}, {head['gain_ci_high']:+.3f}]"
             f", paired t p = {_p(head['t_p'])}, Wilcoxon p = {_p(head['wilcoxon_p'])}: "
-            f"synthetic data {verdict}{_unconverged(head)}.")
+            f"synthetic data {headline_verdict(head)}.")
     if baseline_converged < 1:
         lines.append(f"Warning: the `{BASELINE}` baseline's best validation pass was among its "
                      f"last three in {1 - baseline_converged:.0%} of seeds: raise the step "
@@ -207,24 +205,31 @@ def minority_name(data: dict[str, Any]) -> str:
                                                       data["class_names"].index(name)))
 
 
-def _unconverged(head: dict[str, Any]) -> str:
-    """The headline's caveat when a regime it compares had not converged."""
+def headline_verdict(head: dict[str, Any]) -> str:
+    """What the headline's interval says synthetic data did, with the caveat when a regime it
+    compares had not converged."""
+    verdict = ("helped" if head["gain_ci_low"] > 0 else
+               "hurt" if head["gain_ci_high"] < 0 else "made no difference we can resolve")
     share = head.get("converged", 1.0)
     if share >= 1:
-        return ""
-    return (f", but UNCONVERGED: in {1 - share:.0%} of the seeds of one of the two regimes the "
-            "best validation pass was among the last three, so the gain may change with more "
-            "steps")
+        return verdict
+    return (f"{verdict}, but UNCONVERGED: in {1 - share:.0%} of the seeds of one of the two "
+            "regimes the best validation pass was among the last three, so the gain may change "
+            "with more steps")
 
 
 def _describe_generator(generator: dict[str, Any]) -> str:
     if generator["kind"] == "run":
         return (f"trained run `{generator['path']}` (epoch {generator['epoch']}, "
                 f"{generator['images_seen']} real training images seen)")
+    trained_on = ("a conditional {} trained on exactly each fraction's real subset"
+                  if generator.get("conditional", True) else
+                  "an unconditional {} trained on the whole training split (the unlabelled "
+                  "pool), its images labelled by the `real` regime's classifier")
     if generator.get("model") == "conditional diffusion model":
-        return (f"a conditional diffusion model trained on exactly each fraction's real subset "
-                f"({generator['steps']} steps of batch {generator['batch_size']}, widths "
-                f"{generator['width']}/{2 * generator['width']}/{2 * generator['width']})")
+        return (f"{trained_on.format('diffusion model')} ({generator['steps']} steps of "
+                f"batch {generator['batch_size']}, widths {generator['width']}/"
+                f"{2 * generator['width']}/{2 * generator['width']})")
     remedies = ""
     if generator.get("diffaugment"):
         remedies += f", DiffAugment {'/'.join(generator['diffaugment'])}"
@@ -235,8 +240,8 @@ def _describe_generator(generator: dict[str, Any]) -> str:
         remedies += f", conditioning ramped in over steps {start}-{end}"
     if generator.get("ema_decay"):
         remedies += f", EMA {generator['ema_decay']}"
-    return (f"a conditional DCGAN trained on exactly each fraction's real subset "
-            f"({generator['steps']} steps of batch {generator['batch_size']}, width "
+    return (f"{trained_on.format('DCGAN')} ({generator['steps']} steps of batch "
+            f"{generator['batch_size']}, width "
             f"{generator['width']}, R1 {generator['r1_gamma']}{remedies})")
 
 

@@ -245,7 +245,7 @@ def test_killed_utility_grid_reruns_to_the_same_results(tmp_path):
     utility = ["evaluate", "utility", "--real", data, "--train-generator", "dcgan-conditional",
                "--fractions", "1", "--seeds", "2", "--steps", "6", "--pilot-doublings", "1",
                "--batch-size", "16",
-               "--generator-steps", "30", "--no-progress"]
+               "--generator-steps", "16", "--no-progress"]
     work = run_timed(command(*utility, "--out", tmp_path / "a"), appears(tmp_path, "a"))
     out = tmp_path / "b"
     landed = kill_and_rerun(command(*utility, "--out", out), command(*utility, "--out", out),

@@ -55,7 +55,15 @@ def test_demo_report_renders(demo):
                     "Evaluation <code>fidelity</code>", "Evaluation <code>privacy</code>",
                     "Evaluation <code>translation</code>"):
         assert section in text
-    assert rendered_body(page)["data-broken-images"] == "0"
+    body = rendered_body(page)
+    assert body["data-broken-images"] == "0"
+    # the answer first: the verdict on the first screen, before the data previews
+    assert body["data-first-section"] == "Verdict" and int(body["data-first-section-top"]) < 150
+    start = text.index("<h2>Verdict</h2>")
+    verdict = text[start:text.index("<h2>", start + 1)]
+    for finding in ("Does synthetic data help?", "Synthetic images alone", "Fidelity",
+                    "Privacy"):
+        assert finding in verdict
 
 
 @pytest.mark.slow

@@ -89,6 +89,54 @@ def test_the_page_renders_without_broken_images(folder):
     assert int(body["data-images"]) == page.read_text().count("<img ")
 
 
+def test_the_verdict_comes_first_and_run_settings_fold(folder, tmp_path):
+    root = tmp_path / "demo"
+    shutil.copytree(folder, root)
+    (root / "utility").mkdir()
+    (root / "utility" / "report.md").write_text("# Does synthetic data help the classifier?\n")
+    head = {"metric": "auroc", "best_synthetic": "real+synthetic x1",
+            "best_without": "real-repeated", "gain_mean": 0.012, "gain_ci_low": 0.002,
+            "gain_ci_high": 0.022, "n": 5, "converged": 0.8}
+    regimes = {"real": {"auroc": {"mean": 0.8, "ci_low": 0.78, "ci_high": 0.82}},
+               "synthetic only": {"auroc": {"mean": 0.72, "ci_low": 0.7, "ci_high": 0.74}}}
+    (root / "utility" / "summary.json").write_text(
+        json.dumps({"0.25": {"regimes": regimes, "headline": head}}))
+    (root / "fidelity").mkdir()
+    (root / "fidelity" / "fidelity.md").write_text("# Fidelity\n")
+    scores = {"fid": 12.0, "recall": 0.5, "coverage": 0.4}
+    (root / "fidelity" / "fidelity.json").write_text(json.dumps(
+        {"overall": scores, "floor": {"fid": 2.0, "recall": 0.9, "coverage": 0.95}}))
+    (root / "privacy").mkdir()
+    (root / "privacy" / "privacy.md").write_text("# Privacy\n")
+    (root / "privacy" / "privacy.json").write_text(json.dumps({
+        "dcr": {"pixels": {"near_copy_share": 0.0, "closer_to_train_share": 0.61}},
+        "membership": {"discriminator": {"advantage": 0.3, "advantage_ci": [0.2, 0.4]}}}))
+    page, markdown = build_report(root)
+    text = markdown.read_text()
+    assert text.index("## Verdict") < text.index("## Training run")
+    assert ("`real+synthetic x1` against the best without synthetic images `real-repeated`: "
+            "auroc gain +0.012 [+0.002, +0.022] over 5 seeds: synthetic data helped, but "
+            "UNCONVERGED: in 20% of the seeds") in text
+    assert "auroc 0.720 [0.700, 0.740] against 0.800 with the real images (0.90x)" in text
+    assert ("FID 12.0 (real-vs-real floor 2.0), recall 0.50 (floor 0.90), coverage 0.40 "
+            "(floor 0.95)") in text
+    assert ("near-copies of training images 0.0% of the synthetic ones; closer to a training "
+            "than to a held-out image 0.61 (0.5 is ideal); membership advantage over the "
+            "control (95 % CI): discriminator +0.30 [+0.20, +0.40]") in text
+    html_text = page.read_text()
+    assert "<details><summary>Settings (" in html_text
+    assert "<details><summary>Provenance" in html_text
+    body = rendered_body(page)
+    assert body["data-first-section"] == "Verdict"
+    assert 0 <= int(body["data-first-section-top"]) < 150  # on the first screen, under the title
+    assert body["data-folded"] == "2"  # the run's settings and the export's provenance
+
+
+def test_no_verdict_without_a_utility_fidelity_or_privacy_result(folder):
+    _, markdown = build_report(folder)
+    assert "## Verdict" not in markdown.read_text()
+
+
 def test_a_broken_image_is_reported_by_the_page(tmp_path):
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "report.md").write_text("# Utility\n")

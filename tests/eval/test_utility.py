@@ -27,7 +27,8 @@ from synthmed.eval.generators import (
     synthetic_labels,
 )
 from synthmed.eval.real_data import fraction_subset, prepare_real
-from synthmed.eval.utility import UtilityConfig, make_regimes, merge, run_grid
+from synthmed.eval.regimes import make_regimes
+from synthmed.eval.utility import UtilityConfig, merge, run_grid
 from synthmed.eval.utility_report import _describe_generator, write_report
 from synthmed.gan.config import DCGANConfig, TrainConfig, resolve_precision
 from synthmed.gan.run import load_run
@@ -100,6 +101,22 @@ def test_fraction_subsets_are_stratified_and_seeded(real):
     assert fraction_subset(real.train, 0.25, seed=1).fingerprint() == subset.fingerprint()
     assert fraction_subset(real.train, 0.25, seed=2).fingerprint() != subset.fingerprint()
     assert fraction_subset(real.train, 1.0, seed=3) is real.train
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.05])
+def test_small_fractions_keep_every_class(real, fraction):
+    subset = fraction_subset(real.train, fraction, seed=0)
+    assert subset.class_counts() == {0: 2, 1: 2}  # at least two per class, where there are
+    lonely = ImageSet.concatenate([real.train.subset(np.flatnonzero(real.train.labels == 0)),
+                                   real.train.subset([np.flatnonzero(real.train.labels == 1)[0]])])
+    assert fraction_subset(lonely, fraction, seed=0).class_counts() == {0: 2, 1: 1}
+
+
+def test_a_split_without_some_class_is_a_clear_error(phantom):
+    no_lesion_in_train = phantom.subset(np.flatnonzero((phantom.splits != "train")
+                                                       | (phantom.labels == 0)))
+    with pytest.raises(InputError, match=r"the train split lacks a class \(counts \{0: "):
+        prepare_real(no_lesion_in_train)
 
 
 def test_synthetic_labels_follow_the_mix(real):
@@ -270,6 +287,45 @@ def test_each_regime_trains_on_its_own_set_for_the_same_steps(real, tmp_path, mo
     weights = by_regime["real+classic+synthetic x1 (loss x0.5)"]["weights"]
     assert weights.tolist() == [1.0] * n + [0.5] * n
     assert all(c["weights"] is None for name, c in by_regime.items() if "loss" not in name)
+
+
+def test_an_unlabelled_pool_has_one_unconditional_generator_and_a_self_training_control(
+        real, tmp_path, monkeypatch):
+    seen = {}
+
+    def recording(images, labels, *args, **options):
+        seen[len(seen)] = (images, labels)
+        return train_classifier(images, labels, *args, **options)
+
+    monkeypatch.setattr(utility, "train_classifier", recording)
+    config = replace(TINY, seeds=1, generator_pool="train")
+    generators = SubsetGenerators(RECIPE, tmp_path / "generators", conditional=False)
+    results = run_grid(real, generators, config, tmp_path, progress=False)
+    (run_dir,) = (tmp_path / "generators").iterdir()  # one generator, on the whole pool
+    assert run_dir.name.startswith("pool-")
+    record = json.loads((run_dir / "training_data.json").read_text())
+    assert record["fingerprint"] == real.train.fingerprint()
+    assert read_run_config(run_dir).model.num_classes == 0  # unconditional
+    subset = fraction_subset(real.train, 0.5, seed=0)
+    n = len(subset)
+    cells = {c["regime"]: c for c in results["cells"]}
+    control = cells["real+classic+pool pseudo-labelled x1"]
+    assert (control["n_real"], control["n_unlabelled"], control["n_synthetic"]) == (n, n, 0)
+    assert cells["real+synthetic x1"]["n_synthetic"] == n
+    # the control's added images are real training images outside the labelled subset
+    order = [r.name for r in config.regimes]
+    images, labels = seen[1 + order.index("real+classic+pool pseudo-labelled x1")]  # 0: judge
+    added = ImageSet.from_arrays(images[n:]).image_hashes()
+    assert set(added) <= set(real.train.image_hashes()) - set(subset.image_hashes())
+    assert set(labels[n:].tolist()) <= {0, 1}
+    write_report(results, tmp_path)
+    assert "an unconditional DCGAN trained on the whole training split" in (
+        tmp_path / "report.md").read_text()
+    for bad in ({"balance": True}, {"best_of": 2}, {"fractions": (1.0,)}):
+        with pytest.raises(InputError, match="an unlabelled pool"):
+            replace(config, **bad)
+    with pytest.raises(InputError, match="transitional conditioning needs a conditional"):
+        SubsetGenerators(replace(RECIPE, transition_steps=(1, 2)), tmp_path, conditional=False)
 
 
 def test_report_files(grid_run):

@@ -152,9 +152,9 @@ def _budgets(results: dict[str, Any]) -> str:
     if not doublings:
         return f"{steps} optimiser steps"
     chosen = ", ".join(f"{b} at fraction {f}" for f, b in budgets.items())
+    times = "once" if doublings == 1 else f"{doublings} times"
     return (f"optimiser steps {chosen} (a pilot on `{BASELINE}`, seed 0, doubled {steps} steps "
-            f"at most {doublings} times until its best validation pass was not among its last "
-            "three)")
+            f"at most {times} until its best validation pass was not among its last three)")
 
 
 def _fraction_table(fraction: str, part: dict[str, Any], results: dict[str, Any],

@@ -31,9 +31,9 @@ from torch import nn
 from synthmed.errors import InputError
 from synthmed.eval.augmentation import AUGMENTATIONS
 from synthmed.eval.metrics import choose_threshold, classification_metrics
+from synthmed.gan.config import PRECISIONS
 
 ARCHITECTURES = ("small-cnn", "resnet18", "densenet121")
-PRECISIONS = ("fp32", "bf16")
 # Smallest image side each network accepts: DenseNet121's stem and three 2x2 average-pool
 # transitions leave no pixel below 29 px.
 MIN_SIDE = {"small-cnn": 1, "resnet18": 1, "densenet121": 29}

@@ -385,7 +385,8 @@ def _run_cell(cell: Cell, subset: ImageSet, synthetic: dict, real: RealData,
             labels.append(synthetic_labels_)
     weights = None
     if regime.synthetic_weight != 1.0:
-        weights = np.concatenate([np.ones(n_real), np.full(n_synthetic, regime.synthetic_weight)])
+        weights = np.concatenate([np.ones(n_real + n_unlabelled),  # in the order appended
+                                  np.full(n_synthetic, regime.synthetic_weight)])
     trained = train_classifier(np.concatenate(images), np.concatenate(labels), real.val.images,
                                real.val.labels, len(real.train.class_names), config.classifier,
                                seed=cell.seed, augment=regime.augment, weights=weights,

@@ -1,32 +1,41 @@
-"""CycleGAN on the shared brain MRI: step times, T1 -> T2 quality against baselines, and
+"""Translators on the shared brain MRI: step times, T1 -> T2 quality against baselines, and
 translation throughput.
 
 1. Seconds per training step (batch 1, the reference's widths: ngf = ndf = 64; 6 ResNet blocks
    at 128 px, 9 at 256 px), fp32 against bf16 autocast, interleaved step by step; prints the
    bf16 speed-up.
-2. Quality, leave one subject out: for each subject of ``$SYNTHMED_TEST_DATA/brain-t1t2``,
-   ``synthmed train cyclegan`` T1 -> T2 on the other two (``--val-subjects``), then
-   ``synthmed evaluate translation`` on the held-out one: MAE / PSNR / SSIM of the
-   translator against identity and the best global intensity map (histogram matching, plain
-   or inverted), computed in the same run. Prints each fold and the mean over folds. A
-   finished fold (``OUT/<subject>/fold.json``) is read back, so a killed benchmark continues
-   (with ``--resume`` for the fold it was training); ``--held-out`` picks folds.
+2. Quality, leave one subject out over the distinct subjects of ``$SYNTHMED_TEST_DATA``
+   (``brain-t1t2/`` and ``brain-t1t2-extra/``; a subject whose files are byte-identical to
+   another's is left out, and kept out of every fold's training): for each mode (``--modes``:
+   ``unpaired`` the CycleGAN, ``paired`` pix2pix, each ``-2.5d`` with ``--context``
+   neighbouring slices on each side) and each subject, ``synthmed train cyclegan`` T1 -> T2 on
+   the others (``--val-subjects``), the same epochs for every mode and fold, then ``synthmed
+   evaluate translation`` on the held-out one: MAE / PSNR / SSIM of the translator against
+   identity and the best global intensity map (histogram matching, plain or inverted),
+   computed in the same run. Prints each fold, the mean over folds and the folds where the
+   translator beats the map. A finished fold (``OUT/<mode>/<subject>/fold.json``) is read
+   back, so a killed benchmark continues (with ``--resume`` for the fold it was training);
+   ``--held-out`` picks folds.
 3. Translation throughput: slices per second for the first held-out volume through
-   ``synthmed translate`` (the whole command: read, normalise, translate, write).
+   ``synthmed translate`` with the first mode's run (the whole command: read, normalise,
+   translate, write).
 
     SYNTHMED_TEST_DATA=../shared/data python benchmarks/cyclegan_t1t2.py --out bench-cyclegan
-    python benchmarks/cyclegan_t1t2.py --out b --skip-steps --epochs 2 --held-out TCGA-DU-7294
+    python benchmarks/cyclegan_t1t2.py --out b --skip-steps --epochs 2 --modes paired \
+        --held-out TCGA-DU-7294
 
 The default recipe trains on random 112 px crops of the native 240 px slices (the cost of a
 112 px model; the translator then sees the whole slice at its own resolution, so nothing is
 lost to resizing), ngf = ndf = 32, resize upsampling, the inverted intensity prior without an
-identity loss, bf16, 12 epochs, the last half decaying: about 20 minutes per fold on one core.
+identity loss, intensity augmentation of the generators' inputs, bf16 where the CPU has it
+natively (``--precision auto``), 12 epochs, the last half decaying.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import statistics
 import sys
@@ -78,7 +87,13 @@ def main() -> None:
     parser.add_argument("--intensity-prior", default="inverted",
                         help="none, matching or inverted: generators correct that global map")
     parser.add_argument("--upsample", default="resize", help="or convtranspose")
-    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--modes", default="unpaired,unpaired-2.5d,paired,paired-2.5d",
+                        help="comma list of unpaired, paired, unpaired-2.5d, paired-2.5d")
+    parser.add_argument("--context", type=int, default=1,
+                        help="neighbouring slices on each side in the 2.5D modes")
+    parser.add_argument("--intensity-augment", action=argparse.BooleanOptionalAction,
+                        default=True, help="bias field, gamma, noise on the generators' inputs")
     parser.add_argument("--step-repeats", type=int, default=3)
     parser.add_argument("--skip-steps", action="store_true")
     parser.add_argument("--held-out", default="all",
@@ -88,9 +103,13 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the folds' interrupted runs from their last checkpoints")
     args = parser.parse_args()
-    brain = args.data / "brain-t1t2"
-    if not brain.is_dir():
-        sys.exit(f"{brain}: not found (set SYNTHMED_TEST_DATA)")
+    folders = [args.data / "brain-t1t2", args.data / "brain-t1t2-extra"]
+    if not folders[0].is_dir():
+        sys.exit(f"{folders[0]}: not found (set SYNTHMED_TEST_DATA)")
+    modes = args.modes.split(",")
+    unknown_modes = sorted(set(modes) - set(MODES))
+    if unknown_modes:
+        sys.exit(f"unknown mode(s) {unknown_modes}: use {', '.join(MODES)}")
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {"threads": torch.get_num_threads()}
 
@@ -103,17 +122,24 @@ def main() -> None:
             print(f"  {size} px: fp32 {fp32:.2f} s, bf16 {bf16:.2f} s, "
                   f"bf16 speed-up {fp32 / bf16:.2f}x")
 
-    subjects = sorted(path.parent.name for path in brain.glob("*/t1.nii.gz"))
+    volumes, copies = distinct_subjects(sorted(path.parent for folder in folders
+                                               for path in folder.glob("*/t1.nii.gz")))
+    subjects = sorted(volumes)
     held_out = subjects if args.held_out == "all" else args.held_out.split(",")
     unknown = sorted(set(held_out) - set(subjects))
     if unknown:
-        sys.exit(f"unknown subject(s) {unknown}: {brain} has {', '.join(subjects)}")
-    results["folds"] = {subject: fold(args, brain, subject) for subject in held_out}
-    print_summary(results["folds"])
+        sys.exit(f"unknown subject(s) {unknown}: the data have {', '.join(subjects)}")
+    results["folds"] = {}
+    for mode in modes:
+        results["folds"][mode] = {subject: fold(args, mode, volumes, [subject, *copies])
+                                  for subject in held_out}
+        print_summary(mode, results["folds"][mode])
+    if len(modes) > 1:
+        print_modes(results["folds"])
 
-    source = brain / held_out[0] / "t1.nii.gz"
+    source = volumes[held_out[0]] / "t1.nii.gz"
     translated = args.out / "translated"
-    seconds = synthmed("translate", str(args.out / held_out[0] / "run"), str(source),
+    seconds = synthmed("translate", str(args.out / modes[0] / held_out[0] / "run"), str(source),
                        "--direction", "a2b", "--out", str(translated), "--overwrite",
                        "--no-progress")
     slices = sum(int(row.split(",")[3]) for row in
@@ -125,19 +151,51 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 
 
-def fold(args: argparse.Namespace, brain: Path, held_out: str) -> dict:
-    """Train on every subject but ``held_out`` in ``OUT/<held_out>/run`` and evaluate on it;
-    a finished fold (``OUT/<held_out>/fold.json``) is read back instead of run again."""
-    out = args.out / held_out
+MODES = ("unpaired", "unpaired-2.5d", "paired", "paired-2.5d")
+
+
+def distinct_subjects(folders: list[Path]) -> tuple[dict[str, Path], list[str]]:
+    """Subject name -> folder, and the names of the folders left out (with a note) because
+    their t1 and t2 files are byte-identical to an earlier subject's: a copy under another name
+    would put the held-out subject's own images in its fold's training set (``evaluate
+    translation`` refuses it), so every fold holds the copies out too."""
+    kept: dict[str, Path] = {}
+    copies: list[str] = []
+    seen: dict[tuple[str, str], str] = {}
+    for folder in folders:
+        content = tuple(hashlib.sha256((folder / f"{c}.nii.gz").read_bytes()).hexdigest()
+                        for c in ("t1", "t2"))
+        if content in seen:
+            print(f"{folder.name}: left out, its volumes are byte-identical to "
+                  f"{seen[content]}'s")
+            copies.append(folder.name)
+            continue
+        seen[content] = folder.name
+        kept[folder.name] = folder
+    return kept, copies
+
+
+def fold(args: argparse.Namespace, mode: str, volumes: dict[str, Path], kept_out: list[str]
+         ) -> dict:
+    """Train ``mode`` on every subject but ``kept_out`` (the held-out subject, then the copies
+    of others) in ``OUT/<mode>/<held_out>/run`` and evaluate on the held-out one; a finished
+    fold (``fold.json`` there) is read back instead of run again."""
+    held_out = kept_out[0]
+    out = args.out / mode / held_out
     record_path = out / "fold.json"
     if record_path.is_file():
-        print(f"fold {held_out}: finished earlier, read from {record_path}")
+        print(f"{mode} fold {held_out}: finished earlier, read from {record_path}")
         return json.loads(record_path.read_text())
     run, record = out / "run", {}
+    pattern = str(args.data / "brain-t1t2*" / "*" / "{}.nii.gz")
+    mode_options = [*(["--paired"] if mode.startswith("paired") else []),
+                    "--context", str(args.context if mode.endswith("2.5d") else 0),
+                    "--intensity-augment" if args.intensity_augment else "--no-intensity-augment"]
     if not args.skip_training:
         record["train_seconds"] = synthmed(
-            "train", "cyclegan", "--domain-a", f"{brain}/*/t1.nii.gz",
-            "--domain-b", f"{brain}/*/t2.nii.gz", "--val-subjects", held_out,
+            "train", "cyclegan", "--domain-a", pattern.format("t1"),
+            "--domain-b", pattern.format("t2"), "--val-subjects", ",".join(kept_out),
+            *mode_options,
             *(["--size", str(args.size)] if args.size else []),
             "--crop", str(args.crop), "--ngf", str(args.width),
             "--ndf", str(args.width), "--epochs", str(args.epochs), "--lambda-identity",
@@ -148,10 +206,10 @@ def fold(args: argparse.Namespace, brain: Path, held_out: str) -> dict:
         lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         record["seconds_per_step_median"] = statistics.median(
             1 / line["images_per_s"] for line in lines)
-        print(f"fold {held_out}: training {record['train_seconds'] / 60:.1f} min in this call; "
-              f"median {record['seconds_per_step_median']:.3f} s per step over {len(lines)} "
-              "epochs")
-    subject = brain / held_out
+        print(f"{mode} fold {held_out}: training {record['train_seconds'] / 60:.1f} min in this "
+              f"call; median {record['seconds_per_step_median']:.3f} s per step over "
+              f"{len(lines)} epochs")
+    subject = volumes[held_out]
     record["evaluate_seconds"] = synthmed(
         "evaluate", "translation", str(run), "--source", str(subject / "t1.nii.gz"),
         "--target", str(subject / "t2.nii.gz"), "--out", str(out / "evaluation"), "--overwrite")
@@ -160,27 +218,56 @@ def fold(args: argparse.Namespace, brain: Path, held_out: str) -> dict:
     return record
 
 
-def print_summary(folds: dict[str, dict]) -> None:
-    """The translator against the best global intensity map, per held-out subject and as the
-    mean over them."""
-    metrics = ("mae", "psnr", "ssim_slice", "ssim_bbox")
-    print("held-out subject | method | MAE | PSNR | SSIM slice | SSIM bbox")
+METRICS = ("mae", "psnr", "ssim_slice", "ssim_bbox")
+
+
+def fold_scores(folds: dict[str, dict]) -> dict[str, list[list[float]]]:
+    """Per method (``synthmed``, ``best global map``) the fold's :data:`METRICS` values."""
     rows: dict[str, list[list[float]]] = {}
     for subject, record in folds.items():
         evaluation = record["evaluation"]
         for method in ("synthmed", evaluation["best_global_map"]):
-            values = [evaluation["per_subject"][subject][method][m] for m in metrics]
-            label = "synthmed" if method == "synthmed" else "best global map"
-            rows.setdefault(label, []).append(values)
-            print(f"{subject} | {method} | " + " | ".join(f"{v:.3f}" for v in values))
+            values = [evaluation["per_subject"][subject][method][m] for m in METRICS]
+            rows.setdefault("synthmed" if method == "synthmed" else "best global map",
+                            []).append(values)
+    return rows
+
+
+def wins(rows: dict[str, list[list[float]]]) -> list[int]:
+    """Per metric, the folds where the translator beats the best global map (MAE: lower)."""
+    return [sum(ours[k] < theirs[k] if k == 0 else ours[k] > theirs[k]
+                for ours, theirs in zip(rows["synthmed"], rows["best global map"], strict=True))
+            for k in range(len(METRICS))]
+
+
+def print_summary(mode: str, folds: dict[str, dict]) -> None:
+    """One mode's translator against the best global intensity map, per held-out subject and
+    as the mean over them."""
+    print(f"{mode}: held-out subject | method | MAE | PSNR | SSIM slice | SSIM bbox")
+    rows = fold_scores(folds)
+    for k, subject in enumerate(folds):
+        for label, values in rows.items():
+            method = label if label == "synthmed" else folds[subject]["evaluation"][
+                "best_global_map"]
+            print(f"{subject} | {method} | " + " | ".join(f"{v:.3f}" for v in values[k]))
     for label, values in rows.items():
         means = [statistics.mean(column) for column in zip(*values, strict=True)]
         print(f"mean of {len(values)} | {label} | " + " | ".join(f"{v:.3f}" for v in means))
-    wins = [sum(ours[k] < theirs[k] if k == 0 else ours[k] > theirs[k]
-                for ours, theirs in zip(rows["synthmed"], rows["best global map"], strict=True))
-            for k in range(len(metrics))]
     print("folds where synthmed beats the best global map: " + ", ".join(
-        f"{m} {w}/{len(folds)}" for m, w in zip(metrics, wins, strict=True)))
+        f"{m} {w}/{len(folds)}" for m, w in zip(METRICS, wins(rows), strict=True)))
+
+
+def print_modes(results: dict[str, dict[str, dict]]) -> None:
+    """The modes side by side: mean over folds and folds won against the best global map."""
+    print("mode | mean MAE | mean PSNR | mean SSIM slice | mean SSIM bbox | folds won "
+          "(PSNR, SSIM bbox) | train min per fold")
+    for mode, folds in results.items():
+        rows = fold_scores(folds)
+        means = [statistics.mean(column) for column in zip(*rows["synthmed"], strict=True)]
+        won = wins(rows)
+        minutes = statistics.mean(f.get("train_seconds", 0.0) for f in folds.values()) / 60
+        print(f"{mode} | " + " | ".join(f"{v:.3f}" for v in means) +
+              f" | {won[1]}/{len(folds)}, {won[3]}/{len(folds)} | {minutes:.1f}")
 
 
 if __name__ == "__main__":

@@ -74,3 +74,23 @@ def test_train_throughput_runs_end_to_end(capsys):
     printed = capsys.readouterr().out
     assert "3. fit's own per-step cost (stub model)" in printed
     assert "4. our end-to-end fit() per epoch" in printed and "fp32:" in printed
+
+
+def test_translation_benchmark_keeps_a_copied_subject_out_of_every_fold(tmp_path, capsys):
+    """A subject stored twice under two names would put the held-out subject's own images
+    into its fold's training set: the second name is left out, and listed to be held out."""
+    path = RUNNER.parent / "cyclegan_t1t2.py"
+    sys.path.insert(0, str(RUNNER.parent))
+    spec = importlib.util.spec_from_file_location("cyclegan_t1t2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folders = []
+    for name, content in (("a", b"one"), ("b", b"two"), ("c", b"one")):
+        folder = tmp_path / name
+        folder.mkdir()
+        for contrast in ("t1", "t2"):
+            (folder / f"{contrast}.nii.gz").write_bytes(content + contrast.encode())
+        folders.append(folder)
+    kept, copies = module.distinct_subjects(folders)
+    assert list(kept) == ["a", "b"] and copies == ["c"]
+    assert "c: left out, its volumes are byte-identical to a's" in capsys.readouterr().out

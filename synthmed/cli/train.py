@@ -267,16 +267,31 @@ def _flags(text: str, option: str) -> tuple[bool, ...]:
                     "brain MR; use with --lambda-identity 0); the reference has none")
 @config_option("--pool-size", type=click.IntRange(0), config=CycleGANConfig, field="pool_size",
                help="Past fakes shown to D")
+@config_option("--paired/--unpaired", config=CycleGANConfig, field="paired",
+               help="paired: pix2pix on co-registered pairs (each subject in both domains on "
+                    "one grid; L1 to the subject's own slice and a conditional PatchGAN; no "
+                    "cycle), refused when the data are not paired")
+@config_option("--lambda-l1", type=types.NON_NEGATIVE, config=CycleGANConfig, field="lambda_l1",
+               help="Paired L1 weight")
+@config_option("--context", type=click.IntRange(0), config=CycleGANConfig, field="context",
+               help="2.5D: neighbouring slices on each side given with each slice (the "
+                    "translator makes the centre one)")
+@config_option("--intensity-augment/--no-intensity-augment", config=CycleGANConfig,
+               field="intensity_augment",
+               help="Bias field, gamma, noise and ringing on the generators' inputs, so "
+                    "another scanner's intensities do not break the translator")
 @config_option("--lr", type=types.POSITIVE, config=CycleGANConfig, field="lr",
                help="Adam learning rate")
 @_resume_and_progress
 def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config: Any,
                            config_file: Path | None, val_subjects: str | None, split: str,
                            resume: bool, progress: bool, **options: Any) -> None:
-    """Train a CycleGAN translating between two unpaired domains (e.g. MR T1 <-> T2).
+    """Train a CycleGAN translating between two unpaired domains (e.g. MR T1 <-> T2), or
+    with --paired a pix2pix translator on co-registered pairs.
 
-    Each domain is anything the readers take; NIfTI volumes are cut into 2D slices. The two
-    domains are never paired: each step shows the model a random image of each.
+    Each domain is anything the readers take; NIfTI volumes are cut into 2D slices. Unpaired,
+    each step shows the model a random image of each domain; paired, one subject's slice in
+    both (matched by subject folder and slice).
 
     Example: synthmed train cyclegan --domain-a "brain/*/t1.nii.gz" --domain-b
     "brain/*/t2.nii.gz" --val-subjects 1 --size 128 --out runs/t1t2 --precision bf16
@@ -295,6 +310,7 @@ def train_cyclegan_command(domain_a: str, domain_b: str, out: Path, read_config:
     result = train_cyclegan(domain_a, domain_b, out, config, read=read_config,
                             val_subjects=val_subjects, resume=resume, progress=progress)
     images_a, images_b = result.images
-    click.echo(f"trained CycleGAN on {images_a} A and {images_b} B images (held out: "
+    name = "pix2pix (paired)" if result.config.model.paired else "CycleGAN"
+    click.echo(f"trained {name} on {images_a} A and {images_b} B images (held out: "
                f"{', '.join(result.held_out) or 'none'}) for {result.fit.epochs} epochs -> "
                f"{out}\n{_metrics_line(result.fit.metrics)}")

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from monai.networks.nets import DenseNet121, resnet18
 from torch import nn
 
+from synthmed.augment.augmentation import AUGMENTATIONS
 from synthmed.errors import InputError
-from synthmed.eval.augmentation import AUGMENTATIONS
 from synthmed.eval.metrics import choose_threshold, classification_metrics
 from synthmed.gan.config import PRECISIONS
 

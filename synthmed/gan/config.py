@@ -23,6 +23,7 @@ MAX_CLASSES = 10_000
 MAX_BLOCKS = 64  # residual blocks per CycleGAN generator
 MAX_D_LAYERS = 8  # strided PatchGAN layers (the smallest image is 3 * 2**d_layers px)
 MAX_POOL = 10_000  # past fakes kept for the CycleGAN discriminators
+MAX_CONTEXT = 8  # neighbouring slices on each side of a 2.5D translator's input
 MAX_PREVIEW = 1024  # images in a sample grid
 
 
@@ -290,6 +291,17 @@ class CycleGANConfig:
             scanner that spreads the same tissues differently over [-1, 1] is not mistaken
             for different anatomy.
         init_gain: standard deviation of the N(0, init_gain) initial weights.
+        paired: pix2pix (Isola et al. 2017) on co-registered pairs instead of a CycleGAN:
+            each generator learns its direction from the subject's own slice in the other
+            contrast (L1, ``lambda_l1``) and a conditional PatchGAN that judges (input,
+            output) stacks; no cycle, identity or pool. Both directions are trained.
+        lambda_l1: weight of the paired L1 loss (pix2pix: 100).
+        context: neighbouring slices on each side given to the generators with each slice
+            (2.5D): they take and make ``2 * context + 1`` slices as channels, and
+            translation keeps the centre one. 0: single slices.
+        intensity_augment: bias field, gamma and noise (MONAI, :func:`~synthmed.augment.
+            augmentation.mri_augment`) on the generators' inputs, never on their targets, so a
+            translator learns to ignore what another scanner does to intensities.
     """
 
     section: ClassVar[str] = "model"
@@ -312,6 +324,10 @@ class CycleGANConfig:
     flip: bool = True
     standardize: bool = True
     init_gain: float = 0.02
+    paired: bool = False
+    lambda_l1: float = 100.0
+    context: int = 0
+    intensity_augment: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -348,8 +364,15 @@ class CycleGANConfig:
              f"crop must be at least {smallest} px for a {self.d_layers}-layer PatchGAN, "
              f"got {self.crop}"),
             (self.init_gain > 0.0, f"init_gain must be positive, got {self.init_gain}"),
+            (self.lambda_l1 >= 0.0, f"lambda_l1 must not be negative, got {self.lambda_l1}"),
+            _between("context", self.context, 0, MAX_CONTEXT),
         ]
         require(checks)
+
+    @property
+    def stack_channels(self) -> int:
+        """Channels the generators take and make: ``channels`` per slice of the 2.5D stack."""
+        return self.channels * (2 * self.context + 1)
 
     @property
     def min_size(self) -> int:

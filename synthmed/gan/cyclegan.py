@@ -1,7 +1,8 @@
-"""CycleGAN (Zhu et al. 2017): unpaired translation between two imaging domains A and B.
+"""CycleGAN (Zhu et al. 2017): unpaired translation between two imaging domains A and B;
+with ``paired``, pix2pix (Isola et al. 2017) on co-registered pairs.
 
 As the reference implementation (junyanz/pytorch-CycleGAN-and-pix2pix): ResNet generators
-with reflection padding, 70x70 PatchGAN discriminators (MONAI's ``PatchDiscriminator``),
+with reflection padding, 70x70 PatchGAN discriminators (:mod:`synthmed.gan.translator_nets`),
 least-squares GAN losses, L1 cycle and identity losses, and a pool of past fakes for the
 discriminators. The fit loop (:mod:`synthmed.gan.trainer`) drives it through
 ``make_optimizers``, ``train_step`` and ``preview``; ``translate`` maps images of any size.
@@ -15,265 +16,36 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from monai.losses import LocalNormalizedCrossCorrelationLoss
-from monai.networks.nets import PatchDiscriminator
-from torch import nn
 
-from synthmed.augment.intensity import FOREGROUND_FLOOR
 from synthmed.gan.config import CycleGANConfig
 from synthmed.gan.model import GenerativeModel
+from synthmed.gan.translator_nets import (
+    PRIOR_LEVELS,
+    ImagePool,
+    PatchGAN,
+    QuantileMap,
+    ResnetGenerator,
+    init_weights,
+)
 
 DIRECTIONS = ("a2b", "b2a")
-PRIOR_LEVELS = 101  # quantile levels of the prior's tables (foreground_quantiles' default)
-PRIOR_BOUND = 0.999  # the prior's values are kept inside (-1, 1) for atanh
 TRANSLATE_BATCH = 8  # images per forward pass when translating, unless told otherwise
 
 
-def _norm(kind: str, width: int) -> nn.Module:
-    """The reference's norm layers: instance norm without affine or running statistics."""
-    if kind == "instance":
-        return nn.InstanceNorm2d(width, affine=False, track_running_stats=False)
-    if kind == "batch":
-        return nn.BatchNorm2d(width)
-    raise ValueError(f"norm must be instance or batch, got {kind!r}")
-
-
-class ResnetBlock(nn.Module):
-    """``x + block(x)`` with two reflection-padded 3x3 convolutions: ``(B, C, H, W)`` kept."""
-
-    def __init__(self, width: int, norm: str) -> None:
-        super().__init__()
-        bias = norm == "instance"  # batch norm has its own shift
-        self.block = nn.Sequential(
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(width, width, 3, bias=bias),
-            _norm(norm, width),
-            nn.ReLU(),
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(width, width, 3, bias=bias),
-            _norm(norm, width),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x)
-
-
-class QuantileMap(nn.Module):
-    """A fixed monotone intensity map between two domains: model-space foreground pixels
-    ``(B, C, H, W)`` at quantile level p of the source domain go to the target domain's
-    quantile at level p (``invert``: at level 1 - p, a decreasing map), piecewise linearly;
-    background pixels (at or below :data:`FOREGROUND_FLOOR`) stay -1. Differentiable in its
-    input. Unpaired histogram matching, the rule of
-    :func:`~synthmed.augment.intensity.match_histogram`: source levels that repeat a value
-    map to the mean of the target quantiles at those levels.
-
-    The tables are the buffers ``source`` and ``target`` ``(levels,)``, saved with the model;
-    :meth:`set_tables` fills them.
-    """
-
-    def __init__(self, levels: int = PRIOR_LEVELS, invert: bool = False) -> None:
-        super().__init__()
-        self.invert = invert
-        self.register_buffer("source", torch.linspace(-1.0, 1.0, levels))
-        self.register_buffer("target", torch.linspace(-1.0, 1.0, levels))
-
-    def set_tables(self, source: Sequence[float], target: Sequence[float]) -> None:
-        """Quantiles ``(levels,)`` of each domain's foreground at ``linspace(0, 1, levels)``."""
-        self.source.copy_(torch.as_tensor(source, dtype=torch.float32))
-        self.target.copy_(torch.as_tensor(target, dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        target = self.target.flip(0) if self.invert else self.target
-        knots, tied = torch.unique(self.source, return_inverse=True)  # increasing
-        values = torch.zeros_like(knots).index_add_(0, tied, target)
-        values = values / torch.bincount(tied, minlength=len(knots)).to(values)
-        if len(knots) == 1:
-            mapped = values.expand_as(x)
-        else:
-            inside = x.float().clamp(knots[0], knots[-1])
-            upper = torch.searchsorted(knots, inside.detach()).clamp(1, len(knots) - 1)
-            x0, x1, y0, y1 = knots[upper - 1], knots[upper], values[upper - 1], values[upper]
-            mapped = y0 + (y1 - y0) * (inside - x0) / (x1 - x0)
-        return torch.where(x > FOREGROUND_FLOOR, mapped, torch.full_like(mapped, -1.0))
-
-
-class ResnetGenerator(nn.Module):
-    """Images ``(B, channels, H, W)`` -> images of the same shape in [-1, 1]; H and W must
-    be multiples of 4 and at least 8 (two stride-2 downsamplings, then reflection padding).
-
-    With a ``prior`` map the network learns a correction to it rather than the whole image:
-    ``tanh(atanh(prior(x)) + net(x))``, and the last convolution starts at zero, so the
-    untrained generator is exactly the prior (e.g. inverted histogram matching for
-    T1 -> T2) and training spends itself on what a global intensity map cannot do.
-
-    Args:
-        channels: image channels, in and out.
-        ngf: width of the first layer; 2x and 4x after each downsampling.
-        n_blocks: residual blocks at 1/4 resolution (reference: 9 for 256 px, 6 for 128).
-        norm: ``instance`` (reference) or ``batch``.
-        upsample: ``convtranspose`` (reference) or ``resize`` (nearest-neighbour x2, then a
-            3x3 convolution: no checkerboard artefacts).
-        prior: a fixed intensity map the output corrects (``None``: the reference's plain
-            ``tanh(net(x))``).
-
-    Examples:
-        >>> ResnetGenerator(1, ngf=8, n_blocks=2)(torch.randn(2, 1, 32, 32)).shape
-        torch.Size([2, 1, 32, 32])
-    """
-
-    def __init__(self, channels: int, ngf: int, n_blocks: int = 9,
-                 norm: str = CycleGANConfig.norm, upsample: str = CycleGANConfig.upsample,
-                 prior: QuantileMap | None = None) -> None:
-        super().__init__()
-        bias = norm == "instance"
-        layers: list[nn.Module] = [
-            nn.ReflectionPad2d(3),
-            nn.Conv2d(channels, ngf, 7, bias=bias),  # (B, ngf, H, W)
-            _norm(norm, ngf),
-            nn.ReLU(),
-        ]
-        for mult in (1, 2):  # (B, 2 ngf, H/2, W/2), (B, 4 ngf, H/4, W/4)
-            layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=bias),
-                       _norm(norm, ngf * mult * 2), nn.ReLU()]
-        layers += [ResnetBlock(ngf * 4, norm) for _ in range(n_blocks)]
-        for mult in (4, 2):  # (B, 2 ngf, H/2, W/2), (B, ngf, H, W)
-            if upsample == "resize":
-                layers += [nn.Upsample(scale_factor=2, mode="nearest"),
-                           nn.Conv2d(ngf * mult, ngf * mult // 2, 3, padding=1, bias=bias)]
-            else:
-                layers.append(nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2,
-                                                 padding=1, output_padding=1, bias=bias))
-            layers += [_norm(norm, ngf * mult // 2), nn.ReLU()]
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, channels, 7)]  # (B, channels, H, W)
-        self.model = nn.Sequential(*layers)
-        self.prior = prior
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.prior is None:
-            return torch.tanh(self.model(x))
-        start = self.prior(x).clamp(-PRIOR_BOUND, PRIOR_BOUND)
-        return torch.tanh(torch.atanh(start) + self.model(x))
-
-    def zero_last_layer(self) -> None:
-        """Start the correction at zero (with a prior: the generator starts as the prior)."""
-        last = self.model[-1]
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-
-
-class PatchGAN(nn.Module):
-    """Images ``(B, channels, H, W)`` -> a map of real/fake scores ``(B, 1, h, w)``, one per
-    overlapping patch (70x70 for 3 layers; 256 px -> 30x30, 128 px -> 14x14).
-
-    MONAI's ``PatchDiscriminator`` with these arguments is the reference's ``NLayer``
-    discriminator: a 4x4 stride-2 convolution to ``ndf`` with LeakyReLU 0.2 and no norm,
-    ``layers - 1`` more stride-2 ones doubling the width, one stride-1 one doubling it again
-    (conv, norm, LeakyReLU each), then a 4x4 stride-1 convolution to one channel; biases only
-    where the reference has them. One difference: above 3 layers MONAI keeps doubling the
-    width, where the reference stops at 8 x ndf.
-
-    Args:
-        channels: image channels. ndf: width of the first layer.
-        layers: stride-2 convolutions (3: 70x70 patches). norm: ``instance`` or ``batch``.
-    """
-
-    def __init__(self, channels: int, ndf: int, layers: int = CycleGANConfig.d_layers,
-                 norm: str = CycleGANConfig.norm) -> None:
-        super().__init__()
-        if norm not in ("instance", "batch"):
-            raise ValueError(f"norm must be instance or batch, got {norm!r}")
-        self.net = PatchDiscriminator(
-            spatial_dims=2, channels=ndf, in_channels=channels, out_channels=1,
-            num_layers_d=layers, kernel_size=4, activation=("LEAKYRELU", {"negative_slope": 0.2}),
-            norm=norm.upper(),  # MONAI's instance norm is the reference's (no affine)
-            bias=norm == "instance", padding=1, last_conv_kernel_size=4,
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)[-1]  # MONAI returns every layer's output; the last is the map
-
-
-def init_weights(module: nn.Module, gain: float = 0.02) -> None:
-    """The reference's ``normal`` init: convolution weights N(0, gain), affine norm weights
-    N(1, gain), biases 0."""
-    for layer in module.modules():
-        if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
-            nn.init.normal_(layer.weight, 0.0, gain)
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
-        elif isinstance(layer, nn.modules.batchnorm._NormBase) and layer.affine:
-            nn.init.normal_(layer.weight, 1.0, gain)
-            nn.init.zeros_(layer.bias)
-
-
-class ImagePool(nn.Module):
-    """The reference's history of past fakes (Shrivastava et al. 2017), which the
-    discriminators see instead of only the newest fakes.
-
-    Until ``size`` images are stored, each new image is stored and returned; after that each
-    is, with probability 1/2, swapped for a random stored one (which is returned), else
-    returned itself. ``size`` 0 returns the input. The stored images are the buffer
-    ``images`` ``(size, C, H, W)`` (allocated on the first query; ``(0,)`` before) and their
-    number the buffer ``count``, so the pool is saved and restored with the model.
-
-    Args:
-        size: images to keep (reference: 50).
-    """
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-        self.register_buffer("images", torch.zeros(0))
-        self.register_buffer("count", torch.zeros((), dtype=torch.long))
-
-    def query(self, images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-        """Images ``(B, C, H, W)`` for the discriminator, as many as given, drawn with ``rng``
-        (never torch's global generator). All images must share one shape ``(C, H, W)``."""
-        if self.size == 0:
-            return images
-        images = images.detach()
-        if self.images.dim() == 1:
-            self.images = torch.zeros(self.size, *images.shape[1:], dtype=self.images.dtype,
-                                      device=images.device)
-        elif self.images.shape[1:] != images.shape[1:]:
-            raise ValueError(f"the image pool holds images of shape {tuple(self.images.shape[1:])}"
-                             f", got {tuple(images.shape[1:])}: train on one image size or crop")
-        returned = []
-        for image in images:
-            count = int(self.count)
-            if count < self.size:
-                self.images[count] = image
-                self.count += 1
-                returned.append(image)
-            elif torch.rand((), generator=rng, device=rng.device).item() > 0.5:
-                k = int(torch.randint(self.size, (), generator=rng, device=rng.device))
-                returned.append(self.images[k].to(image.dtype, copy=True))
-                self.images[k] = image
-            else:
-                returned.append(image)
-        return torch.stack(returned)
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
-                              *args: Any, **kwargs: Any) -> None:
-        stored = state_dict.get(prefix + "images")
-        if stored is not None and stored.shape[:1] in ((0,), (self.size,)):
-            # take the stored shape (a fresh pool is empty); other sizes fail in the load
-            self.images = torch.zeros(stored.shape, dtype=self.images.dtype,
-                                      device=self.images.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-
 class CycleGAN(GenerativeModel):
-    """Two generators (A -> B, B -> A), a PatchGAN per domain and a pool of fakes per domain.
+    """Two generators (A -> B, B -> A), a PatchGAN per domain and a pool of fakes per domain;
+    with ``config.paired``, two pix2pix translators (Isola et al. 2017) on co-registered pairs.
 
-    ``discriminator_a`` judges domain A images (real A against fakes from B), ``pool_a``
-    holds fakes of A. Residual blocks: ``config.blocks(config.crop)``, i.e. 9 for crops
-    above 128 px and 6 otherwise; when training on whole images larger than 128 px, set
-    ``n_blocks`` (``config.blocks(size)``) to get the reference's 9.
+    ``discriminator_a`` judges domain A images (real A against fakes from B; paired: each
+    stacked on the B image it was made from), ``pool_a`` holds fakes of A. Residual blocks:
+    ``config.blocks(config.crop)``, i.e. 9 for crops above 128 px and 6 otherwise; when
+    training on whole images larger than 128 px, set ``n_blocks`` (``config.blocks(size)``) to
+    get the reference's 9. With ``config.context`` every network takes stacks of
+    ``config.stack_channels`` channels (2.5D: neighbouring slices).
 
     Examples:
         >>> model = CycleGAN(CycleGANConfig(ngf=4, ndf=4, n_blocks=1))
@@ -289,11 +61,12 @@ class CycleGAN(GenerativeModel):
         self.config = config
         c = config
         blocks = c.blocks(c.crop)
+        judged = c.stack_channels * (2 if c.paired else 1)  # paired: (input, output) stacks
         self.generator_ab, self.generator_ba = (
-            ResnetGenerator(c.channels, c.ngf, blocks, c.norm, c.upsample, self._prior())
+            ResnetGenerator(c.stack_channels, c.ngf, blocks, c.norm, c.upsample, self._prior())
             for _ in DIRECTIONS)
-        self.discriminator_a = PatchGAN(c.channels, c.ndf, c.d_layers, c.norm)
-        self.discriminator_b = PatchGAN(c.channels, c.ndf, c.d_layers, c.norm)
+        self.discriminator_a = PatchGAN(judged, c.ndf, c.d_layers, c.norm)
+        self.discriminator_b = PatchGAN(judged, c.ndf, c.d_layers, c.norm)
         for net in (self.generator_ab, self.generator_ba, self.discriminator_a,
                     self.discriminator_b):
             init_weights(net, c.init_gain)
@@ -301,8 +74,8 @@ class CycleGAN(GenerativeModel):
             self.generator_ab.zero_last_layer()
             self.generator_ba.zero_last_layer()
         self.local_ncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=2, kernel_size=9)
-        self.pool_a = ImagePool(c.pool_size)
-        self.pool_b = ImagePool(c.pool_size)
+        self.pool_a = ImagePool(0 if c.paired else c.pool_size)
+        self.pool_b = ImagePool(0 if c.paired else c.pool_size)
 
     def _prior(self) -> QuantileMap | None:
         if self.config.intensity_prior == "none":
@@ -330,48 +103,38 @@ class CycleGAN(GenerativeModel):
 
     def train_step(
         self,
-        batch: tuple[torch.Tensor, torch.Tensor],
+        batch: tuple[torch.Tensor, ...],
         optimizers: dict[str, torch.optim.Optimizer],
         rng: torch.Generator,
         autocast: contextlib.AbstractContextManager | None = None,
     ) -> dict[str, float]:
-        """One generator update, then one discriminator update, on unpaired images
-        ``batch`` = (a ``(B, C, h, w)``, b ``(B, C, h, w)``) in [-1, 1], h and w multiples of 4.
+        """One generator update, then one discriminator update.
 
-        Returns the weighted losses (``loss_g`` is the sum of the ``loss_gan_*``,
-        ``loss_cycle_*``, ``loss_structure_*`` and ``loss_idt_*`` terms; the structure and
-        identity terms are 0.0 when their weight is 0), each discriminator's loss and the
-        discriminators' mean scores on real images and on the (pooled) fakes.
+        ``batch`` = (a, b) or (a, b, input_a, input_b), each ``(B, S, h, w)`` in [-1, 1]
+        (``S`` = ``config.stack_channels``; h and w multiples of 4): the images of each
+        domain (paired: item i of a and of b is one subject's slice in both contrasts) and
+        what the generators take (the same images, intensity-augmented when asked; default:
+        the images themselves). Targets, cycles and the discriminators' real images are
+        always the un-augmented ones.
+
+        Returns the weighted losses (``loss_g`` is their sum: ``loss_gan_*`` and, unpaired,
+        ``loss_cycle_*``, ``loss_structure_*``, ``loss_idt_*`` (0.0 when their weight is 0),
+        paired ``loss_l1_*``), each discriminator's loss and the discriminators' mean scores
+        on real images and on the (pooled) fakes.
         """
         autocast = autocast or contextlib.nullcontext()
-        c = self.config
-        real_a, real_b = batch
-        identity_weight = c.lambda_cycle * c.lambda_identity
+        real_a, real_b, *inputs = batch
+        input_a, input_b = inputs or (real_a, real_b)
         discriminators = (self.discriminator_a, self.discriminator_b)
 
         for parameter in itertools.chain(*(d.parameters() for d in discriminators)):
             parameter.requires_grad_(False)
         with autocast:
-            fake_b = self.generator_ab(real_a)
-            rec_a = self.generator_ba(fake_b)
-            fake_a = self.generator_ba(real_b)
-            rec_b = self.generator_ab(fake_a)
-            judged_b, judged_a = self.discriminator_b(fake_b), self.discriminator_a(fake_a)
-            if identity_weight > 0:
-                idt_a, idt_b = self.generator_ab(real_b), self.generator_ba(real_a)
-        losses = {
-            "loss_gan_ab": _mse(judged_b, 1.0),
-            "loss_gan_ba": _mse(judged_a, 1.0),
-            "loss_cycle_a": F.l1_loss(rec_a.float(), real_a.float()) * c.lambda_cycle,
-            "loss_cycle_b": F.l1_loss(rec_b.float(), real_b.float()) * c.lambda_cycle,
-            "loss_structure_ab": self._structure_loss(fake_b, real_a),
-            "loss_structure_ba": self._structure_loss(fake_a, real_b),
-        }
-        if identity_weight > 0:
-            losses["loss_idt_a"] = F.l1_loss(idt_a.float(), real_b.float()) * identity_weight
-            losses["loss_idt_b"] = F.l1_loss(idt_b.float(), real_a.float()) * identity_weight
-        else:
-            losses["loss_idt_a"] = losses["loss_idt_b"] = real_a.new_zeros((), dtype=torch.float)
+            fake_b, fake_a = self.generator_ab(input_a), self.generator_ba(input_b)
+            if self.config.paired:
+                losses = self._paired_losses(real_a, real_b, input_a, input_b, fake_a, fake_b)
+            else:
+                losses = self._cycle_losses(real_a, real_b, input_a, input_b, fake_a, fake_b)
         loss_g = sum(losses.values())
         optimizers["generator"].zero_grad(set_to_none=True)
         loss_g.backward()
@@ -379,11 +142,13 @@ class CycleGAN(GenerativeModel):
         for parameter in itertools.chain(*(d.parameters() for d in discriminators)):
             parameter.requires_grad_(True)
 
-        pooled_a = self.pool_a.query(fake_a.detach(), rng)
-        pooled_b = self.pool_b.query(fake_b.detach(), rng)
+        shown_a = self.pool_a.query(fake_a.detach(), rng)
+        shown_b = self.pool_b.query(fake_b.detach(), rng)
         with autocast:
-            d_real_a, d_fake_a = self.discriminator_a(real_a), self.discriminator_a(pooled_a)
-            d_real_b, d_fake_b = self.discriminator_b(real_b), self.discriminator_b(pooled_b)
+            d_real_a = self._judge(self.discriminator_a, real_a, input_b)
+            d_fake_a = self._judge(self.discriminator_a, shown_a, input_b)
+            d_real_b = self._judge(self.discriminator_b, real_b, input_a)
+            d_fake_b = self._judge(self.discriminator_b, shown_b, input_a)
         loss_d_a = 0.5 * (_mse(d_real_a, 1.0) + _mse(d_fake_a, 0.0))
         loss_d_b = 0.5 * (_mse(d_real_b, 1.0) + _mse(d_fake_b, 0.0))
         optimizers["discriminator"].zero_grad(set_to_none=True)
@@ -399,6 +164,50 @@ class CycleGAN(GenerativeModel):
             "d_fake": 0.5 * (d_fake_a.float().mean() + d_fake_b.float().mean()).item(),
         }
 
+    def _judge(self, discriminator: PatchGAN, images: torch.Tensor,
+               made_from: torch.Tensor) -> torch.Tensor:
+        """The discriminator's scores for ``images`` ``(B, S, h, w)``; paired, for each image
+        stacked on the input it was (or should be) made from."""
+        if self.config.paired:
+            images = torch.cat([made_from, images], dim=1)  # (B, 2 S, h, w)
+        return discriminator(images)
+
+    def _cycle_losses(self, real_a: torch.Tensor, real_b: torch.Tensor, input_a: torch.Tensor,
+                      input_b: torch.Tensor, fake_a: torch.Tensor, fake_b: torch.Tensor
+                      ) -> dict[str, torch.Tensor]:
+        """The CycleGAN's generator losses, all ``(B, S, h, w)`` in; weighted scalars out."""
+        c = self.config
+        identity_weight = c.lambda_cycle * c.lambda_identity
+        rec_a, rec_b = self.generator_ba(fake_b), self.generator_ab(fake_a)
+        losses = {
+            "loss_gan_ab": _mse(self.discriminator_b(fake_b), 1.0),
+            "loss_gan_ba": _mse(self.discriminator_a(fake_a), 1.0),
+            "loss_cycle_a": F.l1_loss(rec_a.float(), real_a.float()) * c.lambda_cycle,
+            "loss_cycle_b": F.l1_loss(rec_b.float(), real_b.float()) * c.lambda_cycle,
+            "loss_structure_ab": self._structure_loss(fake_b, input_a),
+            "loss_structure_ba": self._structure_loss(fake_a, input_b),
+        }
+        if identity_weight > 0:
+            idt_a, idt_b = self.generator_ab(input_b), self.generator_ba(input_a)
+            losses["loss_idt_a"] = F.l1_loss(idt_a.float(), real_b.float()) * identity_weight
+            losses["loss_idt_b"] = F.l1_loss(idt_b.float(), real_a.float()) * identity_weight
+        else:
+            losses["loss_idt_a"] = losses["loss_idt_b"] = real_a.new_zeros((), dtype=torch.float)
+        return losses
+
+    def _paired_losses(self, real_a: torch.Tensor, real_b: torch.Tensor, input_a: torch.Tensor,
+                       input_b: torch.Tensor, fake_a: torch.Tensor, fake_b: torch.Tensor
+                       ) -> dict[str, torch.Tensor]:
+        """pix2pix's generator losses per direction: the conditional GAN term and L1 to the
+        subject's own slice in the target contrast."""
+        weight = self.config.lambda_l1
+        return {
+            "loss_gan_ab": _mse(self._judge(self.discriminator_b, fake_b, input_a), 1.0),
+            "loss_gan_ba": _mse(self._judge(self.discriminator_a, fake_a, input_b), 1.0),
+            "loss_l1_ab": F.l1_loss(fake_b.float(), real_b.float()) * weight,
+            "loss_l1_ba": F.l1_loss(fake_a.float(), real_a.float()) * weight,
+        }
+
     def _structure_loss(self, output: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """``lambda_structure`` x (1 - mean squared local NCC of ``output`` and ``source``),
         both ``(B, C, h, w)``; a float 0 when the weight is 0."""
@@ -410,11 +219,12 @@ class CycleGAN(GenerativeModel):
     @torch.no_grad()
     def translate(self, images: torch.Tensor, direction: str,
                   batch_size: int = TRANSLATE_BATCH) -> torch.Tensor:
-        """Translate ``images`` ``(N, C, H, W)`` in [-1, 1] of any H and W: ``a2b`` or ``b2a``.
+        """Translate ``images`` ``(N, S, H, W)`` in [-1, 1] (``S`` = ``config.stack_channels``)
+        of any H and W: ``a2b`` or ``b2a``.
 
         The images are padded at the bottom and right to multiples of 4 (at least 8; by
         reflection, or by repeating the edge for tiny images), run through the generator in
-        eval mode in batches on its device, and cropped back. Returns float32 ``(N, C, H, W)``
+        eval mode in batches on its device, and cropped back. Returns float32 ``(N, S, H, W)``
         in [-1, 1] on the CPU.
         """
         if direction not in DIRECTIONS:
@@ -436,8 +246,9 @@ class CycleGAN(GenerativeModel):
         return torch.cat(outputs)
 
     def preview(self, examples: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """The epoch's grid for examples a ``(k, C, H, W)`` and b (of the same shape):
-        ``(6, k, C, H, W)`` rows A, A->B, A->B->A, B, B->A, B->A->B on the CPU."""
+        """The epoch's grid for examples a ``(k, S, H, W)`` and b (of the same shape):
+        ``(6, k, C, H, W)`` rows A, A->B, A->B->A, B, B->A, B->A->B on the CPU (2.5D: the
+        centre slices)."""
         a, b = examples
         if a.shape != b.shape:
             raise ValueError(f"preview examples of A and B must have one shape, got "
@@ -445,7 +256,13 @@ class CycleGAN(GenerativeModel):
         fake_b, fake_a = self.translate(a, "a2b"), self.translate(b, "b2a")
         rows = [a.float().cpu(), fake_b, self.translate(fake_b, "b2a"),
                 b.float().cpu(), fake_a, self.translate(fake_a, "a2b")]
-        return torch.stack(rows)
+        return torch.stack([self.centre(row) for row in rows])
+
+    def centre(self, stacks: torch.Tensor) -> torch.Tensor:
+        """The centre slice ``(N, C, H, W)`` of 2.5D stacks ``(N, S, H, W)``."""
+        channels = self.config.channels
+        first = self.config.context * channels
+        return stacks[:, first:first + channels]
 
 
 def _mse(scores: torch.Tensor, target: float) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""What the fit loop trains on: labelled images (DCGAN) or two unpaired domains (CycleGAN).
+"""What the fit loop trains on: labelled images (DCGAN) or two domains (CycleGAN: unpaired
+or co-registered pairs).
 
 Both kinds answer the same questions for :func:`synthmed.gan.trainer.fit`: how many items
 make an epoch, the batch for a set of item indices (random crops and flips drawn from the
@@ -9,14 +10,18 @@ loop's generator, so a resumed run repeats exactly), a content fingerprint, the 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import re
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
 
+from synthmed.augment.augmentation import mri_augment
 from synthmed.augment.dataset import ImageSet
-from synthmed.augment.intensity import foreground_quantiles, standardize_groups
+from synthmed.augment.intensity import FOREGROUND_FLOOR, foreground_quantiles, standardize_groups
 from synthmed.errors import InputError
+
+MIN_PAIRED_DICE = 0.5  # foreground overlap of a subject's two contrasts below this: not paired
 
 
 class LabelledImages:
@@ -55,17 +60,21 @@ class LabelledImages:
         return {"n": n, "seed": seed}
 
 
-class UnpairedImages:
-    """Two domains that are never paired: item ``i`` of an epoch is image ``i mod len(A)`` of
-    domain A with a random image of domain B (as the reference CycleGAN loader); an epoch has
-    ``max(len(A), len(B))`` items. A batch is ``(a (B, C, crop, crop), b (B, C, crop, crop))``:
-    random crops of side ``crop`` (0: whole images) and random horizontal flips. With
-    ``standardize`` each subject's images are histogram-standardised onto its domain's pooled
-    foreground quantiles (:func:`standardize_groups`); the record keeps the read images' hashes.
+class _TwoDomains:
+    """What unpaired and paired training share. Each domain's images are histogram-
+    standardised per subject onto its domain's pooled foreground quantiles with
+    ``standardize`` (:func:`standardize_groups`), stacked with ``context`` neighbouring slices
+    on each side (:func:`slice_stacks`, 2.5D), randomly cropped to ``crop`` (0: whole images)
+    and flipped. With ``intensity_augment`` a batch also carries the generators' inputs: the
+    same images with MR intensity artefacts (:func:`intensity_augmented`). The record keeps
+    the read images' hashes.
     """
 
+    kind: ClassVar[str]
+
     def __init__(self, a: ImageSet, b: ImageSet, crop: int = 0, flip: bool = True,
-                 standardize: bool = True) -> None:
+                 standardize: bool = True, context: int = 0,
+                 intensity_augment: bool = False) -> None:
         for name, domain in (("A", a), ("B", b)):
             if crop and min(domain.size) < crop:
                 raise InputError(f"domain {name} images are {domain.size[0]}x{domain.size[1]}, "
@@ -77,24 +86,21 @@ class UnpairedImages:
         self.domains = (a, b)
         self.quantiles = [foreground_quantiles(domain.images) for domain in self.domains]
         self.a, self.b = (
-            torch.from_numpy(standardize_groups(domain.images, domain.groups, quantiles)
-                             if standardize else domain.images)
+            torch.from_numpy(slice_stacks(
+                standardize_groups(domain.images, domain.groups, quantiles)
+                if standardize else domain.images, domain.groups, slice_positions(domain),
+                context))
             for domain, quantiles in zip(self.domains, self.quantiles, strict=True))
-        self.crop, self.flip = crop, flip
+        self.crop, self.flip, self.intensity_augment = crop, flip, intensity_augment
 
     def __len__(self) -> int:
         return max(len(self.a), len(self.b))
 
-    def to(self, device: torch.device) -> UnpairedImages:
+    def to(self, device: torch.device) -> Self:
         self.a, self.b = self.a.to(device), self.b.to(device)
         return self
 
-    def batch(self, index: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, ...]:
-        a = self.a[index % len(self.a)]
-        b = self.b[torch.randint(len(self.b), index.shape, generator=rng, device=rng.device)]
-        return self._augment(a, rng), self._augment(b, rng)
-
-    def _augment(self, images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    def _crop_and_flip(self, images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         """Random crop per image, then a random horizontal flip per image."""
         if self.crop:
             height, width = images.shape[-2:]
@@ -109,16 +115,23 @@ class UnpairedImages:
             images = torch.where(flipped[:, None, None, None], images.flip(-1), images)
         return images
 
+    def _with_inputs(self, a: torch.Tensor, b: torch.Tensor, rng: torch.Generator
+                     ) -> tuple[torch.Tensor, ...]:
+        """``(a, b)``, with ``intensity_augment`` followed by the generators' inputs."""
+        if not self.intensity_augment:
+            return a, b
+        return a, b, intensity_augmented(a, rng), intensity_augmented(b, rng)
+
     def fingerprint(self) -> str:
         a, b = (domain.fingerprint() for domain in self.domains)
-        return hashlib.sha256(f"unpaired:{a}:{b}".encode()).hexdigest()
+        return hashlib.sha256(f"{self.kind}:{a}:{b}".encode()).hexdigest()
 
     def record(self) -> dict[str, Any]:
         """Both domains' records, each with the quantiles of its foreground intensities."""
         domains = {}
         for name, domain, quantiles in zip("ab", self.domains, self.quantiles, strict=True):
             domains[name] = {**imageset_record(domain), "foreground_quantiles": quantiles.tolist()}
-        return {"kind": "unpaired", "fingerprint": self.fingerprint(),
+        return {"kind": self.kind, "fingerprint": self.fingerprint(),
                 "images": sum(len(d) for d in self.domains), "domains": domains}
 
     def preview_inputs(self, n: int, seed: int) -> dict[str, Any]:
@@ -126,6 +139,154 @@ class UnpairedImages:
         k = max(1, min(n // 4, len(self.a), len(self.b)))
         pick = [np.linspace(0, len(d) - 1, k).round().astype(int) for d in (self.a, self.b)]
         return {"examples": (self.a[pick[0]].cpu(), self.b[pick[1]].cpu())}
+
+
+class UnpairedImages(_TwoDomains):
+    """Two domains that are never paired: item ``i`` of an epoch is image ``i mod len(A)`` of
+    domain A with a random image of domain B (as the reference CycleGAN loader); an epoch has
+    ``max(len(A), len(B))`` items. A batch is ``(a (B, S, crop, crop), b (B, S, crop, crop))``
+    (``S``: channels x stacked slices), each image cropped and flipped on its own, then the
+    generators' inputs when augmented (:class:`_TwoDomains`).
+    """
+
+    kind = "unpaired"
+
+    def batch(self, index: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, ...]:
+        a = self.a[index % len(self.a)]
+        b = self.b[torch.randint(len(self.b), index.shape, generator=rng, device=rng.device)]
+        return self._with_inputs(self._crop_and_flip(a, rng), self._crop_and_flip(b, rng), rng)
+
+
+class PairedImages(_TwoDomains):
+    """Co-registered pairs: item ``i`` is one subject's slice in both contrasts, cropped and
+    flipped alike. Only slices both domains have are kept (:func:`paired_slices`); a subject
+    in one domain only, two grids, or contrasts whose foregrounds do not overlap (not
+    co-registered) are refused.
+    """
+
+    kind = "paired"
+
+    def __init__(self, a: ImageSet, b: ImageSet, crop: int = 0, flip: bool = True,
+                 standardize: bool = True, context: int = 0,
+                 intensity_augment: bool = False) -> None:
+        keep_a, keep_b = paired_slices(a, b)
+        super().__init__(a.subset(keep_a), b.subset(keep_b), crop, flip, standardize, context,
+                         intensity_augment)
+
+    def batch(self, index: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, ...]:
+        index = index % len(self.a)
+        both = self._crop_and_flip(torch.cat([self.a[index], self.b[index]], dim=1), rng)
+        a, b = both.split(self.a.shape[1], dim=1)
+        return self._with_inputs(a, b, rng)
+
+
+def paired_slices(a: ImageSet, b: ImageSet) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into ``a`` and ``b`` of the slices both have, matched by subject (their group:
+    the subject folder of ``<subject>/t1.nii.gz``; one subject in each domain pairs as is)
+    and slice position (:func:`slice_positions`), in ``a``'s order.
+
+    Raises:
+        InputError: the domains' image sizes differ, a subject has images in one domain only
+            or no slice in common, or a subject's A and B foregrounds overlap by a Dice under
+            :data:`MIN_PAIRED_DICE` (not co-registered).
+    """
+    origin = a.metadata.get("origin")
+    if a.size != b.size:
+        raise InputError(f"domain A images are {a.size[0]}x{a.size[1]} and domain B images "
+                         f"{b.size[0]}x{b.size[1]}: --paired needs both contrasts on one grid",
+                         origin)
+    groups_a, groups_b = set(a.groups.tolist()), set(b.groups.tolist())
+    b_groups = b.groups
+    if len(groups_a) == len(groups_b) == 1:  # one subject each (e.g. two files): as is
+        b_groups = np.full(len(b), a.groups[0])
+    else:
+        for one, other, name in ((groups_a, groups_b, "A"), (groups_b, groups_a, "B")):
+            alone = sorted(one - other)
+            if alone:
+                raise InputError(
+                    f"subject {alone[0]} has images in domain {name} only (the other domain "
+                    f"has {', '.join(sorted(other)[:3])}{' ...' if len(other) > 3 else ''}): "
+                    "--paired needs both contrasts of every subject, named alike (or train "
+                    "unpaired)", origin)
+    where_b = {(group, position): k for k, (group, position)
+               in enumerate(zip(b_groups.tolist(), slice_positions(b).tolist(), strict=True))}
+    keep_a, keep_b = [], []
+    for k, key in enumerate(zip(a.groups.tolist(), slice_positions(a).tolist(), strict=True)):
+        if key in where_b:
+            keep_a.append(k)
+            keep_b.append(where_b[key])
+    keep_a, keep_b = np.asarray(keep_a, np.int64), np.asarray(keep_b, np.int64)
+    for group in np.unique(a.groups):
+        members = a.groups[keep_a] == group
+        if not members.any():
+            raise InputError(f"subject {group} has no slice in both domains: --paired needs "
+                             "the contrasts on one grid", origin)
+        dice = _foreground_dice(a.images[keep_a[members]], b.images[keep_b[members]])
+        if dice < MIN_PAIRED_DICE:
+            raise InputError(f"subject {group}: the foregrounds of its A and B images overlap "
+                             f"by Dice {dice:.2f}, so they are not co-registered; register "
+                             "them or train unpaired", origin)
+    return keep_a, keep_b
+
+
+def _foreground_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of the foreground masks (above :data:`FOREGROUND_FLOOR`) of two image stacks."""
+    mask_a, mask_b = a > FOREGROUND_FLOOR, b > FOREGROUND_FLOOR
+    total = mask_a.sum() + mask_b.sum()
+    return float(2 * (mask_a & mask_b).sum() / total) if total else 1.0
+
+
+def slice_positions(images: ImageSet) -> np.ndarray:
+    """Each image's position ``(N,)`` along its subject's slice axis: the ``k`` of a NIfTI
+    slice's source ``path#slice=k``, else its order among its subject's images (a DICOM
+    series or a folder as read, the phantom's slices)."""
+    positions = np.empty(len(images), np.int64)
+    counts: dict[str, int] = {}
+    for k, (source, group) in enumerate(zip(images.sources.tolist(), images.groups.tolist(),
+                                             strict=True)):
+        match = re.search(r"#slice=(\d+)$", source)
+        positions[k] = int(match.group(1)) if match else counts.get(group, 0)
+        counts[group] = counts.get(group, 0) + 1
+    return positions
+
+
+def slice_stacks(images: np.ndarray, groups: np.ndarray, positions: np.ndarray,
+                 context: int) -> np.ndarray:
+    """2.5D inputs: each image ``(N, C, H, W)`` with its ``context`` neighbours on each side
+    along its subject's slice axis, as channels ``(N, (2 context + 1) C, H, W)`` from the
+    lowest position up (the image itself in the middle). A neighbour that is not among the
+    images (past the volume's edge, or a slice not read) is the nearest one between it and
+    the centre that is: at an edge the edge slice repeats. ``context`` 0 returns ``images``.
+
+    Examples:
+        >>> x = np.arange(3, dtype=np.float32).reshape(3, 1, 1, 1)
+        >>> slice_stacks(x, np.zeros(3), np.arange(3), 1)[:, :, 0, 0].tolist()
+        [[0.0, 0.0, 1.0], [0.0, 1.0, 2.0], [1.0, 2.0, 2.0]]
+    """
+    if context == 0:
+        return images
+    n, channels, height, width = images.shape
+    stacks = np.empty((n, (2 * context + 1) * channels, height, width), np.float32)
+    for group in np.unique(groups):
+        members = np.flatnonzero(groups == group)
+        members = members[np.argsort(positions[members], kind="stable")]
+        present = positions[members]  # increasing
+        for slot, offset in enumerate(range(-context, context + 1)):
+            wanted = present + offset
+            if offset >= 0:  # the highest present position at or below the wanted one
+                nearest = np.searchsorted(present, wanted, side="right") - 1
+            else:  # the lowest present position at or above it
+                nearest = np.searchsorted(present, wanted, side="left")
+            stacks[members, slot * channels:(slot + 1) * channels] = images[members[nearest]]
+    return stacks
+
+
+def intensity_augmented(images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """``images`` ``(B, S, H, W)`` with MR intensity artefacts (:func:`mri_augment`: bias
+    field, gamma, noise, Gibbs ringing; one draw per image, shared by its stacked slices)
+    inside the foreground; the background (at -1) stays background."""
+    augmented = mri_augment(images, rng)
+    return torch.where(images > FOREGROUND_FLOOR, augmented, images)
 
 
 def imageset_record(data: ImageSet) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from synthmed.augment.splits import held_out_hashes, hold_out_groups, hold_out_i
 from synthmed.errors import InputError
 from synthmed.gan import checkpoint
 from synthmed.gan.config import CycleGANConfig, DCGANConfig, DiffusionConfig
-from synthmed.gan.data import LabelledImages, UnpairedImages, recorded_source
+from synthmed.gan.data import LabelledImages, PairedImages, UnpairedImages, recorded_source
 from synthmed.gan.nets import SIZES
 from synthmed.gan.run import build_model
 from synthmed.gan.run_config import RunConfig, read_run_config
@@ -106,7 +106,8 @@ def train_cyclegan(domain_a: str | ImageSet, domain_b: str | ImageSet, out: Path
                    config: RunConfig, *, read: ReadConfig | None = None,
                    val_subjects: str | None = None, resume: bool = False,
                    progress: bool = True) -> TrainResult:
-    """Train a CycleGAN between two unpaired domains into the run directory ``out``.
+    """Train a CycleGAN between two unpaired domains (``config.model.paired``: pix2pix on
+    co-registered pairs) into the run directory ``out``.
 
     Args:
         config: the resolved configuration (:func:`~synthmed.gan.run_config.
@@ -123,8 +124,9 @@ def train_cyclegan(domain_a: str | ImageSet, domain_b: str | ImageSet, out: Path
                for domain in (domain_a, domain_b)]
     domains, held, hashes = _hold_out(domains, config, val_subjects)
     model = fit_cyclegan_to_data(config.model, domains)
-    data = UnpairedImages(*domains, crop=model.crop, flip=model.flip,
-                          standardize=model.standardize)
+    pairing = PairedImages if model.paired else UnpairedImages
+    data = pairing(*domains, crop=model.crop, flip=model.flip, standardize=model.standardize,
+                   context=model.context, intensity_augment=model.intensity_augment)
     recorded = replace(config.data, val_image_hashes=tuple(hashes), read=to_dict(read),
                        domain_a=_source(domain_a), domain_b=_source(domain_b))
     config = replace(config, model=model, data=recorded,

@@ -42,7 +42,7 @@ from synthmed.augment.preview import save_grid
 from synthmed.errors import InputError, SynthmedError
 from synthmed.gan import checkpoint, distributed
 from synthmed.gan.config import TrainConfig
-from synthmed.gan.data import LabelledImages, UnpairedImages
+from synthmed.gan.data import LabelledImages, PairedImages, UnpairedImages
 from synthmed.gan.model import GenerativeModel
 from synthmed.gan.run_config import RunConfig, write_run_config
 from synthmed.gan.training_record import read_training_data
@@ -51,7 +51,7 @@ from synthmed.io import atomic_write, write_json
 if TYPE_CHECKING:
     from synthmed.gan.dp import PrivateDiscriminator
 
-TrainingData = LabelledImages | UnpairedImages
+TrainingData = LabelledImages | UnpairedImages | PairedImages
 
 
 class TrainingDiverged(SynthmedError):

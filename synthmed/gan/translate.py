@@ -50,7 +50,7 @@ from synthmed.augment.pictures import SUFFIXES as PICTURE_SUFFIXES
 from synthmed.augment.readers import read_images
 from synthmed.errors import InputError
 from synthmed.gan.cyclegan import TRANSLATE_BATCH
-from synthmed.gan.data import recorded_source
+from synthmed.gan.data import recorded_source, slice_stacks
 from synthmed.gan.run import LoadedRun
 from synthmed.io import MANIFEST, PROVENANCE, atomic_output_dir
 
@@ -97,13 +97,17 @@ def _domain(run: LoadedRun, name: str) -> dict[str, Any]:
 
 
 def translate_images(run: LoadedRun, images: np.ndarray, direction: str,
-                     batch_size: int = TRANSLATE_BATCH) -> np.ndarray:
+                     batch_size: int = TRANSLATE_BATCH,
+                     positions: np.ndarray | None = None) -> np.ndarray:
     """Model-space images ``(N, C, H, W)`` of any size -> translated, same shape, in [-1, 1].
 
     When the run standardised its training subjects, the images (taken as one subject) are
     histogram-standardised onto the source domain's training quantiles first. Images go to
     the scale the model was trained at (the run's ``--size`` and resize mode), through the
-    generator, and back to their own size.
+    generator, and back to their own size. A 2.5D run sees each image with its neighbours
+    along the slice axis (:func:`~synthmed.gan.data.slice_stacks`, the edge slice repeated
+    at an edge): ``positions`` ``(N,)`` places the images on that axis (default: consecutive
+    slices in the given order).
     """
     if run.model.config.standardize:
         quantiles = _domain(run, direction[0])["foreground_quantiles"]
@@ -115,7 +119,12 @@ def translate_images(run: LoadedRun, images: np.ndarray, direction: str,
     if scaled != (height, width):
         tensor = torch.stack([Resize(scaled, mode="bilinear", anti_aliasing=True)(image)
                               for image in tensor]).as_tensor()
-    out = run.model.translate(tensor, direction, batch_size=batch_size)
+    context = run.model.config.context
+    if context:
+        places = np.arange(len(images)) if positions is None else np.asarray(positions)
+        tensor = torch.from_numpy(slice_stacks(tensor.numpy(), np.zeros(len(images)), places,
+                                               context))
+    out = run.model.centre(run.model.translate(tensor, direction, batch_size=batch_size))
     if scaled != (height, width):
         out = torch.stack([Resize((height, width), mode="bilinear", anti_aliasing=True)(image)
                            for image in out]).as_tensor()
@@ -152,7 +161,7 @@ def translate_volume(run: LoadedRun, volume: np.ndarray, direction: str,
         images = np.stack([masked_to_model_space(display_plane(planes[k]),
                                                  display_plane(masks[k]), low, high)[None]
                            for k in chosen])  # (S, 1, B, A)
-        translated = translate_images(run, images, direction, batch_size)
+        translated = translate_images(run, images, direction, batch_size, positions=chosen)
         for k, image in zip(chosen, translated, strict=True):
             out[k] = display_plane(image[0])
     target = target_domain(run, direction)["intensity"]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from synthmed.augment.augmentation import classic_augment, mri_augment
 from synthmed.errors import InputError
-from synthmed.eval.augmentation import classic_augment, mri_augment
 from synthmed.eval.classifier import (
     ClassifierConfig,
     Pretraining,

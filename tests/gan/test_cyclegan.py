@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from synthmed.augment.intensity import foreground_quantiles, match_histogram
 from synthmed.errors import InputError
 from synthmed.gan.config import CycleGANConfig
-from synthmed.gan.cyclegan import CycleGAN, ImagePool, PatchGAN, QuantileMap, ResnetGenerator
+from synthmed.gan.cyclegan import CycleGAN
+from synthmed.gan.translator_nets import ImagePool, PatchGAN, QuantileMap, ResnetGenerator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -25,7 +25,7 @@ from synthmed.augment.splits import held_out_hashes, hold_out_groups
 from synthmed.errors import InputError
 from synthmed.gan import checkpoint
 from synthmed.gan.config import CycleGANConfig, TrainConfig
-from synthmed.gan.data import UnpairedImages, group_hash
+from synthmed.gan.data import PairedImages, UnpairedImages, group_hash
 from synthmed.gan.run import build_model, load_run
 from synthmed.gan.run_config import RunConfig, read_run_config
 from synthmed.gan.trainer import fit
@@ -233,17 +233,20 @@ def test_resume_holds_out_the_same_subjects_without_their_names(trained, volumes
     assert "held out: s2" in result.output
 
 
-def test_cyclegan_resume_after_a_kill_repeats_an_uninterrupted_run(volumes, tmp_path):
+@pytest.mark.parametrize("paired", [False, True], ids=["unpaired", "paired-2.5d-augmented"])
+def test_cyclegan_resume_after_a_kill_repeats_an_uninterrupted_run(volumes, tmp_path, paired):
     a = read_images(f"{volumes}/s0/t1.nii.gz")
-    b = read_images(f"{volumes}/s1/t2.nii.gz")
-    model_config = CycleGANConfig(ngf=4, ndf=4, n_blocks=1, pool_size=3, crop=24)
+    b = read_images(f"{volumes}/{'s0' if paired else 's1'}/t2.nii.gz")
+    model_config = CycleGANConfig(ngf=4, ndf=4, n_blocks=1, pool_size=3, crop=24, paired=paired,
+                                  context=int(paired), intensity_augment=paired)
     train_config = TrainConfig(epochs=3, batch_size=2, checkpoint_every=1, seed=3, preview=8,
                                decay_epochs=2)
     config = RunConfig("cyclegan", model_config, train_config)
+    pairing = PairedImages if paired else UnpairedImages
 
     def train(run_dir, model, resume=False):
-        return fit(model, UnpairedImages(a, b, crop=24), config, run_dir, resume=resume,
-                   progress=False)
+        data = pairing(a, b, crop=24, context=int(paired), intensity_augment=paired)
+        return fit(model, data, config, run_dir, resume=resume, progress=False)
 
     train(tmp_path / "a", build_model(config, seed=3))
     killed = build_model(config, seed=3)

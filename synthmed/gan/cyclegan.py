@@ -246,16 +246,20 @@ class CycleGAN(GenerativeModel):
         return torch.cat(outputs)
 
     def preview(self, examples: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """The epoch's grid for examples a ``(k, S, H, W)`` and b (of the same shape):
-        ``(6, k, C, H, W)`` rows A, A->B, A->B->A, B, B->A, B->A->B on the CPU (2.5D: the
-        centre slices)."""
+        """The epoch's grid for examples a ``(k, S, H, W)`` and b (of the same shape; paired:
+        the same slices), on the CPU, 2.5D as centre slices: ``(6, k, C, H, W)`` rows A, A->B,
+        A->B->A, B, B->A, B->A->B; paired ``(4, k, C, H, W)`` rows A, A->B, B, B->A, so each
+        translation sits next to its truth."""
         a, b = examples
         if a.shape != b.shape:
             raise ValueError(f"preview examples of A and B must have one shape, got "
                              f"{tuple(a.shape)} and {tuple(b.shape)}")
         fake_b, fake_a = self.translate(a, "a2b"), self.translate(b, "b2a")
-        rows = [a.float().cpu(), fake_b, self.translate(fake_b, "b2a"),
-                b.float().cpu(), fake_a, self.translate(fake_a, "a2b")]
+        if self.config.paired:
+            rows = [a.float().cpu(), fake_b, b.float().cpu(), fake_a]
+        else:
+            rows = [a.float().cpu(), fake_b, self.translate(fake_b, "b2a"),
+                    b.float().cpu(), fake_a, self.translate(fake_a, "a2b")]
         return torch.stack([self.centre(row) for row in rows])
 
     def centre(self, stacks: torch.Tensor) -> torch.Tensor:

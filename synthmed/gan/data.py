@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -96,7 +96,7 @@ class _TwoDomains:
     def __len__(self) -> int:
         return max(len(self.a), len(self.b))
 
-    def to(self, device: torch.device) -> Self:
+    def to(self, device: torch.device) -> _TwoDomains:
         self.a, self.b = self.a.to(device), self.b.to(device)
         return self
 

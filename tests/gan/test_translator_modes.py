@@ -177,6 +177,9 @@ def test_paired_model_learns_the_pair_with_l1_and_a_conditional_discriminator():
     assert last["loss_l1_ab"] < 0.6 * first["loss_l1_ab"]
     assert model.translate(a, "a2b").shape == (4, 3, 16, 16)
     assert torch.equal(model.centre(a), a[:, 1:2])
+    rows = model.preview((a[:2], b[:2]))
+    assert rows.shape == (4, 2, 1, 16, 16)  # A, A->B, B (the truth), B->A: centre slices
+    assert torch.equal(rows[2], b[:2, 1:2]) and torch.equal(rows[0], a[:2, 1:2])
 
 
 # -- the command line ------------------------------------------------------------------------

@@ -27,7 +27,8 @@ translation throughput.
 The default recipe trains on random 112 px crops of the native 240 px slices (the cost of a
 112 px model; the translator then sees the whole slice at its own resolution, so nothing is
 lost to resizing), ngf = ndf = 32, resize upsampling, the inverted intensity prior without an
-identity loss, intensity augmentation of the generators' inputs, bf16 where the CPU has it
+identity loss, intensity augmentation of the generators' inputs, ResNet generators
+(``--generator unet``: pix2pix's U-Net), bf16 where the CPU has it
 natively (``--precision auto``), 12 epochs, the last half decaying.
 """
 
@@ -87,6 +88,8 @@ def main() -> None:
     parser.add_argument("--intensity-prior", default="inverted",
                         help="none, matching or inverted: generators correct that global map")
     parser.add_argument("--upsample", default="resize", help="or convtranspose")
+    parser.add_argument("--generator", default="resnet",
+                        help="resnet or unet (pix2pix's); give each its own --out")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--modes", default="unpaired,unpaired-2.5d,paired,paired-2.5d",
                         help="comma list of unpaired, paired, unpaired-2.5d, paired-2.5d")
@@ -201,6 +204,7 @@ def fold(args: argparse.Namespace, mode: str, volumes: dict[str, Path], kept_out
             "--ndf", str(args.width), "--epochs", str(args.epochs), "--lambda-identity",
             args.lambda_identity, "--lambda-structure", args.lambda_structure,
             "--intensity-prior", args.intensity_prior, "--upsample", args.upsample,
+            "--generator", args.generator,
             "--precision", args.precision, "--checkpoint-every", "1", "--out", str(run),
             "--no-progress", *(["--resume"] if args.resume else []))
         lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

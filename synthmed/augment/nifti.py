@@ -38,6 +38,13 @@ from synthmed.augment.items import Item, ReadConfig, ReadResult, read_each
 from synthmed.errors import InputError
 
 SUFFIXES = (".nii.gz", ".nii")
+SLICE_MARK = "#slice="  # a slice's source: the volume's path, the mark, the slice index
+
+
+def slice_index(source: str) -> int | None:
+    """The slice index ``k`` of a source ``"{path}#slice={k}"``; ``None`` for other sources."""
+    path, mark, index = source.rpartition(SLICE_MARK)
+    return int(index) if mark and index.isdigit() else None
 
 
 def read_nifti(paths: list[Path], config: ReadConfig, skipped: list[dict[str, str]]) -> ReadResult:
@@ -119,7 +126,7 @@ def _read_slices(path: Path, group: str, config: ReadConfig) -> list[Item]:
         Item(
             pixels=masked_to_model_space(display_plane(planes[k]), display_plane(masks[k]),
                                          low, high)[None],
-            source=f"{path}#slice={k}",
+            source=f"{path}{SLICE_MARK}{k}",
             group=group,
             low=low,
             high=high,

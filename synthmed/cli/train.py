@@ -15,6 +15,7 @@ import click
 from synthmed.cli import types
 from synthmed.cli.base import Group, comma_names, config_option, read_options, stacked
 from synthmed.gan.config import (
+    TRANSLATOR_GENERATORS,
     CycleGANConfig,
     DCGANConfig,
     DiffusionConfig,
@@ -241,6 +242,10 @@ def _flags(text: str, option: str) -> tuple[bool, ...]:
               help="Random training crop side, a multiple of 4 (default 7/8 of the image, "
                    "like the reference's 256 of 286; 0: whole images).")
 @_loop_options(TrainConfig.cyclegan(), "Epochs in all", decay=True, batch_default=True)
+@config_option("--generator", type=click.Choice(TRANSLATOR_GENERATORS), config=CycleGANConfig,
+               field="generator",
+               help="Generator: resnet (the CycleGAN reference's) or unet (pix2pix's, MONAI's "
+                    "UNet: skip connections at every scale)")
 @config_option("--ngf", type=types.WIDTH, config=CycleGANConfig, field="ngf",
                help="Generator width")
 @config_option("--ndf", type=types.WIDTH, config=CycleGANConfig, field="ndf",

@@ -249,6 +249,7 @@ def _betas(betas: tuple[float, ...]) -> tuple[bool, str]:
 
 
 INTENSITY_PRIORS = ("none", "matching", "inverted")
+TRANSLATOR_GENERATORS = ("resnet", "unet")
 
 
 @dataclass(frozen=True)
@@ -259,13 +260,16 @@ class CycleGANConfig:
 
     Args:
         channels: 1 (native one-channel) or 3.
+        generator: ``resnet`` (the CycleGAN reference's: downsampling x4, residual blocks,
+            upsampling) or ``unet`` (pix2pix's: MONAI's ``UNet``, skip connections at every
+            scale, :class:`~synthmed.gan.translator_nets.UnetGenerator`).
         ngf, ndf: widths of the generators' first layer and the discriminators' first layer.
-        n_blocks: residual blocks per generator; 0 picks the reference's 9 for training crops
+        n_blocks: residual blocks per ResNet generator; 0 picks the reference's 9 for training crops
             above 128 px and 6 otherwise (:meth:`blocks`).
         d_layers: strided layers of the PatchGAN discriminator (3: 70x70 patches).
         norm: ``instance`` or ``batch`` normalisation in all networks.
-        upsample: the generators' upsampling, ``convtranspose`` (reference) or ``resize``
-            (nearest x2 + conv, without checkerboard artefacts).
+        upsample: the ResNet generators' upsampling, ``convtranspose`` (reference) or
+            ``resize`` (nearest x2 + conv, without checkerboard artefacts).
         lambda_cycle: weight of each direction's L1 cycle-consistency loss.
         lambda_identity: weight of the identity loss, as a fraction of ``lambda_cycle``
             (0.5 x 10 = 5); 0 skips it.
@@ -307,6 +311,7 @@ class CycleGANConfig:
     section: ClassVar[str] = "model"
 
     channels: int = 1
+    generator: str = "resnet"
     ngf: int = 64
     ndf: int = 64
     n_blocks: int = 0
@@ -344,6 +349,9 @@ class CycleGANConfig:
         smallest = self.min_size
         checks = [
             (self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}"),
+            (self.generator in TRANSLATOR_GENERATORS,
+             f"generator must be one of {', '.join(TRANSLATOR_GENERATORS)}, "
+             f"got {self.generator!r}"),
             (self.norm in ("instance", "batch"),
              f"norm must be instance or batch, got {self.norm!r}"),
             (self.upsample in ("convtranspose", "resize"),

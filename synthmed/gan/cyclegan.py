@@ -29,6 +29,8 @@ from synthmed.gan.translator_nets import (
     PatchGAN,
     QuantileMap,
     ResnetGenerator,
+    TranslatorGenerator,
+    UnetGenerator,
     init_weights,
 )
 
@@ -41,7 +43,8 @@ class CycleGAN(GenerativeModel):
     with ``config.paired``, two pix2pix translators (Isola et al. 2017) on co-registered pairs.
 
     ``discriminator_a`` judges domain A images (real A against fakes from B; paired: each
-    stacked on the B image it was made from), ``pool_a`` holds fakes of A. Residual blocks:
+    stacked on the B image it was made from), ``pool_a`` holds fakes of A. The generators are
+    ``config.generator``'s: ResNet (the reference's) or U-Net (pix2pix's). Residual blocks:
     ``config.blocks(config.crop)``, i.e. 9 for crops above 128 px and 6 otherwise; when
     training on whole images larger than 128 px, set ``n_blocks`` (``config.blocks(size)``) to
     get the reference's 9. With ``config.context`` every network takes stacks of
@@ -60,11 +63,8 @@ class CycleGAN(GenerativeModel):
         super().__init__()
         self.config = config
         c = config
-        blocks = c.blocks(c.crop)
         judged = c.stack_channels * (2 if c.paired else 1)  # paired: (input, output) stacks
-        self.generator_ab, self.generator_ba = (
-            ResnetGenerator(c.stack_channels, c.ngf, blocks, c.norm, c.upsample, self._prior())
-            for _ in DIRECTIONS)
+        self.generator_ab, self.generator_ba = (self._generator() for _ in DIRECTIONS)
         self.discriminator_a = PatchGAN(judged, c.ndf, c.d_layers, c.norm)
         self.discriminator_b = PatchGAN(judged, c.ndf, c.d_layers, c.norm)
         for net in (self.generator_ab, self.generator_ba, self.discriminator_a,
@@ -76,6 +76,13 @@ class CycleGAN(GenerativeModel):
         self.local_ncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=2, kernel_size=9)
         self.pool_a = ImagePool(0 if c.paired else c.pool_size)
         self.pool_b = ImagePool(0 if c.paired else c.pool_size)
+
+    def _generator(self) -> TranslatorGenerator:
+        c = self.config
+        if c.generator == "unet":
+            return UnetGenerator(c.stack_channels, c.ngf, c.norm, self._prior())
+        return ResnetGenerator(c.stack_channels, c.ngf, c.blocks(c.crop), c.norm, c.upsample,
+                               self._prior())
 
     def _prior(self) -> QuantileMap | None:
         if self.config.intensity_prior == "none":

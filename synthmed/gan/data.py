@@ -10,7 +10,6 @@ loop's generator, so a resumed run repeats exactly), a content fingerprint, the 
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 from synthmed.augment.augmentation import mri_augment
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.intensity import FOREGROUND_FLOOR, foreground_quantiles, standardize_groups
+from synthmed.augment.nifti import slice_index
 from synthmed.errors import InputError
 
 MIN_PAIRED_DICE = 0.5  # foreground overlap of a subject's two contrasts below this: not paired
@@ -244,8 +244,8 @@ def slice_positions(images: ImageSet) -> np.ndarray:
     counts: dict[str, int] = {}
     for k, (source, group) in enumerate(zip(images.sources.tolist(), images.groups.tolist(),
                                              strict=True)):
-        match = re.search(r"#slice=(\d+)$", source)
-        positions[k] = int(match.group(1)) if match else counts.get(group, 0)
+        index = slice_index(source)
+        positions[k] = counts.get(group, 0) if index is None else index
         counts[group] = counts.get(group, 0) + 1
     return positions
 

@@ -1,8 +1,9 @@
 """The translators' networks and their parts, as the reference implementation
 (junyanz/pytorch-CycleGAN-and-pix2pix) builds them: ResNet generators with reflection padding
-(optionally correcting a fixed intensity map, :class:`QuantileMap`), 70x70 PatchGAN
-discriminators (MONAI's ``PatchDiscriminator``), the reference's weight init and its pool of
-past fakes (:class:`ImagePool`, with explicit random draws and a saved state).
+or U-Net generators (MONAI's ``UNet``), either optionally correcting a fixed intensity map
+(:class:`QuantileMap`), 70x70 PatchGAN discriminators (MONAI's ``PatchDiscriminator``), the
+reference's weight init and its pool of past fakes (:class:`ImagePool`, with explicit random
+draws and a saved state).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from monai.networks.nets import PatchDiscriminator
+import torch.nn.functional as F
+from monai.networks.nets import PatchDiscriminator, UNet
 from torch import nn
 
 from synthmed.augment.intensity import FOREGROUND_FLOOR
@@ -19,6 +21,7 @@ from synthmed.gan.config import CycleGANConfig
 
 PRIOR_LEVELS = 101  # quantile levels of the prior's tables (foreground_quantiles' default)
 PRIOR_BOUND = 0.999  # the prior's values are kept inside (-1, 1) for atanh
+UNET_DOWNSAMPLINGS = 5  # a 96 px crop reaches a 3x3 bottleneck, a 256 px slice an 8x8 one
 
 
 def _norm(kind: str, width: int) -> nn.Module:
@@ -89,14 +92,44 @@ class QuantileMap(nn.Module):
         return torch.where(x > FOREGROUND_FLOOR, mapped, torch.full_like(mapped, -1.0))
 
 
-class ResnetGenerator(nn.Module):
-    """Images ``(B, channels, H, W)`` -> images of the same shape in [-1, 1]; H and W must
-    be multiples of 4 and at least 8 (two stride-2 downsamplings, then reflection padding).
+class TranslatorGenerator(nn.Module):
+    """What both generator architectures share: images ``(B, channels, H, W)`` -> images of
+    the same shape in [-1, 1], ``tanh(correction(x))``.
 
     With a ``prior`` map the network learns a correction to it rather than the whole image:
-    ``tanh(atanh(prior(x)) + net(x))``, and the last convolution starts at zero, so the
-    untrained generator is exactly the prior (e.g. inverted histogram matching for
-    T1 -> T2) and training spends itself on what a global intensity map cannot do.
+    ``tanh(atanh(prior(x)) + correction(x))``, and :meth:`zero_last_layer` starts the
+    correction at zero, so the untrained generator is exactly the prior (e.g. inverted
+    histogram matching for T1 -> T2) and training spends itself on what a global intensity
+    map cannot do. Subclasses set ``model``, the network that makes the correction.
+    """
+
+    model: nn.Module
+
+    def __init__(self, prior: QuantileMap | None) -> None:
+        super().__init__()
+        self.prior = prior
+
+    def correction(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's output ``(B, channels, H, W)`` before the tanh."""
+        return self.model(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prior is None:
+            return torch.tanh(self.correction(x))
+        start = self.prior(x).clamp(-PRIOR_BOUND, PRIOR_BOUND)
+        return torch.tanh(torch.atanh(start) + self.correction(x))
+
+    def zero_last_layer(self) -> None:
+        """Start the correction at zero (with a prior: the generator starts as the prior)."""
+        convolutions = [layer for layer in self.model.modules()
+                        if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d)]
+        nn.init.zeros_(convolutions[-1].weight)
+        nn.init.zeros_(convolutions[-1].bias)
+
+
+class ResnetGenerator(TranslatorGenerator):
+    """The CycleGAN reference's generator; H and W must be multiples of 4 and at least 8 (two
+    stride-2 downsamplings, then reflection padding).
 
     Args:
         channels: image channels, in and out.
@@ -116,7 +149,7 @@ class ResnetGenerator(nn.Module):
     def __init__(self, channels: int, ngf: int, n_blocks: int = 9,
                  norm: str = CycleGANConfig.norm, upsample: str = CycleGANConfig.upsample,
                  prior: QuantileMap | None = None) -> None:
-        super().__init__()
+        super().__init__(prior)
         bias = norm == "instance"
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
@@ -138,19 +171,49 @@ class ResnetGenerator(nn.Module):
             layers += [_norm(norm, ngf * mult // 2), nn.ReLU()]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, channels, 7)]  # (B, channels, H, W)
         self.model = nn.Sequential(*layers)
-        self.prior = prior
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.prior is None:
-            return torch.tanh(self.model(x))
-        start = self.prior(x).clamp(-PRIOR_BOUND, PRIOR_BOUND)
-        return torch.tanh(torch.atanh(start) + self.model(x))
 
-    def zero_last_layer(self) -> None:
-        """Start the correction at zero (with a prior: the generator starts as the prior)."""
-        last = self.model[-1]
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+class UnetGenerator(TranslatorGenerator):
+    """pix2pix's generator family (Isola et al. 2017), MONAI's ``UNet``: an encoder of
+    :data:`UNET_DOWNSAMPLINGS` stride-2 3x3 convolutions, widths ``ngf`` doubling up to
+    ``8 ngf``, a decoder of transposed convolutions, and a skip connection at every scale, so
+    the output keeps the input's anatomy to the pixel. Norm and LeakyReLU 0.2 after every
+    convolution but the last; no dropout.
+
+    Any H and W: the input is padded at the bottom and right to multiples of
+    ``2 ** UNET_DOWNSAMPLINGS`` (at least two of them, so instance norm sees more than one
+    pixel at the bottleneck), by reflection where the image is large enough, and the output
+    is cropped back.
+
+    Args:
+        channels: image channels, in and out. ngf: width of the first layer.
+        norm: ``instance`` or ``batch``. prior: as for :class:`ResnetGenerator`.
+
+    Examples:
+        >>> UnetGenerator(1, ngf=4)(torch.randn(2, 1, 30, 45)).shape
+        torch.Size([2, 1, 30, 45])
+    """
+
+    def __init__(self, channels: int, ngf: int, norm: str = CycleGANConfig.norm,
+                 prior: QuantileMap | None = None) -> None:
+        super().__init__(prior)
+        if norm not in ("instance", "batch"):
+            raise ValueError(f"norm must be instance or batch, got {norm!r}")
+        widths = tuple(ngf * min(2 ** level, 8) for level in range(UNET_DOWNSAMPLINGS + 1))
+        self.model = UNet(
+            spatial_dims=2, in_channels=channels, out_channels=channels, channels=widths,
+            strides=(2,) * UNET_DOWNSAMPLINGS, num_res_units=0, norm=norm.upper(),
+            act=("LEAKYRELU", {"negative_slope": 0.2}),
+        )
+
+    def correction(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        multiple = 2 ** UNET_DOWNSAMPLINGS
+        pad_h, pad_w = (max(2 * multiple, -(-side // multiple) * multiple) - side
+                        for side in (height, width))
+        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+        padded = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        return self.model(padded)[..., :height, :width]
 
 
 class PatchGAN(nn.Module):

@@ -14,7 +14,14 @@ from synthmed.augment.intensity import foreground_quantiles, match_histogram
 from synthmed.errors import InputError
 from synthmed.gan.config import CycleGANConfig
 from synthmed.gan.cyclegan import CycleGAN
-from synthmed.gan.translator_nets import ImagePool, PatchGAN, QuantileMap, ResnetGenerator
+from synthmed.gan.translator_nets import (
+    UNET_DOWNSAMPLINGS,
+    ImagePool,
+    PatchGAN,
+    QuantileMap,
+    ResnetGenerator,
+    UnetGenerator,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -70,6 +77,7 @@ def test_blocks_auto_and_explicit():
     (dict(n_blocks=-1), "n_blocks"),
     (dict(d_layers=0), "d_layers"),
     (dict(norm="layer"), "norm"),
+    (dict(generator="vit"), "generator must be one of resnet, unet"),
     (dict(upsample="bicubic"), "upsample"),
     (dict(lambda_cycle=-1.0), "lambda_cycle"),
     (dict(lambda_identity=-0.5), "lambda_identity"),
@@ -100,6 +108,23 @@ def test_generator_keeps_the_shape(channels, norm, upsample):
     assert out.abs().max() <= 1.0
     transposed = any(isinstance(m, torch.nn.ConvTranspose2d) for m in net.modules())
     assert transposed == (upsample == "convtranspose")
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+@pytest.mark.parametrize("size", [(30, 45), (8, 8), (64, 96)])
+def test_unet_generator_takes_any_size_and_skips_at_every_scale(channels, norm, size):
+    net = UnetGenerator(channels, ngf=4, norm=norm)
+    x = torch.randn(2, channels, *size)
+    out = net(x)
+    assert out.shape == x.shape and out.abs().max() <= 1.0
+    downsamplings = [m for m in net.modules()
+                     if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert len(downsamplings) == UNET_DOWNSAMPLINGS
+    assert max(m.out_channels for m in downsamplings) == 8 * 4  # widths stop at 8 ngf
+    # the skip connections: the last layer sees the first layer's features beside the decoder's
+    last = [m for m in net.modules() if isinstance(m, torch.nn.ConvTranspose2d)][-1]
+    assert last.in_channels == 2 * 4 and last.out_channels == channels
 
 
 def test_generator_is_the_reference_layout():
@@ -249,10 +274,11 @@ def foreground_images(seed: int, spread: float) -> np.ndarray:
     return images
 
 
+@pytest.mark.parametrize("generator", ["resnet", "unet"])
 @pytest.mark.parametrize("prior, invert", [("matching", False), ("inverted", True)])
-def test_an_untrained_generator_with_a_prior_is_that_histogram_matching(prior, invert):
+def test_an_untrained_generator_with_a_prior_is_that_histogram_matching(prior, invert, generator):
     a, b = foreground_images(0, 0.4), foreground_images(1, 1.0)
-    model = CycleGAN(tiny(intensity_prior=prior, lambda_identity=0.0))
+    model = CycleGAN(tiny(intensity_prior=prior, lambda_identity=0.0, generator=generator))
     model.set_intensity_prior(foreground_quantiles(a), foreground_quantiles(b))
     for direction, source, target in (("a2b", a, b), ("b2a", b, a)):
         translated = model.translate(torch.from_numpy(source), direction).numpy()

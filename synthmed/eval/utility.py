@@ -173,9 +173,9 @@ def run_grid(
 ) -> dict[str, Any]:
     """Train and test every cell of the shard; write ``out/results.json`` and return it.
 
-    ``results.json`` is rewritten after every (fraction, seed), so a killed run keeps its
-    finished cells; running the same command again skips them, and so does a larger grid (more
-    seeds or fractions) in the same ``out``.
+    ``results.json`` is rewritten after every cell, so a killed run keeps its finished
+    cells; running the same command again skips them, and so does a larger grid (more seeds
+    or fractions) in the same ``out``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -200,8 +200,8 @@ def run_grid(
         for cell in todo:
             bar.set_postfix_str(f"f={fraction:g} seed={seed} {cell.regime.name}")
             done[_key(cell)] = _run_cell(cell, subset, synthetic, real, budget)
+            _write_results(out, results, done, budgets, config)  # a kill loses one model
             bar.update()
-        _write_results(out, results, done, budgets, config)
     bar.close()
     return _write_results(out, results, done, budgets, config)
 

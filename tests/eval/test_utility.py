@@ -350,6 +350,28 @@ def test_a_rerun_skips_finished_cells(grid_run, real, monkeypatch):
     assert again == results
 
 
+def test_a_run_killed_inside_a_seed_keeps_its_finished_models(grid_run, real, tmp_path,
+                                                              monkeypatch):
+    out, results, _ = grid_run
+    shutil.copytree(out / "generators", tmp_path / "generators")
+    generators = SubsetGenerators(RECIPE, tmp_path / "generators")
+    real_train, calls = utility.train_classifier, []
+
+    def killed_after_three(*args, **kwargs):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(utility, "train_classifier", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(real, generators, TINY, tmp_path, progress=False)
+    kept = json.loads((tmp_path / "results.json").read_text())["cells"]
+    assert kept == results["cells"][:3]  # seed 0's first three models, as uninterrupted
+    monkeypatch.setattr(utility, "train_classifier", real_train)
+    assert run_grid(real, generators, TINY, tmp_path, progress=False) == results
+
+
 def test_a_larger_grid_keeps_the_finished_cells_and_runs_only_the_new(grid_run, real, tmp_path,
                                                                       monkeypatch):
     out, results, _ = grid_run

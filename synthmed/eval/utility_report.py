@@ -4,7 +4,9 @@ Per fraction and regime: mean, sample sd and Student-t 95 % interval of each tes
 seeds; the gain over ``real`` paired by seed, with its interval, a paired t-test and a
 Wilcoxon signed-rank test, their p-values Holm-corrected over the regimes compared; the
 smallest gain the seeds could resolve. The headline compares the best regime that uses
-synthetic images with the best one that does not (the ``real-repeated`` control included).
+synthetic images with the best one that does not (the ``real-repeated`` control included),
+both picked on the validation split (the mean over seeds of each selected model's validation
+AUROC), never on the test split it then reports.
 """
 
 from __future__ import annotations
@@ -81,22 +83,33 @@ def _add_gains(table: dict[str, dict[str, Any]], cells: dict[str, list[dict]],
 
 def _headline(table: dict[str, dict[str, Any]], cells: dict[str, list[dict]],
               regimes: list[str], synthetic: set[str], metric: str) -> dict[str, Any]:
-    """Best synthetic regime against the best non-synthetic one (by mean ``metric``)."""
+    """Best synthetic regime against the best non-synthetic one, each the best on validation
+    (:func:`validation_score`); their paired gain in the test ``metric``."""
     present = [name for name in regimes if name in cells]
     with_synthetic = [n for n in present if n in synthetic]
     without = [n for n in present if n not in synthetic]
     if not with_synthetic or not without:
         return {}
-    best_synthetic = max(with_synthetic, key=lambda n: _mean(table, n, metric))
-    best_other = max(without, key=lambda n: _mean(table, n, metric))
+    best_synthetic = max(with_synthetic, key=lambda n: validation_score(cells[n]))
+    best_other = max(without, key=lambda n: validation_score(cells[n]))
     return {"metric": metric, "best_synthetic": best_synthetic, "best_without": best_other,
+            "chosen_on": "validation",
             "converged": min(table[best_synthetic]["converged"], table[best_other]["converged"]),
             **_paired(cells, best_synthetic, best_other, metric)}
 
 
-def _mean(table: dict[str, dict[str, Any]], name: str, metric: str) -> float:
-    value = table[name][metric]["mean"]
-    return -math.inf if math.isnan(value) else value
+def validation_score(runs: list[dict]) -> float:
+    """How well a regime's models did on the validation split: the mean over seeds of each
+    selected model's validation AUROC (where the validation split lacks a class and AUROC is
+    undefined, its validation loss, negated); ``-inf`` without runs."""
+    selected = [next(point for point in run["curve"] if point["step"] == run["best_step"])
+                for run in runs]
+    if not selected:
+        return -math.inf
+    aurocs = [point["val_auroc"] for point in selected]
+    if any(math.isnan(value) for value in aurocs):
+        return -float(np.mean([point["val_loss"] for point in selected]))
+    return float(np.mean(aurocs))
 
 
 # -- Markdown ---------------------------------------------------------------------------------
@@ -186,7 +199,8 @@ def _fraction_table(fraction: str, part: dict[str, Any], results: dict[str, Any]
     if head:
         lines.append(
             f"**Headline ({fraction}):** best synthetic regime `{head['best_synthetic']}` vs "
-            f"best without synthetic images `{head['best_without']}`: {metric} gain "
+            f"best without synthetic images `{head['best_without']}` (each the best on the "
+            f"validation split): {metric} gain "
             f"{head['gain_mean']:+.3f} [{head['gain_ci_low']:+.3f}, {head['gain_ci_high']:+.3f}]"
             f", paired t p = {_p(head['t_p'])}, Wilcoxon p = {_p(head['wilcoxon_p'])}: "
             f"synthetic data {headline_verdict(head)}.")

@@ -29,7 +29,7 @@ from synthmed.eval.generators import (
 from synthmed.eval.real_data import fraction_subset, prepare_real
 from synthmed.eval.regimes import make_regimes
 from synthmed.eval.utility import UtilityConfig, merge, run_grid
-from synthmed.eval.utility_report import _describe_generator, write_report
+from synthmed.eval.utility_report import _describe_generator, summarize_results, write_report
 from synthmed.gan.config import DCGANConfig, TrainConfig, resolve_precision
 from synthmed.gan.run import load_run
 from synthmed.gan.run_config import DataConfig, RunConfig, read_run_config
@@ -340,6 +340,22 @@ def test_report_files(grid_run):
     summary = json.loads((out / "summary.json").read_text())
     gain = summary["0.5"]["regimes"]["real+classic"]["auroc"]["gain"]
     assert {"gain_mean", "gain_ci_low", "t_p_holm", "wilcoxon_p_holm", "resolvable"} <= set(gain)
+
+
+def test_the_headline_picks_its_regimes_on_validation_not_on_test(grid_run):
+    """The regime best on the test split but worst on validation is not the headline's."""
+    _, results, _ = grid_run
+    rigged = json.loads(json.dumps(results))
+    score = {"real": (0.9, 0.5), "real+classic": (0.6, 0.99), "real+synthetic x1": (0.9, 0.5),
+             "real+classic+synthetic x1": (0.6, 0.99)}  # (validation AUROC, test AUROC)
+    for cell in rigged["cells"]:
+        validation, test = score.get(cell["regime"], (0.1, 0.1 + 0.01 * cell["seed"]))
+        for point in cell["curve"]:
+            point["val_auroc"] = validation if point["step"] == cell["best_step"] else 0.0
+        cell["test"]["auroc"] = test + 0.01 * cell["seed"]
+    head = summarize_results(rigged)["0.5"]["headline"]
+    assert (head["best_synthetic"], head["best_without"]) == ("real+synthetic x1", "real")
+    assert head["chosen_on"] == "validation" and head["gain_mean"] == pytest.approx(0.0)
 
 
 def test_a_rerun_skips_finished_cells(grid_run, real, monkeypatch):

@@ -45,7 +45,8 @@ def _utility(name: str, summary: dict[str, Any]) -> list[str]:
         bullets.append(
             f"- **Does synthetic data help?** `{name}`, real-data fraction {fraction}: the best "
             f"synthetic regime `{head['best_synthetic']}` against the best without synthetic "
-            f"images `{head['best_without']}`: {metric} gain {head['gain_mean']:+.3f} "
+            f"images `{head['best_without']}` (both picked on validation): {metric} gain "
+            f"{head['gain_mean']:+.3f} "
             f"[{head['gain_ci_low']:+.3f}, {head['gain_ci_high']:+.3f}] over {head['n']:g} "
             f"seeds: synthetic data {headline_verdict(head)}.")
         regimes = part["regimes"]

@@ -114,9 +114,9 @@ def test_the_verdict_comes_first_and_run_settings_fold(folder, tmp_path):
     page, markdown = build_report(root)
     text = markdown.read_text()
     assert text.index("## Verdict") < text.index("## Training run")
-    assert ("`real+synthetic x1` against the best without synthetic images `real-repeated`: "
-            "auroc gain +0.012 [+0.002, +0.022] over 5 seeds: synthetic data helped, but "
-            "UNCONVERGED: in 20% of the seeds") in text
+    assert ("`real+synthetic x1` against the best without synthetic images `real-repeated` "
+            "(both picked on validation): auroc gain +0.012 [+0.002, +0.022] over 5 seeds: "
+            "synthetic data helped, but UNCONVERGED: in 20% of the seeds") in text
     assert "auroc 0.720 [0.700, 0.740] against 0.800 with the real images (0.90x)" in text
     assert ("FID 12.0 (real-vs-real floor 2.0), recall 0.50 (floor 0.90), coverage 0.40 "
             "(floor 0.95)") in text

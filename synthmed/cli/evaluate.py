@@ -334,10 +334,13 @@ def evaluate_privacy_command(synthetic: str, train_path: str, holdout_path: str,
               help="Folder for translation.json, translation.md and panels.")
 @config_option("--batch-size", type=click.IntRange(1), config=TranslateConfig,
                field="batch_size", override=False)
+@click.option("--domain-steps", type=click.IntRange(1), default=300, show_default=True,
+              help="With --reference: training steps of the domain classifier whose features "
+                   "the distribution metrics use.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 def evaluate_translation_command(run: Path, source: str, target: str | None,
                                  reference: str | None, direction: str, out: Path,
-                                 batch_size: int, overwrite: bool) -> None:
+                                 batch_size: int, domain_steps: int, overwrite: bool) -> None:
     """Translation quality of a CycleGAN RUN, with baselines; subjects it trained on are
     refused.
 
@@ -366,7 +369,8 @@ def evaluate_translation_command(run: Path, source: str, target: str | None,
             save_report(report, work)
         text = report.to_markdown()
     else:
-        reports = evaluate_unpaired(loaded, source, reference, direction, batch_size)
+        reports = evaluate_unpaired(loaded, source, reference, direction, batch_size,
+                                    domain_steps)
         text = "\n".join(
             f"# Translation without paired truth: {title}\n\n"
             + reports[key].to_markdown().replace("# Fidelity", "## Fidelity", 1)

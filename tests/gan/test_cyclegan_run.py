@@ -508,12 +508,13 @@ def test_evaluate_translation_without_paired_truth(trained, volumes, tmp_path):
     new = tmp_path / "new" / subject
     out = tmp_path / "unpaired"
     result = invoke("evaluate", "translation", trained, "--source", new / "t1.nii.gz",
-                    "--reference", new / "t2.nii.gz", "--out", out)
+                    "--reference", new / "t2.nii.gz", "--domain-steps", "40", "--out", out)
     assert result.exit_code == 0, result.output
     reports = json.loads((out / "unpaired.json").read_text())
     assert set(reports) == {"synthmed", "identity"}
     for report in reports.values():
-        assert report["extractor"].startswith("domain classifier")
+        assert report["extractor"].startswith("domain classifier (source vs target domain, "
+                                              "small-cnn, 40 steps)")
         assert {"fid", "kid", "precision", "recall"} <= set(report["overall"])
         assert report["floor"]["fid"] is not None
     assert "untranslated source (identity)" in (out / "fidelity.md").read_text()

@@ -32,6 +32,7 @@ from synthmed.gan.translator_nets import (
     TranslatorGenerator,
     UnetGenerator,
     init_weights,
+    pad_to_multiple,
 )
 
 DIRECTIONS = ("a2b", "b2a")
@@ -239,14 +240,12 @@ class CycleGAN(GenerativeModel):
         net = self.generator_ab if direction == "a2b" else self.generator_ba
         device = next(net.parameters()).device
         height, width = images.shape[-2:]
-        pad_h, pad_w = _padding(height), _padding(width)
-        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
         was_training = net.training
         net.eval()
         try:
             outputs = []
             for chunk in images.split(batch_size):
-                x = F.pad(chunk.to(device, torch.float32), (0, pad_w, 0, pad_h), mode=mode)
+                x = pad_to_multiple(chunk.to(device, torch.float32), 4, smallest=8)
                 outputs.append(net(x)[..., :height, :width].float().clamp(-1, 1).cpu())
         finally:
             net.train(was_training)
@@ -279,8 +278,3 @@ class CycleGAN(GenerativeModel):
 def _mse(scores: torch.Tensor, target: float) -> torch.Tensor:
     """The least-squares GAN loss: mean of ``(scores - target)^2``, in float32."""
     return (scores.float() - target).square().mean()
-
-
-def _padding(side: int) -> int:
-    """Pixels to add to ``side`` to reach a multiple of 4 that is at least 8."""
-    return max(8, -(-side // 4) * 4) - side

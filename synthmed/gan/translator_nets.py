@@ -207,13 +207,20 @@ class UnetGenerator(TranslatorGenerator):
         )
 
     def correction(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
         multiple = 2 ** UNET_DOWNSAMPLINGS
-        pad_h, pad_w = (max(2 * multiple, -(-side // multiple) * multiple) - side
-                        for side in (height, width))
-        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-        padded = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        return self.model(padded)[..., :height, :width]
+        padded = pad_to_multiple(x, multiple, smallest=2 * multiple)
+        return self.model(padded)[..., :x.shape[-2], :x.shape[-1]]
+
+
+def pad_to_multiple(images: torch.Tensor, multiple: int, smallest: int) -> torch.Tensor:
+    """Images ``(B, C, H, W)`` padded at the bottom and right to sides that are multiples of
+    ``multiple`` and at least ``smallest``: by reflection, or by repeating the edge where an
+    image is too small to reflect. Crop the result back with ``[..., :H, :W]``."""
+    height, width = images.shape[-2:]
+    pad_h, pad_w = (max(smallest, -(-side // multiple) * multiple) - side
+                    for side in (height, width))
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(images, (0, pad_w, 0, pad_h), mode=mode)
 
 
 class PatchGAN(nn.Module):

@@ -268,8 +268,8 @@ class CycleGANConfig:
             above 128 px and 6 otherwise (:meth:`blocks`).
         d_layers: strided layers of the PatchGAN discriminator (3: 70x70 patches).
         norm: ``instance`` or ``batch`` normalisation in all networks.
-        upsample: the ResNet generators' upsampling, ``convtranspose`` (reference) or
-            ``resize`` (nearest x2 + conv, without checkerboard artefacts).
+        upsample: the generators' upsampling, ``convtranspose`` (reference) or ``resize``
+            (nearest x2 + conv, without checkerboard artefacts).
         lambda_cycle: weight of each direction's L1 cycle-consistency loss.
         lambda_identity: weight of the identity loss, as a fraction of ``lambda_cycle``
             (0.5 x 10 = 5); 0 skips it.

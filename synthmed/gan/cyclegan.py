@@ -81,7 +81,7 @@ class CycleGAN(GenerativeModel):
     def _generator(self) -> TranslatorGenerator:
         c = self.config
         if c.generator == "unet":
-            return UnetGenerator(c.stack_channels, c.ngf, c.norm, self._prior())
+            return UnetGenerator(c.stack_channels, c.ngf, c.norm, c.upsample, self._prior())
         return ResnetGenerator(c.stack_channels, c.ngf, c.blocks(c.crop), c.norm, c.upsample,
                                self._prior())
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from monai.networks.blocks import Convolution
 from monai.networks.nets import PatchDiscriminator, UNet
 from torch import nn
 
@@ -176,9 +177,10 @@ class ResnetGenerator(TranslatorGenerator):
 class UnetGenerator(TranslatorGenerator):
     """pix2pix's generator family (Isola et al. 2017), MONAI's ``UNet``: an encoder of
     :data:`UNET_DOWNSAMPLINGS` stride-2 3x3 convolutions, widths ``ngf`` doubling up to
-    ``8 ngf``, a decoder of transposed convolutions, and a skip connection at every scale, so
-    the output keeps the input's anatomy to the pixel. Norm and LeakyReLU 0.2 after every
-    convolution but the last; no dropout.
+    ``8 ngf``, a decoder of transposed convolutions (or, with ``upsample="resize"``,
+    nearest-neighbour x2 then a 3x3 convolution: :class:`ResizeUpUNet`), and a skip connection
+    at every scale, so the output keeps the input's anatomy to the pixel. Norm and LeakyReLU
+    0.2 after every convolution but the last; no dropout.
 
     Any H and W: the input is padded at the bottom and right to multiples of
     ``2 ** UNET_DOWNSAMPLINGS`` (at least two of them, so instance norm sees more than one
@@ -187,7 +189,8 @@ class UnetGenerator(TranslatorGenerator):
 
     Args:
         channels: image channels, in and out. ngf: width of the first layer.
-        norm: ``instance`` or ``batch``. prior: as for :class:`ResnetGenerator`.
+        norm: ``instance`` or ``batch``. upsample: ``convtranspose`` or ``resize``.
+        prior: as for :class:`ResnetGenerator`.
 
     Examples:
         >>> UnetGenerator(1, ngf=4)(torch.randn(2, 1, 30, 45)).shape
@@ -195,12 +198,15 @@ class UnetGenerator(TranslatorGenerator):
     """
 
     def __init__(self, channels: int, ngf: int, norm: str = CycleGANConfig.norm,
+                 upsample: str = CycleGANConfig.upsample,
                  prior: QuantileMap | None = None) -> None:
         super().__init__(prior)
         if norm not in ("instance", "batch"):
             raise ValueError(f"norm must be instance or batch, got {norm!r}")
+        if upsample not in ("convtranspose", "resize"):
+            raise ValueError(f"upsample must be convtranspose or resize, got {upsample!r}")
         widths = tuple(ngf * min(2 ** level, 8) for level in range(UNET_DOWNSAMPLINGS + 1))
-        self.model = UNet(
+        self.model = (ResizeUpUNet if upsample == "resize" else UNet)(
             spatial_dims=2, in_channels=channels, out_channels=channels, channels=widths,
             strides=(2,) * UNET_DOWNSAMPLINGS, num_res_units=0, norm=norm.upper(),
             act=("LEAKYRELU", {"negative_slope": 0.2}),
@@ -210,6 +216,21 @@ class UnetGenerator(TranslatorGenerator):
         multiple = 2 ** UNET_DOWNSAMPLINGS
         padded = pad_to_multiple(x, multiple, smallest=2 * multiple)
         return self.model(padded)[..., :x.shape[-2], :x.shape[-1]]
+
+
+class ResizeUpUNet(UNet):
+    """MONAI's ``UNet`` whose decoder upsamples by resize-convolution (Odena et al. 2016):
+    nearest-neighbour x2, then a 3x3 convolution with the same norm and activation, instead of
+    a transposed convolution whose uneven kernel overlap paints a checkerboard."""
+
+    def _get_up_layer(self, in_channels: int, out_channels: int, strides: int,
+                      is_top: bool) -> nn.Module:
+        return nn.Sequential(
+            nn.Upsample(scale_factor=strides, mode="nearest"),
+            Convolution(self.dimensions, in_channels, out_channels, strides=1,
+                        kernel_size=self.up_kernel_size, act=self.act, norm=self.norm,
+                        bias=self.bias, conv_only=is_top and self.num_res_units == 0),
+        )
 
 
 def pad_to_multiple(images: torch.Tensor, multiple: int, smallest: int) -> torch.Tensor:

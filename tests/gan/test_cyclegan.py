@@ -113,8 +113,9 @@ def test_generator_keeps_the_shape(channels, norm, upsample):
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("norm", ["instance", "batch"])
 @pytest.mark.parametrize("size", [(30, 45), (8, 8), (64, 96)])
-def test_unet_generator_takes_any_size_and_skips_at_every_scale(channels, norm, size):
-    net = UnetGenerator(channels, ngf=4, norm=norm)
+@pytest.mark.parametrize("upsample", ["convtranspose", "resize"])
+def test_unet_generator_takes_any_size_and_skips_at_every_scale(channels, norm, size, upsample):
+    net = UnetGenerator(channels, ngf=4, norm=norm, upsample=upsample)
     x = torch.randn(2, channels, *size)
     out = net(x)
     assert out.shape == x.shape and out.abs().max() <= 1.0
@@ -123,8 +124,24 @@ def test_unet_generator_takes_any_size_and_skips_at_every_scale(channels, norm, 
     assert len(downsamplings) == UNET_DOWNSAMPLINGS
     assert max(m.out_channels for m in downsamplings) == 8 * 4  # widths stop at 8 ngf
     # the skip connections: the last layer sees the first layer's features beside the decoder's
-    last = [m for m in net.modules() if isinstance(m, torch.nn.ConvTranspose2d)][-1]
-    assert last.in_channels == 2 * 4 and last.out_channels == channels
+    ups = [m for m in net.modules() if isinstance(m, torch.nn.ConvTranspose2d)
+           or isinstance(m, torch.nn.Conv2d) and m.stride == (1, 1)]
+    assert len(ups) == UNET_DOWNSAMPLINGS + 1  # the bottleneck's convolution, then the decoder
+    assert ups[-1].in_channels == 2 * 4 and ups[-1].out_channels == channels
+    transposed = any(isinstance(m, torch.nn.ConvTranspose2d) for m in net.modules())
+    assert transposed == (upsample == "convtranspose")
+
+
+@pytest.mark.parametrize("upsample, checkerboard", [("convtranspose", True), ("resize", False)])
+def test_unet_resize_upsampling_paints_no_checkerboard(upsample, checkerboard):
+    """A constant feature map stays constant inside through a resize-convolution, while a 3x3
+    stride-2 transposed convolution overlaps its kernels unevenly: a period-2 pattern."""
+    net = UnetGenerator(1, ngf=4, upsample=upsample).model
+    up = net._get_up_layer(8, 4, 2, is_top=True)
+    torch.nn.init.normal_(next(p for p in up.parameters() if p.dim() == 4), std=1.0)
+    out = up(torch.ones(1, 8, 6, 6))[0, :, 2:-2, 2:-2]  # away from the borders' padding
+    assert out.shape[-2:] == (8, 8)
+    assert (out.std(dim=(1, 2)).max() > 1e-3) == checkerboard
 
 
 def test_generator_is_the_reference_layout():

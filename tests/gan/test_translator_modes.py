@@ -26,7 +26,7 @@ from synthmed.gan.data import (
 )
 from synthmed.gan.run import load_run
 from synthmed.gan.translate import translate_images
-from synthmed.gan.translator_nets import UnetGenerator
+from synthmed.gan.translator_nets import ResizeUpUNet, UnetGenerator
 
 from ..conftest import invoke, one_line_error
 
@@ -193,13 +193,15 @@ def test_train_paired_2_5d_translates_and_evaluates_a_volume(volumes, tmp_path):
     result = invoke("train", "cyclegan", "--domain-a", f"{volumes}/*/t1.nii.gz",
                     "--domain-b", f"{volumes}/*/t2.nii.gz", "--val-subjects", "phantom-s0002",
                     "--out", run, "--epochs", "1", "--crop", "24", "--paired", "--context", "1",
-                    "--intensity-augment", "--generator", "unet", *TINY)
+                    "--intensity-augment", "--generator", "unet", "--upsample", "resize",
+                    *TINY)
     assert result.exit_code == 0, result.output
     assert "trained pix2pix (paired) on 16 A and 16 B images" in result.output
     model = load_run(run).model
     config = model.config
     assert (config.paired, config.context, config.intensity_augment) == (True, 1, True)
     assert config.generator == "unet" and isinstance(model.generator_ab, UnetGenerator)
+    assert isinstance(model.generator_ab.model, ResizeUpUNet)  # --upsample reaches the U-Net
     assert json.loads((run / "training_data.json").read_text())["kind"] == "paired"
     held_out = volumes / "phantom-s0002"
     out = tmp_path / "translated"

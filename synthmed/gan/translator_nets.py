@@ -229,7 +229,8 @@ class ResizeUpUNet(UNet):
             nn.Upsample(scale_factor=strides, mode="nearest"),
             Convolution(self.dimensions, in_channels, out_channels, strides=1,
                         kernel_size=self.up_kernel_size, act=self.act, norm=self.norm,
-                        bias=self.bias, conv_only=is_top and self.num_res_units == 0),
+                        dropout=self.dropout, bias=self.bias, adn_ordering=self.adn_ordering,
+                        conv_only=is_top and self.num_res_units == 0),
         )
 
 

@@ -1,5 +1,5 @@
 # make demo: set up .venv and run the demo on the embedded phantom data.
-# make test: set up .venv and run the linter and the test suite.
+# make test: set up .venv and run the linter and the test suite (one pytest-xdist worker per core).
 # make bench: run every benchmark (hours on 2 cores) and write benchmarks/RESULTS.md.
 # Real-data tests read $SYNTHMED_TEST_DATA (e.g. ../shared/data) and are skipped without it.
 PYTHON ?= python3
@@ -28,7 +28,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --dist loadfile
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py --out bench-out $(BENCH_FLAGS)

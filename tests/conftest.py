@@ -15,6 +15,15 @@ from click.testing import CliRunner, Result
 from synthmed.cli import cli
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n auto``) each worker computes on one thread,
+    and so do the commands it starts: one busy thread per core, not OpenMP threads of several
+    workers spinning on the same cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real-data folder, or skip."""

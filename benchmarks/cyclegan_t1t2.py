@@ -97,6 +97,8 @@ def main() -> None:
                         help="neighbouring slices on each side in the 2.5D modes")
     parser.add_argument("--intensity-augment", action=argparse.BooleanOptionalAction,
                         default=True, help="bias field, gamma, noise on the generators' inputs")
+    parser.add_argument("--spatial-augment", action=argparse.BooleanOptionalAction,
+                        default=False, help="random rotation, scale and shift of each slice")
     parser.add_argument("--step-repeats", type=int, default=3)
     parser.add_argument("--skip-steps", action="store_true")
     parser.add_argument("--held-out", default="all",
@@ -193,7 +195,8 @@ def fold(args: argparse.Namespace, mode: str, volumes: dict[str, Path], kept_out
     pattern = str(args.data / "brain-t1t2*" / "*" / "{}.nii.gz")
     mode_options = [*(["--paired"] if mode.startswith("paired") else []),
                     "--context", str(args.context if mode.endswith("2.5d") else 0),
-                    "--intensity-augment" if args.intensity_augment else "--no-intensity-augment"]
+                    "--intensity-augment" if args.intensity_augment else "--no-intensity-augment",
+                    "--spatial-augment" if args.spatial_augment else "--no-spatial-augment"]
     if not args.skip_training:
         record["train_seconds"] = synthmed(
             "train", "cyclegan", "--domain-a", pattern.format("t1"),

@@ -1,6 +1,7 @@
 """Augmentation of the classifier's training batches, seeded by an explicit generator.
 
-- :func:`classic_augment`: flips, small affine and brightness / contrast, batched in torch;
+- :func:`classic_augment`: flips, small affine and brightness / contrast, batched in torch
+  (its move alone, :func:`random_affine`, also augments the translators' training pairs);
 - :func:`mri_augment`: MR / X-ray intensity artefacts from MONAI (bias field, gamma, Gibbs
   ringing, noise), the strongest cheap baseline a synthetic regime has to beat.
 
@@ -20,44 +21,62 @@ from monai.utils import convert_to_tensor
 from synthmed.errors import InputError
 
 
-def classic_augment(images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-    """Classic augmentation of a batch ``(B, C, H, W)`` in [-1, 1], clamped to [-1, 1].
+def random_affine(images: torch.Tensor, rng: torch.Generator, flip: bool = True
+                  ) -> torch.Tensor:
+    """A random rigid-plus-scale move of each image of a batch ``(B, C, H, W)``, the same for
+    all its channels (stacked slices, or both contrasts of a pair).
 
-    Per image: a horizontal flip with probability 1/2, a rotation of up to ±10°, an isotropic
-    scale in [0.9, 1.1] and a translation of up to ±6 % of each side, applied as one batched
-    bilinear resampling (``affine_grid`` / ``grid_sample``, reflection padding as in MONAI's
-    ``Affine``; rotation in pixel units, so non-square images are not sheared); then contrast
-    x [0.9, 1.1] about the image mean and brightness ±0.1. All parameters are drawn from
-    ``rng`` (on its device), none from the global RNG.
+    Per image: a horizontal flip with probability 1/2 (when ``flip``), a rotation of up to
+    ±10°, an isotropic scale in [0.9, 1.1] and a translation of up to ±6 % of each side,
+    applied as one batched bilinear resampling (``affine_grid`` / ``grid_sample``, reflection
+    padding as in MONAI's ``Affine``; rotation in pixel units, so non-square images are not
+    sheared). All parameters are drawn from ``rng`` (on its device), none from the global RNG.
     """
-    _check_batch(images, "classic_augment")
     b, _, h, w = images.shape
-
-    def uniform(low: float, high: float) -> torch.Tensor:  # (B,)
-        u = torch.rand(b, generator=rng, device=rng.device, dtype=torch.float64)
-        return (low + (high - low) * u).to(images.device)
-
-    flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
-    angle = torch.deg2rad(uniform(-10, 10))
-    scale = uniform(0.9, 1.1)
-    shift_x, shift_y = uniform(-0.12, 0.12), uniform(-0.12, 0.12)  # 6 % of a side spans 2
-    contrast, brightness = uniform(0.9, 1.1), uniform(-0.1, 0.1)
+    draw = _uniform(b, rng, images.device)
+    sign = torch.where(draw(0, 1) < 0.5, -1.0, 1.0) if flip else torch.ones(b, device=images.device)
+    angle = torch.deg2rad(draw(-10, 10))
+    scale = draw(0.9, 1.1)
+    shift_x, shift_y = draw(-0.12, 0.12), draw(-0.12, 0.12)  # 6 % of a side spans 2
 
     # theta maps output to input coordinates, normalised to [-1, 1] per axis; the rotation
     # is in pixels, hence the aspect factors h / w and w / h.
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([
-        torch.stack([cos * flip, -sin * h / w, shift_x], dim=1),
-        torch.stack([sin * w / h * flip, cos, shift_y], dim=1),
+        torch.stack([cos * sign, -sin * h / w, shift_x], dim=1),
+        torch.stack([sin * w / h * sign, cos, shift_y], dim=1),
     ], dim=1).to(images.dtype)  # (B, 2, 3)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # (B, H, W, 2)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
-                        align_corners=False)  # (B, C, H, W)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
+                         align_corners=False)  # (B, C, H, W)
 
+
+def classic_augment(images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Classic augmentation of a batch ``(B, C, H, W)`` in [-1, 1], clamped to [-1, 1]: a
+    flip, rotation, scale and translation per image (:func:`random_affine`), then contrast
+    x [0.9, 1.1] about the image mean and brightness ±0.1, drawn from ``rng`` after the move.
+    """
+    _check_batch(images, "classic_augment")
+    b = len(images)
+    out = random_affine(images, rng)
+    draw = _uniform(b, rng, images.device)
+    contrast, brightness = draw(0.9, 1.1), draw(-0.1, 0.1)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
     out = (out - mean) * contrast.view(b, 1, 1, 1).to(out.dtype) + mean
     out = out + brightness.view(b, 1, 1, 1).to(out.dtype)
     return out.clamp(-1.0, 1.0)
+
+
+def _uniform(n: int, rng: torch.Generator, device: torch.device
+             ) -> Callable[[float, float], torch.Tensor]:
+    """``draw(low, high)``: ``n`` uniform numbers from ``rng`` (float64 on its device), on
+    ``device``."""
+
+    def draw(low: float, high: float) -> torch.Tensor:  # (n,)
+        u = torch.rand(n, generator=rng, device=rng.device, dtype=torch.float64)
+        return (low + (high - low) * u).to(device)
+
+    return draw
 
 
 def mri_augment(images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:

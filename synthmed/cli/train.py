@@ -285,6 +285,10 @@ def _flags(text: str, option: str) -> tuple[bool, ...]:
                field="intensity_augment",
                help="Bias field, gamma, noise and ringing on the generators' inputs, so "
                     "another scanner's intensities do not break the translator")
+@config_option("--spatial-augment/--no-spatial-augment", config=CycleGANConfig,
+               field="spatial_augment",
+               help="A random rotation, scale and shift of each training slice (the same for "
+                    "both contrasts of a pair), so a few subjects stand for more")
 @config_option("--lr", type=types.POSITIVE, config=CycleGANConfig, field="lr",
                help="Adam learning rate")
 @_resume_and_progress

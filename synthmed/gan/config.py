@@ -306,6 +306,10 @@ class CycleGANConfig:
         intensity_augment: bias field, gamma and noise (MONAI, :func:`~synthmed.augment.
             augmentation.mri_augment`) on the generators' inputs, never on their targets, so a
             translator learns to ignore what another scanner does to intensities.
+        spatial_augment: a random rotation (±10°), scale (0.9-1.1) and shift (±6 %) of each
+            whole slice before the crop (:func:`~synthmed.augment.augmentation.random_affine`),
+            the same for a pair's two contrasts, so a few training subjects stand for more
+            head positions and sizes.
     """
 
     section: ClassVar[str] = "model"
@@ -333,6 +337,7 @@ class CycleGANConfig:
     lambda_l1: float = 100.0
     context: int = 0
     intensity_augment: bool = False
+    spatial_augment: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)

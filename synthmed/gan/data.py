@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from synthmed.augment.augmentation import mri_augment
+from synthmed.augment.augmentation import mri_augment, random_affine
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.intensity import FOREGROUND_FLOOR, foreground_quantiles, standardize_groups
 from synthmed.augment.nifti import slice_index
@@ -64,8 +64,9 @@ class _TwoDomains:
     """What unpaired and paired training share. Each domain's images are histogram-
     standardised per subject onto its domain's pooled foreground quantiles with
     ``standardize`` (:func:`standardize_groups`), stacked with ``context`` neighbouring slices
-    on each side (:func:`slice_stacks`, 2.5D), randomly cropped to ``crop`` (0: whole images)
-    and flipped. With ``intensity_augment`` a batch also carries the generators' inputs: the
+    on each side (:func:`slice_stacks`, 2.5D), moved by a random affine with
+    ``spatial_augment`` (:func:`random_affine`), randomly cropped to ``crop`` (0: whole
+    images) and flipped. With ``intensity_augment`` a batch also carries the generators' inputs: the
     same images with MR intensity artefacts (:func:`intensity_augmented`). The record keeps
     the read images' hashes.
     """
@@ -74,7 +75,7 @@ class _TwoDomains:
 
     def __init__(self, a: ImageSet, b: ImageSet, crop: int = 0, flip: bool = True,
                  standardize: bool = True, context: int = 0,
-                 intensity_augment: bool = False) -> None:
+                 intensity_augment: bool = False, spatial_augment: bool = False) -> None:
         for name, domain in (("A", a), ("B", b)):
             if crop and min(domain.size) < crop:
                 raise InputError(f"domain {name} images are {domain.size[0]}x{domain.size[1]}, "
@@ -91,7 +92,8 @@ class _TwoDomains:
                 if standardize else domain.images, domain.groups, slice_positions(domain),
                 context))
             for domain, quantiles in zip(self.domains, self.quantiles, strict=True))
-        self.crop, self.flip, self.intensity_augment = crop, flip, intensity_augment
+        self.crop, self.flip = crop, flip
+        self.intensity_augment, self.spatial_augment = intensity_augment, spatial_augment
 
     def __len__(self) -> int:
         return max(len(self.a), len(self.b))
@@ -100,8 +102,11 @@ class _TwoDomains:
         self.a, self.b = self.a.to(device), self.b.to(device)
         return self
 
-    def _crop_and_flip(self, images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-        """Random crop per image, then a random horizontal flip per image."""
+    def _move(self, images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """Per image: a random affine (``spatial_augment``), a random crop, then a random
+        horizontal flip."""
+        if self.spatial_augment:
+            images = random_affine(images, rng, flip=False).clamp(-1.0, 1.0)
         if self.crop:
             height, width = images.shape[-2:]
             tops = torch.randint(height - self.crop + 1, (len(images),), generator=rng,
@@ -145,8 +150,8 @@ class UnpairedImages(_TwoDomains):
     """Two domains that are never paired: item ``i`` of an epoch is image ``i mod len(A)`` of
     domain A with a random image of domain B (as the reference CycleGAN loader); an epoch has
     ``max(len(A), len(B))`` items. A batch is ``(a (B, S, crop, crop), b (B, S, crop, crop))``
-    (``S``: channels x stacked slices), each image cropped and flipped on its own, then the
-    generators' inputs when augmented (:class:`_TwoDomains`).
+    (``S``: channels x stacked slices), each image moved, cropped and flipped on its own, then
+    the generators' inputs when augmented (:class:`_TwoDomains`).
     """
 
     kind = "unpaired"
@@ -154,28 +159,28 @@ class UnpairedImages(_TwoDomains):
     def batch(self, index: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, ...]:
         a = self.a[index % len(self.a)]
         b = self.b[torch.randint(len(self.b), index.shape, generator=rng, device=rng.device)]
-        return self._with_inputs(self._crop_and_flip(a, rng), self._crop_and_flip(b, rng), rng)
+        return self._with_inputs(self._move(a, rng), self._move(b, rng), rng)
 
 
 class PairedImages(_TwoDomains):
-    """Co-registered pairs: item ``i`` is one subject's slice in both contrasts, cropped and
-    flipped alike. Only slices both domains have are kept (:func:`paired_slices`); a subject
-    in one domain only, two grids, or contrasts whose foregrounds do not overlap (not
-    co-registered) are refused.
+    """Co-registered pairs: item ``i`` is one subject's slice in both contrasts, moved,
+    cropped and flipped alike. Only slices both domains have are kept
+    (:func:`paired_slices`); a subject in one domain only, two grids, or contrasts whose
+    foregrounds do not overlap (not co-registered) are refused.
     """
 
     kind = "paired"
 
     def __init__(self, a: ImageSet, b: ImageSet, crop: int = 0, flip: bool = True,
                  standardize: bool = True, context: int = 0,
-                 intensity_augment: bool = False) -> None:
+                 intensity_augment: bool = False, spatial_augment: bool = False) -> None:
         keep_a, keep_b = paired_slices(a, b)
         super().__init__(a.subset(keep_a), b.subset(keep_b), crop, flip, standardize, context,
-                         intensity_augment)
+                         intensity_augment, spatial_augment)
 
     def batch(self, index: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, ...]:
         index = index % len(self.a)
-        both = self._crop_and_flip(torch.cat([self.a[index], self.b[index]], dim=1), rng)
+        both = self._move(torch.cat([self.a[index], self.b[index]], dim=1), rng)
         a, b = both.split(self.a.shape[1], dim=1)
         return self._with_inputs(a, b, rng)
 

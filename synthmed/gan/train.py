@@ -126,7 +126,8 @@ def train_cyclegan(domain_a: str | ImageSet, domain_b: str | ImageSet, out: Path
     model = fit_cyclegan_to_data(config.model, domains)
     pairing = PairedImages if model.paired else UnpairedImages
     data = pairing(*domains, crop=model.crop, flip=model.flip, standardize=model.standardize,
-                   context=model.context, intensity_augment=model.intensity_augment)
+                   context=model.context, intensity_augment=model.intensity_augment,
+                   spatial_augment=model.spatial_augment)
     recorded = replace(config.data, val_image_hashes=tuple(hashes), read=to_dict(read),
                        domain_a=_source(domain_a), domain_b=_source(domain_b))
     config = replace(config, model=model, data=recorded,

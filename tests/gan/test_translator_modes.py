@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from synthmed.augment.augmentation import random_affine
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.phantom import PhantomConfig, write_phantom_volumes
 from synthmed.augment.readers import read_images
@@ -154,6 +155,35 @@ def test_intensity_augmentation_changes_only_the_inputs_foreground():
     assert not torch.equal(input_b, real_b)
 
 
+# -- spatial augmentation --------------------------------------------------------------------
+
+
+def test_spatial_augmentation_moves_both_contrasts_of_a_pair_alike():
+    a, b = subject_images(8, "s"), subject_images(8, "s")  # two identical "contrasts"
+    data = PairedImages(a, b, flip=False, standardize=False, spatial_augment=True)
+    moved_a, moved_b = data.batch(torch.arange(8), torch.Generator().manual_seed(5))
+    again = data.batch(torch.arange(8), torch.Generator().manual_seed(5))
+    assert torch.equal(moved_a, again[0]) and torch.equal(moved_b, again[1])
+    assert moved_a.shape == (8, 1, 16, 16)
+    original = torch.from_numpy(a.images)
+    assert (moved_a - original).abs().amax(dim=(1, 2, 3)).min() > 0.01  # every slice moved
+    assert torch.equal(moved_a, moved_b)  # by one move: still a pair
+    unpaired = UnpairedImages(a, b, flip=False, standardize=False, spatial_augment=True)
+    moved_a, moved_b = unpaired.batch(torch.arange(8), torch.Generator().manual_seed(5))
+    assert not torch.equal(moved_a, moved_b)  # each image of its own
+
+
+def test_random_affine_moves_a_dot_and_keeps_the_batch_shape():
+    images = -torch.ones(16, 2, 21, 21)
+    images[:, :, 4, 15] = 1.0  # an off-centre dot, in both channels
+    moved = random_affine(images, torch.Generator().manual_seed(0), flip=False)
+    assert moved.shape == images.shape
+    assert torch.equal(moved[:, 0], moved[:, 1])  # one move per image, all its channels
+    peaks = moved[:, 0].flatten(1).argmax(dim=1)
+    assert len(set(peaks.tolist())) > 8  # the dot lands in different places
+    assert moved.amin() > -1 - 1e-6 and moved.amax() < 1 + 1e-6  # bilinear: no overshoot
+
+
 # -- the model -------------------------------------------------------------------------------
 
 
@@ -193,13 +223,14 @@ def test_train_paired_2_5d_translates_and_evaluates_a_volume(volumes, tmp_path):
     result = invoke("train", "cyclegan", "--domain-a", f"{volumes}/*/t1.nii.gz",
                     "--domain-b", f"{volumes}/*/t2.nii.gz", "--val-subjects", "phantom-s0002",
                     "--out", run, "--epochs", "1", "--crop", "24", "--paired", "--context", "1",
-                    "--intensity-augment", "--generator", "unet", "--upsample", "resize",
-                    *TINY)
+                    "--intensity-augment", "--spatial-augment", "--generator", "unet",
+                    "--upsample", "resize", *TINY)
     assert result.exit_code == 0, result.output
     assert "trained pix2pix (paired) on 16 A and 16 B images" in result.output
     model = load_run(run).model
     config = model.config
-    assert (config.paired, config.context, config.intensity_augment) == (True, 1, True)
+    assert (config.paired, config.context, config.intensity_augment,
+            config.spatial_augment) == (True, 1, True, True)
     assert config.generator == "unet" and isinstance(model.generator_ab, UnetGenerator)
     assert isinstance(model.generator_ab.model, ResizeUpUNet)  # --upsample reaches the U-Net
     assert json.loads((run / "training_data.json").read_text())["kind"] == "paired"

@@ -66,9 +66,9 @@ class _TwoDomains:
     ``standardize`` (:func:`standardize_groups`), stacked with ``context`` neighbouring slices
     on each side (:func:`slice_stacks`, 2.5D), moved by a random affine with
     ``spatial_augment`` (:func:`random_affine`), randomly cropped to ``crop`` (0: whole
-    images) and flipped. With ``intensity_augment`` a batch also carries the generators' inputs: the
-    same images with MR intensity artefacts (:func:`intensity_augmented`). The record keeps
-    the read images' hashes.
+    images) and flipped. With ``intensity_augment`` a batch also carries the generators'
+    inputs: the same images with MR intensity artefacts (:func:`intensity_augmented`). The
+    record keeps the read images' hashes.
     """
 
     kind: ClassVar[str]

@@ -99,6 +99,8 @@ def main() -> None:
                         default=True, help="bias field, gamma, noise on the generators' inputs")
     parser.add_argument("--spatial-augment", action=argparse.BooleanOptionalAction,
                         default=False, help="random rotation, scale and shift of each slice")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="training seed of every fold (another seed sizes the noise)")
     parser.add_argument("--step-repeats", type=int, default=3)
     parser.add_argument("--skip-steps", action="store_true")
     parser.add_argument("--held-out", default="all",
@@ -207,7 +209,7 @@ def fold(args: argparse.Namespace, mode: str, volumes: dict[str, Path], kept_out
             "--ndf", str(args.width), "--epochs", str(args.epochs), "--lambda-identity",
             args.lambda_identity, "--lambda-structure", args.lambda_structure,
             "--intensity-prior", args.intensity_prior, "--upsample", args.upsample,
-            "--generator", args.generator,
+            "--generator", args.generator, "--seed", str(args.seed),
             "--precision", args.precision, "--checkpoint-every", "1", "--out", str(run),
             "--no-progress", *(["--resume"] if args.resume else []))
         lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

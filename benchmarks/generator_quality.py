@@ -86,12 +86,15 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"{args.data / path}: not found (set SYNTHMED_TEST_DATA)")
         real = prepare_real(read_images(args.data / path, ReadConfig(**read)))
         subset = fraction_subset(real.train, fraction, seed=0)
-        rows = {"real only": real_only(subset, real, args.seeds)}
+        rows_file = args.out / name / "rows.json"
+        # rows of recipes measured by an earlier run stay in the table
+        rows = json.loads(rows_file.read_text()) if rows_file.is_file() else {}
+        rows["real only"] = real_only(subset, real, args.seeds)
         for recipe_name in args.recipes.split(","):
             family, recipe = chosen_recipe(recipe_name)
             rows[recipe_name] = measure(family, recipe, subset, real,
                                         args.out / name / recipe_name, args.seeds)
-        (args.out / name / "rows.json").write_text(json.dumps(rows, indent=1))
+            rows_file.write_text(json.dumps(rows, indent=1))
         print_table(name, len(subset), rows)
         if args.headline:
             headline(name, rows, args, fraction)

@@ -53,13 +53,17 @@ _HOLDOUT_SHARE = PrivacyFilterConfig.holdout_fraction * 100
                    "subjects to the others).")
 @click.option("--sampling-steps", type=click.IntRange(1),
               help="A diffusion run's DDIM steps per image (default: the run's own).")
+@click.option("--guidance", type=types.NON_NEGATIVE,
+              help="A class-conditional diffusion run's guidance scale (default: the run's "
+                   "own; 0: unconditional, 1: no guidance; higher: more typical of the class, "
+                   "less varied).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 def generate_command(run: Path, out: Path, n: int | None, per_class: str | None, balance: bool,
                      seed: int, format_: str, bit_depth: str | None, privacy_filter: bool,
                      train_data: str | None, train_read: tuple[str, ...],
-                     threshold: float | None, sampling_steps: int | None, overwrite: bool,
-                     progress: bool) -> None:
+                     threshold: float | None, sampling_steps: int | None,
+                     guidance: float | None, overwrite: bool, progress: bool) -> None:
     """Generate a synthetic data set from a trained RUN, with manifest.csv and provenance.json.
 
     Interrupted? Run the same command again: finished blocks are kept.
@@ -77,7 +81,8 @@ def generate_command(run: Path, out: Path, n: int | None, per_class: str | None,
                                   threshold=threshold) if privacy_filter else None
     config = GenerateConfig(n=n, per_class=_parse_counts(per_class), balance=balance, seed=seed,
                             format=format_, bit_depth=None if bit_depth is None else int(bit_depth),
-                            privacy_filter=privacy, sampling_steps=sampling_steps)
+                            privacy_filter=privacy, sampling_steps=sampling_steps,
+                            guidance=guidance)
     record = generate(load_run(run, kind=GENERATORS), out, config, overwrite=overwrite,
                       progress=progress)
     counts = ", ".join(f"{k} {v}" for k, v in record["class_counts"].items())

@@ -59,7 +59,8 @@ class DiffusionModel(GenerativeModel):
             num_class_embeds=config.num_classes + 1 if config.num_classes else None)
         self.ema = moving_average(self.unet, config.ema_decay) if config.ema_decay else None
         self.noise_schedule = DDPMScheduler(config.timesteps, schedule=config.schedule)
-        self.sampling_steps = config.sampling_steps  # generate --sampling-steps may change it
+        # generate --sampling-steps and --guidance may change these
+        self.sampling_steps, self.guidance = config.sampling_steps, config.guidance
 
     @property
     def conditional(self) -> bool:
@@ -163,7 +164,7 @@ class DiffusionModel(GenerativeModel):
         steps = t.to(x.device).expand(len(x))
         if labels is None:
             return net(x, steps)
-        guidance = self.config.guidance
+        guidance = self.guidance
         if guidance == 1.0:
             return net(x, steps, class_labels=labels)
         unlabelled = torch.full_like(labels, self.config.num_classes)

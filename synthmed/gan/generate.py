@@ -88,6 +88,8 @@ class GenerateConfig:
             units fit 16-bit pictures and were not 8-bit, else 8.
         privacy_filter: drop near-copies of training images (``None``: keep every image).
         sampling_steps: a diffusion model's DDIM steps (``None``: its own).
+        guidance: a class-conditional diffusion model's classifier-free guidance scale
+            (``None``: its own; 0: unconditional, 1: conditional without guidance).
     """
 
     n: int | None = None
@@ -98,6 +100,7 @@ class GenerateConfig:
     bit_depth: int | None = None
     privacy_filter: PrivacyFilterConfig | None = None
     sampling_steps: int | None = None
+    guidance: float | None = None
 
     def __post_init__(self) -> None:
         if sum(x is not None and x is not False and x != {}
@@ -115,6 +118,8 @@ class GenerateConfig:
             raise InputError(f"unknown format {self.format!r}: use {', '.join(EXPORT_FORMATS)}")
         if self.sampling_steps is not None and self.sampling_steps < 1:
             raise InputError(f"--sampling-steps must be at least 1, got {self.sampling_steps}")
+        if self.guidance is not None and not 0 <= self.guidance < float("inf"):
+            raise InputError(f"--guidance must be a number of at least 0, got {self.guidance}")
 
 
 def plan_labels(run: LoadedRun, config: GenerateConfig) -> np.ndarray:
@@ -157,11 +162,7 @@ def generate(
     rank, _ = distributed.init()
     check_out(out, (run.path, config.privacy_filter and config.privacy_filter.train))
     check_replaceable(out, overwrite)
-    if config.sampling_steps is not None:
-        if run.model.kind != "diffusion":
-            raise InputError(f"--sampling-steps is for diffusion runs, not a {run.model.kind} "
-                             "run", run.path)
-        run.model.sampling_steps = config.sampling_steps
+    _set_sampler(run, config)
     labels = plan_labels(run, config)
     near = near_copy_filter(run, config.privacy_filter) if config.privacy_filter else None
     record = _provenance(run, config, labels, near)
@@ -305,6 +306,22 @@ def _prepare_work_dir(work: Path, record: dict) -> None:
     (work / "parts").mkdir(parents=True)
     plan = {"request": record, "dicom_series": [generate_uid(), generate_uid()]}
     write_json(plan_path, plan)
+
+
+def _set_sampler(run: LoadedRun, config: GenerateConfig) -> None:
+    """Give a diffusion run the DDIM steps and guidance scale ``config`` asks for."""
+    for flag, value in (("--sampling-steps", config.sampling_steps),
+                        ("--guidance", config.guidance)):
+        if value is not None and run.model.kind != "diffusion":
+            raise InputError(f"{flag} is for diffusion runs, not a {run.model.kind} run",
+                             run.path)
+    if config.guidance is not None and not run.model.conditional:
+        raise InputError("--guidance is for class-conditional diffusion runs (trained with "
+                         "--conditional)", run.path)
+    if config.sampling_steps is not None:
+        run.model.sampling_steps = config.sampling_steps
+    if config.guidance is not None:
+        run.model.guidance = config.guidance
 
 
 def _provenance(run: LoadedRun, config: GenerateConfig, labels: np.ndarray,

@@ -141,14 +141,39 @@ def test_train_diffusion_and_generate_on_the_command_line(tmp_path):
     assert "trained diffusion model on" in result.output
     assert read_run_config(out).model.widths == (8, 8)
     result = invoke("generate", out, "--n", 4, "--format", "png", "--sampling-steps", 1,
-                    "--out", tmp_path / "syn", "--no-progress")
+                    "--guidance", 0.5, "--out", tmp_path / "syn", "--no-progress")
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "syn").rglob("*.png"))) == 4
+    request = json.loads((tmp_path / "syn" / "provenance.json").read_text())["request"]
+    assert request["sampling_steps"] == 1 and request["guidance"] == 0.5
     result = invoke("generate", out, "--n", 4, "--format", "npz", "--privacy-filter",
                     "--train", "phantom:t1,n=16,size=16", "--out", tmp_path / "filtered",
                     "--no-progress")
     assert result.exit_code == 0, result.output
     assert "privacy filter: dropped and redrew" in result.output
+
+
+def test_guidance_zero_samples_unconditionally_and_the_default_follows_the_label():
+    # two channels per norm group: with one, GroupNorm would remove the label's channel shift
+    model = tiny(num_classes=2, ema_decay=0.0, norm_groups=2)
+    with torch.random.fork_rng():  # a trained-looking network: MONAI starts its output at 0
+        torch.manual_seed(1)
+        for parameter in model.unet.parameters():
+            parameter.data.normal_(0, 0.1)
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    zeros, ones = torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.long)
+    assert (model.generate(noise, zeros) - model.generate(noise, ones)).abs().max() > 0.01
+    model.guidance = 0.0
+    torch.testing.assert_close(model.generate(noise, zeros), model.generate(noise, ones))
+
+
+def test_guidance_needs_a_conditional_diffusion_run(phantom16, tmp_path):
+    run = tmp_path / "run"
+    train_diffusion(phantom16, run, tiny_run(epochs=1), progress=False)
+    with pytest.raises(InputError, match="--guidance is for class-conditional diffusion runs"):
+        generate(load_run(run), tmp_path / "syn", GenerateConfig(n=2, guidance=3.0),
+                 progress=False)
+    assert not (tmp_path / "syn").exists()
 
 
 def test_bad_diffusion_options_are_one_line(tmp_path):

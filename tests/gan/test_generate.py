@@ -263,8 +263,10 @@ def test_dicom_export_from_real_dicom_carries_no_source_identifiers(tmp_path):
         assert ds.pixel_array.shape == (28, 28)
 
 
-def test_sampling_steps_are_refused_for_a_dcgan(plain_run, tmp_path):
-    with pytest.raises(InputError, match="--sampling-steps is for diffusion runs, not a dcgan"):
-        generate(load_run(plain_run), tmp_path / "syn", GenerateConfig(n=2, sampling_steps=3),
+@pytest.mark.parametrize("option, flag", [({"sampling_steps": 3}, "--sampling-steps"),
+                                          ({"guidance": 1.5}, "--guidance")])
+def test_diffusion_sampling_options_are_refused_for_a_dcgan(plain_run, tmp_path, option, flag):
+    with pytest.raises(InputError, match=f"{flag} is for diffusion runs, not a dcgan"):
+        generate(load_run(plain_run), tmp_path / "syn", GenerateConfig(n=2, **option),
                  progress=False)
     assert not (tmp_path / "syn").exists()

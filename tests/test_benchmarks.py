@@ -6,7 +6,10 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from tests.conftest import real_file
 
 RUNNER = Path(__file__).resolve().parents[1] / "benchmarks" / "run_all.py"
 
@@ -94,3 +97,50 @@ def test_translation_benchmark_keeps_a_copied_subject_out_of_every_fold(tmp_path
     kept, copies = module.distinct_subjects(folders)
     assert list(kept) == ["a", "b"] and copies == ["c"]
     assert "c: left out, its volumes are byte-identical to a's" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_generators_trained_elsewhere_are_measured_here_untrained(shared_data, tmp_path,
+                                                                 monkeypatch):
+    """Exported subsets train into packed runs that ``place`` puts where the benchmark and
+    its harness find them finished: nothing is trained again, and they sample."""
+    real_file(shared_data, "medmnist/breastmnist.npz")
+    sys.path.insert(0, str(RUNNER.parent))
+    spec = importlib.util.spec_from_file_location("remote_generators",
+                                                  RUNNER.parent / "remote_generators.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["export", "--data", str(shared_data), "--out", str(tmp_path / "pack"),
+                 "breastmnist-0.25:0,1"])
+    module.main(["train", str(tmp_path / "pack"), "--recipe", "dcgan@4",
+                 "--out", str(tmp_path / "runs")])
+    module.main(["place", str(tmp_path / "runs"), "--quality", str(tmp_path / "q")])
+
+    from synthmed.eval import generators
+    from synthmed.io import resumable_output_dir
+
+    monkeypatch.setattr(generators, "train_dcgan", lambda *a, **k: pytest.fail("retrained"))
+    family, recipe = module.chosen_recipe("dcgan@4")
+    subsets = [module.load_subset(tmp_path / "pack" / f"breastmnist-0.25-s{s}.npz")
+               for s in (0, 1)]
+    benchmark = tmp_path / "q" / "breastmnist-0.25" / "dcgan@4"
+    harness = tmp_path / "q" / "breastmnist-0.25" / "harness-dcgan@4"
+    run = generators.SubsetGenerators(recipe, benchmark, family).train(subsets[0])
+    assert (benchmark / "train_seconds.json").is_file()
+    assert generators.sample_run(run, like=subsets[0], n=3).images.shape == (3, 1, 28, 28)
+    harness_runs = [generators.SubsetGenerators(recipe, harness / "generators", family)
+                    .train(subset) for subset in subsets]
+    assert len(set(harness_runs)) == 2
+    with resumable_output_dir(harness, (), "utility"):  # the harness may write there
+        pass
+
+    rates = module.probe([tmp_path / "pack" / "breastmnist-0.25-s1.npz"], "dcgan",
+                         tmp_path / "probe", steps=(2, 4))
+    assert len(rates) == 1 and rates[0] > 0
+    assert module.budget_steps(10.0, 900) == 8000 and module.budget_steps(0.1, 900) == 2000
+
+    exported = dict(np.load(tmp_path / "pack" / "breastmnist-0.25-s1.npz"))
+    exported["images"][0] += 0.5
+    np.savez(tmp_path / "changed.npz", **exported)
+    with pytest.raises(SystemExit, match="fingerprint differs"):
+        module.load_subset(tmp_path / "changed.npz")

@@ -185,7 +185,7 @@ def print_table(name: str, n: int, rows: dict) -> None:
                       f"{fid['coverage']:.2f} ({floor['coverage']:.2f})"]
         cells += [f"{row['auroc']['val']['mean']:.3f}",
                   f"{test['mean']:.3f} [{test['ci_low']:.3f}, {test['ci_high']:.3f}]",
-                  f"{test['mean'] / real_test:.2f}"]
+                  f"{test['mean'] / real_test:.3f}"]
         if "near_copy_share" in row:
             attacks = ", ".join(f"{k} {a['advantage']:+.3f}"
                                 for k, a in row["membership"].items())

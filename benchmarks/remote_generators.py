@@ -46,7 +46,7 @@ from synthmed.augment.readers import read_images
 from synthmed.eval.generators import SubsetGenerators
 from synthmed.eval.real_data import fraction_subset, prepare_real
 from synthmed.gan import checkpoint
-from synthmed.io import MARKER, mark_output
+from synthmed.io import resumable_output_dir
 
 #: step budgets ``train --seconds`` chooses from
 LADDER = (2000, 4000, 6000, 8000, 10000, 12000, 16000, 20000, 25000, 30000, 40000)
@@ -88,20 +88,26 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def export_subsets(data: Path, specs: list[str], out: Path) -> None:
-    """``OUT/SET-sSEED.npz`` per ``SET:SEED,...``: images, labels, class names, fingerprint."""
-    out.mkdir(parents=True, exist_ok=True)
-    for spec in specs:
-        name, _, seeds = spec.partition(":")
-        if name not in SETS:
-            sys.exit(f"{name}: not one of {', '.join(SETS)}")
-        path, read, fraction = SETS[name]
-        real = prepare_real(read_images(data / path, ReadConfig(**read)))
-        for seed in map(int, (seeds or "0").split(",")):
-            subset = fraction_subset(real.train, fraction, seed)
-            np.savez(out / f"{name}-s{seed}.npz", images=subset.images, labels=subset.labels,
-                     class_names=np.array(subset.class_names),
-                     fingerprint=np.array(subset.fingerprint()))
-            print(f"{name} seed {seed}: {len(subset)} images {subset.fingerprint()[:16]}")
+    """``OUT/SET-sSEED.npz`` per ``SET:SEED,...``: images, labels, class names, fingerprint
+    (``OUT``: empty, new or this script's own)."""
+    with resumable_output_dir(out, (data,), "remote-generators export"):
+        for spec in specs:
+            export_set(data, spec, out)
+
+
+def export_set(data: Path, spec: str, out: Path) -> None:
+    """The subsets of one ``SET:SEED,...``."""
+    name, _, seeds = spec.partition(":")
+    if name not in SETS:
+        sys.exit(f"{name}: not one of {', '.join(SETS)}")
+    path, read, fraction = SETS[name]
+    real = prepare_real(read_images(data / path, ReadConfig(**read)))
+    for seed in map(int, (seeds or "0").split(",")):
+        subset = fraction_subset(real.train, fraction, seed)
+        fingerprint = subset.fingerprint()
+        np.savez(out / f"{name}-s{seed}.npz", images=subset.images, labels=subset.labels,
+                 class_names=np.array(subset.class_names), fingerprint=np.array(fingerprint))
+        print(f"{name} seed {seed}: {len(subset)} images {fingerprint[:16]}")
 
 
 def load_subset(path: Path) -> ImageSet:
@@ -124,20 +130,29 @@ def train_one(subset_path: Path, recipe_name: str, folder: Path) -> None:
 
 
 def train_all(subsets: list[Path], recipe: str, seconds: float | None, out: Path) -> None:
-    """Every subset's generator at once (a process each), packed into ``OUT/SET-sSEED.tar``."""
-    work = Path(tempfile.mkdtemp(prefix="remote-generators-"))
+    """Every subset's generator at once (a process each), packed into ``OUT/SET-sSEED.tar``
+    (``OUT``: empty, new or this script's own)."""
+    with (resumable_output_dir(out, subsets, "remote-generators runs"),
+          tempfile.TemporaryDirectory(prefix="remote-generators-") as work):
+        recipe = chosen_budget(subsets, recipe, seconds, Path(work) / "probe")
+        runs = Path(work) / "runs"
+        run_workers([["worker", str(path), recipe, str(runs / path.stem)] for path in subsets])
+        for path in subsets:
+            pack_run(runs / path.stem, recipe, out / f"{path.stem}.tar")
+
+
+def chosen_budget(subsets: list[Path], recipe: str, seconds: float | None,
+                  folder: Path) -> str:
+    """``recipe`` with its steps: its own ``@STEPS``, or the ladder's largest budget that
+    trains in ``seconds`` at the probed speed."""
     if "@" not in recipe:
         if seconds is None:
             sys.exit("--recipe without @STEPS needs --seconds")
-        rates = probe(subsets, recipe, work / "probe")
+        rates = probe(subsets, recipe, folder)
         steps = budget_steps(min(rates), seconds)
         print(f"steps per second {[round(r) for r in rates]}: {steps} steps", flush=True)
         recipe = f"{recipe}@{steps}"
-    runs = work / "runs"
-    run_workers([["worker", str(path), recipe, str(runs / path.stem)] for path in subsets])
-    out.mkdir(parents=True, exist_ok=True)
-    for path in subsets:
-        pack_run(runs / path.stem, recipe, out / f"{path.stem}.tar")
+    return recipe
 
 
 def budget_steps(steps_per_second: float, seconds: float) -> int:
@@ -211,7 +226,8 @@ def device_name() -> str:
 
 def place_runs(runs: Path, quality: Path) -> None:
     """Each packed run under ``QUALITY/SET/RECIPE`` (seed 0) and, for the harness headline,
-    ``QUALITY/SET/harness-RECIPE/generators`` (every seed), marked as synthmed's output."""
+    ``QUALITY/SET/harness-RECIPE/generators`` (every seed). The harness folder must be
+    empty, new or synthmed's own (it is marked as such); a run already there is refused."""
     for tar_path in sorted(runs.glob("*.tar")):
         name, _, seed = tar_path.stem.rpartition("-s")
         with tarfile.open(tar_path) as tar:
@@ -220,12 +236,15 @@ def place_runs(runs: Path, quality: Path) -> None:
             harness = quality / name / f"harness-{record['recipe']}"
             benchmark = quality / name / record["recipe"]
             targets = [harness / "generators"] + ([benchmark] if seed == "0" else [])
+            run_name = members[0].name.split("/")[0]
             for target in targets:
-                tar.extractall(target, members=members, filter="data")
+                if (target / run_name).exists():
+                    sys.exit(f"{target / run_name}: already holds a run; remove it first")
+            with resumable_output_dir(harness, (runs,), "utility"):
+                for target in targets:
+                    tar.extractall(target, members=members, filter="data")
         if seed == "0":
             (benchmark / "train_seconds.json").write_text(json.dumps(record["train_seconds"]))
-        if not (harness / MARKER).is_file():
-            mark_output(harness, "utility")
         print(f"{tar_path.name}: {record['recipe']} on {record['device']} -> "
               f"{', '.join(map(str, targets))}")
 

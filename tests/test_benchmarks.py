@@ -116,6 +116,7 @@ def test_generators_trained_elsewhere_are_measured_here_untrained(shared_data, t
                  "--out", str(tmp_path / "runs")])
     module.main(["place", str(tmp_path / "runs"), "--quality", str(tmp_path / "q")])
 
+    from synthmed.errors import InputError
     from synthmed.eval import generators
     from synthmed.io import resumable_output_dir
 
@@ -133,6 +134,20 @@ def test_generators_trained_elsewhere_are_measured_here_untrained(shared_data, t
     assert len(set(harness_runs)) == 2
     with resumable_output_dir(harness, (), "utility"):  # the harness may write there
         pass
+
+    # nothing replaces a placed run or writes into a folder synthmed did not write
+    with pytest.raises(SystemExit, match="already holds a run"):
+        module.main(["place", str(tmp_path / "runs"), "--quality", str(tmp_path / "q")])
+    mine = tmp_path / "mine"
+    (mine / "breastmnist-0.25" / "harness-dcgan@4").mkdir(parents=True)
+    (mine / "breastmnist-0.25" / "harness-dcgan@4" / "notes.txt").write_text("keep")
+    with pytest.raises(InputError, match="synthmed did not write"):
+        module.main(["place", str(tmp_path / "runs"), "--quality", str(mine)])
+    assert sorted(p.name for p in mine.rglob("*")) == ["breastmnist-0.25", "harness-dcgan@4",
+                                                        "notes.txt"]
+    with pytest.raises(InputError, match="synthmed did not write"):
+        module.main(["export", "--data", str(shared_data), "--out", str(mine / "breastmnist-0.25"
+                     / "harness-dcgan@4"), "breastmnist-0.25:0"])
 
     rates = module.probe([tmp_path / "pack" / "breastmnist-0.25-s1.npz"], "dcgan",
                          tmp_path / "probe", steps=(2, 4))

@@ -65,6 +65,7 @@ RECIPES = {
     "dcgan": ("dcgan", GeneratorRecipe()),
     "dcgan-ada-transition": ("dcgan", GeneratorRecipe(
         diffaugment=AUGMENTS, ada_target=0.6, transition_steps=(500, 1000), ema_decay=0.999)),
+    "dcgan-ema": ("dcgan", GeneratorRecipe(ema_decay=0.999)),
     "diffusion": ("diffusion", GeneratorRecipe()),
 }
 FIDELITY = ("fid", "kid", "precision", "recall", "coverage")

@@ -33,6 +33,8 @@ BENCHMARKS = {
              ["-m", "synthmed.cli", "demo", "--out", f"{OUT}/demo-out", "--overwrite"]),
     "train_throughput": ("training throughput of the tutorial DCGAN against a plain PyTorch loop",
                          [str(HERE / "train_throughput.py")]),
+    "diffusion_grids": ("what a diffusion model's sample grids cost its training",
+                        [str(HERE / "diffusion_grids.py")]),
     "export_throughput": ("generate + export throughput and peak memory",
                           [str(HERE / "export_throughput.py")]),
     "large_inputs": ("reading a 2,000-file DICOM series and a 512x512x300 NIfTI",

@@ -25,7 +25,8 @@ from synthmed.gan.config import (
 )
 from synthmed.gan.run_config import DataConfig
 
-_TRAIN_OPTIONS = ("epochs", "batch_size", "precision", "seed", "checkpoint_every")
+_TRAIN_OPTIONS = ("epochs", "batch_size", "precision", "seed", "checkpoint_every",
+                  "preview_every")
 
 
 def _loop_options(loop: TrainConfig, epochs: str, decay: bool,
@@ -51,7 +52,9 @@ def _loop_options(loop: TrainConfig, epochs: str, decay: bool,
         config_option("--seed", type=types.SEED, config=loop, field="seed",
                       help="Seeds every random draw"),
         click.option("--checkpoint-every", type=click.IntRange(1),
-                     help="Epochs between checkpoints."))
+                     help="Epochs between checkpoints."),
+        click.option("--preview-every", type=click.IntRange(1),
+                     help="Epochs between sample grids in samples/ (default 1)."))
 
 
 #: DATA, --out, the read options and --config of a generator's training.

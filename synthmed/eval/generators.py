@@ -147,7 +147,8 @@ class SubsetGenerators:
         repeats = math.ceil(min(STEPS_PER_EPOCH, recipe.steps) * batch / len(subset))
         epochs = math.ceil(recipe.steps / (len(subset) * repeats // batch))
         train = TrainConfig(epochs=epochs, batch_size=batch, precision=recipe.precision,
-                            checkpoint_every=max(1, epochs // 10), decay_epochs=0)
+                            checkpoint_every=max(1, epochs // 10),
+                            preview_every=max(1, epochs // 10), decay_epochs=0)
         if self.family == "diffusion":
             widths = (recipe.width, 2 * recipe.width, 2 * recipe.width)
             config = RunConfig("diffusion", DiffusionConfig(widths=widths), train,

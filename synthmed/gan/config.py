@@ -162,7 +162,10 @@ class TrainConfig:
         precision: ``fp32`` or ``bf16`` (autocast; about 1.5x faster where the device has
             native bf16, :func:`resolve_precision`).
         checkpoint_every: epochs between checkpoints (and always at the end).
-        preview: images in each epoch's sample grid (fixed noise; per class when conditional).
+        preview: images in a sample grid (fixed noise; per class when conditional).
+        preview_every: epochs between sample grids (and always at the end); a diffusion
+            model's grid costs two network passes per sampling step, so sparse grids speed
+            short epochs up. Training itself is the same at any cadence.
         decay_epochs: the last epochs, over which the learning rates fall linearly to 0
             (0: constant); ``None``: the model's default, fixed when the run starts (none
             for a DCGAN, the last half for a CycleGAN, as the reference).
@@ -176,6 +179,7 @@ class TrainConfig:
     precision: str = "fp32"
     checkpoint_every: int = 5
     preview: int = 16
+    preview_every: int = 1
     decay_epochs: int | None = None
 
     def __post_init__(self) -> None:
@@ -189,6 +193,8 @@ class TrainConfig:
             (self.checkpoint_every >= 1,
              f"checkpoint_every must be at least 1, got {self.checkpoint_every}"),
             _between("preview", self.preview, 1, MAX_PREVIEW),
+            (self.preview_every >= 1,
+             f"preview_every must be at least 1, got {self.preview_every}"),
             (self.decay_epochs is None or 0 <= self.decay_epochs <= self.epochs,
              f"decay_epochs must be between 0 and the {self.epochs} epochs, "
              f"got {self.decay_epochs}"),

@@ -241,10 +241,11 @@ def _train_epoch(model: GenerativeModel, data: TrainingData, train: TrainConfig,
 def _end_epoch(model: GenerativeModel, data: TrainingData, train: TrainConfig, run_dir: Path,
                session: _Session, metrics: dict[str, float], progress: bool,
                last: bool) -> None:
-    """Step the schedules, share statistics, log the epoch with its preview and learning
-    rates (the metrics gain the preview's diversity and the privacy spent), and save a
-    checkpoint when one is due (every ``checkpoint_every`` epochs, at the end, or when
-    ``last`` because the privacy budget is spent)."""
+    """Step the schedules, share statistics, log the epoch with its learning rates and, when
+    due, its preview (the metrics gain the preview's diversity and the privacy spent), and
+    save a checkpoint when one is due: the preview every ``preview_every`` epochs and the
+    checkpoint every ``checkpoint_every``, both at the end or when ``last`` because the
+    privacy budget is spent."""
     s = session
     learning_rates = {f"lr_{name}": sch.get_last_lr()[0] for name, sch in s.schedulers.items()}
     for scheduler in s.schedulers.values():
@@ -255,9 +256,10 @@ def _end_epoch(model: GenerativeModel, data: TrainingData, train: TrainConfig, r
         metrics.update(s.private.metrics())
     s.epoch += 1
     if s.rank == 0:
-        metrics.update(_save_preview(model, data, train, run_dir, s.epoch))
+        if _due(s.epoch, train.preview_every, train.epochs, last):
+            metrics.update(_save_preview(model, data, train, run_dir, s.epoch))
         _log(run_dir, s.epoch, {**metrics, **learning_rates}, progress, train.epochs)
-    if s.epoch == train.epochs or s.epoch % train.checkpoint_every == 0 or last:
+    if _due(s.epoch, train.checkpoint_every, train.epochs, last):
         rng_states = {"order": s.order_rng.get_state(),
                       "step": distributed.gather(s.step_rng.get_state(), s.world, s.device),
                       "torch": distributed.gather(torch.get_rng_state(), s.world, s.device)}
@@ -268,6 +270,11 @@ def _end_epoch(model: GenerativeModel, data: TrainingData, train: TrainConfig, r
             _save_checkpoint(run_dir, model, s, rng_states)
         s.last_checkpoint = s.epoch
     distributed.barrier()
+
+
+def _due(epoch: int, every: int, epochs: int, last: bool) -> bool:
+    """Whether a periodic save falls on ``epoch``: every ``every`` epochs and at the end."""
+    return epoch % every == 0 or epoch == epochs or last
 
 
 # -- run directory -----------------------------------------------------------------------
@@ -398,9 +405,10 @@ def _save_loss_plot(run_dir: Path) -> None:
     figure, (losses, scores) = plt.subplots(1, 2, figsize=(10, 3.5))
     for key in (k for k in lines[0] if k.startswith("loss")):
         losses.plot(epochs, [line[key] for line in lines], label=key)
-    for key in ("d_real", "d_fake", "d_accuracy", "diversity"):
-        if key in lines[0]:
-            scores.plot(epochs, [line[key] for line in lines], label=key)
+    for key in ("d_real", "d_fake", "d_accuracy", "diversity"):  # diversity: grid epochs
+        logged = [(line["epoch"], line[key]) for line in lines if key in line]
+        if logged:
+            scores.plot(*zip(*logged, strict=True), label=key)
     for axis, title in ((losses, "losses"), (scores, "D scores, accuracy, sample diversity")):
         axis.set_xlabel("epoch")
         axis.set_title(title)

@@ -132,14 +132,31 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(phantom16, 
     assert all(torch.equal(whole[k], parts[k]) for k in whole)
 
 
+def test_sparse_sample_grids_leave_the_training_unchanged(phantom16, tmp_path):
+    train_diffusion(phantom16, tmp_path / "every", tiny_run(epochs=5), progress=False)
+    train_diffusion(phantom16, tmp_path / "sparse", tiny_run(epochs=5, preview_every=2),
+                    progress=False)
+    every = load_run(tmp_path / "every").model.state_dict()
+    sparse = load_run(tmp_path / "sparse").model.state_dict()
+    assert all(torch.equal(every[k], sparse[k]) for k in every)
+    grids = sorted(p.name for p in (tmp_path / "sparse" / "samples").iterdir())
+    assert grids == ["epoch_0002.png", "epoch_0004.png", "epoch_0005.png"]  # and the last
+    lines = [json.loads(line) for line in
+             (tmp_path / "sparse" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines if "diversity" in line] == [2, 4, 5]
+    assert len(lines) == 5 and (tmp_path / "sparse" / "losses.png").is_file()
+
+
 def test_train_diffusion_and_generate_on_the_command_line(tmp_path):
     out = tmp_path / "run"
     result = invoke("train", "diffusion", "phantom:t1,n=16,size=16", "--out", out,
                     "--conditional", "--epochs", 1, "--batch-size", 8, "--widths", "8,8",
-                    "--attention", "false,false", "--sampling-steps", 2, "--no-progress")
+                    "--attention", "false,false", "--sampling-steps", 2, "--preview-every", 3,
+                    "--no-progress")
     assert result.exit_code == 0, result.output
     assert "trained diffusion model on" in result.output
     assert read_run_config(out).model.widths == (8, 8)
+    assert read_run_config(out).train.preview_every == 3
     result = invoke("generate", out, "--n", 4, "--format", "png", "--sampling-steps", 1,
                     "--guidance", 0.5, "--out", tmp_path / "syn", "--no-progress")
     assert result.exit_code == 0, result.output

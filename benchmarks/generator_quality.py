@@ -204,16 +204,10 @@ def headline(name: str, rows: dict, args: argparse.Namespace, fraction: float) -
     family, recipe = chosen_recipe(best)
     path, read, _ = SETS[name]
     read_args = [f"--{k}={v}" for k, v in read.items()]
-    recipe_args = ["--generator-steps", str(recipe.steps)]
-    if family == "dcgan" and recipe.diffaugment:
-        recipe_args += ["--generator-diffaugment", ",".join(recipe.diffaugment),
-                        "--generator-ada-target", str(recipe.ada_target),
-                        "--generator-transition-steps",
-                        ",".join(map(str, recipe.transition_steps)),
-                        "--generator-ema", str(recipe.ema_decay)]
     out = args.out / name / f"harness-{best}"
     seconds = synthmed("evaluate", "utility", "--real", str(args.data / path), *read_args,
-                       "--train-generator", f"{family}-conditional", *recipe_args,
+                       "--train-generator", f"{family}-conditional",
+                       *harness_options(family, recipe),
                        "--fractions", str(fraction), "--seeds", str(args.seeds), "--ratios",
                        "1", "--balance", "--out", str(out), "--no-progress")
     (head,) = (part["headline"] for part in json.loads((out / "summary.json").read_text()).values())
@@ -222,6 +216,23 @@ def headline(name: str, rows: dict, args: argparse.Namespace, fraction: float) -
           f"[{head['gain_ci_low']:+.3f}, {head['gain_ci_high']:+.3f}]"
           + ("" if head.get("converged", 1) == 1 else
              f" (unconverged in {1 - head['converged']:.0%} of the seeds)"))
+
+
+def harness_options(family: str, recipe: GeneratorRecipe) -> list[str]:
+    """``evaluate utility``'s options for ``recipe``: its budget and, for a DCGAN, each
+    small-data remedy it sets."""
+    options = ["--generator-steps", str(recipe.steps)]
+    if family != "dcgan":
+        return options
+    default = GeneratorRecipe()
+    for flag, field, text in (
+            ("--generator-diffaugment", "diffaugment", ",".join),
+            ("--generator-ada-target", "ada_target", str),
+            ("--generator-transition-steps", "transition_steps", lambda v: f"{v[0]},{v[1]}"),
+            ("--generator-ema", "ema_decay", str)):
+        if getattr(recipe, field) != getattr(default, field):
+            options += [flag, text(getattr(recipe, field))]
+    return options
 
 
 if __name__ == "__main__":

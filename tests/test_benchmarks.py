@@ -99,6 +99,22 @@ def test_translation_benchmark_keeps_a_copied_subject_out_of_every_fold(tmp_path
     assert "c: left out, its volumes are byte-identical to a's" in capsys.readouterr().out
 
 
+def test_the_harness_headline_trains_every_remedy_of_the_recipe_validation_picked():
+    sys.path.insert(0, str(RUNNER.parent))
+    spec = importlib.util.spec_from_file_location("generator_quality",
+                                                  RUNNER.parent / "generator_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    family, recipe = module.chosen_recipe("dcgan-ema@4000")
+    assert module.harness_options(family, recipe) == [
+        "--generator-steps", "4000", "--generator-ema", "0.999"]
+    assert module.harness_options(*module.chosen_recipe("dcgan-ada-transition")) == [
+        "--generator-steps", "2000", "--generator-diffaugment", "color,translation,cutout",
+        "--generator-ada-target", "0.6", "--generator-transition-steps", "500,1000",
+        "--generator-ema", "0.999"]
+    assert module.harness_options(*module.chosen_recipe("diffusion@8000")) == [
+        "--generator-steps", "8000"]
+
 @pytest.mark.slow
 def test_generators_trained_elsewhere_are_measured_here_untrained(shared_data, tmp_path,
                                                                  monkeypatch):

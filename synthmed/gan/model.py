@@ -80,11 +80,17 @@ def moving_average(network: nn.Module, decay: float) -> AveragedModel:
     """An exponential moving average of ``network``'s weights and buffers, for sampling; call
     its ``update_parameters(network)`` after each step. The decay ramps up as
     ``min(decay, (1 + t) / (10 + t))`` over the ``t`` updates so far, so the untrained
-    network of the first steps fades out quickly."""
+    network of the first steps fades out quickly. Each update is one fused lerp per device
+    and dtype (a per-tensor average would wait for the device once per tensor)."""
 
-    def average(averaged: torch.Tensor, current: torch.Tensor,
-                updates: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def average(averaged: list[torch.Tensor], current: list[torch.Tensor],
+                updates: torch.Tensor) -> None:
         step_decay = min(decay, (1.0 + float(updates)) / (10.0 + float(updates)))
-        return step_decay * averaged + (1.0 - step_decay) * current
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - step_decay)
+        else:  # integer buffers (a batch norm's batch count)
+            for mine, theirs in zip(averaged, current, strict=True):
+                mine.copy_(step_decay * mine + (1.0 - step_decay) * theirs)
 
-    return AveragedModel(network, avg_fn=average, use_buffers=True)
+    return AveragedModel(network, multi_avg_fn=average, use_buffers=True)

@@ -158,14 +158,17 @@ def test_ema_is_the_average_and_is_used_for_sampling(phantom):
     snapshots = []
     for _ in range(3):
         model.train_step(batch(phantom[0]), optimizers, rng)
-        snapshots.append({n: p.detach().clone() for n, p in model.generator.named_parameters()})
+        snapshots.append({n: p.detach().clone() for n, p in model.generator.state_dict().items()
+                          if p.is_floating_point()})  # weights and batch-norm statistics
     # the first update copies; update t then uses decay min(0.5, (1 + t) / (10 + t)) (warm-up)
     expected = snapshots[0]
     for t, snapshot in enumerate(snapshots[1:], start=1):
         decay = min(0.5, (1 + t) / (10 + t))
         expected = {n: decay * expected[n] + (1 - decay) * snapshot[n] for n in expected}
-    for name, parameter in model.ema.module.named_parameters():
-        torch.testing.assert_close(parameter, expected[name])
+    averaged = model.ema.module.state_dict()
+    assert {n for n, p in averaged.items() if p.is_floating_point()} == set(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(averaged[name], value)
     ema = model.sample(4, generator=seeded(1))
     assert torch.equal(ema, model.sample(4, generator=seeded(1)))  # seeded: deterministic
     assert not torch.equal(ema, model.sample(4, generator=seeded(2)))

@@ -13,7 +13,7 @@
    (``get_ema_avg_fn``), round-robin. On a GPU a per-tensor update waits for the device
    once per tensor.
 
-    python benchmarks/diffusion_overheads.py              # about 6 minutes on 2 idle cores
+    python benchmarks/diffusion_overheads.py              # about 10 minutes on 2 idle cores
     python benchmarks/diffusion_overheads.py --epochs 2 --repeats 1 --updates 20
 """
 

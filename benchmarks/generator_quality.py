@@ -220,11 +220,16 @@ def headline(name: str, rows: dict, args: argparse.Namespace, fraction: float) -
 
 def harness_options(family: str, recipe: GeneratorRecipe) -> list[str]:
     """``evaluate utility``'s options for ``recipe``: its budget and, for a DCGAN, each
-    small-data remedy it sets."""
+    small-data remedy it sets (a recipe that changes what the harness has no option for is
+    refused rather than run as another)."""
+    default = GeneratorRecipe()
+    fixed = [f for f in ("width", "batch_size", "r1_gamma", "precision")
+             if getattr(recipe, f) != getattr(default, f)]
+    if fixed:
+        sys.exit(f"evaluate utility has no option for the recipe's {', '.join(fixed)}")
     options = ["--generator-steps", str(recipe.steps)]
     if family != "dcgan":
         return options
-    default = GeneratorRecipe()
     for flag, field, text in (
             ("--generator-diffaugment", "diffaugment", ",".join),
             ("--generator-ada-target", "ada_target", str),

@@ -114,6 +114,8 @@ def test_the_harness_headline_trains_every_remedy_of_the_recipe_validation_picke
         "--generator-ema", "0.999"]
     assert module.harness_options(*module.chosen_recipe("diffusion@8000")) == [
         "--generator-steps", "8000"]
+    with pytest.raises(SystemExit, match="no option for the recipe's width"):
+        module.harness_options("dcgan", module.GeneratorRecipe(width=64))
 
 @pytest.mark.slow
 def test_generators_trained_elsewhere_are_measured_here_untrained(shared_data, tmp_path,

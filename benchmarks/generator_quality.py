@@ -12,7 +12,9 @@ then measured:
   (two halves of the subset);
 - synthetic only: a classifier trained on as many synthetic images as the subset holds (its
   class mix), selected on the real validation split, scored on the real test split, over
-  ``--seeds`` seeds, next to the same classifier trained on the real subset;
+  ``--seeds`` seeds, next to the same classifier trained on the real subset; with
+  ``--synthetic-scales 4`` also on 4 x as many (rows ``RECIPE, 4x images``: the same
+  classifier steps, more distinct images; a generator's images cost only sampling);
 - privacy (:func:`synthmed.eval.privacy_audit.evaluate_privacy`, held-out = validation +
   test): near-copy share, closer-to-train share (0.5 is ideal) and the white-box membership
   advantage over the control.
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipes", default=",".join(RECIPES),
                         help="comma list of RECIPE or RECIPE@STEPS (another budget)")
     parser.add_argument("--seeds", type=int, default=3, help="classifier seeds per cell")
+    parser.add_argument("--synthetic-scales", default="",
+                        help="comma list of K: also train synthetic only on K x the subset")
     parser.add_argument("--headline", action="store_true",
                         help="run the utility harness with each set's best recipe")
     args = parser.parse_args(argv)
@@ -93,8 +97,12 @@ def main(argv: list[str] | None = None) -> None:
         rows["real only"] = real_only(subset, real, args.seeds)
         for recipe_name in args.recipes.split(","):
             family, recipe = chosen_recipe(recipe_name)
-            rows[recipe_name] = measure(family, recipe, subset, real,
-                                        args.out / name / recipe_name, args.seeds)
+            folder = args.out / name / recipe_name
+            rows[recipe_name] = measure(family, recipe, subset, real, folder, args.seeds)
+            for scale in (int(k) for k in args.synthetic_scales.split(",") if k):
+                rows[f"{recipe_name}, {scale}x images"] = synthetic_only_at_scale(
+                    SubsetGenerators(recipe, folder, family).train(subset), subset, real,
+                    args.seeds, scale)
             rows_file.write_text(json.dumps(rows, indent=1))
         print_table(name, len(subset), rows)
         if args.headline:
@@ -149,6 +157,17 @@ def measure(family: str, recipe: GeneratorRecipe, subset: ImageSet, real: RealDa
     }
 
 
+def synthetic_only_at_scale(run_dir: Path, subset: ImageSet, real: RealData, seeds: int,
+                            scale: int) -> dict:
+    """The synthetic-only classifier of a trained generator on ``scale`` x the subset's size
+    of its images (the subset's class mix, one sample per seed); its fidelity and privacy
+    are the recipe's row."""
+    samples = [sample_run(run_dir, like=subset, n=scale * len(subset), seed=s)
+               for s in range(seeds)]
+    return {"auroc": classifier_auroc(samples, real, seeds), "fidelity_floor": None,
+            "synthetic_scale": scale}
+
+
 def classifier_auroc(train: ImageSet | list[ImageSet], real: RealData, seeds: int) -> dict:
     """Validation and test AUROC (mean and 95 % interval over seeds) of the harness's
     classifier trained on ``train`` (one set, or one per seed)."""
@@ -199,8 +218,7 @@ def print_table(name: str, n: int, rows: dict) -> None:
 
 def headline(name: str, rows: dict, args: argparse.Namespace, fraction: float) -> None:
     """The utility harness with the recipe of the best mean validation AUROC."""
-    best = max((r for r in rows if r != "real only"),
-               key=lambda r: rows[r]["auroc"]["val"]["mean"])
+    best = best_recipe(rows)
     family, recipe = chosen_recipe(best)
     path, read, _ = SETS[name]
     read_args = [f"--{k}={v}" for k, v in read.items()]
@@ -216,6 +234,13 @@ def headline(name: str, rows: dict, args: argparse.Namespace, fraction: float) -
           f"[{head['gain_ci_low']:+.3f}, {head['gain_ci_high']:+.3f}]"
           + ("" if head.get("converged", 1) == 1 else
              f" (unconverged in {1 - head['converged']:.0%} of the seeds)"))
+
+
+def best_recipe(rows: dict) -> str:
+    """The recipe whose synthetic-only classifiers have the best mean validation AUROC, among
+    the rows of as many synthetic images as real ones (the harness's synthetic only)."""
+    return max((r for r in rows if r != "real only" and "synthetic_scale" not in rows[r]),
+               key=lambda r: rows[r]["auroc"]["val"]["mean"])
 
 
 def harness_options(family: str, recipe: GeneratorRecipe) -> list[str]:

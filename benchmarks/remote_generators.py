@@ -12,7 +12,7 @@ headline (``harness-RECIPE/generators``, every seed) look, so they measure them 
     SYNTHMED_TEST_DATA=../shared/data python benchmarks/remote_generators.py export \\
         --out pack breastmnist-0.25:0,1,2 brain-tumor-0.1:0 retinamnist-1.0:0
     python benchmarks/remote_generators.py train pack --recipe diffusion --seconds 330 \\
-        --out runs        # there; without @STEPS: the largest ladder budget that fits
+        --deadline 500 --out runs   # there; without @STEPS: the largest ladder budget that fits
     python benchmarks/remote_generators.py place runs --quality bench-quality
     python benchmarks/generator_quality.py --out bench-quality --sets brain-tumor-0.1 \\
         --recipes diffusion@20000
@@ -46,6 +46,7 @@ from synthmed.augment.readers import read_images
 from synthmed.eval.generators import SubsetGenerators
 from synthmed.eval.real_data import fraction_subset, prepare_real
 from synthmed.gan import checkpoint
+from synthmed.gan.run_config import GENERATORS, read_run_config
 from synthmed.io import resumable_output_dir
 
 #: step budgets ``train --seconds`` chooses from
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--out", type=Path, required=True, help="folder for one tar per run")
     train.add_argument("--recipe", required=True, help="RECIPE or RECIPE@STEPS")
     train.add_argument("--seconds", type=float, help="without @STEPS: the time to fill")
+    train.add_argument("--deadline", type=float, help="seconds after which runs still "
+                       "training stop (the finished ones are packed; exit status 1)")
     place = commands.add_parser("place", help="here: the runs where the benchmark looks")
     place.add_argument("runs", type=Path)
     place.add_argument("--quality", type=Path, required=True, help="generator_quality's --out")
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "export":
         export_subsets(args.data, args.subsets, args.out)
     elif args.command == "train":
-        train_all(sorted(args.pack.glob("*.npz")), args.recipe, args.seconds, args.out)
+        train_all(sorted(args.pack.glob("*.npz")), args.recipe, args.seconds, args.out,
+                  args.deadline)
     elif args.command == "place":
         place_runs(args.runs, args.quality)
     elif args.probe:
@@ -129,16 +133,35 @@ def train_one(subset_path: Path, recipe_name: str, folder: Path) -> None:
     (folder / "train_seconds.json").write_text(json.dumps(time.perf_counter() - started))
 
 
-def train_all(subsets: list[Path], recipe: str, seconds: float | None, out: Path) -> None:
+def train_all(subsets: list[Path], recipe: str, seconds: float | None, out: Path,
+              deadline: float | None = None) -> None:
     """Every subset's generator at once (a process each), packed into ``OUT/SET-sSEED.tar``
-    (``OUT``: empty, new or this script's own)."""
+    (``OUT``: empty, new or this script's own). Runs still training ``deadline`` seconds after
+    the start are stopped and reported with the epochs they reached; the others are packed."""
+    stop_at = None if deadline is None else time.monotonic() + deadline
     with (resumable_output_dir(out, subsets, "remote-generators runs"),
           tempfile.TemporaryDirectory(prefix="remote-generators-") as work):
         recipe = chosen_budget(subsets, recipe, seconds, Path(work) / "probe")
         runs = Path(work) / "runs"
-        run_workers([["worker", str(path), recipe, str(runs / path.stem)] for path in subsets])
-        for path in subsets:
-            pack_run(runs / path.stem, recipe, out / f"{path.stem}.tar")
+        finished = run_workers([["worker", str(path), recipe, str(runs / path.stem)]
+                                for path in subsets], stop_at)
+        for path, done in zip(subsets, finished, strict=True):
+            if done:
+                pack_run(runs / path.stem, recipe, out / f"{path.stem}.tar")
+            else:
+                print(f"{path.stem}: stopped at the deadline, {reached(runs / path.stem)}",
+                      flush=True)
+    if not all(finished):
+        sys.exit(f"{finished.count(False)} run(s) stopped at the deadline")
+
+
+def reached(folder: Path) -> str:
+    """How far the run in ``folder`` got: ``epoch E of N`` (its logged epochs)."""
+    runs = [d for d in folder.glob("*") if (d / checkpoint.METRICS).is_file()]
+    if not runs:
+        return "before its first epoch"
+    epochs = len((runs[0] / checkpoint.METRICS).read_text().splitlines())
+    return f"epoch {epochs} of {read_run_config(runs[0], kind=GENERATORS).train.epochs}"
 
 
 def chosen_budget(subsets: list[Path], recipe: str, seconds: float | None,
@@ -178,14 +201,26 @@ def probe_one(subset_path: Path, recipe: str, folder: Path, warm_up: int, timed:
     (folder / "steps_per_second.json").write_text(json.dumps(rate))
 
 
-def run_workers(commands: list[list[str]]) -> None:
-    """Run this script once per command at the same time; stop at the first failure."""
+def run_workers(commands: list[list[str]], stop_at: float | None = None) -> list[bool]:
+    """Run this script once per command at the same time; stop at the first failure. Those
+    still running at ``stop_at`` (a ``time.monotonic()`` value) are stopped: which finished."""
     procs = [subprocess.Popen([sys.executable, __file__, *command]) for command in commands]
+    finished = []
     for command, proc in zip(commands, procs, strict=True):
-        if proc.wait() != 0:
+        left = None if stop_at is None else max(0.0, stop_at - time.monotonic())
+        try:
+            code = proc.wait(timeout=left)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            finished.append(False)
+            continue
+        if code != 0:
             for other in procs:
                 other.kill()
-            sys.exit(f"{command[1]}: training failed (exit {proc.returncode})")
+            sys.exit(f"{command[1]}: training failed (exit {code})")
+        finished.append(True)
+    return finished
 
 
 def pack_run(folder: Path, recipe: str, tar_path: Path) -> None:

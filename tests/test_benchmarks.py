@@ -116,6 +116,10 @@ def test_the_harness_headline_trains_every_remedy_of_the_recipe_validation_picke
         "--generator-steps", "8000"]
     with pytest.raises(SystemExit, match="no option for the recipe's width"):
         module.harness_options("dcgan", module.GeneratorRecipe(width=64))
+    val = {"auroc": {"val": {"mean": 0.8}}}
+    rows = {"real only": {"auroc": {"val": {"mean": 0.9}}}, "dcgan": val,
+            "dcgan, 4x images": {**val, "auroc": {"val": {"mean": 0.85}}, "synthetic_scale": 4}}
+    assert module.best_recipe(rows) == "dcgan"  # the harness trains on 1x: so does its choice
 
 @pytest.mark.slow
 def test_generators_trained_elsewhere_are_measured_here_untrained(shared_data, tmp_path,
@@ -171,6 +175,20 @@ def test_generators_trained_elsewhere_are_measured_here_untrained(shared_data, t
                          tmp_path / "probe", steps=(2, 4))
     assert len(rates) == 1 and rates[0] > 0
     assert module.budget_steps(10.0, 900) == 8000 and module.budget_steps(0.1, 900) == 2000
+
+    # a deadline stops what is still training and packs nothing of it
+    with pytest.raises(SystemExit, match="2 run"):
+        module.main(["train", str(tmp_path / "pack"), "--recipe", "dcgan@4000", "--out",
+                     str(tmp_path / "late"), "--deadline", "0"])
+    assert not list((tmp_path / "late").glob("*.tar"))
+    assert module.reached(benchmark) == "epoch 1 of 1"
+
+    quality = sys.modules["generator_quality"]  # synthetic only on 2 x the subset's size
+    monkeypatch.setattr(quality, "classifier_auroc",
+                        lambda sets, real, seeds: [len(s) for s in sets])
+    row = quality.synthetic_only_at_scale(run, subsets[0], None, seeds=2, scale=2)
+    assert row["auroc"] == [2 * len(subsets[0])] * 2 and row["synthetic_scale"] == 2
+    assert module.reached(tmp_path / "late") == "before its first epoch"
 
     exported = dict(np.load(tmp_path / "pack" / "breastmnist-0.25-s1.npz"))
     exported["images"][0] += 0.5

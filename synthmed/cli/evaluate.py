@@ -78,7 +78,8 @@ def _shard(text: str) -> tuple[int, int]:
 @config_option("--seeds", type=click.IntRange(1), config=UtilityConfig, field="seeds",
                override=False)
 @config_option("--ratios", config=UtilityConfig, field="ratios", override=False,
-               help="Synthetic images per real image in the mixed regimes.")
+               help="Synthetic images per real image in the mixed regimes (and, other than "
+                    "1, in synthetic only).")
 @click.option("--balance", is_flag=True, help="Add regimes that fill the minority classes.")
 @config_option("--best-of", type=click.IntRange(1), config=UtilityConfig, field="best_of",
                override=False,

@@ -51,7 +51,8 @@ def make_regimes(ratios: tuple[float, ...], balance: bool, pool: bool = False
                  ) -> list[Regime]:
     """The regimes of the grid, baselines first (with an unlabelled ``pool``, its pseudo-
     labelled real images too); per mix of synthetic images: mixed in plainly, with classic
-    augmentation, with their loss down-weighted, and bridged (synthetic first)."""
+    augmentation, with their loss down-weighted, and bridged (synthetic first); synthetic
+    images alone, as many as real ones and at each other ratio."""
     mixes: list[float | str] = [*ratios, *(["balance"] if balance else [])]
     largest = 1.0 + max(ratios, default=1.0)
     regimes = [Regime("real"), Regime("real+classic", classic=True),
@@ -71,4 +72,6 @@ def make_regimes(ratios: tuple[float, ...], balance: bool, pool: bool = False
                    bridged=True),
         ]
     regimes.append(Regime("synthetic only", real=False, synthetic=1.0))
+    regimes += [Regime(f"synthetic only x{ratio:g}", real=False, synthetic=ratio)
+                for ratio in ratios if ratio != 1.0]
     return regimes

@@ -14,7 +14,8 @@ The same classifier, hyper-parameters and number of optimiser steps are used in 
   by :data:`SYNTHETIC_WEIGHT`, so the real images dominate once synthetic ones outnumber them;
 - ``synthetic, then real+classic xR``: bridged transfer (Li et al. 2024), half the steps on
   the synthetic images alone, then the other half on the real ones;
-- ``synthetic only``: as many synthetic images as real ones, tested on real images.
+- ``synthetic only``: as many synthetic images as real ones, tested on real images;
+- ``synthetic only xR``: ``R`` x as many, for each other ratio of ``--ratios``.
 
 Grid: fractions (stratified subsets of the real training split, drawn per seed) x seeds x
 regimes. All regimes of one (fraction, seed) share its real subset and synthetic images, so
@@ -79,7 +80,8 @@ class UtilityConfig:
         fractions: shares of the real training split, each in (0, 1].
         seeds: repeats of every (fraction, regime); seed ``s`` draws the subset, the
             synthetic images and the classifier's initialisation and batch order.
-        ratios: synthetic images per real image in the mixed regimes.
+        ratios: synthetic images per real image in the mixed regimes (and, other than 1,
+            in synthetic only).
         balance: add the regimes where synthetic images fill the minority classes.
         best_of: draw this many candidates per synthetic image and keep the one that a
             classifier trained on the fraction's real images (the ``real`` regime's model)

@@ -71,6 +71,9 @@ def test_regimes_include_the_controls_and_every_mix():
     assert {"real+synthetic x0.5", "real+classic+synthetic x2", "real+synthetic balance",
             "real+classic+synthetic balance (loss x0.5)", "synthetic, then real+classic x2",
             "synthetic only"} <= set(names)
+    alone = [r for r in make_regimes((0.5, 1.0, 2.0), balance=True) if not r.real]
+    assert [(r.name, r.synthetic) for r in alone] == [
+        ("synthetic only", 1.0), ("synthetic only x0.5", 0.5), ("synthetic only x2", 2.0)]
     repeated = make_regimes((0.5, 2.0), balance=False)[3]
     assert repeated.repeat_to == 3.0 and repeated.classic and not repeated.uses_synthetic
 

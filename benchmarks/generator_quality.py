@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipes", default=",".join(RECIPES),
                         help="comma list of RECIPE or RECIPE@STEPS (another budget)")
     parser.add_argument("--seeds", type=int, default=3, help="classifier seeds per cell")
-    parser.add_argument("--synthetic-scales", default="",
+    parser.add_argument("--synthetic-scales", default=[], type=scales,
                         help="comma list of K: also train synthetic only on K x the subset")
     parser.add_argument("--headline", action="store_true",
                         help="run the utility harness with each set's best recipe")
@@ -99,14 +99,22 @@ def main(argv: list[str] | None = None) -> None:
             family, recipe = chosen_recipe(recipe_name)
             folder = args.out / name / recipe_name
             rows[recipe_name] = measure(family, recipe, subset, real, folder, args.seeds)
-            for scale in (int(k) for k in args.synthetic_scales.split(",") if k):
+            run_dir = SubsetGenerators(recipe, folder, family).train(subset)  # measure's, cached
+            for scale in args.synthetic_scales:
                 rows[f"{recipe_name}, {scale}x images"] = synthetic_only_at_scale(
-                    SubsetGenerators(recipe, folder, family).train(subset), subset, real,
-                    args.seeds, scale)
+                    run_dir, subset, real, args.seeds, scale)
             rows_file.write_text(json.dumps(rows, indent=1))
         print_table(name, len(subset), rows)
         if args.headline:
             headline(name, rows, args, fraction)
+
+
+def scales(text: str) -> list[int]:
+    """``--synthetic-scales``: ``K[,K...]``, each a whole number of at least 2."""
+    values = [int(k) for k in text.split(",")]
+    if min(values) < 2:
+        raise ValueError(text)
+    return values
 
 
 def chosen_recipe(name: str) -> tuple[str, GeneratorRecipe]:

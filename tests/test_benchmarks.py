@@ -120,6 +120,10 @@ def test_the_harness_headline_trains_every_remedy_of_the_recipe_validation_picke
     rows = {"real only": {"auroc": {"val": {"mean": 0.9}}}, "dcgan": val,
             "dcgan, 4x images": {**val, "auroc": {"val": {"mean": 0.85}}, "synthetic_scale": 4}}
     assert module.best_recipe(rows) == "dcgan"  # the harness trains on 1x: so does its choice
+    assert module.scales("4,10") == [4, 10]
+    with pytest.raises(ValueError):
+        module.scales("1")  # that is the recipe's own row
+
 
 @pytest.mark.slow
 def test_generators_trained_elsewhere_are_measured_here_untrained(shared_data, tmp_path,

@@ -29,7 +29,12 @@ The default recipe trains on random 112 px crops of the native 240 px slices (th
 lost to resizing), ngf = ndf = 32, resize upsampling, the inverted intensity prior without an
 identity loss, intensity augmentation of the generators' inputs, ResNet generators
 (``--generator unet``: pix2pix's U-Net), bf16 where the CPU has it
-natively (``--precision auto``), 12 epochs, the last half decaying.
+natively (``--precision auto``), 12 epochs, the last half decaying. The paired recipe the
+README recommends, a regression U-Net on whole slices (``--paired-loss``, ``--lambda-gan``
+reach the paired modes only):
+
+    python benchmarks/cyclegan_t1t2.py --out b --skip-steps --modes paired --generator unet \
+        --width 16 --crop 0 --epochs 8 --intensity-prior none --lambda-gan 0
 """
 
 from __future__ import annotations
@@ -90,6 +95,9 @@ def main() -> None:
     parser.add_argument("--upsample", default="resize", help="or convtranspose")
     parser.add_argument("--generator", default="resnet",
                         help="resnet or unet (pix2pix's); give each its own --out")
+    parser.add_argument("--paired-loss", default="l1", help="paired modes: l1 or mse")
+    parser.add_argument("--lambda-gan", default="1",
+                        help="adversarial weight (0, paired modes: a regression translator)")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--modes", default="unpaired,unpaired-2.5d,paired,paired-2.5d",
                         help="comma list of unpaired, paired, unpaired-2.5d, paired-2.5d")
@@ -195,7 +203,8 @@ def fold(args: argparse.Namespace, mode: str, volumes: dict[str, Path], kept_out
         return json.loads(record_path.read_text())
     run, record = out / "run", {}
     pattern = str(args.data / "brain-t1t2*" / "*" / "{}.nii.gz")
-    mode_options = [*(["--paired"] if mode.startswith("paired") else []),
+    paired = ["--paired", "--paired-loss", args.paired_loss, "--lambda-gan", args.lambda_gan]
+    mode_options = [*(paired if mode.startswith("paired") else []),
                     "--context", str(args.context if mode.endswith("2.5d") else 0),
                     "--intensity-augment" if args.intensity_augment else "--no-intensity-augment",
                     "--spatial-augment" if args.spatial_augment else "--no-spatial-augment"]

@@ -15,6 +15,7 @@ import click
 from synthmed.cli import types
 from synthmed.cli.base import Group, comma_names, config_option, read_options, stacked
 from synthmed.gan.config import (
+    PAIRED_LOSSES,
     TRANSLATOR_GENERATORS,
     CycleGANConfig,
     DCGANConfig,
@@ -280,7 +281,15 @@ def _flags(text: str, option: str) -> tuple[bool, ...]:
                     "one grid; L1 to the subject's own slice and a conditional PatchGAN; no "
                     "cycle), refused when the data are not paired")
 @config_option("--lambda-l1", type=types.NON_NEGATIVE, config=CycleGANConfig, field="lambda_l1",
-               help="Paired L1 weight")
+               help="Paired pixel-loss weight")
+@config_option("--paired-loss", type=click.Choice(PAIRED_LOSSES), config=CycleGANConfig,
+               field="paired_loss",
+               help="Paired pixel loss: l1 (pix2pix) or mse (the conditional mean, the "
+                    "highest PSNR)")
+@config_option("--lambda-gan", type=types.NON_NEGATIVE, config=CycleGANConfig,
+               field="lambda_gan",
+               help="Adversarial weight; 0 (paired only): a supervised regression translator "
+                    "without discriminators")
 @config_option("--context", type=click.IntRange(0), config=CycleGANConfig, field="context",
                help="2.5D: neighbouring slices on each side given with each slice (the "
                     "translator makes the centre one)")

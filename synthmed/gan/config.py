@@ -256,6 +256,7 @@ def _betas(betas: tuple[float, ...]) -> tuple[bool, str]:
 
 INTENSITY_PRIORS = ("none", "matching", "inverted")
 TRANSLATOR_GENERATORS = ("resnet", "unet")
+PAIRED_LOSSES = ("l1", "mse")
 
 
 @dataclass(frozen=True)
@@ -305,7 +306,12 @@ class CycleGANConfig:
             each generator learns its direction from the subject's own slice in the other
             contrast (L1, ``lambda_l1``) and a conditional PatchGAN that judges (input,
             output) stacks; no cycle, identity or pool. Both directions are trained.
-        lambda_l1: weight of the paired L1 loss (pix2pix: 100).
+        lambda_l1: weight of the paired pixel loss (pix2pix: 100; named for its L1).
+        paired_loss: the paired pixel loss, ``l1`` (pix2pix; the conditional median) or
+            ``mse`` (the conditional mean).
+        lambda_gan: weight of each generator's adversarial term (1: the references). Paired,
+            0 trains a regression translator without discriminators: smoother images, closer
+            to the truth on subjects it has not seen (README).
         context: neighbouring slices on each side given to the generators with each slice
             (2.5D): they take and make ``2 * context + 1`` slices as channels, and
             translation keeps the centre one. 0: single slices.
@@ -341,6 +347,8 @@ class CycleGANConfig:
     init_gain: float = 0.02
     paired: bool = False
     lambda_l1: float = 100.0
+    paired_loss: str = "l1"
+    lambda_gan: float = 1.0
     context: int = 0
     intensity_augment: bool = False
     spatial_augment: bool = False
@@ -384,6 +392,11 @@ class CycleGANConfig:
              f"got {self.crop}"),
             (self.init_gain > 0.0, f"init_gain must be positive, got {self.init_gain}"),
             (self.lambda_l1 >= 0.0, f"lambda_l1 must not be negative, got {self.lambda_l1}"),
+            (self.paired_loss in PAIRED_LOSSES,
+             f"paired_loss must be one of {', '.join(PAIRED_LOSSES)}, got {self.paired_loss!r}"),
+            (self.lambda_gan >= 0.0, f"lambda_gan must not be negative, got {self.lambda_gan}"),
+            (self.lambda_gan > 0.0 or self.paired, "lambda_gan 0 needs paired training: a "
+             "CycleGAN learns its target domain only from its discriminators"),
             _between("context", self.context, 0, MAX_CONTEXT),
         ]
         require(checks)

@@ -100,14 +100,17 @@ class CycleGAN(GenerativeModel):
             self.generator_ba.prior.set_tables(quantiles_b, quantiles_a)
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """One Adam for both generators and one for both discriminators (as the reference)."""
+        """One Adam for both generators and one for both discriminators (as the reference);
+        with ``lambda_gan`` 0 only the generators' (the discriminators never train)."""
         c = self.config
         generators = itertools.chain(self.generator_ab.parameters(),
                                      self.generator_ba.parameters())
-        discriminators = itertools.chain(self.discriminator_a.parameters(),
-                                         self.discriminator_b.parameters())
-        return {"generator": torch.optim.Adam(generators, c.lr, c.betas),
-                "discriminator": torch.optim.Adam(discriminators, c.lr, c.betas)}
+        optimizers = {"generator": torch.optim.Adam(generators, c.lr, c.betas)}
+        if c.lambda_gan > 0:
+            discriminators = itertools.chain(self.discriminator_a.parameters(),
+                                             self.discriminator_b.parameters())
+            optimizers["discriminator"] = torch.optim.Adam(discriminators, c.lr, c.betas)
+        return optimizers
 
     def train_step(
         self,
@@ -116,7 +119,7 @@ class CycleGAN(GenerativeModel):
         rng: torch.Generator,
         autocast: contextlib.AbstractContextManager | None = None,
     ) -> dict[str, float]:
-        """One generator update, then one discriminator update.
+        """One generator update, then one discriminator update (none with ``lambda_gan`` 0).
 
         ``batch`` = (a, b) or (a, b, input_a, input_b), each ``(B, S, h, w)`` in [-1, 1]
         (``S`` = ``config.stack_channels``; h and w multiples of 4): the images of each
@@ -125,10 +128,11 @@ class CycleGAN(GenerativeModel):
         the images themselves). Targets, cycles and the discriminators' real images are
         always the un-augmented ones.
 
-        Returns the weighted losses (``loss_g`` is their sum: ``loss_gan_*`` and, unpaired,
-        ``loss_cycle_*``, ``loss_structure_*``, ``loss_idt_*`` (0.0 when their weight is 0),
-        paired ``loss_l1_*``), each discriminator's loss and the discriminators' mean scores
-        on real images and on the (pooled) fakes.
+        Returns the weighted losses (``loss_g`` is their sum: ``loss_gan_*`` unless
+        ``lambda_gan`` is 0, unpaired ``loss_cycle_*``, ``loss_structure_*``, ``loss_idt_*``
+        (0.0 when their weight is 0), paired ``loss_l1_*`` or ``loss_mse_*``) and, with a
+        discriminator step, each discriminator's loss and the discriminators' mean scores on
+        real images and on the (pooled) fakes.
         """
         autocast = autocast or contextlib.nullcontext()
         real_a, real_b, *inputs = batch
@@ -149,9 +153,22 @@ class CycleGAN(GenerativeModel):
         optimizers["generator"].step()
         for parameter in itertools.chain(*(d.parameters() for d in discriminators)):
             parameter.requires_grad_(True)
+        stats = {"loss_g": loss_g.item(), **{name: value.item() for name, value in losses.items()}}
+        if self.config.lambda_gan == 0:
+            return stats
+        return {**stats, **self._discriminator_step(real_a, real_b, input_a, input_b,
+                                                    fake_a.detach(), fake_b.detach(),
+                                                    optimizers, rng, autocast)}
 
-        shown_a = self.pool_a.query(fake_a.detach(), rng)
-        shown_b = self.pool_b.query(fake_b.detach(), rng)
+    def _discriminator_step(self, real_a: torch.Tensor, real_b: torch.Tensor,
+                            input_a: torch.Tensor, input_b: torch.Tensor, fake_a: torch.Tensor,
+                            fake_b: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer],
+                            rng: torch.Generator,
+                            autocast: contextlib.AbstractContextManager) -> dict[str, float]:
+        """One update of both discriminators on real images against the pooled fakes, all
+        ``(B, S, h, w)``; returns their losses and mean scores."""
+        shown_a = self.pool_a.query(fake_a, rng)
+        shown_b = self.pool_b.query(fake_b, rng)
         with autocast:
             d_real_a = self._judge(self.discriminator_a, real_a, input_b)
             d_fake_a = self._judge(self.discriminator_a, shown_a, input_b)
@@ -162,10 +179,7 @@ class CycleGAN(GenerativeModel):
         optimizers["discriminator"].zero_grad(set_to_none=True)
         (loss_d_a + loss_d_b).backward()
         optimizers["discriminator"].step()
-
         return {
-            "loss_g": loss_g.item(),
-            **{name: value.item() for name, value in losses.items()},
             "loss_d_a": loss_d_a.item(),
             "loss_d_b": loss_d_b.item(),
             "d_real": 0.5 * (d_real_a.float().mean() + d_real_b.float().mean()).item(),
@@ -188,8 +202,8 @@ class CycleGAN(GenerativeModel):
         identity_weight = c.lambda_cycle * c.lambda_identity
         rec_a, rec_b = self.generator_ba(fake_b), self.generator_ab(fake_a)
         losses = {
-            "loss_gan_ab": _mse(self.discriminator_b(fake_b), 1.0),
-            "loss_gan_ba": _mse(self.discriminator_a(fake_a), 1.0),
+            "loss_gan_ab": _mse(self.discriminator_b(fake_b), 1.0) * c.lambda_gan,
+            "loss_gan_ba": _mse(self.discriminator_a(fake_a), 1.0) * c.lambda_gan,
             "loss_cycle_a": F.l1_loss(rec_a.float(), real_a.float()) * c.lambda_cycle,
             "loss_cycle_b": F.l1_loss(rec_b.float(), real_b.float()) * c.lambda_cycle,
             "loss_structure_ab": self._structure_loss(fake_b, input_a),
@@ -206,15 +220,21 @@ class CycleGAN(GenerativeModel):
     def _paired_losses(self, real_a: torch.Tensor, real_b: torch.Tensor, input_a: torch.Tensor,
                        input_b: torch.Tensor, fake_a: torch.Tensor, fake_b: torch.Tensor
                        ) -> dict[str, torch.Tensor]:
-        """pix2pix's generator losses per direction: the conditional GAN term and L1 to the
-        subject's own slice in the target contrast."""
-        weight = self.config.lambda_l1
-        return {
-            "loss_gan_ab": _mse(self._judge(self.discriminator_b, fake_b, input_a), 1.0),
-            "loss_gan_ba": _mse(self._judge(self.discriminator_a, fake_a, input_b), 1.0),
-            "loss_l1_ab": F.l1_loss(fake_b.float(), real_b.float()) * weight,
-            "loss_l1_ba": F.l1_loss(fake_a.float(), real_a.float()) * weight,
+        """pix2pix's generator losses per direction: the conditional GAN term (none with
+        ``lambda_gan`` 0) and the pixel loss (``paired_loss``) to the subject's own slice in
+        the target contrast."""
+        c = self.config
+        pixel = F.l1_loss if c.paired_loss == "l1" else F.mse_loss
+        losses = {
+            f"loss_{c.paired_loss}_ab": pixel(fake_b.float(), real_b.float()) * c.lambda_l1,
+            f"loss_{c.paired_loss}_ba": pixel(fake_a.float(), real_a.float()) * c.lambda_l1,
         }
+        if c.lambda_gan > 0:
+            losses["loss_gan_ab"] = _mse(self._judge(self.discriminator_b, fake_b, input_a),
+                                         1.0) * c.lambda_gan
+            losses["loss_gan_ba"] = _mse(self._judge(self.discriminator_a, fake_a, input_b),
+                                         1.0) * c.lambda_gan
+        return losses
 
     def _structure_loss(self, output: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """``lambda_structure`` x (1 - mean squared local NCC of ``output`` and ``source``),

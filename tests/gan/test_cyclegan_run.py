@@ -233,12 +233,15 @@ def test_resume_holds_out_the_same_subjects_without_their_names(trained, volumes
     assert "held out: s2" in result.output
 
 
-@pytest.mark.parametrize("paired", [False, True], ids=["unpaired", "paired-2.5d-augmented"])
-def test_cyclegan_resume_after_a_kill_repeats_an_uninterrupted_run(volumes, tmp_path, paired):
+@pytest.mark.parametrize("paired, lambda_gan", [(False, 1.0), (True, 1.0), (True, 0.0)],
+                         ids=["unpaired", "paired-2.5d-augmented", "paired-regression"])
+def test_cyclegan_resume_after_a_kill_repeats_an_uninterrupted_run(volumes, tmp_path, paired,
+                                                                    lambda_gan):
     a = read_images(f"{volumes}/s0/t1.nii.gz")
     b = read_images(f"{volumes}/{'s0' if paired else 's1'}/t2.nii.gz")
     model_config = CycleGANConfig(ngf=4, ndf=4, n_blocks=1, pool_size=3, crop=24, paired=paired,
-                                  context=int(paired), intensity_augment=paired)
+                                  context=int(paired), intensity_augment=paired,
+                                  lambda_gan=lambda_gan)
     train_config = TrainConfig(epochs=3, batch_size=2, checkpoint_every=1, seed=3, preview=8,
                                decay_epochs=2)
     config = RunConfig("cyclegan", model_config, train_config)

@@ -215,6 +215,29 @@ def test_paired_model_learns_the_pair_with_l1_and_a_conditional_discriminator(ge
     assert torch.equal(rows[2], b[:2, 1:2]) and torch.equal(rows[0], a[:2, 1:2])
 
 
+def test_paired_regression_trains_the_generators_alone_on_the_squared_error():
+    torch.manual_seed(0)
+    config = CycleGANConfig(ngf=4, ndf=4, d_layers=2, crop=16, paired=True, generator="unet",
+                            paired_loss="mse", lambda_gan=0.0)
+    model = CycleGAN(config)
+    a = torch.from_numpy(subject_images(4, "s").images)
+    b = torch.where(a > -1, -a, a)
+    optimizers = model.make_optimizers()
+    assert set(optimizers) == {"generator"}
+    discriminator = [p.clone() for p in model.discriminator_b.parameters()]
+    expected = 100 * torch.nn.functional.mse_loss(model.generator_ab(a), b).item()
+    first = model.train_step((a, b), optimizers, torch.Generator().manual_seed(0))
+    assert set(first) == {"loss_g", "loss_mse_ab", "loss_mse_ba"}  # no GAN term, no D step
+    assert first["loss_mse_ab"] == pytest.approx(expected, rel=1e-4)
+    assert first["loss_g"] == pytest.approx(first["loss_mse_ab"] + first["loss_mse_ba"])
+    after = list(model.discriminator_b.parameters())
+    assert all(torch.equal(p, q) for p, q in zip(discriminator, after, strict=True))
+    with pytest.raises(InputError, match="lambda_gan 0 needs paired training"):
+        CycleGANConfig(lambda_gan=0.0)
+    with pytest.raises(InputError, match="paired_loss must be one of l1, mse"):
+        CycleGANConfig(paired=True, paired_loss="l2")
+
+
 # -- the command line ------------------------------------------------------------------------
 
 
@@ -270,3 +293,21 @@ def test_paired_training_refuses_unpaired_data_and_leaves_nothing(volumes, tmp_p
     one_line_error(result, "phantom-s0000 has images in domain A only (the other domain has "
                    "t2)", "--paired")
     assert not run.exists()
+
+
+def test_train_regression_translator_from_the_command_line(volumes, tmp_path):
+    run = tmp_path / "regression"
+    result = invoke("train", "cyclegan", "--domain-a", f"{volumes}/*/t1.nii.gz",
+                    "--domain-b", f"{volumes}/*/t2.nii.gz", "--out", run, "--epochs", "1",
+                    "--crop", "0", "--paired", "--paired-loss", "mse", "--lambda-gan", "0",
+                    "--generator", "unet", *TINY)
+    assert result.exit_code == 0, result.output
+    config = load_run(run).model.config
+    assert (config.paired_loss, config.lambda_gan, config.crop) == ("mse", 0.0, 0)
+    metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "loss_mse_ab" in metrics and "d_real" not in metrics
+    refused = invoke("train", "cyclegan", "--domain-a", f"{volumes}/*/t1.nii.gz",
+                     "--domain-b", f"{volumes}/*/t2.nii.gz", "--out", tmp_path / "no",
+                     "--epochs", "1", "--lambda-gan", "0", *TINY)
+    one_line_error(refused, "lambda_gan 0 needs paired training")
+    assert not (tmp_path / "no").exists()

@@ -284,8 +284,8 @@ def _flags(text: str, option: str) -> tuple[bool, ...]:
                help="Paired pixel-loss weight")
 @config_option("--paired-loss", type=click.Choice(PAIRED_LOSSES), config=CycleGANConfig,
                field="paired_loss",
-               help="Paired pixel loss: l1 (pix2pix) or mse (the conditional mean, the "
-                    "highest PSNR)")
+               help="Paired pixel loss: l1 (pix2pix; the conditional median) or mse (the "
+                    "conditional mean)")
 @config_option("--lambda-gan", type=types.NON_NEGATIVE, config=CycleGANConfig,
                field="lambda_gan",
                help="Adversarial weight; 0 (paired only): a supervised regression translator "

@@ -97,9 +97,10 @@ def main(argv: list[str] | None = None) -> None:
         rows["real only"] = real_only(subset, real, args.seeds)
         for recipe_name in args.recipes.split(","):
             family, recipe = chosen_recipe(recipe_name)
-            folder = args.out / name / recipe_name
-            rows[recipe_name] = measure(family, recipe, subset, real, folder, args.seeds)
-            run_dir = SubsetGenerators(recipe, folder, family).train(subset)  # measure's, cached
+            run_dir, train_seconds = trained_run(family, recipe, subset,
+                                                 args.out / name / recipe_name)
+            rows[recipe_name] = measure(family, recipe, run_dir, train_seconds, subset, real,
+                                        args.seeds)
             for scale in args.synthetic_scales:
                 rows[f"{recipe_name}, {scale}x images"] = synthetic_only_at_scale(
                     run_dir, subset, real, args.seeds, scale)
@@ -129,16 +130,22 @@ def real_only(subset: ImageSet, real: RealData, seeds: int) -> dict:
     return {"auroc": classifier_auroc(subset, real, seeds), "fidelity_floor": None}
 
 
-def measure(family: str, recipe: GeneratorRecipe, subset: ImageSet, real: RealData,
-            folder: Path, seeds: int) -> dict:
-    """One recipe's generator on ``subset``: its times, fidelity, synthetic-only AUROC and
-    privacy numbers."""
-    generators = SubsetGenerators(recipe, folder, family)
+def trained_run(family: str, recipe: GeneratorRecipe, subset: ImageSet,
+                folder: Path) -> tuple[Path, float]:
+    """One recipe's generator on ``subset`` (trained now, or found in ``folder``) and the
+    seconds its training took (a rerun keeps the first call's time)."""
     timing = folder / "train_seconds.json"
     started = time.perf_counter()
-    run_dir = generators.train(subset)
-    if not timing.is_file():  # the first call trained it; a rerun keeps that time
+    run_dir = SubsetGenerators(recipe, folder, family).train(subset)
+    if not timing.is_file():
         timing.write_text(json.dumps(time.perf_counter() - started))
+    return run_dir, json.loads(timing.read_text())
+
+
+def measure(family: str, recipe: GeneratorRecipe, run_dir: Path, train_seconds: float,
+            subset: ImageSet, real: RealData, seeds: int) -> dict:
+    """A recipe's trained generator (``run_dir``) on ``subset``: its times, fidelity,
+    synthetic-only AUROC and privacy numbers."""
     started = time.perf_counter()
     synthetic = sample_run(run_dir, like=subset, n=len(subset), seed=0)
     sample_seconds = time.perf_counter() - started
@@ -153,7 +160,7 @@ def measure(family: str, recipe: GeneratorRecipe, subset: ImageSet, real: RealDa
                              for s in range(1, seeds)]
     return {
         "recipe": {"family": family, **asdict(recipe)},
-        "train_seconds": json.loads(timing.read_text()),
+        "train_seconds": train_seconds,
         "sample_seconds": sample_seconds,
         "fidelity": {k: fidelity.overall[k] for k in FIDELITY},
         "fidelity_floor": {k: fidelity.floor[k] for k in FIDELITY},

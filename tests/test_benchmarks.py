@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -152,8 +153,10 @@ def test_generators_trained_elsewhere_are_measured_here_untrained(shared_data, t
                for s in (0, 1)]
     benchmark = tmp_path / "q" / "breastmnist-0.25" / "dcgan@4"
     harness = tmp_path / "q" / "breastmnist-0.25" / "harness-dcgan@4"
-    run = generators.SubsetGenerators(recipe, benchmark, family).train(subsets[0])
-    assert (benchmark / "train_seconds.json").is_file()
+    placed_seconds = json.loads((benchmark / "train_seconds.json").read_text())
+    quality = sys.modules["generator_quality"]
+    run, train_seconds = quality.trained_run(family, recipe, subsets[0], benchmark)
+    assert train_seconds == placed_seconds  # found, not trained again: the remote time stays
     assert generators.sample_run(run, like=subsets[0], n=3).images.shape == (3, 1, 28, 28)
     harness_runs = [generators.SubsetGenerators(recipe, harness / "generators", family)
                     .train(subset) for subset in subsets]
@@ -187,7 +190,7 @@ def test_generators_trained_elsewhere_are_measured_here_untrained(shared_data, t
     assert not list((tmp_path / "late").glob("*.tar"))
     assert module.reached(benchmark) == "epoch 1 of 1"
 
-    quality = sys.modules["generator_quality"]  # synthetic only on 2 x the subset's size
+    # synthetic only on 2 x the subset's size
     monkeypatch.setattr(quality, "classifier_auroc",
                         lambda sets, real, seeds: [len(s) for s in sets])
     row = quality.synthetic_only_at_scale(run, subsets[0], None, seeds=2, scale=2)

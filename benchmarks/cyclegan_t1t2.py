@@ -15,7 +15,8 @@ translation throughput.
    computed in the same run. Prints each fold, the mean over folds and the folds where the
    translator beats the map. A finished fold (``OUT/<mode>/<subject>/fold.json``) is read
    back, so a killed benchmark continues (with ``--resume`` for the fold it was training);
-   ``--held-out`` picks folds.
+   ``--held-out`` picks folds. With ``--planes`` each fold trains three runs, slicing along
+   each voxel axis (``--axis``), and scores their multi-planar fusion (``--fuse``).
 3. Translation throughput: slices per second for the first held-out volume through
    ``synthmed translate`` with the first mode's run (the whole command: read, normalise,
    translate, write).
@@ -34,7 +35,7 @@ README recommends, a regression U-Net on whole slices (``--paired-loss``, ``--la
 reach the paired modes only):
 
     python benchmarks/cyclegan_t1t2.py --out b --skip-steps --modes paired --generator unet \
-        --width 16 --crop 0 --epochs 8 --intensity-prior none --lambda-gan 0
+        --width 16 --crop 0 --epochs 8 --intensity-prior none --lambda-gan 0 --planes
 """
 
 from __future__ import annotations
@@ -113,6 +114,9 @@ def main() -> None:
     parser.add_argument("--skip-steps", action="store_true")
     parser.add_argument("--held-out", default="all",
                         help="subjects held out, one fold each (comma list; all: every subject)")
+    parser.add_argument("--planes", action="store_true",
+                        help="also train each fold along the other two voxel axes (--axis 0, "
+                             "1) and score the multi-planar fusion of the three (--fuse)")
     parser.add_argument("--skip-training", action="store_true",
                         help="evaluate the folds' existing runs")
     parser.add_argument("--resume", action="store_true",
@@ -154,7 +158,8 @@ def main() -> None:
 
     source = volumes[held_out[0]] / "t1.nii.gz"
     translated = args.out / "translated"
-    seconds = synthmed("translate", str(args.out / modes[0] / held_out[0] / "run"), str(source),
+    runs = fold_runs(args, args.out / modes[0] / held_out[0])
+    seconds = synthmed("translate", str(runs[0][0]), str(source), *fuse_options(runs),
                        "--direction", "a2b", "--out", str(translated), "--overwrite",
                        "--no-progress")
     slices = sum(int(row.split(",")[3]) for row in
@@ -193,47 +198,69 @@ def distinct_subjects(folders: list[Path]) -> tuple[dict[str, Path], list[str]]:
 def fold(args: argparse.Namespace, mode: str, volumes: dict[str, Path], kept_out: list[str]
          ) -> dict:
     """Train ``mode`` on every subject but ``kept_out`` (the held-out subject, then the copies
-    of others) in ``OUT/<mode>/<held_out>/run`` and evaluate on the held-out one; a finished
-    fold (``fold.json`` there) is read back instead of run again."""
+    of others) in ``OUT/<mode>/<held_out>/run`` (with ``--planes`` also ``run-axis0`` and
+    ``run-axis1``) and evaluate on the held-out one; a finished fold (``fold.json`` there) is
+    read back instead of run again."""
     held_out = kept_out[0]
     out = args.out / mode / held_out
     record_path = out / "fold.json"
     if record_path.is_file():
         print(f"{mode} fold {held_out}: finished earlier, read from {record_path}")
         return json.loads(record_path.read_text())
-    run, record = out / "run", {}
+    runs, record = fold_runs(args, out), {}
+    if not args.skip_training:
+        for run, axis in runs:
+            record |= train_fold_run(args, mode, kept_out, run, axis)
+    subject = volumes[held_out]
+    record["evaluate_seconds"] = synthmed(
+        "evaluate", "translation", str(runs[0][0]), *fuse_options(runs),
+        "--source", str(subject / "t1.nii.gz"),
+        "--target", str(subject / "t2.nii.gz"), "--out", str(out / "evaluation"), "--overwrite")
+    record["evaluation"] = json.loads((out / "evaluation" / "translation.json").read_text())
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def fold_runs(args: argparse.Namespace, out: Path) -> list[tuple[Path, int]]:
+    """A fold's runs and their slice axes: ``run`` (axial), with ``--planes`` also
+    ``run-axis0`` and ``run-axis1``."""
+    return [(out / "run", 2)] + ([(out / f"run-axis{axis}", axis) for axis in (0, 1)]
+                                 if args.planes else [])
+
+
+def fuse_options(runs: list[tuple[Path, int]]) -> list[str]:
+    """``--fuse RUN`` for every run but the first."""
+    return [option for run, _ in runs[1:] for option in ("--fuse", str(run))]
+
+
+def train_fold_run(args: argparse.Namespace, mode: str, kept_out: list[str], run: Path,
+                   axis: int) -> dict[str, float]:
+    """Train one run of a fold along ``axis``; its training seconds and median step time
+    (keys suffixed ``_axisN`` for the sagittal and coronal runs of ``--planes``)."""
+    held_out, suffix = kept_out[0], "" if axis == 2 else f"_axis{axis}"
     pattern = str(args.data / "brain-t1t2*" / "*" / "{}.nii.gz")
     paired = ["--paired", "--paired-loss", args.paired_loss, "--lambda-gan", args.lambda_gan]
     mode_options = [*(paired if mode.startswith("paired") else []),
                     "--context", str(args.context if mode.endswith("2.5d") else 0),
                     "--intensity-augment" if args.intensity_augment else "--no-intensity-augment",
                     "--spatial-augment" if args.spatial_augment else "--no-spatial-augment"]
-    if not args.skip_training:
-        record["train_seconds"] = synthmed(
-            "train", "cyclegan", "--domain-a", pattern.format("t1"),
-            "--domain-b", pattern.format("t2"), "--val-subjects", ",".join(kept_out),
-            *mode_options,
-            *(["--size", str(args.size)] if args.size else []),
-            "--crop", str(args.crop), "--ngf", str(args.width),
-            "--ndf", str(args.width), "--epochs", str(args.epochs), "--lambda-identity",
-            args.lambda_identity, "--lambda-structure", args.lambda_structure,
-            "--intensity-prior", args.intensity_prior, "--upsample", args.upsample,
-            "--generator", args.generator, "--seed", str(args.seed),
-            "--precision", args.precision, "--checkpoint-every", "1", "--out", str(run),
-            "--no-progress", *(["--resume"] if args.resume else []))
-        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        record["seconds_per_step_median"] = statistics.median(
-            1 / line["images_per_s"] for line in lines)
-        print(f"{mode} fold {held_out}: training {record['train_seconds'] / 60:.1f} min in this "
-              f"call; median {record['seconds_per_step_median']:.3f} s per step over "
-              f"{len(lines)} epochs")
-    subject = volumes[held_out]
-    record["evaluate_seconds"] = synthmed(
-        "evaluate", "translation", str(run), "--source", str(subject / "t1.nii.gz"),
-        "--target", str(subject / "t2.nii.gz"), "--out", str(out / "evaluation"), "--overwrite")
-    record["evaluation"] = json.loads((out / "evaluation" / "translation.json").read_text())
-    record_path.write_text(json.dumps(record, indent=1) + "\n")
-    return record
+    seconds = synthmed(
+        "train", "cyclegan", "--domain-a", pattern.format("t1"),
+        "--domain-b", pattern.format("t2"), "--val-subjects", ",".join(kept_out),
+        *mode_options,
+        *(["--size", str(args.size)] if args.size else []),
+        "--crop", str(args.crop), "--ngf", str(args.width),
+        "--ndf", str(args.width), "--epochs", str(args.epochs), "--lambda-identity",
+        args.lambda_identity, "--lambda-structure", args.lambda_structure,
+        "--intensity-prior", args.intensity_prior, "--upsample", args.upsample,
+        "--generator", args.generator, "--seed", str(args.seed),
+        "--precision", args.precision, "--checkpoint-every", "1", "--out", str(run),
+        "--axis", str(axis), "--no-progress", *(["--resume"] if args.resume else []))
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    step = statistics.median(1 / line["images_per_s"] for line in lines)
+    print(f"{mode} fold {held_out}, axis {axis}: training {seconds / 60:.1f} min in this call; "
+          f"median {step:.3f} s per step over {len(lines)} epochs")
+    return {f"train_seconds{suffix}": seconds, f"seconds_per_step_median{suffix}": step}
 
 
 METRICS = ("mae", "psnr", "ssim_slice", "ssim_bbox")

@@ -338,10 +338,14 @@ def evaluate_privacy_command(synthetic: str, train_path: str, holdout_path: str,
 @click.option("--domain-steps", type=click.IntRange(1), default=300, show_default=True,
               help="With --reference: training steps of the domain classifier whose features "
                    "the distribution metrics use.")
+@click.option("--fuse", multiple=True, type=click.Path(path_type=Path),
+              help="With --target: another run to fuse with RUN (repeatable; see synthmed "
+                   "translate --help); the fusion is scored.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 def evaluate_translation_command(run: Path, source: str, target: str | None,
                                  reference: str | None, direction: str, out: Path,
-                                 batch_size: int, domain_steps: int, overwrite: bool) -> None:
+                                 batch_size: int, domain_steps: int, fuse: tuple[Path, ...],
+                                 overwrite: bool) -> None:
     """Translation quality of a CycleGAN RUN, with baselines; subjects it trained on are
     refused.
 
@@ -361,11 +365,14 @@ def evaluate_translation_command(run: Path, source: str, target: str | None,
 
     if (target is None) == (reference is None):
         raise click.UsageError("pass exactly one of --target (paired truth) and --reference")
-    inputs = (run, source, target, reference)
+    if fuse and target is None:
+        raise click.UsageError("--fuse needs --target (paired truth)")
+    inputs = (run, source, target, reference, *fuse)
     check_out_folder(out, overwrite, *inputs)
     loaded = load_run(run, kind="cyclegan")
     if target is not None:
-        report = evaluate_run(loaded, source, target, direction, batch_size)
+        report = evaluate_run(loaded, source, target, direction, batch_size,
+                              [load_run(r, kind="cyclegan") for r in fuse])
         with atomic_output_dir(out, overwrite, inputs, "translation") as work:
             save_report(report, work)
         text = report.to_markdown()

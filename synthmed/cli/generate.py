@@ -102,6 +102,11 @@ def generate_command(run: Path, out: Path, n: int | None, per_class: str | None,
                    + (" and every DICOM header)" if format_ == "dicom" else ")"))
 
 
+FUSE_HELP = ("Another run to fuse with RUN (repeatable): each translates a NIfTI volume "
+             "along its own slice axis (train them with --axis 0, 1, 2) and the outputs are "
+             "averaged (multi-planar fusion).")
+
+
 @click.command("translate", cls=Command)
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True)
@@ -116,11 +121,12 @@ def generate_command(run: Path, out: Path, n: int | None, per_class: str | None,
 @click.option("--keep-source-names", is_flag=True,
               help="Name the outputs after the inputs and list the inputs' paths in "
                    "manifest.csv (they may name patients); default: numbered.")
+@click.option("--fuse", multiple=True, type=click.Path(path_type=Path), help=FUSE_HELP)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 def translate_command(run: Path, inputs: tuple[str, ...], direction: str, out: Path,
                       format_: str | None, batch_size: int, keep_source_names: bool,
-                      overwrite: bool, progress: bool) -> None:
+                      fuse: tuple[Path, ...], overwrite: bool, progress: bool) -> None:
     """Translate INPUTS (NIfTI volumes, DICOM series folders, pictures) with a CycleGAN RUN.
 
     A NIfTI volume comes out with the same shape, affine and header, in the target domain's
@@ -132,10 +138,11 @@ def translate_command(run: Path, inputs: tuple[str, ...], direction: str, out: P
     from synthmed.gan.run import load_run
     from synthmed.gan.translate import translate_inputs
 
-    check_out_folder(out, overwrite, run, *inputs)
+    check_out_folder(out, overwrite, run, *fuse, *inputs)
     config = TranslateConfig(direction=direction, format=format_, batch_size=batch_size,
                              keep_source_names=keep_source_names)
     record = translate_inputs(load_run(run, kind="cyclegan"), inputs, out, config,
+                              fuse=[load_run(r, kind="cyclegan") for r in fuse],
                               overwrite=overwrite, progress=progress)
     click.echo(f"translated {len(inputs)} input(s) {direction} into {record['outputs']} "
                f"output file(s) in {out}")

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import glob
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +70,9 @@ from synthmed.eval.translation_report import (
     TranslationReport,
 )
 from synthmed.gan.cyclegan import TRANSLATE_BATCH
-from synthmed.gan.data import group_hash
+from synthmed.gan.data import group_hash, recorded_source
 from synthmed.gan.run import LoadedRun
-from synthmed.gan.translate import target_domain, translate_images
+from synthmed.gan.translate import fused_translation, target_domain, translate_images
 
 Translator = Callable[[np.ndarray], np.ndarray]  # (S, 1, H, W) in [-1, 1] -> same shape
 ERROR_WHITE = 0.25  # panel error maps: an error of this share of high - low or more is white
@@ -86,11 +86,14 @@ class VolumePair:
         subject: a name for the subject, e.g. its folder name.
         source: ``(X, Y, Z)`` float32 in original units (e.g. T1 scanner units).
         target: ``(X, Y, Z)`` float32 in original units, the truth (e.g. T2).
+        translated: ``(X, Y, Z)`` in [-1, 1], the source's model-space translation made
+            beforehand (e.g. a multi-planar fusion); scored instead of calling the translator.
     """
 
     subject: str
     source: np.ndarray
     target: np.ndarray
+    translated: np.ndarray | None = None
 
 
 def evaluate_pairs(
@@ -108,8 +111,8 @@ def evaluate_pairs(
     Args:
         pairs: subjects with a source and a truth volume on the same grid.
         translator: ``(S, 1, H, W)`` model-space source slices -> the same shape in [-1, 1];
-            called once per subject with all its evaluated slices (outputs are clipped to
-            [-1, 1]).
+            called once per subject without a ``translated`` volume, with all its evaluated
+            slices (outputs are clipped to [-1, 1]).
         target_quantiles: ``(Q,)`` increasing quantiles at levels ``linspace(0, 1, Q)`` of the
             target domain's training foreground in model space (:func:`foreground_quantiles`).
         slice_axis: voxel axis the volumes are cut along.
@@ -137,7 +140,7 @@ def evaluate_pairs(
     intensity: dict[str, dict[str, float]] = {}
     for pair in pairs:
         slices = _prepare(pair, slice_axis, percentiles, min_foreground)
-        outputs = _outputs(slices, translator, quantiles)
+        outputs = _outputs(slices, translator, quantiles, pair.translated)
         per_subject[pair.subject], rows = _score(slices, outputs)
         per_slice.extend(rows)
         panels[pair.subject] = _panel(slices, outputs[SYNTHMED], panel_slices)
@@ -185,6 +188,7 @@ class _Slices:
     """One subject's evaluated slices, display-oriented (``H, W`` = the display axes)."""
 
     subject: str
+    axis: int  # the slice axis
     indices: np.ndarray  # (S,) voxel indices along the slice axis
     source: np.ndarray  # (S, 1, H, W) float32 model space
     source_mask: np.ndarray  # (S, H, W) bool
@@ -209,6 +213,9 @@ def _prepare(
         )
     if source.ndim != 3:
         raise InputError(f"volumes are {source.ndim}D: paired evaluation needs 3D", pair.subject)
+    if pair.translated is not None and pair.translated.shape != source.shape:
+        raise ValueError(f"the translated volume of {pair.subject} is "
+                         f"{pair.translated.shape}, not {source.shape}")
     require_finite(source, f"{pair.subject} (source)")
     require_finite(target, f"{pair.subject} (truth)")
     source_mask, target_mask = foreground_mask(source), foreground_mask(target)
@@ -221,12 +228,13 @@ def _prepare(
         )
 
     def cut(volume: np.ndarray) -> np.ndarray:  # (X, Y, Z) -> (S, H, W)
-        return np.stack([display_plane(p) for p in np.moveaxis(volume, axis, 0)[keep]])
+        return _cut(volume, axis, keep)
 
     source_low, source_high = percentile_range(source, source_mask, percentiles)
     low, high = percentile_range(target, target_mask, percentiles)
     slices = _Slices(
         subject=pair.subject,
+        axis=axis,
         indices=keep,
         source=masked_to_model_space(cut(source), cut(source_mask), source_low,
                                      source_high)[:, None],
@@ -249,11 +257,19 @@ def _prepare(
     return slices
 
 
+def _cut(volume: np.ndarray, axis: int, indices: np.ndarray) -> np.ndarray:
+    """The display-oriented slices ``(S, H, W)`` of ``volume`` at ``indices`` along ``axis``."""
+    return np.stack([display_plane(p) for p in np.moveaxis(volume, axis, 0)[indices]])
+
+
 def _outputs(
-    slices: _Slices, translator: Translator, quantiles: np.ndarray
+    slices: _Slices, translator: Translator, quantiles: np.ndarray,
+    volume: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
-    """Every computed method's model-space slices ``(S, 1, H, W)``."""
-    translated = np.asarray(translator(slices.source))
+    """Every computed method's model-space slices ``(S, 1, H, W)``; synthmed's cut from the
+    translated ``volume`` when there is one."""
+    translated = np.asarray(translator(slices.source) if volume is None
+                            else _cut(volume, slices.axis, slices.indices)[:, None])
     if translated.shape != slices.source.shape:
         raise ValueError(
             f"the translator returned shape {translated.shape} for {slices.source.shape}"
@@ -339,7 +355,8 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def evaluate_run(run: LoadedRun, source: str, target: str, direction: str = "a2b",
-                 batch_size: int = TRANSLATE_BATCH) -> TranslationReport:
+                 batch_size: int = TRANSLATE_BATCH, fuse: Sequence[LoadedRun] = ()
+                 ) -> TranslationReport:
     """Evaluate a CycleGAN run on paired NIfTI volumes, with the run's own read options and
     the target domain's training quantiles for the histogram-matching baselines.
 
@@ -347,22 +364,32 @@ def evaluate_run(run: LoadedRun, source: str, target: str, direction: str = "a2b
         source, target: a NIfTI file or a glob each; volumes pair by their folder name
             (``<subject>/t1.nii.gz`` with ``<subject>/t2.nii.gz``); one file each pairs as is.
         direction: ``a2b`` (source is domain A) or ``b2a``.
+        fuse: more runs: score the multi-planar fusion of all the runs
+            (:func:`~synthmed.gan.translate.fused_translation`), on ``run``'s slice axis.
 
     Raises:
-        InputError: unpaired subjects, or a subject whose images the run was trained on.
+        InputError: unpaired subjects, or a subject whose images any of the runs trained on.
     """
     read = run.config.data.read_config()
     source_files, target_files = _nifti_files(source), _nifti_files(target)
     pairs = _pair_by_subject(source_files, target_files)
-    for files in (source_files, target_files):
-        for path in files:
-            _refuse_training_images(run, path, read)
+    for checked in (run, *fuse):
+        for path in (*source_files, *target_files):
+            _refuse_training_images(checked, path, checked.config.data.read_config())
     volumes = [VolumePair(subject, load_volume(s), load_volume(t)) for subject, s, t in pairs]
+    if fuse:
+        volumes = [replace(v, translated=fused_translation((run, *fuse), v.source, direction,
+                                                           batch_size)[0]) for v in volumes]
     quantiles = np.asarray(target_domain(run, direction)["foreground_quantiles"])
-    return evaluate_pairs(
+    report = evaluate_pairs(
         volumes, lambda slices: translate_images(run, slices, direction, batch_size), quantiles,
         slice_axis=read.slice_axis, percentiles=read.percentiles,
         min_foreground=read.min_foreground)
+    if fuse:
+        report.settings["fused_with"] = [
+            {"run": recorded_source(str(r.path)), "model_fingerprint": r.fingerprint,
+             "slice_axis": r.config.data.read_config().slice_axis} for r in fuse]
+    return report
 
 
 def _nifti_files(pattern: str) -> list[Path]:

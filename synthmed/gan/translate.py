@@ -11,7 +11,9 @@ a picture as a picture. Outputs are numbered in the order of the inputs (``volum
 ``series_0002/00001.dcm``, ``image_0003.png``, ``images_0004/00001.png``), since input names
 often name patients; ``manifest.csv`` lists each output with its input's position, and with
 ``keep_source_names`` the outputs keep the inputs' names and the manifest their paths.
-``provenance.json`` holds the run's fingerprint and the mapping. The output folder appears
+``provenance.json`` holds the run's fingerprint and the mapping. Runs that slice a volume
+along different axes can translate it together (multi-planar fusion: the mean of their
+outputs, :func:`fused_translation`). The output folder appears
 only when every input is done (:func:`synthmed.io.atomic_output_dir`).
 """
 
@@ -144,11 +146,57 @@ def _training_shape(height: int, width: int, read: ReadConfig) -> tuple[int, int
 
 
 def translate_volume(run: LoadedRun, volume: np.ndarray, direction: str,
-                     batch_size: int = TRANSLATE_BATCH) -> tuple[np.ndarray, int]:
-    """A 3D volume ``(X, Y, Z)`` in its original units -> the translated volume in the target
-    domain's units, slice by slice along the run's slice axis. Slices without foreground (as
-    training skipped them) become the target's background. Returns the volume and the number
-    of translated slices."""
+                     batch_size: int = TRANSLATE_BATCH, fuse: Sequence[LoadedRun] = ()
+                     ) -> tuple[np.ndarray, int]:
+    """A volume ``(X, Y, Z)`` (or a plane ``(X, Y)``) in its original units -> the translated
+    volume in the target domain's units (``run``'s mapping), and the number of slices ``run``
+    translated. With ``fuse``, a multi-planar fusion (:func:`fused_translation`)."""
+    translated, slices = fused_translation((run, *fuse), volume, direction, batch_size)
+    target = target_domain(run, direction)["intensity"]
+    return to_original(translated, target["low"], target["high"]).astype(np.float32), slices
+
+
+def fused_translation(runs: Sequence[LoadedRun], volume: np.ndarray, direction: str,
+                      batch_size: int = TRANSLATE_BATCH) -> tuple[np.ndarray, int]:
+    """The mean of the runs' model-space translations of ``volume`` (same shape, [-1, 1]),
+    each made along its run's own slice axis; and the number of slices the first translated.
+
+    Runs that slice one volume along different axes (``--axis`` 0, 1, 2) make a multi-planar
+    fusion: each plane's errors differ, so their mean is closer to the truth than any one.
+
+    Raises:
+        InputError: several runs and a 2D plane, or runs that do not make the same target
+            (channels, intensity unit and modality), or one run given twice.
+    """
+    first, *others = runs
+    if others and volume.ndim != 3:
+        raise InputError(f"multi-planar fusion needs 3D volumes, got {volume.ndim}D")
+    fingerprints = {first.fingerprint}
+    for other in others:
+        if other.fingerprint in fingerprints:
+            raise InputError("is given twice: fuse distinct runs", other.path)
+        fingerprints.add(other.fingerprint)
+        _require_same_target(first, other, direction)
+    outputs = [_model_space_volume(run, volume, direction, batch_size) for run in runs]
+    return np.mean([out for out, _ in outputs], axis=0, dtype=np.float32), outputs[0][1]
+
+
+def _require_same_target(run: LoadedRun, other: LoadedRun, direction: str) -> None:
+    """Runs fused together must make one target: channels, intensity unit and modality."""
+    mine, theirs = (target_domain(r, direction)["intensity"] for r in (run, other))
+    for what, a, b in (("channels", run.model.config.channels, other.model.config.channels),
+                       ("target unit", mine["unit"], theirs["unit"]),
+                       ("target modality", mine["modality"], theirs["modality"])):
+        if a != b:
+            raise InputError(f"cannot be fused with {run.path}: {what} {b!r}, not {a!r}",
+                             other.path)
+
+
+def _model_space_volume(run: LoadedRun, volume: np.ndarray, direction: str,
+                        batch_size: int) -> tuple[np.ndarray, int]:
+    """``run``'s translation of ``volume`` (original units) in model space, same shape, slice
+    by slice along the run's slice axis. Slices without foreground (as training skipped them)
+    become the target's background, -1. Returns it and the number of translated slices."""
     read = run.config.data.read_config()
     mask = foreground_mask(volume)
     low, high = percentile_range(volume, mask, read.percentiles)
@@ -164,10 +212,8 @@ def translate_volume(run: LoadedRun, volume: np.ndarray, direction: str,
         translated = translate_images(run, images, direction, batch_size, positions=chosen)
         for k, image in zip(chosen, translated, strict=True):
             out[k] = display_plane(image[0])
-    target = target_domain(run, direction)["intensity"]
-    original = to_original(out, target["low"], target["high"]).astype(np.float32)
-    original = np.moveaxis(original, 0, axis)
-    return (original if volume.ndim == 3 else original[:, :, 0]), len(chosen)
+    out = np.moveaxis(out, 0, axis)
+    return (out if volume.ndim == 3 else out[:, :, 0]), len(chosen)
 
 
 def translate_inputs(
@@ -176,6 +222,7 @@ def translate_inputs(
     out: Path,
     config: TranslateConfig,
     *,
+    fuse: Sequence[LoadedRun] = (),
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -184,6 +231,8 @@ def translate_inputs(
     Args:
         inputs: NIfTI files, DICOM files or folders (one series each), pictures or folders
             of pictures.
+        fuse: more runs for a multi-planar fusion (:func:`fused_translation`) of NIfTI
+            volumes written as NIfTI; other inputs are refused.
 
     Raises:
         InputError: a run that is not a CycleGAN, an input that cannot be read or is given
@@ -208,22 +257,22 @@ def translate_inputs(
         for number, (path, name) in enumerate(zip(bar, names, strict=True), 1):
             bar.set_postfix_str(f"input {number}")
             source = str(path) if config.keep_source_names else str(number)
-            rows.extend(_translate_one(run, path, work, name, source, config))
-        record = _provenance(run, config, rows)
+            rows.extend(_translate_one(run, path, work, name, source, config, fuse))
+        record = _provenance(run, config, rows, fuse)
         (work / PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
         _write_manifest(work / MANIFEST, rows)
     return record
 
 
 def _translate_one(run: LoadedRun, path: Path, work: Path, name: str, source: str,
-                   config: TranslateConfig) -> list[dict[str, Any]]:
+                   config: TranslateConfig, fuse: Sequence[LoadedRun]) -> list[dict[str, Any]]:
     """Translate one input into ``work`` as ``name``; return its manifest rows, naming the
     input as ``source``."""
     kind = _input_kind(path)
     if kind == "nifti" and config.format in (None, "nifti"):
         image = _load_nifti(path)
         volume, slices = translate_volume(run, image.get_fdata(dtype=np.float32),
-                                          config.direction, config.batch_size)
+                                          config.direction, config.batch_size, fuse)
         header = image.header.copy()
         header.set_data_dtype(np.float32)
         header.set_slope_inter(1.0, 0.0)
@@ -231,6 +280,9 @@ def _translate_one(run: LoadedRun, path: Path, work: Path, name: str, source: st
         output.parent.mkdir(parents=True, exist_ok=True)
         nib.save(nib.Nifti1Image(volume, image.affine, header), output)
         return [_row(source, output.relative_to(work).as_posix(), kind, slices, config)]
+    if fuse:
+        raise InputError("multi-planar fusion translates NIfTI volumes into NIfTI only: "
+                         "translate DICOM series and pictures with one run", path)
     imageset = _read_slices(run, path, kind)
     if imageset.channels != run.model.config.channels:
         raise InputError(f"has {imageset.channels} channel(s) but the translator takes "
@@ -347,9 +399,12 @@ def _write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def _provenance(run: LoadedRun, config: TranslateConfig, rows: list[dict[str, Any]]
-                ) -> dict[str, Any]:
+def _provenance(run: LoadedRun, config: TranslateConfig, rows: list[dict[str, Any]],
+                fuse: Sequence[LoadedRun]) -> dict[str, Any]:
     target = target_domain(run, config.direction)
+    fused = [{"run": recorded_source(str(r.path)), "model_fingerprint": r.fingerprint,
+              "epoch": r.epoch, "slice_axis": r.config.data.read_config().slice_axis}
+             for r in fuse]
     return {
         "generator": "synthmed cyclegan translation",
         "synthmed_version": __version__,
@@ -358,5 +413,6 @@ def _provenance(run: LoadedRun, config: TranslateConfig, rows: list[dict[str, An
         "epoch": run.epoch,
         **asdict(config),
         "target_intensity": target["intensity"],
+        **({"fused_with": fused} if fused else {}),
         "outputs": len(rows),
     }

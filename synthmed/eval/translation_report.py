@@ -112,6 +112,11 @@ class TranslationReport:
             f"Best global intensity map: {self.best_global_map} (higher mean PSNR). "
             f"Does {SYNTHMED} beat it on the mean over subjects? {verdict}."
         )
+        fused = settings.get("fused_with", [])
+        if fused:
+            text += (f"\n\n{SYNTHMED} is a multi-planar fusion: the mean of this run's "
+                     f"translation and those of {len(fused)} more (slice axes "
+                     f"{', '.join(str(r['slice_axis']) for r in fused)}).")
         return "# Translation evaluation\n\n" + "\n".join(lines) + "\n\n" + text + "\n"
 
 

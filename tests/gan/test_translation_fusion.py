@@ -91,6 +91,8 @@ def test_translate_and_evaluate_fuse_runs_from_the_command_line(planes, tmp_path
     assert result.exit_code == 0, result.output
     settings = json.loads((evaluation / "translation.json").read_text())["settings"]
     assert [r["slice_axis"] for r in settings["fused_with"]] == [0]
+    assert "the mean of this run's translation and those of 1 more (slice axes 0)" in \
+        (evaluation / "translation.md").read_text()
 
 
 def test_fusion_refuses_pictures_and_unpaired_evaluation_and_leaves_nothing(planes, tmp_path):

@@ -310,7 +310,9 @@ def print_modes(results: dict[str, dict[str, dict]]) -> None:
         rows = fold_scores(folds)
         means = [statistics.mean(column) for column in zip(*rows["synthmed"], strict=True)]
         won = wins(rows)
-        minutes = statistics.mean(f.get("train_seconds", 0.0) for f in folds.values()) / 60
+        minutes = statistics.mean(sum(seconds for key, seconds in f.items()  # all planes
+                                      if key.startswith("train_seconds"))
+                                  for f in folds.values()) / 60
         print(f"{mode} | " + " | ".join(f"{v:.3f}" for v in means) +
               f" | {won[1]}/{len(folds)}, {won[3]}/{len(folds)} | {minutes:.1f}")
 

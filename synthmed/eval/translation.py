@@ -70,9 +70,14 @@ from synthmed.eval.translation_report import (
     TranslationReport,
 )
 from synthmed.gan.cyclegan import TRANSLATE_BATCH
-from synthmed.gan.data import group_hash, recorded_source
+from synthmed.gan.data import group_hash
 from synthmed.gan.run import LoadedRun
-from synthmed.gan.translate import fused_translation, target_domain, translate_images
+from synthmed.gan.translate import (
+    fused_runs_record,
+    fused_translation,
+    target_domain,
+    translate_images,
+)
 
 Translator = Callable[[np.ndarray], np.ndarray]  # (S, 1, H, W) in [-1, 1] -> same shape
 ERROR_WHITE = 0.25  # panel error maps: an error of this share of high - low or more is white
@@ -386,9 +391,7 @@ def evaluate_run(run: LoadedRun, source: str, target: str, direction: str = "a2b
         slice_axis=read.slice_axis, percentiles=read.percentiles,
         min_foreground=read.min_foreground)
     if fuse:
-        report.settings["fused_with"] = [
-            {"run": recorded_source(str(r.path)), "model_fingerprint": r.fingerprint,
-             "slice_axis": r.config.data.read_config().slice_axis} for r in fuse]
+        report.settings["fused_with"] = fused_runs_record(fuse)
     return report
 
 

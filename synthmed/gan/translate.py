@@ -181,6 +181,13 @@ def fused_translation(runs: Sequence[LoadedRun], volume: np.ndarray, direction: 
     return np.mean([out for out, _ in outputs], axis=0, dtype=np.float32), outputs[0][1]
 
 
+def fused_runs_record(runs: Sequence[LoadedRun]) -> list[dict[str, Any]]:
+    """What provenance and reports say of each fused run: path, fingerprint, epoch, axis."""
+    return [{"run": recorded_source(str(r.path)), "model_fingerprint": r.fingerprint,
+             "epoch": r.epoch, "slice_axis": r.config.data.read_config().slice_axis}
+            for r in runs]
+
+
 def _require_same_target(run: LoadedRun, other: LoadedRun, direction: str) -> None:
     """Runs fused together must make one target: channels, intensity unit and modality."""
     mine, theirs = (target_domain(r, direction)["intensity"] for r in (run, other))
@@ -253,7 +260,8 @@ def translate_inputs(
     names = _output_names(paths) if config.keep_source_names else _numbered_names(paths)
     rows: list[dict[str, Any]] = []
     bar = tqdm(paths, unit="input", disable=True if not progress else None, dynamic_ncols=True)
-    with atomic_output_dir(out, overwrite, (run.path, *paths), "translation") as work:
+    inputs_kept = (run.path, *(other.path for other in fuse), *paths)
+    with atomic_output_dir(out, overwrite, inputs_kept, "translation") as work:
         for number, (path, name) in enumerate(zip(bar, names, strict=True), 1):
             bar.set_postfix_str(f"input {number}")
             source = str(path) if config.keep_source_names else str(number)
@@ -402,9 +410,7 @@ def _write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
 def _provenance(run: LoadedRun, config: TranslateConfig, rows: list[dict[str, Any]],
                 fuse: Sequence[LoadedRun]) -> dict[str, Any]:
     target = target_domain(run, config.direction)
-    fused = [{"run": recorded_source(str(r.path)), "model_fingerprint": r.fingerprint,
-              "epoch": r.epoch, "slice_axis": r.config.data.read_config().slice_axis}
-             for r in fuse]
+    fused = fused_runs_record(fuse)
     return {
         "generator": "synthmed cyclegan translation",
         "synthmed_version": __version__,

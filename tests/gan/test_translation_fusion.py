@@ -13,7 +13,13 @@ from synthmed.augment.intensity import foreground_mask, to_original
 from synthmed.augment.phantom import PhantomConfig, write_phantom_volumes
 from synthmed.errors import InputError
 from synthmed.gan.run import load_run
-from synthmed.gan.translate import fused_translation, target_domain, translate_volume
+from synthmed.gan.translate import (
+    TranslateConfig,
+    fused_translation,
+    target_domain,
+    translate_inputs,
+    translate_volume,
+)
 
 from ..conftest import invoke, one_line_error
 
@@ -101,6 +107,16 @@ def test_fusion_refuses_pictures_and_unpaired_evaluation_and_leaves_nothing(plan
                     "--direction", "a2b", "--out", tmp_path / "no", "--no-progress")
     one_line_error(result, "multi-planar fusion translates NIfTI volumes into NIfTI only")
     assert not (tmp_path / "no").exists()
+    weights = (planes / "axis0" / "model.safetensors").read_bytes()
+    result = invoke("translate", planes / "axis2", planes / "data" / "phantom-s0002" /
+                    "t1.nii.gz", "--fuse", planes / "axis0", "--direction", "a2b",
+                    "--out", planes / "axis0", "--overwrite", "--no-progress")
+    assert result.exit_code != 0 and "axis0" in result.output  # a fused run is an input
+    with pytest.raises(InputError):  # the writer checks again, without the command line
+        translate_inputs(load_run(planes / "axis2"), [planes / "data" / "phantom-s0002" /
+                         "t1.nii.gz"], planes / "axis0", TranslateConfig(),
+                         fuse=[load_run(planes / "axis0")], overwrite=True, progress=False)
+    assert (planes / "axis0" / "model.safetensors").read_bytes() == weights
     result = invoke("evaluate", "translation", planes / "axis2", "--fuse", planes / "axis0",
                     "--source", planes / "data" / "phantom-s0002" / "t1.nii.gz",
                     "--reference", planes / "data" / "phantom-s0001" / "t2.nii.gz",

@@ -17,6 +17,11 @@ translation throughput.
    back, so a killed benchmark continues (with ``--resume`` for the fold it was training);
    ``--held-out`` picks folds. With ``--planes`` each fold trains three runs, slicing along
    each voxel axis (``--axis``), and scores their multi-planar fusion (``--fuse``).
+   With ``--blend-map`` each fold also scores its translation blended with that global map
+   of the source (``synthmed evaluate translation --blend-map --blend-weight``), the weight
+   chosen on the fold's training subjects only (nested): an inner run trained on each of them
+   alone (axial, ``OUT/<mode>/inner/<subject>``) translates each other one, and the weight of
+   :data:`BLEND_WEIGHTS` with the best mean PSNR there is the fold's.
 3. Translation throughput: slices per second for the first held-out volume through
    ``synthmed translate`` with the first mode's run (the whole command: read, normalise,
    translate, write).
@@ -35,7 +40,8 @@ README recommends, a regression U-Net on whole slices (``--paired-loss``, ``--la
 reach the paired modes only):
 
     python benchmarks/cyclegan_t1t2.py --out b --skip-steps --modes paired --generator unet \
-        --width 16 --crop 0 --epochs 8 --intensity-prior none --lambda-gan 0 --planes
+        --width 16 --crop 0 --epochs 8 --intensity-prior none --lambda-gan 0 --planes \
+        --blend-map inverted
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from common import add_data_options, synthmed
 
@@ -117,6 +124,9 @@ def main() -> None:
     parser.add_argument("--planes", action="store_true",
                         help="also train each fold along the other two voxel axes (--axis 0, "
                              "1) and score the multi-planar fusion of the three (--fuse)")
+    parser.add_argument("--blend-map", choices=("matching", "inverted"),
+                        help="also score each fold blended with this global map, the weight "
+                             "chosen on its training subjects (nested)")
     parser.add_argument("--skip-training", action="store_true",
                         help="evaluate the folds' existing runs")
     parser.add_argument("--resume", action="store_true",
@@ -150,10 +160,8 @@ def main() -> None:
         sys.exit(f"unknown subject(s) {unknown}: the data have {', '.join(subjects)}")
     results["folds"] = {}
     for mode in modes:
-        results["folds"][mode] = {subject: fold(args, mode, volumes, [subject, *copies])
-                                  for subject in held_out}
-        print_summary(mode, results["folds"][mode])
-    if len(modes) > 1:
+        results["folds"] |= mode_folds(args, mode, volumes, copies, held_out)
+    if len(results["folds"]) > 1:
         print_modes(results["folds"])
 
     source = volumes[held_out[0]] / "t1.nii.gz"
@@ -172,6 +180,22 @@ def main() -> None:
 
 
 MODES = ("unpaired", "unpaired-2.5d", "paired", "paired-2.5d")
+
+
+def mode_folds(args: argparse.Namespace, mode: str, volumes: dict[str, Path],
+               copies: list[str], held_out: list[str]) -> dict[str, dict[str, dict]]:
+    """``{mode: {subject: fold record}}`` for every held-out subject, with ``--blend-map``
+    also ``{mode+blend: ...}`` (the fold records with the blended evaluation); each printed."""
+    folds = {mode: {subject: fold(args, mode, volumes, [subject, *copies])
+                    for subject in held_out}}
+    print_summary(mode, folds[mode])
+    if args.blend_map:
+        folds[f"{mode}+blend"] = {
+            subject: {**folds[mode][subject],
+                      **blend_fold(args, mode, volumes, copies, subject)}
+            for subject in held_out}
+        print_summary(f"{mode}+blend", folds[f"{mode}+blend"])
+    return folds
 
 
 def distinct_subjects(folders: list[Path]) -> tuple[dict[str, Path], list[str]]:
@@ -221,6 +245,83 @@ def fold(args: argparse.Namespace, mode: str, volumes: dict[str, Path], kept_out
     return record
 
 
+BLEND_WEIGHTS = tuple(k / 10 for k in range(11))  # the map's share; 0: no blend
+
+
+def blend_fold(args: argparse.Namespace, mode: str, volumes: dict[str, Path],
+               copies: list[str], held_out: str) -> dict:
+    """The fold's map-blend weight, chosen on its training subjects only, and the evaluation
+    of its runs blended with it (``OUT/<mode>/<held_out>/blend.json``, read back when there).
+
+    Each training subject's inner run translates each other training subject; the weight
+    with the best mean PSNR over those translations is the fold's (0: the fold's own
+    evaluation stands)."""
+    out = args.out / mode / held_out
+    record_path = out / "blend.json"
+    if record_path.is_file():
+        return json.loads(record_path.read_text())
+    training = [subject for subject in volumes if subject != held_out]
+    inner = {subject: inner_run(args, mode, subject, volumes, copies) for subject in training}
+    curves = [inner_curve(inner[subject], volumes[other], args.blend_map)
+              for subject in training for other in training if other != subject]
+    inner_psnr = [statistics.mean(values) for values in zip(*curves, strict=True)]
+    weight = BLEND_WEIGHTS[inner_psnr.index(max(inner_psnr))]
+    print(f"{mode} fold {held_out}: blend weight {weight} (inner mean PSNR "
+          + ", ".join(f"{w}: {p:.2f}" for w, p in zip(BLEND_WEIGHTS, inner_psnr, strict=True))
+          + ")")
+    record = {"blend": {"map": args.blend_map, "weight": weight,
+                        "inner_psnr": dict(zip(map(str, BLEND_WEIGHTS), inner_psnr,
+                                               strict=True))}}
+    if weight:
+        subject, runs = volumes[held_out], fold_runs(args, out)
+        record["evaluate_seconds"] = synthmed(
+            "evaluate", "translation", str(runs[0][0]), *fuse_options(runs),
+            "--blend-map", args.blend_map, "--blend-weight", str(weight),
+            "--source", str(subject / "t1.nii.gz"), "--target", str(subject / "t2.nii.gz"),
+            "--out", str(out / "evaluation-blend"), "--overwrite")
+        record["evaluation"] = json.loads(
+            (out / "evaluation-blend" / "translation.json").read_text())
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def inner_run(args: argparse.Namespace, mode: str, subject: str, volumes: dict[str, Path],
+              copies: list[str]) -> Path:
+    """``OUT/<mode>/inner/<subject>/run``: ``mode`` trained along axis 2 on ``subject``
+    alone (every other subject and the copies kept out), trained once for all folds."""
+    out = args.out / mode / "inner" / subject
+    done = out / "train.json"
+    if not done.is_file() and not args.skip_training:
+        kept_out = [other for other in volumes if other != subject] + copies
+        record = train_fold_run(args, mode, kept_out, out / "run", 2, f"inner {subject}")
+        done.write_text(json.dumps(record, indent=1) + "\n")
+    return out / "run"
+
+
+def inner_curve(run_path: Path, subject: Path, blend_map: str) -> list[float]:
+    """PSNR of ``run_path``'s translation of ``subject``'s T1 against its T2, blended with
+    ``blend_map`` at each of :data:`BLEND_WEIGHTS` (scored as ``evaluate translation``)."""
+    from synthmed.augment.nifti import load_volume
+    from synthmed.eval.translation import VolumePair, evaluate_pairs
+    from synthmed.gan.run import load_run
+    from synthmed.gan.translate import MapBlend, blend_volume, fused_translation, target_domain
+
+    run = load_run(run_path, kind="cyclegan")
+    read = run.config.data.read_config()
+    t1, t2 = load_volume(subject / "t1.nii.gz"), load_volume(subject / "t2.nii.gz")
+    translated, _ = fused_translation([run], t1, "a2b")
+    quantiles = np.asarray(target_domain(run, "a2b")["foreground_quantiles"])
+    psnr = []
+    for weight in BLEND_WEIGHTS:
+        blended = (blend_volume(run, t1, translated, "a2b", MapBlend(blend_map, weight))
+                   if weight else translated)
+        report = evaluate_pairs([VolumePair(subject.name, t1, t2, blended)], None, quantiles,
+                                slice_axis=read.slice_axis, percentiles=read.percentiles,
+                                min_foreground=read.min_foreground)
+        psnr.append(report.per_subject[subject.name]["synthmed"]["psnr"])
+    return psnr
+
+
 def fold_runs(args: argparse.Namespace, out: Path) -> list[tuple[Path, int]]:
     """A fold's runs and their slice axes: ``run`` (axial), with ``--planes`` also
     ``run-axis0`` and ``run-axis1``."""
@@ -234,10 +335,11 @@ def fuse_options(runs: list[tuple[Path, int]]) -> list[str]:
 
 
 def train_fold_run(args: argparse.Namespace, mode: str, kept_out: list[str], run: Path,
-                   axis: int) -> dict[str, float]:
-    """Train one run of a fold along ``axis``; its training seconds and median step time
-    (keys suffixed ``_axisN`` for the sagittal and coronal runs of ``--planes``)."""
-    held_out, suffix = kept_out[0], "" if axis == 2 else f"_axis{axis}"
+                   axis: int, label: str = "") -> dict[str, float]:
+    """Train one run of a fold along ``axis`` on every subject but ``kept_out``; its training
+    seconds and median step time (keys suffixed ``_axisN`` for the sagittal and coronal runs
+    of ``--planes``). ``label`` names it in the log (default: the fold, ``kept_out[0]``)."""
+    label, suffix = label or f"fold {kept_out[0]}", "" if axis == 2 else f"_axis{axis}"
     pattern = str(args.data / "brain-t1t2*" / "*" / "{}.nii.gz")
     paired = ["--paired", "--paired-loss", args.paired_loss, "--lambda-gan", args.lambda_gan]
     mode_options = [*(paired if mode.startswith("paired") else []),
@@ -258,7 +360,7 @@ def train_fold_run(args: argparse.Namespace, mode: str, kept_out: list[str], run
         "--axis", str(axis), "--no-progress", *(["--resume"] if args.resume else []))
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     step = statistics.median(1 / line["images_per_s"] for line in lines)
-    print(f"{mode} fold {held_out}, axis {axis}: training {seconds / 60:.1f} min in this call; "
+    print(f"{mode} {label}, axis {axis}: training {seconds / 60:.1f} min in this call; "
           f"median {step:.3f} s per step over {len(lines)} epochs")
     return {f"train_seconds{suffix}": seconds, f"seconds_per_step_median{suffix}": step}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -98,6 +99,58 @@ def test_translation_benchmark_keeps_a_copied_subject_out_of_every_fold(tmp_path
     kept, copies = module.distinct_subjects(folders)
     assert list(kept) == ["a", "b"] and copies == ["c"]
     assert "c: left out, its volumes are byte-identical to a's" in capsys.readouterr().out
+
+
+def test_translation_benchmark_chooses_the_blend_weight_without_the_held_out_subject(
+        tmp_path, monkeypatch):
+    """The map-blend weight of a fold comes from inner runs on its training subjects alone,
+    each scored on the other training subject: the held-out subject is never trained on or
+    scored before the fold's own evaluation, which uses the chosen weight."""
+    sys.path.insert(0, str(RUNNER.parent))
+    spec = importlib.util.spec_from_file_location("cyclegan_t1t2",
+                                                  RUNNER.parent / "cyclegan_t1t2.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    volumes = {name: tmp_path / "data" / name for name in ("a", "b", "c")}
+    peaks = {("a", "b"): 0.3, ("b", "a"): 0.5}  # (trained on, scored on): best weight
+    trained, scored, evaluated = [], [], []
+
+    def train(args, mode, kept_out, run, axis, label):
+        trained.append(sorted(kept_out))
+        run.mkdir(parents=True)
+        return {"train_seconds": 1.0}
+
+    def curve(run, subject, blend_map):
+        scored.append((run.parent.name, subject.name))
+        peak = peaks.get((run.parent.name, subject.name), 0.0)
+        return [-(w - peak) ** 2 for w in module.BLEND_WEIGHTS]  # PSNR peaks at ``peak``
+
+    def evaluate(*cli):
+        evaluated.append(cli)
+        out = Path(cli[cli.index("--out") + 1])
+        out.mkdir(parents=True)
+        (out / "translation.json").write_text('{"blended": true}')
+        return 2.0
+
+    monkeypatch.setattr(module, "train_fold_run", train)
+    monkeypatch.setattr(module, "inner_curve", curve)
+    monkeypatch.setattr(module, "synthmed", evaluate)
+    args = argparse.Namespace(out=tmp_path / "out", blend_map="inverted", skip_training=False,
+                              planes=True)
+    for held_out in ("a", "c"):  # where the folds' own runs and fold.json are
+        (args.out / "paired" / held_out).mkdir(parents=True)
+    record = module.blend_fold(args, "paired", volumes, ["copy"], "c")
+    assert trained == [["b", "c", "copy"], ["a", "c", "copy"]]  # each on one subject alone
+    assert sorted(scored) == [("a", "b"), ("b", "a")]  # never the held-out c
+    assert record["blend"]["weight"] == 0.4 and record["evaluation"] == {"blended": True}
+    (cli,) = evaluated
+    assert cli[cli.index("--blend-weight") + 1] == "0.4" and "--fuse" in cli
+    assert str(volumes["c"] / "t1.nii.gz") in cli
+    assert module.blend_fold(args, "paired", volumes, ["copy"], "c") == record  # read back
+    assert len(scored) == 2 and len(trained) == 2  # inner runs and curves not redone
+    unblended = module.blend_fold(args, "paired", volumes, ["copy"], "a")  # b and c: peak 0
+    assert unblended["blend"]["weight"] == 0.0 and "evaluation" not in unblended
+    assert trained[-1] == ["a", "b", "copy"] and len(evaluated) == 1  # c's run; no evaluation
 
 
 def test_the_harness_headline_trains_every_remedy_of_the_recipe_validation_picked():

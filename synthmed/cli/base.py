@@ -181,6 +181,32 @@ def read_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return stacked(*options)(wrapper)
 
 
+def blend_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--blend-map`` and ``--blend-weight``; pass ``blend``, a
+    :class:`~synthmed.gan.translate.MapBlend` or ``None`` (neither given)."""
+    from synthmed.gan.translate import MAPS, MapBlend
+
+    options = [
+        click.option("--blend-map", type=click.Choice(MAPS), default=None,
+                     help="Mix this global intensity map of the input into the translation "
+                          "(inverted: a decreasing map, as T1 <-> T2); needs --blend-weight."),
+        click.option("--blend-weight", type=types.FiniteFloat(0, 1, min_open=True),
+                     default=None,
+                     help="The map's share of the blend, in (0, 1]; choose it on validation "
+                          "subjects (benchmarks/cyclegan_t1t2.py --blend-map)."),
+    ]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, blend_map: str | None, blend_weight: float | None,
+                **kwargs: Any) -> Any:
+        if (blend_map is None) != (blend_weight is None):
+            raise click.UsageError("--blend-map and --blend-weight go together")
+        blend = None if blend_map is None else MapBlend(blend_map, blend_weight)
+        return command(*args, blend=blend, **kwargs)
+
+    return stacked(*options)(wrapper)
+
+
 def stacked(*options: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """One decorator for several ``click.option`` s, listed in ``--help`` in this order."""
     def decorate(command: Any) -> Any:

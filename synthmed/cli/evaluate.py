@@ -11,12 +11,19 @@ from typing import Any
 import click
 
 from synthmed.cli import types
-from synthmed.cli.base import Group, check_out_folder, comma_names, config_option, read_options
+from synthmed.cli.base import (
+    Group,
+    blend_options,
+    check_out_folder,
+    comma_names,
+    config_option,
+    read_options,
+)
 from synthmed.eval.classifier import ClassifierConfig
 from synthmed.eval.generators import GeneratorRecipe
 from synthmed.eval.privacy_audit import PrivacyConfig
 from synthmed.eval.utility import MAX_DOUBLINGS, UtilityConfig
-from synthmed.gan.translate import TranslateConfig
+from synthmed.gan.translate import MapBlend, TranslateConfig
 from synthmed.io import RUN_CONFIG
 
 
@@ -341,11 +348,12 @@ def evaluate_privacy_command(synthetic: str, train_path: str, holdout_path: str,
 @click.option("--fuse", multiple=True, type=click.Path(path_type=Path),
               help="With --target: another run to fuse with RUN (repeatable; see synthmed "
                    "translate --help); the fusion is scored.")
+@blend_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 def evaluate_translation_command(run: Path, source: str, target: str | None,
                                  reference: str | None, direction: str, out: Path,
                                  batch_size: int, domain_steps: int, fuse: tuple[Path, ...],
-                                 overwrite: bool) -> None:
+                                 blend: MapBlend | None, overwrite: bool) -> None:
     """Translation quality of a CycleGAN RUN, with baselines; subjects it trained on are
     refused.
 
@@ -365,14 +373,14 @@ def evaluate_translation_command(run: Path, source: str, target: str | None,
 
     if (target is None) == (reference is None):
         raise click.UsageError("pass exactly one of --target (paired truth) and --reference")
-    if fuse and target is None:
-        raise click.UsageError("--fuse needs --target (paired truth)")
+    if (fuse or blend) and target is None:
+        raise click.UsageError("--fuse and --blend-map need --target (paired truth)")
     inputs = (run, source, target, reference, *fuse)
     check_out_folder(out, overwrite, *inputs)
     loaded = load_run(run, kind="cyclegan")
     if target is not None:
         report = evaluate_run(loaded, source, target, direction, batch_size,
-                              [load_run(r, kind="cyclegan") for r in fuse])
+                              [load_run(r, kind="cyclegan") for r in fuse], blend)
         with atomic_output_dir(out, overwrite, inputs, "translation") as work:
             save_report(report, work)
         text = report.to_markdown()

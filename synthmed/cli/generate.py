@@ -11,11 +11,11 @@ import click
 
 from synthmed.augment.distances import NEAR_COPY_PERCENTILE
 from synthmed.cli import types
-from synthmed.cli.base import Command, check_out_folder, config_option
+from synthmed.cli.base import Command, blend_options, check_out_folder, config_option
 from synthmed.errors import InputError
 from synthmed.gan.generate import GenerateConfig
 from synthmed.gan.near_copy import PrivacyFilterConfig
-from synthmed.gan.translate import TranslateConfig
+from synthmed.gan.translate import MapBlend, TranslateConfig
 from synthmed.limits import MAX_IMAGES
 
 _HOLDOUT_SHARE = PrivacyFilterConfig.holdout_fraction * 100
@@ -122,11 +122,13 @@ FUSE_HELP = ("Another run to fuse with RUN (repeatable): each translates a NIfTI
               help="Name the outputs after the inputs and list the inputs' paths in "
                    "manifest.csv (they may name patients); default: numbered.")
 @click.option("--fuse", multiple=True, type=click.Path(path_type=Path), help=FUSE_HELP)
+@blend_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 def translate_command(run: Path, inputs: tuple[str, ...], direction: str, out: Path,
                       format_: str | None, batch_size: int, keep_source_names: bool,
-                      fuse: tuple[Path, ...], overwrite: bool, progress: bool) -> None:
+                      fuse: tuple[Path, ...], blend: MapBlend | None, overwrite: bool,
+                      progress: bool) -> None:
     """Translate INPUTS (NIfTI volumes, DICOM series folders, pictures) with a CycleGAN RUN.
 
     A NIfTI volume comes out with the same shape, affine and header, in the target domain's
@@ -140,7 +142,7 @@ def translate_command(run: Path, inputs: tuple[str, ...], direction: str, out: P
 
     check_out_folder(out, overwrite, run, *fuse, *inputs)
     config = TranslateConfig(direction=direction, format=format_, batch_size=batch_size,
-                             keep_source_names=keep_source_names)
+                             keep_source_names=keep_source_names, blend=blend)
     record = translate_inputs(load_run(run, kind="cyclegan"), inputs, out, config,
                               fuse=[load_run(r, kind="cyclegan") for r in fuse],
                               overwrite=overwrite, progress=progress)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import glob
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +73,9 @@ from synthmed.gan.cyclegan import TRANSLATE_BATCH
 from synthmed.gan.data import group_hash
 from synthmed.gan.run import LoadedRun
 from synthmed.gan.translate import (
+    MapBlend,
+    blended_translation,
     fused_runs_record,
-    fused_translation,
     target_domain,
     translate_images,
 )
@@ -360,8 +361,8 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def evaluate_run(run: LoadedRun, source: str, target: str, direction: str = "a2b",
-                 batch_size: int = TRANSLATE_BATCH, fuse: Sequence[LoadedRun] = ()
-                 ) -> TranslationReport:
+                 batch_size: int = TRANSLATE_BATCH, fuse: Sequence[LoadedRun] = (),
+                 blend: MapBlend | None = None) -> TranslationReport:
     """Evaluate a CycleGAN run on paired NIfTI volumes, with the run's own read options and
     the target domain's training quantiles for the histogram-matching baselines.
 
@@ -371,6 +372,8 @@ def evaluate_run(run: LoadedRun, source: str, target: str, direction: str = "a2b
         direction: ``a2b`` (source is domain A) or ``b2a``.
         fuse: more runs: score the multi-planar fusion of all the runs
             (:func:`~synthmed.gan.translate.fused_translation`), on ``run``'s slice axis.
+        blend: score the translation mixed with a global map of each source volume
+            (:class:`~synthmed.gan.translate.MapBlend`).
 
     Raises:
         InputError: unpaired subjects, or a subject whose images any of the runs trained on.
@@ -382,9 +385,9 @@ def evaluate_run(run: LoadedRun, source: str, target: str, direction: str = "a2b
         for path in (*source_files, *target_files):
             _refuse_training_images(checked, path, checked.config.data.read_config())
     volumes = [VolumePair(subject, load_volume(s), load_volume(t)) for subject, s, t in pairs]
-    if fuse:
-        volumes = [replace(v, translated=fused_translation((run, *fuse), v.source, direction,
-                                                           batch_size)[0]) for v in volumes]
+    if fuse or blend:
+        volumes = [replace(v, translated=blended_translation(
+            (run, *fuse), v.source, direction, batch_size, blend)[0]) for v in volumes]
     quantiles = np.asarray(target_domain(run, direction)["foreground_quantiles"])
     report = evaluate_pairs(
         volumes, lambda slices: translate_images(run, slices, direction, batch_size), quantiles,
@@ -392,6 +395,8 @@ def evaluate_run(run: LoadedRun, source: str, target: str, direction: str = "a2b
         min_foreground=read.min_foreground)
     if fuse:
         report.settings["fused_with"] = fused_runs_record(fuse)
+    if blend:
+        report.settings["blend"] = asdict(blend)
     return report
 
 

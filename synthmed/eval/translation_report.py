@@ -117,6 +117,11 @@ class TranslationReport:
             text += (f"\n\n{SYNTHMED} is a multi-planar fusion: the mean of this run's "
                      f"translation and those of {len(fused)} more (slice axes "
                      f"{', '.join(str(r['slice_axis']) for r in fused)}).")
+        blend = settings.get("blend")
+        if blend:
+            text += (f"\n\n{SYNTHMED} is blended with the {blend['map']} global map of each "
+                     f"source volume: {1 - blend['weight']:g} x the translation + "
+                     f"{blend['weight']:g} x the map.")
         return "# Translation evaluation\n\n" + "\n".join(lines) + "\n\n" + text + "\n"
 
 

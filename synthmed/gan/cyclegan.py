@@ -130,7 +130,8 @@ class CycleGAN(GenerativeModel):
 
         Returns the weighted losses (``loss_g`` is their sum: ``loss_gan_*`` unless
         ``lambda_gan`` is 0, unpaired ``loss_cycle_*``, ``loss_structure_*``, ``loss_idt_*``
-        (0.0 when their weight is 0), paired ``loss_l1_*`` or ``loss_mse_*``) and, with a
+        (0.0 when their weight is 0), paired ``loss_l1_*`` or ``loss_mse_*`` and
+        ``loss_structure_*`` when its weight is above 0) and, with a
         discriminator step, each discriminator's loss and the discriminators' mean scores on
         real images and on the (pooled) fakes.
         """
@@ -221,14 +222,17 @@ class CycleGAN(GenerativeModel):
                        input_b: torch.Tensor, fake_a: torch.Tensor, fake_b: torch.Tensor
                        ) -> dict[str, torch.Tensor]:
         """pix2pix's generator losses per direction: the conditional GAN term (none with
-        ``lambda_gan`` 0) and the pixel loss (``paired_loss``) to the subject's own slice in
-        the target contrast."""
+        ``lambda_gan`` 0), the pixel loss (``paired_loss``) to the subject's own slice in the
+        target contrast and, with ``lambda_structure``, the structure loss."""
         c = self.config
         pixel = F.l1_loss if c.paired_loss == "l1" else F.mse_loss
         losses = {
             f"loss_{c.paired_loss}_ab": pixel(fake_b.float(), real_b.float()) * c.lambda_l1,
             f"loss_{c.paired_loss}_ba": pixel(fake_a.float(), real_a.float()) * c.lambda_l1,
         }
+        if c.lambda_structure > 0:
+            losses["loss_structure_ab"] = self._structure_loss(fake_b, input_a)
+            losses["loss_structure_ba"] = self._structure_loss(fake_a, input_b)
         if c.lambda_gan > 0:
             losses["loss_gan_ab"] = _mse(self._judge(self.discriminator_b, fake_b, input_a),
                                          1.0) * c.lambda_gan

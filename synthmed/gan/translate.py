@@ -13,7 +13,8 @@ often name patients; ``manifest.csv`` lists each output with its input's positio
 ``keep_source_names`` the outputs keep the inputs' names and the manifest their paths.
 ``provenance.json`` holds the run's fingerprint and the mapping. Runs that slice a volume
 along different axes can translate it together (multi-planar fusion: the mean of their
-outputs, :func:`fused_translation`). The output folder appears
+outputs, :func:`fused_translation`), and a translation can be blended with a global intensity
+map of its input (:class:`MapBlend`). The output folder appears
 only when every input is done (:func:`synthmed.io.atomic_output_dir`).
 """
 
@@ -58,6 +59,38 @@ from synthmed.io import MANIFEST, PROVENANCE, atomic_output_dir
 
 DIRECTIONS = ("a2b", "b2a")
 FORMATS = ("nifti", "dicom", "png")
+MAPS = ("matching", "inverted")
+
+
+@dataclass(frozen=True)
+class MapBlend:
+    """Mix a global intensity map of the input into the translation, in model space:
+    ``(1 - weight)`` x the translator's output + ``weight`` x the map.
+
+    The map is histogram matching of the input's foreground onto the target domain's
+    training quantiles (``inverted``: a decreasing map, as for T1 <-> T2), the baseline that
+    ``evaluate translation`` scores. It keeps the input's own structure, which a translator
+    trained on a few subjects smooths away on a subject from a source it has not seen.
+    Choose ``weight`` on validation subjects (``benchmarks/cyclegan_t1t2.py --blend-map``).
+    """
+
+    map: str
+    weight: float
+
+    def __post_init__(self) -> None:
+        if self.map not in MAPS:
+            raise InputError(f"the blended map must be one of {', '.join(MAPS)}, "
+                             f"got {self.map!r}")
+        if not 0.0 < self.weight <= 1.0:
+            raise InputError(f"the map's blend weight must be in (0, 1], got {self.weight}")
+
+    def apply(self, translated: np.ndarray, source: np.ndarray, quantiles: np.ndarray,
+              mask: np.ndarray | None = None) -> np.ndarray:
+        """The blend of a model-space translation ``(N, C, H, W)`` with the map of its
+        model-space ``source`` (same shape; foreground: ``mask`` ``(N, H, W)``, default the
+        pixels above the background) onto the target ``quantiles`` ``(Q,)``."""
+        mapped = match_histogram(source, quantiles, invert=self.map == "inverted", mask=mask)
+        return ((1.0 - self.weight) * translated + self.weight * mapped).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -70,12 +103,14 @@ class TranslateConfig:
         batch_size: slices per forward pass.
         keep_source_names: name the outputs after the inputs and list the inputs' paths in
             the manifest (both may name patients), instead of numbering them.
+        blend: mix a global intensity map of each input into its translation (:class:`MapBlend`).
     """
 
     direction: str = "a2b"
     format: str | None = None
     batch_size: int = TRANSLATE_BATCH
     keep_source_names: bool = False
+    blend: MapBlend | None = None
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -146,14 +181,43 @@ def _training_shape(height: int, width: int, read: ReadConfig) -> tuple[int, int
 
 
 def translate_volume(run: LoadedRun, volume: np.ndarray, direction: str,
-                     batch_size: int = TRANSLATE_BATCH, fuse: Sequence[LoadedRun] = ()
-                     ) -> tuple[np.ndarray, int]:
+                     batch_size: int = TRANSLATE_BATCH, fuse: Sequence[LoadedRun] = (),
+                     blend: MapBlend | None = None) -> tuple[np.ndarray, int]:
     """A volume ``(X, Y, Z)`` (or a plane ``(X, Y)``) in its original units -> the translated
     volume in the target domain's units (``run``'s mapping), and the number of slices ``run``
-    translated. With ``fuse``, a multi-planar fusion (:func:`fused_translation`)."""
-    translated, slices = fused_translation((run, *fuse), volume, direction, batch_size)
+    translated. With ``fuse``, a multi-planar fusion (:func:`fused_translation`); with
+    ``blend``, mixed with a global map of the volume (:func:`blended_translation`)."""
+    translated, slices = blended_translation((run, *fuse), volume, direction, batch_size, blend)
     target = target_domain(run, direction)["intensity"]
     return to_original(translated, target["low"], target["high"]).astype(np.float32), slices
+
+
+def blended_translation(runs: Sequence[LoadedRun], volume: np.ndarray, direction: str,
+                        batch_size: int = TRANSLATE_BATCH, blend: MapBlend | None = None
+                        ) -> tuple[np.ndarray, int]:
+    """:func:`fused_translation` of ``volume`` (original units) by ``runs``, then, with
+    ``blend``, mixed with the global map of the whole volume's foreground (normalised by the
+    first run's read options) onto the first run's target quantiles."""
+    translated, slices = fused_translation(runs, volume, direction, batch_size)
+    if blend is None:
+        return translated, slices
+    return blend_volume(runs[0], volume, translated, direction, blend), slices
+
+
+def blend_volume(run: LoadedRun, volume: np.ndarray, translated: np.ndarray, direction: str,
+                 blend: MapBlend) -> np.ndarray:
+    """``run``'s model-space translation of ``volume`` (original units; both ``(X, Y, Z)`` or
+    ``(X, Y)``) mixed with the global map of the volume's foreground, normalised by the run's
+    read options, onto the run's target quantiles (:meth:`MapBlend.apply`)."""
+    read = run.config.data.read_config()
+    mask = foreground_mask(volume)
+    low, high = percentile_range(volume, mask, read.percentiles)
+    as_image = (1, 1, volume.shape[0], -1)  # one image of every voxel: the map is voxel-wise
+    source = masked_to_model_space(volume, mask, low, high).reshape(as_image)
+    quantiles = np.asarray(target_domain(run, direction)["foreground_quantiles"])
+    blended = blend.apply(translated.reshape(as_image), source, quantiles,
+                          mask.reshape(as_image[1:]))
+    return blended.reshape(volume.shape)
 
 
 def fused_translation(runs: Sequence[LoadedRun], volume: np.ndarray, direction: str,
@@ -280,7 +344,8 @@ def _translate_one(run: LoadedRun, path: Path, work: Path, name: str, source: st
     if kind == "nifti" and config.format in (None, "nifti"):
         image = _load_nifti(path)
         volume, slices = translate_volume(run, image.get_fdata(dtype=np.float32),
-                                          config.direction, config.batch_size, fuse)
+                                          config.direction, config.batch_size, fuse,
+                                          config.blend)
         header = image.header.copy()
         header.set_data_dtype(np.float32)
         header.set_slope_inter(1.0, 0.0)
@@ -297,6 +362,9 @@ def _translate_one(run: LoadedRun, path: Path, work: Path, name: str, source: st
                          f"{run.model.config.channels}: convert it first", path)
     translated = translate_images(run, imageset.images, config.direction, config.batch_size)
     target = target_domain(run, config.direction)
+    if config.blend is not None:
+        translated = config.blend.apply(translated, imageset.images,
+                                        np.asarray(target["foreground_quantiles"]))
     result = replace(imageset, images=translated,
                      intensity_low=np.full(len(imageset), target["intensity"]["low"]),
                      intensity_high=np.full(len(imageset), target["intensity"]["high"]),

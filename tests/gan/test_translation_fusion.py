@@ -1,5 +1,6 @@
-"""Multi-planar fusion: runs that slice one volume along different axes translate it
-together (the mean of their model-space outputs), through the library and the command line."""
+"""Multi-planar fusion (runs that slice one volume along different axes translate it
+together: the mean of their model-space outputs) and the blend with a global intensity map,
+through the library and the command line."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from PIL import Image
 
 from synthmed.augment.intensity import foreground_mask, to_original
 from synthmed.augment.phantom import PhantomConfig, write_phantom_volumes
 from synthmed.errors import InputError
 from synthmed.gan.run import load_run
 from synthmed.gan.translate import (
+    MapBlend,
     TranslateConfig,
+    blended_translation,
     fused_translation,
     target_domain,
     translate_inputs,
@@ -121,5 +125,74 @@ def test_fusion_refuses_pictures_and_unpaired_evaluation_and_leaves_nothing(plan
                     "--source", planes / "data" / "phantom-s0002" / "t1.nii.gz",
                     "--reference", planes / "data" / "phantom-s0001" / "t2.nii.gz",
                     "--out", tmp_path / "none")
-    assert result.exit_code != 0 and "--fuse needs --target" in result.output
+    assert result.exit_code != 0 and "--fuse and --blend-map need --target" in result.output
+    assert not (tmp_path / "none").exists()
+
+
+def test_blend_mixes_the_inverted_map_of_the_input_into_the_translation(planes):
+    axial, sagittal = load_run(planes / "axis2"), load_run(planes / "axis0")
+    volume = held_out_volume(planes)
+    plain, slices = fused_translation([axial], volume, "a2b")
+    blended, counted = blended_translation([axial], volume, "a2b", blend=MapBlend("inverted", 0.25))
+    assert counted == slices and blended.shape == volume.shape
+    mapped = (blended - 0.75 * plain) / 0.25  # the map's share, recovered
+    inside = foreground_mask(volume)
+    np.testing.assert_allclose(mapped[~inside], -1.0, atol=1e-4)  # background stays background
+    order = np.argsort(volume[inside], kind="stable")
+    assert np.all(np.diff(mapped[inside][order]) <= 1e-4)  # inverted: brighter in, darker out
+    quantiles = np.asarray(target_domain(axial, "a2b")["foreground_quantiles"])
+    levels = np.linspace(0, 1, len(quantiles))
+    np.testing.assert_allclose(np.quantile(mapped[inside], levels[10:-10]), quantiles[10:-10],
+                               atol=0.05)  # onto the target domain's training histogram
+    only_map = [blended_translation([run], volume, "a2b", blend=MapBlend("inverted", 1.0))[0]
+                for run in (axial, sagittal)]
+    np.testing.assert_allclose(only_map[0], only_map[1], atol=1e-5)  # weight 1: no model left
+    for bad, message in ((("inverted", 0.0), "weight must be in \\(0, 1\\], got 0.0"),
+                         (("inverted", 1.5), "got 1.5"), (("sharp", 0.5), "got 'sharp'")):
+        with pytest.raises(InputError, match=message):
+            MapBlend(*bad)
+
+
+def test_translate_and_evaluate_blend_from_the_command_line(planes, tmp_path):
+    subject = planes / "data" / "phantom-s0002"
+    options = ["--blend-map", "inverted", "--blend-weight", "0.5"]
+    result = invoke("translate", planes / "axis2", subject / "t1.nii.gz", *options,
+                    "--direction", "a2b", "--out", tmp_path / "blended", "--no-progress")
+    assert result.exit_code == 0, result.output
+    expected, _ = translate_volume(load_run(planes / "axis2"), held_out_volume(planes), "a2b",
+                                   blend=MapBlend("inverted", 0.5))
+    written = nib.load(tmp_path / "blended" / "volume_0001.nii.gz").get_fdata()
+    np.testing.assert_allclose(written, expected, rtol=1e-5, atol=1e-3)
+    provenance = json.loads((tmp_path / "blended" / "provenance.json").read_text())
+    assert provenance["blend"] == {"map": "inverted", "weight": 0.5}
+
+    axial = load_run(planes / "axis2")
+
+    def pictures(out_name: str, blend: MapBlend | None) -> np.ndarray:  # the slices as PNGs
+        translate_inputs(axial, [subject / "t1.nii.gz"], tmp_path / out_name,
+                         TranslateConfig(format="png", blend=blend), progress=False)
+        return np.stack([np.asarray(Image.open(p), dtype=np.float64)
+                         for p in sorted((tmp_path / out_name).rglob("*.png"))])
+
+    plain, only_map = pictures("plain", None), pictures("map", MapBlend("inverted", 1.0))
+    assert len(plain) == 8 and not np.allclose(plain, only_map, atol=2)
+    np.testing.assert_allclose(pictures("half", MapBlend("inverted", 0.5)),
+                               (plain + only_map) / 2, atol=1.0)  # one grey level of rounding
+    for parameter in axial.model.parameters():  # another translator: the map alone is the same
+        parameter.data.zero_()
+    np.testing.assert_array_equal(pictures("zeroed", MapBlend("inverted", 1.0)), only_map)
+
+    result = invoke("evaluate", "translation", planes / "axis2", "--source",
+                    subject / "t1.nii.gz", "--target", subject / "t2.nii.gz", "--blend-map",
+                    "inverted", "--blend-weight", "1", "--out", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval" / "translation.json").read_text())
+    assert report["settings"]["blend"] == {"map": "inverted", "weight": 1.0}
+    scores = report["per_subject"]["phantom-s0002"]
+    assert scores["synthmed"]["psnr"] == pytest.approx(
+        scores["inverted histogram matching"]["psnr"], abs=0.05)  # the map alone
+    assert "0 x the translation + 1 x the map" in (tmp_path / "eval" / "translation.md").read_text()
+    result = invoke("translate", planes / "axis2", subject / "t1.nii.gz", "--blend-map",
+                    "inverted", "--direction", "a2b", "--out", tmp_path / "none")
+    assert result.exit_code != 0 and "--blend-map and --blend-weight go together" in result.output
     assert not (tmp_path / "none").exists()

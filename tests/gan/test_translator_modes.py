@@ -5,6 +5,7 @@ the generators' inputs; each through the data, the model and the command line.""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -232,6 +233,12 @@ def test_paired_regression_trains_the_generators_alone_on_the_squared_error():
     assert first["loss_g"] == pytest.approx(first["loss_mse_ab"] + first["loss_mse_ba"])
     after = list(model.discriminator_b.parameters())
     assert all(torch.equal(p, q) for p, q in zip(discriminator, after, strict=True))
+    structured = CycleGAN(replace(config, lambda_structure=2.0))  # paired takes it too
+    squared_ncc = -structured.local_ncc(structured.generator_ab(a).float(), a).item()
+    losses = structured.train_step((a, b), structured.make_optimizers(),
+                                   torch.Generator().manual_seed(0))
+    assert losses["loss_structure_ab"] == pytest.approx(2.0 * (1.0 - squared_ncc), rel=1e-4)
+    assert losses["loss_g"] == pytest.approx(sum(v for k, v in losses.items() if k != "loss_g"))
     with pytest.raises(InputError, match="lambda_gan 0 needs paired training"):
         CycleGANConfig(lambda_gan=0.0)
     with pytest.raises(InputError, match="paired_loss must be one of l1, mse"):

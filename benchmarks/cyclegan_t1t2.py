@@ -255,7 +255,8 @@ def blend_fold(args: argparse.Namespace, mode: str, volumes: dict[str, Path],
 
     Each training subject's inner run translates each other training subject; the weight
     with the best mean PSNR over those translations is the fold's (0: the fold's own
-    evaluation stands)."""
+    evaluation stands). The inner runs' training time counts in the fold's budget
+    (``train_seconds_inner``), though each is trained once for all folds."""
     out = args.out / mode / held_out
     record_path = out / "blend.json"
     if record_path.is_file():
@@ -271,7 +272,8 @@ def blend_fold(args: argparse.Namespace, mode: str, volumes: dict[str, Path],
           + ")")
     record = {"blend": {"map": args.blend_map, "weight": weight,
                         "inner_psnr": dict(zip(map(str, BLEND_WEIGHTS), inner_psnr,
-                                               strict=True))}}
+                                               strict=True))},
+              "train_seconds_inner": sum(inner_seconds(inner[s]) for s in training)}
     if weight:
         subject, runs = volumes[held_out], fold_runs(args, out)
         record["evaluate_seconds"] = synthmed(
@@ -296,6 +298,12 @@ def inner_run(args: argparse.Namespace, mode: str, subject: str, volumes: dict[s
         record = train_fold_run(args, mode, kept_out, out / "run", 2, f"inner {subject}")
         done.write_text(json.dumps(record, indent=1) + "\n")
     return out / "run"
+
+
+def inner_seconds(run: Path) -> float:
+    """Training seconds of an inner run, 0 when this benchmark did not train it."""
+    done = run.parent / "train.json"
+    return json.loads(done.read_text())["train_seconds"] if done.is_file() else 0.0
 
 
 def inner_curve(run_path: Path, subject: Path, blend_map: str) -> list[float]:

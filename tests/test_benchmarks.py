@@ -143,6 +143,7 @@ def test_translation_benchmark_chooses_the_blend_weight_without_the_held_out_sub
     assert trained == [["b", "c", "copy"], ["a", "c", "copy"]]  # each on one subject alone
     assert sorted(scored) == [("a", "b"), ("b", "a")]  # never the held-out c
     assert record["blend"]["weight"] == 0.4 and record["evaluation"] == {"blended": True}
+    assert record["train_seconds_inner"] == 2.0  # both inner runs count in the fold's budget
     (cli,) = evaluated
     assert cli[cli.index("--blend-weight") + 1] == "0.4" and "--fuse" in cli
     assert str(volumes["c"] / "t1.nii.gz") in cli

@@ -104,7 +104,7 @@ class VolumePair:
 
 def evaluate_pairs(
     pairs: list[VolumePair],
-    translator: Translator,
+    translator: Translator | None,
     target_quantiles: np.ndarray,
     *,
     slice_axis: int = ReadConfig.slice_axis,
@@ -118,7 +118,7 @@ def evaluate_pairs(
         pairs: subjects with a source and a truth volume on the same grid.
         translator: ``(S, 1, H, W)`` model-space source slices -> the same shape in [-1, 1];
             called once per subject without a ``translated`` volume, with all its evaluated
-            slices (outputs are clipped to [-1, 1]).
+            slices (outputs are clipped to [-1, 1]); ``None`` when every pair has one.
         target_quantiles: ``(Q,)`` increasing quantiles at levels ``linspace(0, 1, Q)`` of the
             target domain's training foreground in model space (:func:`foreground_quantiles`).
         slice_axis: voxel axis the volumes are cut along.
@@ -140,6 +140,8 @@ def evaluate_pairs(
         raise InputError("subject names must be unique: " + ", ".join(subjects))
     if slice_axis not in (0, 1, 2) or not 0 <= min_foreground < 1 or panel_slices < 1:
         raise ValueError("need slice_axis in 0..2, 0 <= min_foreground < 1, panel_slices >= 1")
+    if translator is None and any(pair.translated is None for pair in pairs):
+        raise ValueError("without a translator every pair needs its translated volume")
     per_subject: dict[str, dict[str, dict[str, float]]] = {}
     per_slice: list[dict[str, Any]] = []
     panels: dict[str, np.ndarray] = {}
@@ -269,7 +271,7 @@ def _cut(volume: np.ndarray, axis: int, indices: np.ndarray) -> np.ndarray:
 
 
 def _outputs(
-    slices: _Slices, translator: Translator, quantiles: np.ndarray,
+    slices: _Slices, translator: Translator | None, quantiles: np.ndarray,
     volume: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
     """Every computed method's model-space slices ``(S, 1, H, W)``; synthmed's cut from the

@@ -210,6 +210,11 @@ def test_a_translator_of_the_wrong_shape_is_refused() -> None:
     pair = VolumePair("s", t1(mask), t1(mask, 1))
     with pytest.raises(ValueError, match="translator returned"):
         evaluate_pairs([pair], lambda s: s[:, :, :16], np.linspace(-1, 1, 5))
+    made = VolumePair("t", t1(mask), t1(mask, 1), translated=np.zeros(SHAPE, np.float32))
+    with pytest.raises(ValueError, match="every pair needs its translated volume"):
+        evaluate_pairs([pair, made], None, np.linspace(-1, 1, 5))
+    scored = evaluate_pairs([made], None, np.linspace(-1, 1, 5)).per_subject["t"]
+    assert scored["synthmed"]["psnr"] < scored["identity"]["psnr"]  # the flat volume given
 
 
 def test_save_report_writes_json_markdown_and_panels(

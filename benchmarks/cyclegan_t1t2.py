@@ -20,8 +20,9 @@ translation throughput.
    With ``--blend-map`` each fold also scores its translation blended with that global map
    of the source (``synthmed evaluate translation --blend-map --blend-weight``), the weight
    chosen on the fold's training subjects only (nested): an inner run trained on each of them
-   alone (axial, ``OUT/<mode>/inner/<subject>``) translates each other one, and the weight of
-   :data:`BLEND_WEIGHTS` with the best mean PSNR there is the fold's.
+   alone (axial, ``OUT/<mode>/inner/<subject>``) translates each other one (as ``synthmed
+   evaluate blend`` scores it), and the weight of 0, 0.1, ..., 1 with the best mean PSNR
+   there is the fold's.
 3. Translation throughput: slices per second for the first held-out volume through
    ``synthmed translate`` with the first mode's run (the whole command: read, normalise,
    translate, write).
@@ -55,10 +56,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from common import add_data_options, synthmed
 
+from synthmed.eval.translation_blend import BLEND_WEIGHTS, best_weight
 from synthmed.gan.config import CycleGANConfig
 from synthmed.gan.cyclegan import CycleGAN
 
@@ -245,7 +246,6 @@ def fold(args: argparse.Namespace, mode: str, volumes: dict[str, Path], kept_out
     return record
 
 
-BLEND_WEIGHTS = tuple(k / 10 for k in range(11))  # the map's share; 0: no blend
 
 
 def blend_fold(args: argparse.Namespace, mode: str, volumes: dict[str, Path],
@@ -266,7 +266,7 @@ def blend_fold(args: argparse.Namespace, mode: str, volumes: dict[str, Path],
     curves = [inner_curve(inner[subject], volumes[other], args.blend_map)
               for subject in training for other in training if other != subject]
     inner_psnr = [statistics.mean(values) for values in zip(*curves, strict=True)]
-    weight = BLEND_WEIGHTS[inner_psnr.index(max(inner_psnr))]
+    weight = best_weight(BLEND_WEIGHTS, inner_psnr)
     print(f"{mode} fold {held_out}: blend weight {weight} (inner mean PSNR "
           + ", ".join(f"{w}: {p:.2f}" for w, p in zip(BLEND_WEIGHTS, inner_psnr, strict=True))
           + ")")
@@ -308,26 +308,13 @@ def inner_seconds(run: Path) -> float:
 
 def inner_curve(run_path: Path, subject: Path, blend_map: str) -> list[float]:
     """PSNR of ``run_path``'s translation of ``subject``'s T1 against its T2, blended with
-    ``blend_map`` at each of :data:`BLEND_WEIGHTS` (scored as ``evaluate translation``)."""
-    from synthmed.augment.nifti import load_volume
-    from synthmed.eval.translation import VolumePair, evaluate_pairs
+    ``blend_map`` at each of :data:`BLEND_WEIGHTS` (as ``synthmed evaluate blend``)."""
+    from synthmed.eval.translation_blend import sweep_blend
     from synthmed.gan.run import load_run
-    from synthmed.gan.translate import MapBlend, blend_volume, fused_translation, target_domain
 
-    run = load_run(run_path, kind="cyclegan")
-    read = run.config.data.read_config()
-    t1, t2 = load_volume(subject / "t1.nii.gz"), load_volume(subject / "t2.nii.gz")
-    translated, _ = fused_translation([run], t1, "a2b")
-    quantiles = np.asarray(target_domain(run, "a2b")["foreground_quantiles"])
-    psnr = []
-    for weight in BLEND_WEIGHTS:
-        blended = (blend_volume(run, t1, translated, "a2b", MapBlend(blend_map, weight))
-                   if weight else translated)
-        report = evaluate_pairs([VolumePair(subject.name, t1, t2, blended)], None, quantiles,
-                                slice_axis=read.slice_axis, percentiles=read.percentiles,
-                                min_foreground=read.min_foreground)
-        psnr.append(report.per_subject[subject.name]["synthmed"]["psnr"])
-    return psnr
+    sweep = sweep_blend(load_run(run_path, kind="cyclegan"), str(subject / "t1.nii.gz"),
+                        str(subject / "t2.nii.gz"), blend_map, BLEND_WEIGHTS)
+    return sweep.per_subject[subject.name]["psnr"]
 
 
 def fold_runs(args: argparse.Namespace, out: Path) -> list[tuple[Path, int]]:

@@ -193,7 +193,7 @@ def blend_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--blend-weight", type=types.FiniteFloat(0, 1, min_open=True),
                      default=None,
                      help="The map's share of the blend, in (0, 1]; choose it on validation "
-                          "subjects (benchmarks/cyclegan_t1t2.py --blend-map)."),
+                          "subjects (synthmed evaluate blend)."),
     ]
 
     @functools.wraps(command)

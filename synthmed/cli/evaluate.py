@@ -22,8 +22,9 @@ from synthmed.cli.base import (
 from synthmed.eval.classifier import ClassifierConfig
 from synthmed.eval.generators import GeneratorRecipe
 from synthmed.eval.privacy_audit import PrivacyConfig
+from synthmed.eval.translation_blend import BLEND_WEIGHTS
 from synthmed.eval.utility import MAX_DOUBLINGS, UtilityConfig
-from synthmed.gan.translate import MapBlend, TranslateConfig
+from synthmed.gan.translate import MAPS, MapBlend, TranslateConfig
 from synthmed.io import RUN_CONFIG
 
 
@@ -327,6 +328,16 @@ def evaluate_privacy_command(synthetic: str, train_path: str, holdout_path: str,
     click.echo(f"report: {out / 'privacy.md'}")
 
 
+direction_option = config_option("--direction", type=click.Choice(["a2b", "b2a"]),
+                                 config=TranslateConfig, field="direction", override=False)
+batch_size_option = config_option("--batch-size", type=click.IntRange(1),
+                                  config=TranslateConfig, field="batch_size", override=False)
+fuse_option = click.option(
+    "--fuse", multiple=True, type=click.Path(path_type=Path),
+    help="With --target: another run to fuse with RUN (repeatable; see synthmed translate "
+         "--help); the fusion is scored.")
+
+
 @evaluate.command("translation")
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--source", required=True,
@@ -336,18 +347,14 @@ def evaluate_privacy_command(synthetic: str, train_path: str, holdout_path: str,
 @click.option("--reference",
               help="Without paired truth: real target-domain images (any reader input) to "
                    "compare the translated distribution with.")
-@config_option("--direction", type=click.Choice(["a2b", "b2a"]), config=TranslateConfig,
-               field="direction", override=False)
+@direction_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for translation.json, translation.md and panels.")
-@config_option("--batch-size", type=click.IntRange(1), config=TranslateConfig,
-               field="batch_size", override=False)
+@batch_size_option
 @click.option("--domain-steps", type=click.IntRange(1), default=300, show_default=True,
               help="With --reference: training steps of the domain classifier whose features "
                    "the distribution metrics use.")
-@click.option("--fuse", multiple=True, type=click.Path(path_type=Path),
-              help="With --target: another run to fuse with RUN (repeatable; see synthmed "
-                   "translate --help); the fusion is scored.")
+@fuse_option
 @blend_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 def evaluate_translation_command(run: Path, source: str, target: str | None,
@@ -397,4 +404,49 @@ def evaluate_translation_command(run: Path, source: str, target: str | None,
             (work / "unpaired.json").write_text(json.dumps(
                 {key: r.to_json() for key, r in reports.items()}, indent=1) + "\n")
     click.echo(text)
+    click.echo(f"report in {out}")
+
+
+@evaluate.command("blend")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--source", required=True,
+              help="Validation NIfTI volume(s): a file or a glob, e.g. 'val/*/t1.nii.gz'.")
+@click.option("--target", required=True,
+              help="Their true target volumes on the same grids, paired by subject folder.")
+@click.option("--blend-map", type=click.Choice(MAPS), required=True,
+              help="The global intensity map to blend in (inverted: a decreasing map, as "
+                   "T1 <-> T2).")
+@click.option("--weights", default=",".join(f"{w:g}" for w in BLEND_WEIGHTS),
+              show_default=True, help="The map's shares to score, comma-separated, in [0, 1].")
+@direction_option
+@batch_size_option
+@fuse_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for blend.json and blend.md.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+def evaluate_blend_command(run: Path, source: str, target: str, blend_map: str, weights: str,
+                           direction: str, batch_size: int, fuse: tuple[Path, ...], out: Path,
+                           overwrite: bool) -> None:
+    """Choose --blend-weight on validation subjects: score a CycleGAN RUN's translation
+    blended with a global map at each weight; the best mean PSNR names the weight. Subjects
+    the runs trained on are refused; score the chosen weight on other subjects.
+
+    Example: synthmed evaluate blend runs/t1t2 --source "val/*/t1.nii.gz"
+    --target "val/*/t2.nii.gz" --blend-map inverted --out blend-t1t2
+    """
+    from synthmed.eval.translation_blend import sweep_blend
+    from synthmed.gan.run import load_run
+    from synthmed.io import atomic_output_dir
+
+    values = _floats(weights, "--weights")
+    inputs = (run, source, target, *fuse)
+    check_out_folder(out, overwrite, *inputs)
+    sweep = sweep_blend(load_run(run, kind="cyclegan"), source, target, blend_map, values,
+                        direction, batch_size, [load_run(r, kind="cyclegan") for r in fuse])
+    with atomic_output_dir(out, overwrite, inputs, "blend") as work:
+        sweep.save(work)
+    click.echo(sweep.to_markdown())
+    best = sweep.best_weight
+    click.echo(f"translate with --blend-map {blend_map} --blend-weight {best:g}" if best else
+               "the translation alone scores best here: translate without --blend-map")
     click.echo(f"report in {out}")

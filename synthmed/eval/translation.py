@@ -147,9 +147,9 @@ def evaluate_pairs(
     panels: dict[str, np.ndarray] = {}
     intensity: dict[str, dict[str, float]] = {}
     for pair in pairs:
-        slices = _prepare(pair, slice_axis, percentiles, min_foreground)
+        slices = prepare_slices(pair, slice_axis, percentiles, min_foreground)
         outputs = _outputs(slices, translator, quantiles, pair.translated)
-        per_subject[pair.subject], rows = _score(slices, outputs)
+        per_subject[pair.subject], rows = score_methods(slices, outputs)
         per_slice.extend(rows)
         panels[pair.subject] = _panel(slices, outputs[SYNTHMED], panel_slices)
         intensity[pair.subject] = {
@@ -192,7 +192,7 @@ def _settings(slice_axis: int, percentiles: tuple[float, float], min_foreground:
 
 
 @dataclass(frozen=True)
-class _Slices:
+class EvaluatedSlices:
     """One subject's evaluated slices, display-oriented (``H, W`` = the display axes)."""
 
     subject: str
@@ -208,9 +208,9 @@ class _Slices:
     source_high: float
 
 
-def _prepare(
+def prepare_slices(
     pair: VolumePair, axis: int, percentiles: tuple[float, float], min_foreground: float
-) -> _Slices:
+) -> EvaluatedSlices:
     """Check a pair, build its masks and mappings and cut its evaluated slices."""
     source, target = np.asarray(pair.source), np.asarray(pair.target)
     if source.shape != target.shape:
@@ -236,11 +236,11 @@ def _prepare(
         )
 
     def cut(volume: np.ndarray) -> np.ndarray:  # (X, Y, Z) -> (S, H, W)
-        return _cut(volume, axis, keep)
+        return cut_slices(volume, axis, keep)
 
     source_low, source_high = percentile_range(source, source_mask, percentiles)
     low, high = percentile_range(target, target_mask, percentiles)
-    slices = _Slices(
+    slices = EvaluatedSlices(
         subject=pair.subject,
         axis=axis,
         indices=keep,
@@ -265,19 +265,19 @@ def _prepare(
     return slices
 
 
-def _cut(volume: np.ndarray, axis: int, indices: np.ndarray) -> np.ndarray:
+def cut_slices(volume: np.ndarray, axis: int, indices: np.ndarray) -> np.ndarray:
     """The display-oriented slices ``(S, H, W)`` of ``volume`` at ``indices`` along ``axis``."""
     return np.stack([display_plane(p) for p in np.moveaxis(volume, axis, 0)[indices]])
 
 
 def _outputs(
-    slices: _Slices, translator: Translator | None, quantiles: np.ndarray,
+    slices: EvaluatedSlices, translator: Translator | None, quantiles: np.ndarray,
     volume: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
     """Every computed method's model-space slices ``(S, 1, H, W)``; synthmed's cut from the
     translated ``volume`` when there is one."""
     translated = np.asarray(translator(slices.source) if volume is None
-                            else _cut(volume, slices.axis, slices.indices)[:, None])
+                            else cut_slices(volume, slices.axis, slices.indices)[:, None])
     if translated.shape != slices.source.shape:
         raise ValueError(
             f"the translator returned shape {translated.shape} for {slices.source.shape}"
@@ -292,8 +292,8 @@ def _outputs(
     }
 
 
-def _score(
-    slices: _Slices, outputs: dict[str, np.ndarray]
+def score_methods(
+    slices: EvaluatedSlices, outputs: dict[str, np.ndarray]
 ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
     """Per-method subject scores and per-slice rows, on the truth's original scale."""
     peak = slices.high - slices.low
@@ -324,7 +324,7 @@ def _score(
     return scores, rows
 
 
-def _panel(slices: _Slices, translated: np.ndarray, count: int) -> np.ndarray:
+def _panel(slices: EvaluatedSlices, translated: np.ndarray, count: int) -> np.ndarray:
     """``(R * 4, 1, H, W)`` rows of source, translated, truth and |error| for R slices."""
     spaced = np.linspace(0, len(slices.indices) - 1, count + 2)[1:-1]  # inner points
     picks = np.unique(spaced.round().astype(int))
@@ -381,12 +381,7 @@ def evaluate_run(run: LoadedRun, source: str, target: str, direction: str = "a2b
         InputError: unpaired subjects, or a subject whose images any of the runs trained on.
     """
     read = run.config.data.read_config()
-    source_files, target_files = _nifti_files(source), _nifti_files(target)
-    pairs = _pair_by_subject(source_files, target_files)
-    for checked in (run, *fuse):
-        for path in (*source_files, *target_files):
-            _refuse_training_images(checked, path, checked.config.data.read_config())
-    volumes = [VolumePair(subject, load_volume(s), load_volume(t)) for subject, s, t in pairs]
+    volumes = paired_volumes((run, *fuse), source, target)
     if fuse or blend:
         volumes = [replace(v, translated=blended_translation(
             (run, *fuse), v.source, direction, batch_size, blend)[0]) for v in volumes]
@@ -400,6 +395,21 @@ def evaluate_run(run: LoadedRun, source: str, target: str, direction: str = "a2b
     if blend:
         report.settings["blend"] = asdict(blend)
     return report
+
+
+def paired_volumes(runs: Sequence[LoadedRun], source: str, target: str) -> list[VolumePair]:
+    """The source and truth volumes of ``source`` and ``target`` (a NIfTI file or a glob each,
+    paired by subject folder), refused when any of ``runs`` trained on one of them.
+
+    Raises:
+        InputError: a missing file, unpaired subjects, or a subject a run trained on.
+    """
+    source_files, target_files = _nifti_files(source), _nifti_files(target)
+    pairs = _pair_by_subject(source_files, target_files)
+    for run in runs:
+        for path in (*source_files, *target_files):
+            _refuse_training_images(run, path, run.config.data.read_config())
+    return [VolumePair(subject, load_volume(s), load_volume(t)) for subject, s, t in pairs]
 
 
 def _nifti_files(pattern: str) -> list[Path]:

@@ -71,7 +71,7 @@ class MapBlend:
     training quantiles (``inverted``: a decreasing map, as for T1 <-> T2), the baseline that
     ``evaluate translation`` scores. It keeps the input's own structure, which a translator
     trained on a few subjects smooths away on a subject from a source it has not seen.
-    Choose ``weight`` on validation subjects (``benchmarks/cyclegan_t1t2.py --blend-map``).
+    Choose ``weight`` on validation subjects (``synthmed evaluate blend``).
     """
 
     map: str

@@ -120,6 +120,10 @@ CASES = [
         "evaluate", "translation", r / "runs/cyclegan", "--source", r / HELD / "t1.nii.gz",
         "--target", r / HELD / "t2.nii.gz", "--out", r / HELD, "--overwrite"],
         "holds the input"),
+    Case("evaluate blend --out its source", lambda r: [
+        "evaluate", "blend", r / "runs/cyclegan", "--source", r / HELD / "t1.nii.gz",
+        "--target", r / HELD / "t2.nii.gz", "--blend-map", "inverted", "--out", r / HELD,
+        "--overwrite"], "holds the input"),
     Case("evaluate utility --out a user's folder", lambda r: [
         "evaluate", "utility", "--real", r / "data/t1.npz", "--generator", r / "runs/dcgan",
         "--out", r / "mine"], "synthmed did not write"),
@@ -213,6 +217,10 @@ CASES = [
     Case("evaluate translation on its training subjects", lambda r: [
         "evaluate", "translation", r / "runs/cyclegan", "--source",
         r / SEEN / "t1.nii.gz", "--target", r / SEEN / "t2.nii.gz", "--out", out_of(r)],
+        "training domain"),
+    Case("evaluate blend on its training subjects", lambda r: [
+        "evaluate", "blend", r / "runs/cyclegan", "--source", r / SEEN / "t1.nii.gz",
+        "--target", r / SEEN / "t2.nii.gz", "--blend-map", "inverted", "--out", out_of(r)],
         "training domain"),
     # -- data files ------------------------------------------------------------------------------
     Case("a DICOM with RescaleSlope 0", lambda r: [

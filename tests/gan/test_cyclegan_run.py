@@ -23,6 +23,8 @@ from synthmed.augment.phantom import PhantomConfig, write_phantom_volumes
 from synthmed.augment.readers import read_images
 from synthmed.augment.splits import held_out_hashes, hold_out_groups
 from synthmed.errors import InputError
+from synthmed.eval.translation import evaluate_run
+from synthmed.eval.translation_blend import sweep_blend
 from synthmed.gan import checkpoint
 from synthmed.gan.config import CycleGANConfig, TrainConfig
 from synthmed.gan.data import PairedImages, UnpairedImages, group_hash
@@ -467,6 +469,20 @@ def test_translate_real_brain_volume(shared_data, trained, tmp_path):
     assert result.exit_code == 0, result.output
     translated = nib.load(tmp_path / "o" / "volume_0001.nii.gz")
     assert translated.shape == nib.load(source).shape == (240, 240, 155)
+
+
+@pytest.mark.slow
+def test_blend_sweep_on_a_real_brain_subject_ends_at_the_inverted_map(shared_data, trained):
+    subject = real_file(shared_data, "brain-t1t2/BraTS-GLI-00001-000")
+    source, target = str(subject / "t1.nii.gz"), str(subject / "t2.nii.gz")
+    run = load_run(trained)
+    sweep = sweep_blend(run, source, target, "inverted", (0.0, 1.0))
+    scores = evaluate_run(run, source, target).per_subject["BraTS-GLI-00001-000"]
+    for metric in ("psnr", "ssim_bbox"):
+        values = sweep.per_subject["BraTS-GLI-00001-000"][metric]
+        assert values[0] == pytest.approx(scores["synthmed"][metric], abs=1e-6)
+        assert values[1] == pytest.approx(scores["inverted histogram matching"][metric],
+                                          abs=0.05 if metric == "psnr" else 0.005)
 
 
 # -- evaluate translation ----------------------------------------------------------------------

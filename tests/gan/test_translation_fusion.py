@@ -14,6 +14,8 @@ from PIL import Image
 from synthmed.augment.intensity import foreground_mask, to_original
 from synthmed.augment.phantom import PhantomConfig, write_phantom_volumes
 from synthmed.errors import InputError
+from synthmed.eval.translation import evaluate_run
+from synthmed.eval.translation_blend import best_weight, sweep_blend
 from synthmed.gan.run import load_run
 from synthmed.gan.translate import (
     MapBlend,
@@ -196,3 +198,56 @@ def test_translate_and_evaluate_blend_from_the_command_line(planes, tmp_path):
                     "inverted", "--direction", "a2b", "--out", tmp_path / "none")
     assert result.exit_code != 0 and "--blend-map and --blend-weight go together" in result.output
     assert not (tmp_path / "none").exists()
+
+
+def test_blend_sweep_scores_each_weight_as_evaluate_translation_does(planes):
+    axial, sagittal = load_run(planes / "axis2"), load_run(planes / "axis0")
+    subject = planes / "data" / "phantom-s0002"
+    source, target = str(subject / "t1.nii.gz"), str(subject / "t2.nii.gz")
+    sweep = sweep_blend(axial, source, target, "inverted", (1.0, 0.0, 0.5), fuse=[sagittal])
+    assert sweep.weights == [0.0, 0.5, 1.0] and len(sweep.runs) == 2
+    psnr = sweep.per_subject["phantom-s0002"]["psnr"]
+    for weight, score in zip(sweep.weights, psnr, strict=True):
+        blend = MapBlend("inverted", weight) if weight else None
+        report = evaluate_run(axial, source, target, fuse=[sagittal], blend=blend)
+        scores = report.per_subject["phantom-s0002"]
+        assert score == pytest.approx(scores["synthmed"]["psnr"], abs=1e-6)
+    assert psnr[2] == pytest.approx(scores["inverted histogram matching"]["psnr"], abs=0.05)
+    assert len(set(psnr)) == 3 and sweep.best_weight == sweep.weights[int(np.argmax(psnr))]
+    assert sweep.mean("psnr") == pytest.approx(psnr)  # one subject: its own curve
+    assert best_weight([0.0, 0.5, 1.0], [3.0, 5.0, 5.0]) == 0.5  # a tie: less of the map
+    for bad in ((0.5,), (0.5, 0.5), (0.0, 1.5), (-0.1, 0.5), (0.0, float("nan"))):
+        with pytest.raises(InputError, match="at least two distinct values in \\[0, 1\\]"):
+            sweep_blend(axial, source, target, "inverted", bad)
+    with pytest.raises(InputError, match="got 'sharp'"):
+        sweep_blend(axial, source, target, "sharp", (0.0, 1.0))
+
+
+def test_evaluate_blend_names_the_weight_and_refuses_training_subjects(planes, tmp_path):
+    subject = planes / "data" / "phantom-s0002"
+    paths = ["--source", subject / "t1.nii.gz", "--target", subject / "t2.nii.gz"]
+    result = invoke("evaluate", "blend", planes / "axis2", *paths, "--blend-map", "inverted",
+                    "--weights", "0,0.25,1", "--out", tmp_path / "blend")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "blend" / "blend.json").read_text())
+    assert record["weights"] == [0.0, 0.25, 1.0] and record["blend_map"] == "inverted"
+    psnr = record["per_subject"]["phantom-s0002"]["psnr"]
+    assert record["mean"]["psnr"] == psnr and record["best_weight"] == [0, 0.25, 1][
+        int(np.argmax(psnr))]
+    best = record["best_weight"]
+    assert (f"--blend-weight {best:g}" if best else "without --blend-map") in result.output
+    assert f"**w = {best:g}**" in (tmp_path / "blend" / "blend.md").read_text()
+
+    trained = planes / "data" / "phantom-s0001"
+    for args, message in (
+            (["--source", trained / "t1.nii.gz", "--target", trained / "t2.nii.gz"],
+             "8 image(s) and 0 subject(s) of it were in the run's training domain A"),
+            ([*paths, "--weights", "0.5"], "at least two distinct values in [0, 1], got 0.5")):
+        result = invoke("evaluate", "blend", planes / "axis2", *args, "--blend-map",
+                        "inverted", "--out", tmp_path / "refused")
+        one_line_error(result, message)
+        assert not (tmp_path / "refused").exists()
+    result = invoke("evaluate", "blend", planes / "axis2", *paths, "--blend-map", "inverted",
+                    "--weights", "0,x", "--out", tmp_path / "refused")
+    assert result.exit_code == 2 and "not a comma-separated list of numbers" in result.output
+    assert not (tmp_path / "refused").exists()

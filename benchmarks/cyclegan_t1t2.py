@@ -62,6 +62,7 @@ from common import add_data_options, synthmed
 from synthmed.eval.translation_blend import BLEND_WEIGHTS, best_weight
 from synthmed.gan.config import CycleGANConfig
 from synthmed.gan.cyclegan import CycleGAN
+from synthmed.gan.translate import MAPS
 
 
 def step_times(sizes: tuple[int, ...], steps: int) -> dict[str, float]:
@@ -125,7 +126,7 @@ def main() -> None:
     parser.add_argument("--planes", action="store_true",
                         help="also train each fold along the other two voxel axes (--axis 0, "
                              "1) and score the multi-planar fusion of the three (--fuse)")
-    parser.add_argument("--blend-map", choices=("matching", "inverted"),
+    parser.add_argument("--blend-map", choices=MAPS,
                         help="also score each fold blended with this global map, the weight "
                              "chosen on its training subjects (nested)")
     parser.add_argument("--skip-training", action="store_true",
@@ -244,8 +245,6 @@ def fold(args: argparse.Namespace, mode: str, volumes: dict[str, Path], kept_out
     record["evaluation"] = json.loads((out / "evaluation" / "translation.json").read_text())
     record_path.write_text(json.dumps(record, indent=1) + "\n")
     return record
-
-
 
 
 def blend_fold(args: argparse.Namespace, mode: str, volumes: dict[str, Path],

@@ -134,11 +134,11 @@ def sweep_blend(run: LoadedRun, source: str, target: str, blend_map: str,
     per_subject = {}
     for pair in paired_volumes(runs, source, target):
         translated, _ = fused_translation(runs, pair.source, direction, batch_size)
+        mapped = blend_volume(run, pair.source, translated, direction, MapBlend(blend_map, 1.0))
         slices = prepare_slices(pair, read.slice_axis, read.percentiles, read.min_foreground)
         scores: dict[str, list[float]] = {metric: [] for metric in METRICS}
         for weight in weights:
-            volume = (blend_volume(run, pair.source, translated, direction, blends[weight])
-                      if weight > 0 else translated)
+            volume = blends[weight].mix(translated, mapped) if weight > 0 else translated
             cut = cut_slices(np.clip(volume, -1.0, 1.0), slices.axis, slices.indices)[:, None]
             scored, _ = score_methods(slices, {SYNTHMED: cut.astype(np.float32)})
             for metric in METRICS:

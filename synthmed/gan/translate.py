@@ -90,6 +90,11 @@ class MapBlend:
         model-space ``source`` (same shape; foreground: ``mask`` ``(N, H, W)``, default the
         pixels above the background) onto the target ``quantiles`` ``(Q,)``."""
         mapped = match_histogram(source, quantiles, invert=self.map == "inverted", mask=mask)
+        return self.mix(translated, mapped)
+
+    def mix(self, translated: np.ndarray, mapped: np.ndarray) -> np.ndarray:
+        """``(1 - weight)`` x ``translated`` + ``weight`` x ``mapped`` (the map's output, same
+        shape), as float32."""
         return ((1.0 - self.weight) * translated + self.weight * mapped).astype(np.float32)
 
 

@@ -92,11 +92,12 @@ class DCGAN(GenerativeModel):
     @property
     def conditioning_strength(self) -> float:
         """How much the class terms count now, in [0, 1]: 0 before ``transition_steps``'
-        start, rising linearly to 1 at its end (always 1 without a transition)."""
+        start, rising linearly to 1 at its end (a switch when start is end; always 1
+        without a transition)."""
         start, end = self.config.transition_steps
         if end == 0 or int(self.steps_done) >= end:
             return 1.0
-        return max(0.0, (int(self.steps_done) - start) / (end - start))
+        return max(0.0, (int(self.steps_done) - start) / (end - start)) if end > start else 0.0
 
     @property
     def augment_chance(self) -> float:

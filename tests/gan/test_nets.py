@@ -390,6 +390,15 @@ def test_transition_ramps_the_conditioning_in_over_its_steps():
     assert DCGAN(DCGANConfig(size=28, width=4, num_classes=2)).conditioning_strength == 1.0
 
 
+def test_a_transition_that_starts_where_it_ends_switches_the_conditioning_on():
+    model = DCGAN(DCGANConfig(size=28, width=4, num_classes=2, transition_steps=(3, 3)))
+    strengths = []
+    for step in range(5):
+        model.steps_done.fill_(step)
+        strengths.append(model.conditioning_strength)
+    assert strengths == [0, 0, 0, 1, 1]
+
+
 def test_ada_moves_the_probability_by_the_batch_share_towards_the_target():
     model = DCGAN(DCGANConfig(size=28, width=4, diffaugment=("cutout",), ada_target=0.6,
                               ada_images=100))

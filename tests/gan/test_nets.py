@@ -380,23 +380,18 @@ def test_conditioning_strength_scales_the_class_terms(preset):
     torch.testing.assert_close(half - none, (full - none) / 2)
 
 
-def test_transition_ramps_the_conditioning_in_over_its_steps():
-    model = DCGAN(DCGANConfig(size=28, width=4, num_classes=2, transition_steps=(4, 8)))
+@pytest.mark.parametrize("transition, expected", [
+    ((4, 8), [0, 0, 0, 0, 0, 0.25, 0.5, 0.75, 1, 1]),  # a linear ramp
+    ((3, 3), [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]),  # start = end: a switch, not a division by 0
+])
+def test_transition_ramps_the_conditioning_in_over_its_steps(transition, expected):
+    model = DCGAN(DCGANConfig(size=28, width=4, num_classes=2, transition_steps=transition))
     strengths = []
     for step in range(10):
         model.steps_done.fill_(step)
         strengths.append(model.conditioning_strength)
-    assert strengths == [0, 0, 0, 0, 0, 0.25, 0.5, 0.75, 1, 1]
+    assert strengths == expected
     assert DCGAN(DCGANConfig(size=28, width=4, num_classes=2)).conditioning_strength == 1.0
-
-
-def test_a_transition_that_starts_where_it_ends_switches_the_conditioning_on():
-    model = DCGAN(DCGANConfig(size=28, width=4, num_classes=2, transition_steps=(3, 3)))
-    strengths = []
-    for step in range(5):
-        model.steps_done.fill_(step)
-        strengths.append(model.conditioning_strength)
-    assert strengths == [0, 0, 0, 1, 1]
 
 
 def test_ada_moves_the_probability_by_the_batch_share_towards_the_target():

@@ -28,6 +28,8 @@ real-repeated included, with the paired 95 % interval.
     SYNTHMED_TEST_DATA=../shared/data python benchmarks/generator_quality.py --out bench-quality
     python benchmarks/generator_quality.py --out q --sets breastmnist-0.25 \\
         --recipes dcgan@1000,dcgan@4000          # RECIPE@STEPS: the budget study of a recipe
+    python benchmarks/generator_quality.py --out q --sets breastmnist-0.25 \\
+        --recipes dcgan-ada-transition@2000 --init-from PRETRAINED_RUN   # transfer
 """
 
 from __future__ import annotations
@@ -82,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="classifier seeds per cell")
     parser.add_argument("--synthetic-scales", default=[], type=scales,
                         help="comma list of K: also train synthetic only on K x the subset")
+    parser.add_argument("--init-from", type=Path,
+                        help="a run every generator starts from (transfer; rows 'RECIPE from "
+                             "RUN-NAME')")
     parser.add_argument("--headline", action="store_true",
                         help="run the utility harness with each set's best recipe")
     args = parser.parse_args(argv)
@@ -96,13 +101,14 @@ def main(argv: list[str] | None = None) -> None:
         rows = json.loads(rows_file.read_text()) if rows_file.is_file() else {}
         rows["real only"] = real_only(subset, real, args.seeds)
         for recipe_name in args.recipes.split(","):
-            family, recipe = chosen_recipe(recipe_name)
+            row_name = recipe_name + (f" from {args.init_from.name}" if args.init_from else "")
+            family, recipe = chosen_recipe(row_name, args.init_from)
             run_dir, train_seconds = trained_run(family, recipe, subset,
-                                                 args.out / name / recipe_name)
-            rows[recipe_name] = measure(family, recipe, run_dir, train_seconds, subset, real,
-                                        args.seeds)
+                                                 args.out / name / row_name)
+            rows[row_name] = measure(family, recipe, run_dir, train_seconds, subset, real,
+                                     args.seeds)
             for scale in args.synthetic_scales:
-                rows[f"{recipe_name}, {scale}x images"] = synthetic_only_at_scale(
+                rows[f"{row_name}, {scale}x images"] = synthetic_only_at_scale(
                     run_dir, subset, real, args.seeds, scale)
             rows_file.write_text(json.dumps(rows, indent=1))
         print_table(name, len(subset), rows)
@@ -118,11 +124,14 @@ def scales(text: str) -> list[int]:
     return values
 
 
-def chosen_recipe(name: str) -> tuple[str, GeneratorRecipe]:
-    """The family and recipe of ``RECIPE`` or ``RECIPE@STEPS``."""
+def chosen_recipe(name: str, init_from: Path | None = None) -> tuple[str, GeneratorRecipe]:
+    """The family and recipe of ``RECIPE`` or ``RECIPE@STEPS`` (a row name may end in
+    `` from RUN-NAME``: its generators start from the run ``init_from``)."""
+    name, transfer, _ = name.partition(" from ")
     base, _, steps = name.partition("@")
     family, recipe = RECIPES[base]
-    return family, replace(recipe, steps=int(steps)) if steps else recipe
+    recipe = replace(recipe, steps=int(steps)) if steps else recipe
+    return family, replace(recipe, init_from=str(init_from)) if transfer else recipe
 
 
 def real_only(subset: ImageSet, real: RealData, seeds: int) -> dict:
@@ -234,7 +243,7 @@ def print_table(name: str, n: int, rows: dict) -> None:
 def headline(name: str, rows: dict, args: argparse.Namespace, fraction: float) -> None:
     """The utility harness with the recipe of the best mean validation AUROC."""
     best = best_recipe(rows)
-    family, recipe = chosen_recipe(best)
+    family, recipe = chosen_recipe(best, args.init_from)
     path, read, _ = SETS[name]
     read_args = [f"--{k}={v}" for k, v in read.items()]
     out = args.out / name / f"harness-{best}"
@@ -268,6 +277,8 @@ def harness_options(family: str, recipe: GeneratorRecipe) -> list[str]:
     if fixed:
         sys.exit(f"evaluate utility has no option for the recipe's {', '.join(fixed)}")
     options = ["--generator-steps", str(recipe.steps)]
+    if recipe.init_from is not None:
+        options += ["--generator-init", recipe.init_from]
     if family != "dcgan":
         return options
     for flag, field, text in (

@@ -169,6 +169,11 @@ def test_the_harness_headline_trains_every_remedy_of_the_recipe_validation_picke
         "--generator-ema", "0.999"]
     assert module.harness_options(*module.chosen_recipe("diffusion@8000")) == [
         "--generator-steps", "8000"]
+    family, recipe = module.chosen_recipe("dcgan@3000 from brain28", Path("runs/brain28"))
+    assert (recipe.steps, recipe.init_from) == (3000, str(Path("runs/brain28")))
+    assert module.harness_options(family, recipe) == [
+        "--generator-steps", "3000", "--generator-init", str(Path("runs/brain28"))]
+    assert module.chosen_recipe("dcgan", Path("runs/brain28"))[1].init_from is None
     with pytest.raises(SystemExit, match="no option for the recipe's width"):
         module.harness_options("dcgan", module.GeneratorRecipe(width=64))
     val = {"auroc": {"val": {"mean": 0.8}}}

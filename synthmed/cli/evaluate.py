@@ -78,6 +78,10 @@ def _shard(text: str) -> tuple[int, int]:
                     "class conditioning in until END.")
 @config_option("--generator-ema", type=types.DECAY, config=GeneratorRecipe, field="ema_decay",
                override=False, help="EMA decay of each trained generator, e.g. 0.999.")
+@config_option("--generator-init", type=click.Path(file_okay=False, path_type=Path),
+               config=GeneratorRecipe, field="init_from", override=False,
+               help="A run of the same generator model that each trained generator starts "
+                    "from (transfer from a larger set).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder; rerunning the same command skips finished models, "
                    "also with more --seeds or --fractions.")
@@ -120,7 +124,7 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
                              train_generator: str | None, generator_steps: int,
                              generator_diffaugment: str, generator_ada_target: float,
                              generator_transition_steps: tuple[int, int],
-                             generator_ema: float, out: Path,
+                             generator_ema: float, generator_init: Path | None, out: Path,
                              fractions: str, seeds: int, ratios: str, balance: bool,
                              best_of: int, arch: str, steps: int, generator_pool: str,
                              pilot_doublings: int,
@@ -144,7 +148,12 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
     if generator_pool == "train" and generator_run is not None:
         raise click.UsageError("--generator-pool train trains its generator: pass "
                                "--train-generator, not --generator")
-    check_out(out, (real_path, generator_run))
+    check_out(out, (real_path, generator_run, generator_init))
+    if generator_init is not None:  # a bad source fails now, not at the first generator
+        if train_generator is None:
+            raise click.UsageError("--generator-init is where trained generators start: pass "
+                                   "--train-generator with it")
+        load_run(generator_init, kind=train_generator.split("-")[0])
     config = UtilityConfig(fractions=_floats(fractions, "--fractions"), seeds=seeds,
                            ratios=_floats(ratios, "--ratios"), balance=balance,
                            best_of=best_of, metric=metric, generator_pool=generator_pool,
@@ -158,7 +167,9 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
                      steps=generator_steps, diffaugment=comma_names(generator_diffaugment),
                      ada_target=generator_ada_target,
                      transition_steps=generator_transition_steps,
-                     ema_decay=generator_ema), out / "generators",
+                     ema_decay=generator_ema,
+                     init_from=None if generator_init is None else str(generator_init)),
+                     out / "generators",
                      family=train_generator.split("-")[0],
                      conditional=generator_pool == "subset"))
     with resumable_output_dir(out, (real_path, generator_run), "utility"):

@@ -43,6 +43,8 @@ class GeneratorRecipe:
     ``ada_target``, ``transition_steps`` and ``ema_decay`` are the small-data remedies of
     :class:`DCGANConfig`. ``precision`` ``auto`` is bf16 where the device computes it natively
     (:func:`resolve_precision`), fixed when :class:`SubsetGenerators` takes the recipe.
+    ``init_from``: a run of the same model whose weights each generator starts from
+    (transfer from a larger set; ``synthmed train --init-from``).
     """
 
     steps: int = 2000
@@ -54,6 +56,7 @@ class GeneratorRecipe:
     transition_steps: tuple[int, int] = (0, 0)
     ema_decay: float = 0.0
     precision: str = "auto"
+    init_from: str | None = None
 
     def __post_init__(self) -> None:  # bad options fail here, not at the first generator
         if self.precision not in (*PRECISIONS, "auto"):
@@ -126,7 +129,8 @@ class SubsetGenerators:
         if self.family == "diffusion":
             r = self.recipe
             return {**kind, "model": FAMILIES[self.family], "steps": r.steps,
-                    "batch_size": r.batch_size, "precision": r.precision, "width": r.width}
+                    "batch_size": r.batch_size, "precision": r.precision, "width": r.width,
+                    "init_from": r.init_from}
         return {**kind, "model": FAMILIES[self.family], **asdict(self.recipe)}
 
     def sample(self, subset: ImageSet, labels: np.ndarray, seed: int) -> np.ndarray:
@@ -149,13 +153,14 @@ class SubsetGenerators:
         train = TrainConfig(epochs=epochs, batch_size=batch, precision=recipe.precision,
                             checkpoint_every=max(1, epochs // 10),
                             preview_every=max(1, epochs // 10), decay_epochs=0)
+        data = DataConfig(split="all", init_from=recipe.init_from)
         if self.family == "diffusion":
             widths = (recipe.width, 2 * recipe.width, 2 * recipe.width)
             config = RunConfig("diffusion", DiffusionConfig(widths=widths), train,
-                               DataConfig(split="all"))
+                               data)
             trainer = train_diffusion
         else:
-            config = RunConfig("dcgan", recipe.dcgan_config(), train, DataConfig(split="all"))
+            config = RunConfig("dcgan", recipe.dcgan_config(), train, data)
             trainer = train_dcgan
         trainer(subset, run_dir, config, conditional=self.conditional, repeats=repeats,
                 resume=run_dir.exists(), progress=progress)

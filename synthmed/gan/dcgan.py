@@ -57,6 +57,8 @@ class DCGAN(GenerativeModel):
     kind = "dcgan"
     min_batch = 2  # BatchNorm needs two images
     white_box_attack = "discriminator"
+    progress_buffers = ("augment_probability", "steps_done")
+    label_inputs = ("generator.project.0.weight", "ema.module.project.0.weight")
 
     def __init__(self, config: DCGANConfig) -> None:
         super().__init__()

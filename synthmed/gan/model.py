@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -29,11 +30,17 @@ class GenerativeModel(nn.Module, ABC):
         kind: the family's name (``dcgan``, ``cyclegan``).
         min_batch: the smallest batch a step can take (BatchNorm needs 2).
         white_box_attack: the name of :meth:`membership_scores` in the privacy audit.
+        progress_buffers: buffers that count a run's own progress (steps done, an adapted
+            probability), which a run started from another's weights starts afresh.
+        label_inputs: weights ``(out, noise + label)`` of the layers that take the label
+            beside the noise in a class-conditional model.
     """
 
     kind: ClassVar[str]
     min_batch: ClassVar[int] = 1
     white_box_attack: ClassVar[str] = ""
+    progress_buffers: ClassVar[tuple[str, ...]] = ()
+    label_inputs: ClassVar[tuple[str, ...]] = ()
     config: Any
 
     @abstractmethod
@@ -70,6 +77,36 @@ class GenerativeModel(nn.Module, ABC):
         like a training image), for the privacy audit; a family without one refuses.
         ``white_box_attack`` names it in reports."""
         raise InputError(f"the privacy audit has no white-box attack on a {self.kind} run")
+
+    def start_from(self, source: GenerativeModel, where: Path) -> None:
+        """Copy the weights of ``source`` (another run's model, e.g. one trained on a larger
+        set, for fine-tuning on this one): every tensor of the same name and shape. Class
+        embeddings that are missing there or of another shape (another class count) keep
+        their initialisation, as does the label part of a layer that takes noise and label
+        here and noise only there (a conditional model from an unconditional one: the
+        source fills its leading part); :attr:`progress_buffers` start afresh.
+
+        Raises:
+            InputError: (naming the source run ``where``) any other tensor missing there or
+                of another shape.
+        """
+        theirs = source.state_dict()
+        copied = {}
+        for name, tensor in self.state_dict().items():
+            if name in self.progress_buffers:
+                continue
+            other = theirs.get(name)
+            if other is not None and other.shape == tensor.shape:
+                copied[name] = other
+            elif (other is not None and name in self.label_inputs
+                  and other.shape[0] == tensor.shape[0] and other.shape[1] < tensor.shape[1]):
+                copied[name] = torch.cat([other, tensor[:, other.shape[1]:]], dim=1)
+            elif "embedding" not in name:
+                found = "missing" if other is None else f"of shape {tuple(other.shape)}"
+                raise InputError(f"its weights do not fit this model: {name} is {found} there "
+                                 f"and of shape {tuple(tensor.shape)} here (train both with "
+                                 f"the same size, channels, widths and conditioning)", where)
+        self.load_state_dict(copied, strict=False)
 
     def state(self) -> dict[str, torch.Tensor]:
         """The weights to save: every tensor of the state dict, detached, on the CPU."""

@@ -59,6 +59,8 @@ class DataConfig:
         val_image_hashes: sha256 of the images of the subjects held out for evaluation.
         val_subjects: held-out subjects by name, as runs before ``val_image_hashes`` kept them.
         read: the read options (:class:`~synthmed.augment.items.ReadConfig` fields).
+        init_from: the run whose weights a generator started from (transfer: fine-tuning a
+            model trained on other images); ``init_fingerprint``: those weights' sha256.
     """
 
     section: ClassVar[str] = "data"
@@ -70,6 +72,8 @@ class DataConfig:
     val_image_hashes: tuple[str, ...] = ()
     val_subjects: tuple[str, ...] = ()
     read: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
+    init_fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -27,8 +27,9 @@ from synthmed.errors import InputError
 from synthmed.gan import checkpoint
 from synthmed.gan.config import CycleGANConfig, DCGANConfig, DiffusionConfig
 from synthmed.gan.data import LabelledImages, PairedImages, UnpairedImages, recorded_source
+from synthmed.gan.model import GenerativeModel
 from synthmed.gan.nets import SIZES
-from synthmed.gan.run import build_model
+from synthmed.gan.run import build_model, load_run
 from synthmed.gan.run_config import RunConfig, read_run_config
 from synthmed.gan.trainer import FitResult, fit
 from synthmed.io import check_out, output_lock
@@ -95,11 +96,25 @@ def _train_generator(data: str | ImageSet, out: Path, config: RunConfig,
                        read=to_dict(replace(read, size=model.size)))  # the options it used
     config = replace(config, model=model, data=recorded,
                      train=config.train.with_decay(0.0))  # a constant learning rate
+    check_out(out, (config.data.init_from,))
     with training_into(out, resume):
-        result = fit(build_model(config, seed=config.train.seed),
-                     LabelledImages(images, repeats), config, out, resume=resume,
+        built = build_model(config, seed=config.train.seed)
+        if config.data.init_from is not None and not (out / checkpoint.STATE).is_file():
+            config = _start_from(built, config)
+        result = fit(built, LabelledImages(images, repeats), config, out, resume=resume,
                      progress=progress)
     return TrainResult(result, config, (len(images),))
+
+
+def _start_from(model: GenerativeModel, config: RunConfig) -> RunConfig:
+    """Copy the weights of the run ``config.data.init_from`` into ``model`` (transfer); the
+    config with their fingerprint, which a restart after an early kill must find again."""
+    source = load_run(config.data.init_from, kind=config.kind)
+    if config.data.init_fingerprint not in (None, source.fingerprint):
+        raise InputError("holds other weights than when this run started from it: resume "
+                         "needs the same run", source.path)
+    model.start_from(source.model, source.path)
+    return replace(config, data=replace(config.data, init_fingerprint=source.fingerprint))
 
 
 def train_cyclegan(domain_a: str | ImageSet, domain_b: str | ImageSet, out: Path,

@@ -128,6 +128,8 @@ def chosen_recipe(name: str, init_from: Path | None = None) -> tuple[str, Genera
     """The family and recipe of ``RECIPE`` or ``RECIPE@STEPS`` (a row name may end in
     `` from RUN-NAME``: its generators start from the run ``init_from``)."""
     name, transfer, _ = name.partition(" from ")
+    if transfer and init_from is None:
+        sys.exit(f"the row '{name}{transfer}...' starts from a run: pass --init-from")
     base, _, steps = name.partition("@")
     family, recipe = RECIPES[base]
     recipe = replace(recipe, steps=int(steps)) if steps else recipe

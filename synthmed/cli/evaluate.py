@@ -78,7 +78,7 @@ def _shard(text: str) -> tuple[int, int]:
                     "class conditioning in until END.")
 @config_option("--generator-ema", type=types.DECAY, config=GeneratorRecipe, field="ema_decay",
                override=False, help="EMA decay of each trained generator, e.g. 0.999.")
-@config_option("--generator-init", type=click.Path(file_okay=False, path_type=Path),
+@config_option("--generator-init", type=click.Path(file_okay=False),
                config=GeneratorRecipe, field="init_from", override=False,
                help="A run of the same generator model that each trained generator starts "
                     "from (transfer from a larger set).")
@@ -124,7 +124,7 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
                              train_generator: str | None, generator_steps: int,
                              generator_diffaugment: str, generator_ada_target: float,
                              generator_transition_steps: tuple[int, int],
-                             generator_ema: float, generator_init: Path | None, out: Path,
+                             generator_ema: float, generator_init: str | None, out: Path,
                              fractions: str, seeds: int, ratios: str, balance: bool,
                              best_of: int, arch: str, steps: int, generator_pool: str,
                              pilot_doublings: int,
@@ -167,9 +167,7 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
                      steps=generator_steps, diffaugment=comma_names(generator_diffaugment),
                      ada_target=generator_ada_target,
                      transition_steps=generator_transition_steps,
-                     ema_decay=generator_ema,
-                     init_from=None if generator_init is None else str(generator_init)),
-                     out / "generators",
+                     ema_decay=generator_ema, init_from=generator_init), out / "generators",
                      family=train_generator.split("-")[0],
                      conditional=generator_pool == "subset"))
     with resumable_output_dir(out, (real_path, generator_run), "utility"):

@@ -66,7 +66,7 @@ _generator_inputs = stacked(
     read_options,
     click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
                  help="YAML with model: and train: sections; options below override it."),
-    click.option("--init-from", type=click.Path(file_okay=False, path_type=Path),
+    click.option("--init-from", type=click.Path(file_okay=False),
                  help="Start from the weights of this run of the same model (transfer: e.g. "
                       "one trained on a larger set); class embeddings of another class count "
                       "start afresh."))
@@ -130,7 +130,7 @@ def train() -> None:
                field="max_grad_norm", help="Its per-image gradient clipping norm")
 @_resume_and_progress
 def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Path | None,
-                        init_from: Path | None, preset: str, conditional: bool, split: str,
+                        init_from: str | None, preset: str, conditional: bool, split: str,
                         resume: bool, progress: bool, **options: Any) -> None:
     """Train a DCGAN on DATA (npz, image folder, DICOM, NIfTI, CSV or `phantom`).
 
@@ -151,7 +151,8 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
         config = saved_config(out, "dcgan", epochs=train_overrides["epochs"])
     else:
         config = resolve_dcgan_config(preset, config_file, {**options, "size": read_config.size},
-                                      train_overrides, privacy, _data_config(split, init_from))
+                                      train_overrides, privacy,
+                                      DataConfig(split=split, init_from=init_from))
     result = train_dcgan(data, out, config, read=read_config,
                          conditional=conditional and not resumed, resume=resume,
                          progress=progress)
@@ -185,7 +186,7 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
                field="ema_decay", help="EMA decay of the network for sampling")
 @_resume_and_progress
 def train_diffusion_command(data: str, out: Path, read_config: Any, config_file: Path | None,
-                            init_from: Path | None, conditional: bool, split: str, resume: bool,
+                            init_from: str | None, conditional: bool, split: str, resume: bool,
                             progress: bool, **options: Any) -> None:
     """Train a denoising diffusion model (MONAI U-Net, DDIM sampling) on DATA.
 
@@ -206,16 +207,13 @@ def train_diffusion_command(data: str, out: Path, read_config: Any, config_file:
         config = saved_config(out, "diffusion", epochs=train_overrides["epochs"])
     else:
         config = resolve_diffusion_config(config_file, {**options, "size": read_config.size},
-                                          train_overrides, _data_config(split, init_from))
+                                          train_overrides,
+                                          DataConfig(split=split, init_from=init_from))
     result = train_diffusion(data, out, config, read=read_config,
                              conditional=conditional and not resumed, resume=resume,
                              progress=progress)
     click.echo(f"trained diffusion model on {result.images[0]} images for {result.fit.epochs} "
                f"epochs -> {out}\n{_metrics_line(result.fit.metrics)}")
-
-
-def _data_config(split: str, init_from: Path | None) -> DataConfig:
-    return DataConfig(split=split, init_from=None if init_from is None else str(init_from))
 
 
 def _whole_numbers(text: str, option: str) -> tuple[int, ...]:

@@ -156,8 +156,7 @@ class SubsetGenerators:
         data = DataConfig(split="all", init_from=recipe.init_from)
         if self.family == "diffusion":
             widths = (recipe.width, 2 * recipe.width, 2 * recipe.width)
-            config = RunConfig("diffusion", DiffusionConfig(widths=widths), train,
-                               data)
+            config = RunConfig("diffusion", DiffusionConfig(widths=widths), train, data)
             trainer = train_diffusion
         else:
             config = RunConfig("dcgan", recipe.dcgan_config(), train, data)

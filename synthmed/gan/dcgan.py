@@ -97,9 +97,12 @@ class DCGAN(GenerativeModel):
         start, rising linearly to 1 at its end (a switch when start is end; always 1
         without a transition)."""
         start, end = self.config.transition_steps
-        if end == 0 or int(self.steps_done) >= end:
+        if end == 0:  # no transition, and no step counter
             return 1.0
-        return max(0.0, (int(self.steps_done) - start) / (end - start)) if end > start else 0.0
+        steps = int(self.steps_done)
+        if steps >= end:
+            return 1.0
+        return 0.0 if steps < start else (steps - start) / (end - start)
 
     @property
     def augment_chance(self) -> float:

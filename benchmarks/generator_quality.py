@@ -19,6 +19,10 @@ then measured:
   test): near-copy share, closer-to-train share (0.5 is ideal) and the white-box membership
   advantage over the control.
 
+With ``--filter-percentile P`` each recipe is measured again on the images the export's
+privacy filter keeps (rows ``RECIPE, filtered at P``): ``synthmed generate --privacy-filter
+--filter-percentile P`` with the subset as the training data, in the subset's class mix.
+
 The best recipe of a set is the one with the highest mean *validation* AUROC of its
 synthetic-only classifiers; test numbers never choose. ``--headline`` then runs the utility
 harness with it (``evaluate utility``, ratio 1 and balance, ``--seeds`` seeds) and prints its
@@ -30,6 +34,8 @@ real-repeated included, with the paired 95 % interval.
         --recipes dcgan@1000,dcgan@4000          # RECIPE@STEPS: the budget study of a recipe
     python benchmarks/generator_quality.py --out q --sets breastmnist-0.25 \\
         --recipes dcgan-ada-transition@2000 --init-from PRETRAINED_RUN   # transfer
+    python benchmarks/generator_quality.py --out q --sets breastmnist-0.25 \\
+        --recipes dcgan-ada-transition@4000 --filter-percentile 50   # a stronger filter
 """
 
 from __future__ import annotations
@@ -37,24 +43,35 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from common import add_data_options, synthmed
 
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.items import ReadConfig
+from synthmed.augment.medmnist import write_npz
 from synthmed.augment.readers import read_images
 from synthmed.eval.classifier import ClassifierConfig, train_classifier
 from synthmed.eval.features import default_extractor
 from synthmed.eval.fidelity import evaluate_fidelity
-from synthmed.eval.generators import GeneratorRecipe, SubsetGenerators, sample_run
+from synthmed.eval.generators import (
+    GeneratorRecipe,
+    SubsetGenerators,
+    class_mix_labels,
+    sample_run,
+)
 from synthmed.eval.metrics import classification_metrics
 from synthmed.eval.privacy_audit import evaluate_privacy
 from synthmed.eval.real_data import RealData, fraction_subset, prepare_real
 from synthmed.eval.stats import summarize
+from synthmed.gan.generate import NPZ_NAME, GenerateConfig, generate
 from synthmed.gan.losses import AUGMENTS
+from synthmed.gan.near_copy import PrivacyFilterConfig
 from synthmed.gan.run import load_run
 
 #: name -> (path under the data folder, read options, fraction of the training split)
@@ -73,6 +90,7 @@ RECIPES = {
     "diffusion": ("diffusion", GeneratorRecipe()),
 }
 FIDELITY = ("fid", "kid", "precision", "recall", "coverage")
+FILTER_REDRAWS = 100  # a filter at percentile 50 keeps about a third of the draws
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init-from", type=Path,
                         help="a run every generator starts from (transfer; rows 'RECIPE from "
                              "RUN-NAME')")
+    parser.add_argument("--filter-percentile", type=float,
+                        help="also measure each recipe through the export's privacy filter at "
+                             "this percentile (rows 'RECIPE, filtered at P')")
     parser.add_argument("--headline", action="store_true",
                         help="run the utility harness with each set's best recipe")
     args = parser.parse_args(argv)
@@ -107,6 +128,13 @@ def main(argv: list[str] | None = None) -> None:
                                                  args.out / name / row_name)
             rows[row_name] = measure(family, recipe, run_dir, train_seconds, subset, real,
                                      args.seeds)
+            if args.filter_percentile is not None:
+                sampler = FilteredSampler(run_dir, subset, args.filter_percentile)
+                rows[f"{row_name}, filtered at {args.filter_percentile:g}"] = {
+                    **measure(family, recipe, run_dir, train_seconds, subset, real,
+                              args.seeds, sample=sampler),
+                    "filter": {"percentile": args.filter_percentile,
+                               "kept_share": sampler.kept / sampler.drawn}}
             for scale in args.synthetic_scales:
                 rows[f"{row_name}, {scale}x images"] = synthetic_only_at_scale(
                     run_dir, subset, real, args.seeds, scale)
@@ -154,11 +182,14 @@ def trained_run(family: str, recipe: GeneratorRecipe, subset: ImageSet,
 
 
 def measure(family: str, recipe: GeneratorRecipe, run_dir: Path, train_seconds: float,
-            subset: ImageSet, real: RealData, seeds: int) -> dict:
+            subset: ImageSet, real: RealData, seeds: int,
+            sample: Callable[..., ImageSet] | None = None) -> dict:
     """A recipe's trained generator (``run_dir``) on ``subset``: its times, fidelity,
-    synthetic-only AUROC and privacy numbers."""
+    synthetic-only AUROC and privacy numbers. ``sample(n=, seed=)``: its images (default:
+    :func:`sample_run` in the subset's class mix)."""
+    sample = sample or partial(sample_run, run_dir, subset)
     started = time.perf_counter()
-    synthetic = sample_run(run_dir, like=subset, n=len(subset), seed=0)
+    synthetic = sample(n=len(subset), seed=0)
     sample_seconds = time.perf_counter() - started
 
     extractor = default_extractor(real)
@@ -167,8 +198,7 @@ def measure(family: str, recipe: GeneratorRecipe, run_dir: Path, train_seconds: 
     privacy = evaluate_privacy(synthetic, subset, holdout, features=extractor,
                                extractor=extractor.name, features_fit_on_train=True,
                                run=load_run(run_dir)).to_json()
-    samples = [synthetic] + [sample_run(run_dir, like=subset, n=len(subset), seed=s)
-                             for s in range(1, seeds)]
+    samples = [synthetic] + [sample(n=len(subset), seed=s) for s in range(1, seeds)]
     return {
         "recipe": {"family": family, **asdict(recipe)},
         "train_seconds": train_seconds,
@@ -181,6 +211,37 @@ def measure(family: str, recipe: GeneratorRecipe, run_dir: Path, train_seconds: 
         "membership": {name: {k: attack[k] for k in ("auc", "advantage", "advantage_ci")}
                        for name, attack in privacy["membership"].items()},
     }
+
+
+@dataclass
+class FilteredSampler:
+    """``(n=, seed=)`` -> the ``n`` images ``synthmed generate --privacy-filter
+    --filter-percentile P`` keeps from the run, the subset being its training data, in the
+    subset's class mix; counts the images kept and drawn."""
+
+    run_dir: Path
+    subset: ImageSet
+    percentile: float
+    kept: int = 0
+    drawn: int = 0
+
+    def __call__(self, n: int, seed: int) -> ImageSet:
+        labels = class_mix_labels(self.subset, n, seed)
+        per_class = {name: int((labels == k).sum())
+                     for k, name in enumerate(self.subset.class_names)}
+        with tempfile.TemporaryDirectory() as folder:
+            train, out = Path(folder) / "subset.npz", Path(folder) / "synthetic"
+            write_npz(self.subset, train)
+            privacy = PrivacyFilterConfig(train=str(train), percentile=self.percentile,
+                                          max_redraws=FILTER_REDRAWS)
+            record = generate(load_run(self.run_dir), out,
+                              GenerateConfig(per_class=per_class, seed=seed, format="npz",
+                                             privacy_filter=privacy), progress=False)
+            kept = read_images(out / NPZ_NAME, ReadConfig())
+        self.kept += n
+        self.drawn += n + record["privacy_filter"]["dropped"]
+        return ImageSet.from_arrays(kept.images, labels=kept.labels,
+                                    class_names=kept.class_names, synthetic=True)
 
 
 def synthetic_only_at_scale(run_dir: Path, subset: ImageSet, real: RealData, seeds: int,
@@ -219,7 +280,8 @@ def print_table(name: str, n: int, rows: dict) -> None:
     print("|---" * 13 + "|")
     for recipe, row in rows.items():
         test = row["auroc"]["test"]
-        cells = [recipe]
+        kept = f" (keeps {row['filter']['kept_share']:.0%} of draws)" if "filter" in row else ""
+        cells = [recipe + kept]
         if row["fidelity_floor"] is None:
             cells += ["-"] * 6
         else:
@@ -264,8 +326,10 @@ def headline(name: str, rows: dict, args: argparse.Namespace, fraction: float) -
 
 def best_recipe(rows: dict) -> str:
     """The recipe whose synthetic-only classifiers have the best mean validation AUROC, among
-    the rows of as many synthetic images as real ones (the harness's synthetic only)."""
-    return max((r for r in rows if r != "real only" and "synthetic_scale" not in rows[r]),
+    the rows of as many synthetic images as real ones (the harness's synthetic only) and
+    unfiltered (the harness has no privacy filter)."""
+    return max((r for r in rows if r != "real only" and "synthetic_scale" not in rows[r]
+                and "filter" not in rows[r]),
                key=lambda r: rows[r]["auroc"]["val"]["mean"])
 
 

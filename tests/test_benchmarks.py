@@ -16,6 +16,17 @@ from tests.conftest import real_file
 RUNNER = Path(__file__).resolve().parents[1] / "benchmarks" / "run_all.py"
 
 
+def benchmark_module(name: str):
+    """The script ``benchmarks/NAME.py`` imported as module ``NAME`` (its folder on the path,
+    for its ``common`` import)."""
+    sys.path.insert(0, str(RUNNER.parent))
+    spec = importlib.util.spec_from_file_location(name, RUNNER.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def run_all(monkeypatch, tmp_path):
     spec = importlib.util.spec_from_file_location("run_all", RUNNER)
@@ -155,11 +166,7 @@ def test_translation_benchmark_chooses_the_blend_weight_without_the_held_out_sub
 
 
 def test_the_harness_headline_trains_every_remedy_of_the_recipe_validation_picked():
-    sys.path.insert(0, str(RUNNER.parent))
-    spec = importlib.util.spec_from_file_location("generator_quality",
-                                                  RUNNER.parent / "generator_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_module("generator_quality")
     family, recipe = module.chosen_recipe("dcgan-ema@4000")
     assert module.harness_options(family, recipe) == [
         "--generator-steps", "4000", "--generator-ema", "0.999"]
@@ -183,6 +190,37 @@ def test_the_harness_headline_trains_every_remedy_of_the_recipe_validation_picke
     assert module.scales("4,10") == [4, 10]
     with pytest.raises(ValueError):
         module.scales("1")  # that is the recipe's own row
+
+
+def test_the_filtered_rows_sample_what_the_export_keeps(tmp_path, monkeypatch):
+    from synthmed.augment.distances import flatten_pixels, nearest_distances
+    from synthmed.augment.phantom import PhantomConfig, make_phantom
+    from synthmed.eval.generators import GeneratorRecipe, SubsetGenerators
+    from synthmed.gan.near_copy import PrivacyFilterConfig, _derived_threshold
+    from synthmed.gan.run import load_run
+    from tests.gan.test_privacy_filter import plant_copies
+
+    module = benchmark_module("generator_quality")
+    subset = make_phantom(PhantomConfig(n=24, size=28))[0]
+    run_dir = SubsetGenerators(GeneratorRecipe(steps=2, width=8, batch_size=8,
+                                               precision="fp32"), tmp_path).train(subset)
+    run = load_run(run_dir)
+    planted = plant_copies(monkeypatch, run, subset.images)  # a generator that copies
+    monkeypatch.setattr(module, "load_run", lambda path: run)
+    sampler = module.FilteredSampler(run_dir, subset, 50.0)
+    images = sampler(n=12, seed=3)
+    assert images.images.shape == (12, 1, 28, 28) and images.class_names == subset.class_names
+    assert sorted(images.labels) == sorted(module.class_mix_labels(subset, 12, 3))
+    pixels = flatten_pixels(subset.images)
+    threshold = _derived_threshold(subset, pixels, PrivacyFilterConfig(train="x",
+                                                                        percentile=50.0))
+    # every kept image at least the threshold away (less the 8-bit export's rounding)
+    assert nearest_distances(flatten_pixels(images.images), pixels)[0].min() > threshold - 0.15
+    assert sampler.kept == 12 and sampler.drawn == 12 + sum(planted) > 12
+    assert np.array_equal(sampler(n=12, seed=3).images, images.images)
+    row = {"auroc": {"val": {"mean": 0.95}}, "filter": {"percentile": 50.0, "kept_share": 0.4}}
+    rows = {"real only": {}, "dcgan": {"auroc": {"val": {"mean": 0.8}}}, "dcgan, filtered": row}
+    assert module.best_recipe(rows) == "dcgan"  # the harness has no filter: not its choice
 
 
 @pytest.mark.slow

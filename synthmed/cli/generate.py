@@ -51,6 +51,14 @@ _HOLDOUT_SHARE = PrivacyFilterConfig.holdout_fraction * 100
               help=f"Near-copy pixel distance (default: the {NEAR_COPY_PERCENTILE:g}th "
                    f"percentile of the distances from {_HOLDOUT_SHARE:g} % of the training "
                    "subjects to the others).")
+@click.option("--filter-percentile", type=types.PERCENTILE,
+              help=f"The derived threshold's percentile (default {NEAR_COPY_PERCENTILE:g}): a "
+                   "higher one also drops images merely close to a training image, trading "
+                   "draws for a weaker membership signal (README: the privacy filter).")
+@click.option("--max-redraws", type=click.IntRange(1),
+              help=f"New draws per dropped image before giving up on a generator that copies "
+                   f"(default {PrivacyFilterConfig.max_redraws}); raise it with a high "
+                   "--filter-percentile.")
 @click.option("--sampling-steps", type=click.IntRange(1),
               help="A diffusion run's DDIM steps per image (default: the run's own).")
 @click.option("--guidance", type=types.NON_NEGATIVE,
@@ -62,7 +70,8 @@ _HOLDOUT_SHARE = PrivacyFilterConfig.holdout_fraction * 100
 def generate_command(run: Path, out: Path, n: int | None, per_class: str | None, balance: bool,
                      seed: int, format_: str, bit_depth: str | None, privacy_filter: bool,
                      train_data: str | None, train_read: tuple[str, ...],
-                     threshold: float | None, sampling_steps: int | None,
+                     threshold: float | None, filter_percentile: float | None,
+                     max_redraws: int | None, sampling_steps: int | None,
                      guidance: float | None, overwrite: bool, progress: bool) -> None:
     """Generate a synthetic data set from a trained RUN, with manifest.csv and provenance.json.
 
@@ -75,10 +84,17 @@ def generate_command(run: Path, out: Path, n: int | None, per_class: str | None,
     from synthmed.gan.run import load_run
     from synthmed.gan.run_config import GENERATORS
 
-    if not privacy_filter and (train_data or train_read or threshold is not None):
-        raise InputError("--train, --train-read and --threshold need --privacy-filter")
-    privacy = PrivacyFilterConfig(train=train_data or "", read=_parse_settings(train_read),
-                                  threshold=threshold) if privacy_filter else None
+    filter_options = (threshold, filter_percentile, max_redraws)
+    if not privacy_filter and (train_data or train_read or filter_options != (None,) * 3):
+        raise InputError("--train, --train-read, --threshold, --filter-percentile and "
+                         "--max-redraws need --privacy-filter")
+    if threshold is not None and filter_percentile is not None:
+        raise InputError("--threshold is the near-copy distance itself: give it or "
+                         "--filter-percentile, not both")
+    privacy = PrivacyFilterConfig(
+        train=train_data or "", read=_parse_settings(train_read), threshold=threshold,
+        percentile=NEAR_COPY_PERCENTILE if filter_percentile is None else filter_percentile,
+        max_redraws=max_redraws or PrivacyFilterConfig.max_redraws) if privacy_filter else None
     config = GenerateConfig(n=n, per_class=_parse_counts(per_class), balance=balance, seed=seed,
                             format=format_, bit_depth=None if bit_depth is None else int(bit_depth),
                             privacy_filter=privacy, sampling_steps=sampling_steps,

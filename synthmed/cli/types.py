@@ -37,6 +37,8 @@ NON_NEGATIVE = FiniteFloat(0)
 DECAY = FiniteFloat(0, 1, max_open=True)
 #: shares: [0, 1]
 FRACTION = FiniteFloat(0, 1)
+#: a percentile: 0 .. 100
+PERCENTILE = FiniteFloat(0, 100)
 #: any finite number
 FINITE = FiniteFloat()
 

@@ -182,17 +182,19 @@ def sample_run(path: Path, like: ImageSet, n: int, seed: int = 0) -> ImageSet:
     """``n`` images from a trained DCGAN run, in the class mix of ``like`` when the run is
     class-conditional (then labelled with ``like``'s class names), else unlabelled."""
     run = load_run(path, kind=GENERATORS)
-    if run.model.conditional:
-        counts = like.class_counts()
-        share = np.array([counts.get(k, 0) for k in range(len(like.class_names))], float)
-        labels = np.random.default_rng(seed).choice(len(share), size=n, p=share / share.sum())
-    else:
-        labels = np.zeros(n, np.int64)
+    labels = class_mix_labels(like, n, seed) if run.model.conditional else np.zeros(n, np.int64)
     images = _sample(run.model, labels.astype(np.int64), seed)
     return ImageSet.from_arrays(
         images, labels=labels if run.model.conditional else None,
         class_names=like.class_names if run.model.conditional else None, synthetic=True,
         metadata={"origin": str(path)})
+
+
+def class_mix_labels(like: ImageSet, n: int, seed: int) -> np.ndarray:
+    """``(n,)`` class indices drawn (seeded) in the class mix of ``like``."""
+    counts = like.class_counts()
+    share = np.array([counts.get(k, 0) for k in range(len(like.class_names))], float)
+    return np.random.default_rng(seed).choice(len(share), size=n, p=share / share.sum())
 
 
 def synthetic_labels(subset: ImageSet, mix: float | str, rng: np.random.Generator

@@ -240,6 +240,8 @@ def _describe_generator(generator: dict[str, Any]) -> str:
                   if generator.get("conditional", True) else
                   "an unconditional {} trained on the whole training split (the unlabelled "
                   "pool), its images labelled by the `real` regime's classifier")
+    if generator.get("init_from"):
+        trained_on += f", starting from the weights of the run `{generator['init_from']}`"
     if generator.get("model") == "conditional diffusion model":
         return (f"{trained_on.format('diffusion model')} ({generator['steps']} steps of "
                 f"batch {generator['batch_size']}, widths {generator['width']}/"

@@ -66,6 +66,16 @@ def plant_copies(monkeypatch, run, train_images: np.ndarray, share: float = 0.3)
     return planted
 
 
+def documented_threshold(train, percentile: float) -> float:
+    """The documented rule: the percentile of the distances from 20 % of the subjects (held
+    aside with seed 0) to the others."""
+    subjects = np.unique(train.groups.astype(str))
+    aside = np.isin(train.groups.astype(str),
+                    np.random.default_rng(0).permutation(subjects)[:round(0.2 * len(subjects))])
+    pixels = flatten_pixels(train.images)
+    return near_copy_threshold(pixels[~aside], pixels[aside], percentile)
+
+
 def manifest(folder) -> list[dict[str, str]]:
     with (folder / "manifest.csv").open(newline="") as handle:
         return list(csv.DictReader(handle))
@@ -101,12 +111,7 @@ def test_planted_copies_are_dropped_and_redrawn(run_dir, train, tmp_path, monkey
     assert planted[0] > 0 and record["dropped"] == sum(planted)
     assert record["training_images"] == 48 and record["matches_run_training_data"]
     assert record["training_data_fingerprint"] == train.fingerprint()
-    # the documented rule: percentile 5, 20 % of the subjects held aside with seed 0
-    subjects = np.unique(train.groups.astype(str))
-    aside = np.isin(train.groups.astype(str),
-                    np.random.default_rng(0).permutation(subjects)[:round(0.2 * len(subjects))])
-    pixels = flatten_pixels(train.images)
-    assert record["threshold"] == near_copy_threshold(pixels[~aside], pixels[aside], 5.0)
+    assert record["threshold"] == documented_threshold(train, 5.0)
     assert record["threshold_rule"].startswith("percentile 5 of the distances")
 
     rows = manifest(tmp_path / "filtered")
@@ -209,8 +214,32 @@ def test_cli_privacy_filter_summary(run_dir, tmp_path):
     assert not provenance(tmp_path / "other")["privacy_filter"]["matches_run_training_data"]
 
 
+def test_cli_filter_percentile_and_max_redraws(run_dir, train, tmp_path):
+    result = invoke("generate", run_dir, "--n", 6, "--out", tmp_path / "syn", "--privacy-filter",
+                    "--train", TRAIN, "--filter-percentile", 50, "--max-redraws", 40,
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    record = provenance(tmp_path / "syn")["privacy_filter"]
+    assert record["threshold"] == documented_threshold(train, 50.0) > documented_threshold(
+        train, 5.0)
+    assert record["threshold_rule"].startswith("percentile 50 of the distances")
+    assert record["max_redraws"] == 40 and len(manifest(tmp_path / "syn")) == 6
+
+    # every image a near-copy at a threshold no image passes: refused after --max-redraws
+    refused = invoke("generate", run_dir, "--n", 2, "--out", tmp_path / "none",
+                     "--privacy-filter", "--train", TRAIN, "--threshold", 1e6, "--max-redraws",
+                     3, "--no-progress")
+    assert refused.exit_code == 1 and "still near-copies of training images after 3 new" in (
+        refused.output), refused.output
+    assert not (tmp_path / "none").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--privacy-filter"], "--privacy-filter needs --train DATA"),
+    (["--filter-percentile", "50"], "need --privacy-filter"),
+    (["--max-redraws", "30"], "need --privacy-filter"),
+    (["--privacy-filter", "--train", TRAIN, "--threshold", "0.5", "--filter-percentile", "50"],
+     "give it or --filter-percentile, not both"),
     (["--train", TRAIN], "need --privacy-filter"),
     (["--threshold", "0.5"], "need --privacy-filter"),
     (["--privacy-filter", "--train", TRAIN, "--train-read", "size=32"],

@@ -163,12 +163,17 @@ def test_the_cli_trains_from_a_run_and_refuses_bad_sources(tmp_path, source_run)
 
 def test_the_harness_recipe_passes_its_source_to_every_generator(tmp_path, phantom, source_run):
     from synthmed.eval.generators import GeneratorRecipe, SubsetGenerators
+    from synthmed.eval.utility_report import _describe_generator
 
     recipe = GeneratorRecipe(steps=2, width=4, batch_size=8, diffaugment=("cutout",),
                              ada_target=0.6, transition_steps=(1, 2), precision="fp32",
                              init_from=str(source_run))
-    run_dir = SubsetGenerators(recipe, tmp_path).train(phantom)
+    generators = SubsetGenerators(recipe, tmp_path)
+    run_dir = generators.train(phantom)
     assert load_run(run_dir).config.data.init_from == str(source_run)
+    for family in ("dcgan", "diffusion"):  # the report names the source
+        described = _describe_generator(SubsetGenerators(recipe, tmp_path, family).describe())
+        assert f"starting from the weights of the run `{source_run}`" in described
 
 
 def test_the_harness_checks_its_generator_source_before_any_work(tmp_path, source_run):

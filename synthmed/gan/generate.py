@@ -253,7 +253,9 @@ def _draw_block(run: LoadedRun, labels: np.ndarray, rng: torch.Generator,
     if copies.any():
         raise InputError(f"{copies.sum()} image(s) were still near-copies of training images "
                          f"after {near.max_redraws} new draws each: the generator reproduces "
-                         f"its training data (threshold {near.threshold:.4g})", run.path)
+                         f"its training data, or the threshold ({near.threshold:.4g}) is too "
+                         "strict for it (raise --max-redraws, lower --filter-percentile)",
+                         run.path)
     return images, rounds
 
 

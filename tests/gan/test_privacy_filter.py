@@ -230,7 +230,7 @@ def test_cli_filter_percentile_and_max_redraws(run_dir, train, tmp_path):
                      "--privacy-filter", "--train", TRAIN, "--threshold", 1e6, "--max-redraws",
                      3, "--no-progress")
     assert refused.exit_code == 1 and "still near-copies of training images after 3 new" in (
-        refused.output), refused.output
+        refused.output) and "(raise --max-redraws" in refused.output, refused.output
     assert not (tmp_path / "none").exists()
 
 

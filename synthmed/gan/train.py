@@ -89,6 +89,7 @@ def _train_generator(data: str | ImageSet, out: Path, config: RunConfig,
                      progress: bool) -> TrainResult:
     """Read, fit the model config to the images, train: the recipe of every generator."""
     out = Path(out)
+    check_out(out, (config.data.init_from,))  # before the images are read
     read = read or config.data.read_config()
     images = _chosen_split(_read(data, out, read, config.model.size), config.data.split)
     model = fit_to_data(config.model, images, conditional)
@@ -96,7 +97,6 @@ def _train_generator(data: str | ImageSet, out: Path, config: RunConfig,
                        read=to_dict(replace(read, size=model.size)))  # the options it used
     config = replace(config, model=model, data=recorded,
                      train=config.train.with_decay(0.0))  # a constant learning rate
-    check_out(out, (config.data.init_from,))
     with training_into(out, resume):
         built = build_model(config, seed=config.train.seed)
         if config.data.init_from is not None and not (out / checkpoint.STATE).is_file():

@@ -135,6 +135,10 @@ def test_a_restart_refuses_a_source_whose_weights_changed(tmp_path, phantom, sou
     with pytest.raises(InputError, match="holds other weights than when this run started"):
         train_dcgan(phantom, out, config, conditional=True, progress=False)
     assert not out.exists()
+    weights = (source_run / "model.safetensors").read_bytes()
+    with pytest.raises(InputError, match="is the input"):  # the API never trains into it
+        train(phantom, source_run, init_from=str(source_run))
+    assert (source_run / "model.safetensors").read_bytes() == weights
 
 
 def test_the_cli_trains_from_a_run_and_refuses_bad_sources(tmp_path, source_run):

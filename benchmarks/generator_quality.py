@@ -16,8 +16,15 @@ then measured:
   ``--synthetic-scales 4`` also on 4 x as many (rows ``RECIPE, 4x images``: the same
   classifier steps, more distinct images; a generator's images cost only sampling);
 - privacy (:func:`synthmed.eval.privacy_audit.evaluate_privacy`, held-out = validation +
-  test): near-copy share, closer-to-train share (0.5 is ideal) and the white-box membership
-  advantage over the control.
+  test): near-copy share, closer-to-train share (0.5 is ideal) and the membership
+  advantage over the control of the black-box attacks (pixels, features) and the white-box
+  one (the discriminator, or a diffusion model's denoising error).
+
+Fidelity and the black-box numbers are means over the ``--seeds`` samples the synthetic-only
+classifiers train on (one sample of a small subset's size is noisy), with the sd of recall
+and coverage and the attacks' mean 95 % bootstrap interval; the white-box attack concerns the
+weights and is measured once. Rows measured before Dec 5 2026 show one sample's numbers
+(no sd, no interval).
 
 With ``--filter-percentile P`` each recipe is measured again on the images the export's
 privacy filter keeps (rows ``RECIPE, filtered at P``): ``synthmed generate --privacy-filter
@@ -50,6 +57,7 @@ from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 from common import add_data_options, synthmed
 
 from synthmed.augment.dataset import ImageSet
@@ -90,6 +98,7 @@ RECIPES = {
     "diffusion": ("diffusion", GeneratorRecipe()),
 }
 FIDELITY = ("fid", "kid", "precision", "recall", "coverage")
+BLACK_BOX = ("pixels", "features")  # the attacks that see the images, not the weights
 FILTER_REDRAWS = 100  # a filter at percentile 50 keeps about a third of the draws
 
 
@@ -186,31 +195,63 @@ def measure(family: str, recipe: GeneratorRecipe, run_dir: Path, train_seconds: 
             sample: Callable[..., ImageSet] | None = None) -> dict:
     """A recipe's trained generator (``run_dir``) on ``subset``: its times, fidelity,
     synthetic-only AUROC and privacy numbers. ``sample(n=, seed=)``: its images (default:
-    :func:`sample_run` in the subset's class mix)."""
+    :func:`sample_run` in the subset's class mix).
+
+    The classifiers of seed ``s`` train on sample ``s``; fidelity and the black-box attacks
+    are measured on each of those samples too and reported as their mean (and sd; for the
+    attacks, the mean of the samples' bootstrap intervals): one sample of a small subset's
+    size is noisy (coverage's sd over samples of 137 images is 0.04-0.10). The floor is
+    averaged over as many splits of the subset into halves. The white-box attack depends
+    on the weights, not the sample: measured once.
+    """
     sample = sample or partial(sample_run, run_dir, subset)
     started = time.perf_counter()
-    synthetic = sample(n=len(subset), seed=0)
+    samples = [sample(n=len(subset), seed=0)]
     sample_seconds = time.perf_counter() - started
+    samples += [sample(n=len(subset), seed=s) for s in range(1, seeds)]
 
     extractor = default_extractor(real)
-    fidelity = evaluate_fidelity(subset, synthetic, extractor, extractor.name)
     holdout = ImageSet.concatenate([real.val, real.test])
-    privacy = evaluate_privacy(synthetic, subset, holdout, features=extractor,
-                               extractor=extractor.name, features_fit_on_train=True,
-                               run=load_run(run_dir)).to_json()
-    samples = [synthetic] + [sample(n=len(subset), seed=s) for s in range(1, seeds)]
+    fidelity, privacy = [], []
+    for seed, synthetic in enumerate(samples):
+        fidelity.append(evaluate_fidelity(subset, synthetic, extractor, extractor.name,
+                                          seed=seed))
+        privacy.append(evaluate_privacy(
+            synthetic, subset, holdout, features=extractor, extractor=extractor.name,
+            features_fit_on_train=True, run=load_run(run_dir) if seed == 0 else None).to_json())
+    first = privacy[0]["membership"]  # sample 0's audit also ran the white-box attack
     return {
         "recipe": {"family": family, **asdict(recipe)},
         "train_seconds": train_seconds,
         "sample_seconds": sample_seconds,
-        "fidelity": {k: fidelity.overall[k] for k in FIDELITY},
-        "fidelity_floor": {k: fidelity.floor[k] for k in FIDELITY},
+        "samples": len(samples),
+        "fidelity": {k: float(np.mean([f.overall[k] for f in fidelity])) for k in FIDELITY},
+        "fidelity_sd": {k: summarize([f.overall[k] for f in fidelity])["sd"] for k in FIDELITY},
+        "fidelity_floor": {k: float(np.mean([f.floor[k] for f in fidelity])) for k in FIDELITY},
         "auroc": classifier_auroc(samples, real, seeds),
-        "near_copy_share": privacy["dcr"]["pixels"]["near_copy_share"],
-        "closer_to_train_share": privacy["dcr"]["pixels"]["closer_to_train_share"],
-        "membership": {name: {k: attack[k] for k in ("auc", "advantage", "advantage_ci")}
-                       for name, attack in privacy["membership"].items()},
+        "near_copy_share": float(np.mean([p["dcr"]["pixels"]["near_copy_share"]
+                                          for p in privacy])),
+        "closer_to_train_share": float(np.mean([p["dcr"]["pixels"]["closer_to_train_share"]
+                                                for p in privacy])),
+        "membership": {
+            **{name: over_samples([p["membership"][name] for p in privacy])
+               for name in BLACK_BOX if name in first},
+            **{name: {k: attack[k] for k in ("auc", "advantage", "advantage_ci")}
+               for name, attack in first.items() if name not in BLACK_BOX}},
     }
+
+
+def over_samples(attacks: list[dict]) -> dict:
+    """One black-box attack on several samples of a generator: the mean AUC and advantage,
+    the advantage's sd over the samples and the mean of their bootstrap intervals (every
+    sample faces the same members and non-members, so averaging over samples does not
+    narrow the uncertainty that the choice of those images leaves)."""
+    lows, highs = zip(*(a["advantage_ci"] for a in attacks), strict=True)
+    return {"auc": float(np.mean([a["auc"] for a in attacks])),
+            "advantage": float(np.mean([a["advantage"] for a in attacks])),
+            "advantage_sd": summarize([a["advantage"] for a in attacks])["sd"],
+            "advantage_ci": [float(np.mean(lows)), float(np.mean(highs))],
+            "samples": len(attacks)}
 
 
 @dataclass
@@ -271,7 +312,9 @@ def classifier_auroc(train: ImageSet | list[ImageSet], real: RealData, seeds: in
 
 
 def print_table(name: str, n: int, rows: dict) -> None:
-    """One markdown table per set: a row per recipe, the real-only classifier first."""
+    """One markdown table per set: a row per recipe, the real-only classifier first. A row
+    measured on several samples shows the means over them, recall and coverage with their
+    sd, the black-box attacks with their mean 95 % bootstrap interval."""
     real_test = rows["real only"]["auroc"]["test"]["mean"]
     print(f"\n### {name} ({n} real training images)\n")
     print("| recipe | train min | FID (floor) | KID (floor) | precision | recall (floor) | "
@@ -286,22 +329,32 @@ def print_table(name: str, n: int, rows: dict) -> None:
             cells += ["-"] * 6
         else:
             fid, floor = row["fidelity"], row["fidelity_floor"]
+            sd = {k: f" ± {v:.2f}" for k, v in row.get("fidelity_sd", {}).items()
+                  if np.isfinite(v)}
             cells += [f"{row['train_seconds'] / 60:.1f}",
                       f"{fid['fid']:.2f} ({floor['fid']:.2f})",
                       f"{fid['kid']:.3f} ({floor['kid']:.3f})", f"{fid['precision']:.2f}",
-                      f"{fid['recall']:.2f} ({floor['recall']:.2f})",
-                      f"{fid['coverage']:.2f} ({floor['coverage']:.2f})"]
+                      f"{fid['recall']:.2f}{sd.get('recall', '')} ({floor['recall']:.2f})",
+                      f"{fid['coverage']:.2f}{sd.get('coverage', '')} ({floor['coverage']:.2f})"]
         cells += [f"{row['auroc']['val']['mean']:.3f}",
                   f"{test['mean']:.3f} [{test['ci_low']:.3f}, {test['ci_high']:.3f}]",
                   f"{test['mean'] / real_test:.3f}"]
         if "near_copy_share" in row:
-            attacks = ", ".join(f"{k} {a['advantage']:+.3f}"
+            attacks = ", ".join(f"{k} {a['advantage']:+.3f}" + interval(a)
                                 for k, a in row["membership"].items())
             cells += [f"{row['near_copy_share']:.3f}", f"{row['closer_to_train_share']:.2f}",
                       attacks]
         else:
             cells += ["-"] * 3
         print("| " + " | ".join(cells) + " |")
+
+
+def interval(attack: dict) -> str:
+    """`` [low, high]`` for an attack measured over several samples, else nothing."""
+    if attack.get("samples", 1) < 2:
+        return ""
+    low, high = attack["advantage_ci"]
+    return f" [{low:+.3f}, {high:+.3f}]"
 
 
 def headline(name: str, rows: dict, args: argparse.Namespace, fraction: float) -> None:

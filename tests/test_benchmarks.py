@@ -223,6 +223,68 @@ def test_the_filtered_rows_sample_what_the_export_keeps(tmp_path, monkeypatch):
     assert module.best_recipe(rows) == "dcgan"  # the harness has no filter: not its choice
 
 
+def test_a_row_averages_fidelity_and_the_image_attacks_over_the_classifiers_samples(
+        tmp_path, monkeypatch, capsys):
+    from synthmed.augment.dataset import ImageSet
+    from synthmed.augment.phantom import PhantomConfig, make_phantom
+    from synthmed.eval.fidelity import evaluate_fidelity
+    from synthmed.eval.generators import GeneratorRecipe, SubsetGenerators
+    from synthmed.eval.privacy_audit import evaluate_privacy
+    from synthmed.eval.real_data import RealData
+
+    module = benchmark_module("generator_quality")
+    images = make_phantom(PhantomConfig(n=96, size=28))[0]
+    subset, val, test, pool = (images.subset(np.arange(k, k + 24)) for k in (0, 24, 48, 72))
+    real = RealData(subset, val, test, notes=[])
+    recipe = GeneratorRecipe(steps=2, width=8, batch_size=8, precision="fp32")
+    run_dir = SubsetGenerators(recipe, tmp_path).train(subset)  # for the white-box attack
+
+    def sample(n: int, seed: int) -> ImageSet:  # unseen phantoms, noisier with the seed
+        rng = np.random.default_rng(seed)
+        chosen = rng.choice(len(pool), n)
+        noisy = pool.images[chosen] + 0.05 * seed * rng.standard_normal(pool.images[:n].shape)
+        return ImageSet.from_arrays(noisy.astype(np.float32), labels=pool.labels[chosen],
+                                    class_names=pool.class_names, synthetic=True)
+
+    def extractor(batch: np.ndarray) -> np.ndarray:
+        return batch.reshape(len(batch), -1)[:, ::49]  # 16 pixels as features
+    extractor.name = "every 49th pixel"
+    monkeypatch.setattr(module, "default_extractor", lambda real: extractor)
+    trained_on = []
+    auroc = {"mean": 0.7, "ci_low": 0.6, "ci_high": 0.8}
+    monkeypatch.setattr(module, "classifier_auroc", lambda sets, real, seeds: trained_on.extend(
+        sets) or {"val": auroc, "test": auroc})
+    row = module.measure("dcgan", recipe, run_dir, 60.0, subset, real, seeds=3, sample=sample)
+
+    samples = [sample(24, seed) for seed in range(3)]
+    assert all(np.array_equal(a.images, b.images) for a, b in zip(trained_on, samples, strict=True))
+    coverage = [evaluate_fidelity(subset, sample, extractor, extractor.name, seed=seed)
+                .overall["coverage"] for seed, sample in enumerate(samples)]
+    assert row["samples"] == 3 and len(set(coverage)) > 1  # the samples differ
+    assert row["fidelity"]["coverage"] == pytest.approx(np.mean(coverage))
+    assert row["fidelity_sd"]["coverage"] == pytest.approx(np.std(coverage, ddof=1))
+    holdout = ImageSet.concatenate([val, test])
+    pixels = [evaluate_privacy(sample, subset, holdout).to_json()["membership"]["pixels"]
+              for sample in samples]
+    attack = row["membership"]["pixels"]
+    assert attack["advantage"] == pytest.approx(np.mean([a["advantage"] for a in pixels]))
+    assert attack["advantage_ci"] == pytest.approx(np.mean([a["advantage_ci"] for a in pixels],
+                                                           axis=0))
+    assert attack["samples"] == 3 and len({a["advantage"] for a in pixels}) > 1
+    assert "samples" not in row["membership"]["discriminator"]  # the weights': measured once
+
+    one_sample = {**row, "fidelity_sd": {}, "membership": {"pixels": {"advantage": 0.1}}}
+    module.print_table("phantom", 24, {"real only": {"auroc": {"val": auroc, "test": auroc},
+                                                     "fidelity_floor": None},
+                                       "averaged": row, "one sample": one_sample})
+    lines = {line.split(" | ")[0]: line for line in capsys.readouterr().out.splitlines()}
+    cov, sd = row["fidelity"]["coverage"], row["fidelity_sd"]["coverage"]
+    assert f"{cov:.2f} ± {sd:.2f} (" in lines["| averaged"]
+    low, high = attack["advantage_ci"]
+    assert f"pixels {attack['advantage']:+.3f} [{low:+.3f}, {high:+.3f}]" in lines["| averaged"]
+    assert "±" not in lines["| one sample"] and "pixels +0.100 |" in lines["| one sample"]
+
+
 @pytest.mark.slow
 def test_generators_trained_elsewhere_are_measured_here_untrained(shared_data, tmp_path,
                                                                  monkeypatch):

@@ -233,11 +233,10 @@ def measure(family: str, recipe: GeneratorRecipe, run_dir: Path, train_seconds: 
                                           for p in privacy])),
         "closer_to_train_share": float(np.mean([p["dcr"]["pixels"]["closer_to_train_share"]
                                                 for p in privacy])),
-        "membership": {
-            **{name: over_samples([p["membership"][name] for p in privacy])
-               for name in BLACK_BOX if name in first},
-            **{name: {k: attack[k] for k in ("auc", "advantage", "advantage_ci")}
-               for name, attack in first.items() if name not in BLACK_BOX}},
+        "membership": {name: over_samples([p["membership"][name] for p in privacy])
+                       if name in BLACK_BOX else
+                       {k: attack[k] for k in ("auc", "advantage", "advantage_ci")}
+                       for name, attack in first.items()},
     }
 
 

@@ -34,7 +34,9 @@ The best recipe of a set is the one with the highest mean *validation* AUROC of 
 synthetic-only classifiers; test numbers never choose. ``--headline`` then runs the utility
 harness with it (``evaluate utility``, ratio 1 and balance, ``--seeds`` seeds) and prints its
 headline: the best synthetic regime against the best regime without synthetic images,
-real-repeated included, with the paired 95 % interval.
+real-repeated included, with the paired 95 % interval. With ``--filter-percentile P`` the
+choice is among the filtered rows, and the harness filters its generators' images the same
+way (``--generator-filter-percentile P``).
 
     SYNTHMED_TEST_DATA=../shared/data python benchmarks/generator_quality.py --out bench-quality
     python benchmarks/generator_quality.py --out q --sets breastmnist-0.25 \\
@@ -68,6 +70,7 @@ from synthmed.eval.classifier import ClassifierConfig, train_classifier
 from synthmed.eval.features import default_extractor
 from synthmed.eval.fidelity import evaluate_fidelity
 from synthmed.eval.generators import (
+    FILTER_REDRAWS,
     GeneratorRecipe,
     SubsetGenerators,
     class_mix_labels,
@@ -99,7 +102,6 @@ RECIPES = {
 }
 FIDELITY = ("fid", "kid", "precision", "recall", "coverage")
 BLACK_BOX = ("pixels", "features")  # the attacks that see the images, not the weights
-FILTER_REDRAWS = 100  # a filter at percentile 50 keeps about a third of the draws
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -357,9 +359,11 @@ def interval(attack: dict) -> str:
 
 
 def headline(name: str, rows: dict, args: argparse.Namespace, fraction: float) -> None:
-    """The utility harness with the recipe of the best mean validation AUROC."""
-    best = best_recipe(rows)
-    family, recipe = chosen_recipe(best, args.init_from)
+    """The utility harness with the recipe of the best mean validation AUROC (through the
+    privacy filter with ``--filter-percentile``)."""
+    best = best_recipe(rows, args.filter_percentile)
+    family, recipe = chosen_recipe(best.partition(", filtered at ")[0], args.init_from)
+    recipe = replace(recipe, filter_percentile=args.filter_percentile)
     path, read, _ = SETS[name]
     read_args = [f"--{k}={v}" for k, v in read.items()]
     out = args.out / name / f"harness-{best}"
@@ -376,12 +380,12 @@ def headline(name: str, rows: dict, args: argparse.Namespace, fraction: float) -
              f" (unconverged in {1 - head['converged']:.0%} of the seeds)"))
 
 
-def best_recipe(rows: dict) -> str:
-    """The recipe whose synthetic-only classifiers have the best mean validation AUROC, among
+def best_recipe(rows: dict, filter_percentile: float | None = None) -> str:
+    """The row whose synthetic-only classifiers have the best mean validation AUROC, among
     the rows of as many synthetic images as real ones (the harness's synthetic only) and
-    unfiltered (the harness has no privacy filter)."""
+    through the privacy filter at ``filter_percentile`` (``None``: unfiltered)."""
     return max((r for r in rows if r != "real only" and "synthetic_scale" not in rows[r]
-                and "filter" not in rows[r]),
+                and rows[r].get("filter", {}).get("percentile") == filter_percentile),
                key=lambda r: rows[r]["auroc"]["val"]["mean"])
 
 
@@ -397,6 +401,8 @@ def harness_options(family: str, recipe: GeneratorRecipe) -> list[str]:
     options = ["--generator-steps", str(recipe.steps)]
     if recipe.init_from is not None:
         options += ["--generator-init", recipe.init_from]
+    if recipe.filter_percentile is not None:
+        options += ["--generator-filter-percentile", f"{recipe.filter_percentile:g}"]
     if family != "dcgan":
         return options
     for flag, field, text in (

@@ -196,7 +196,7 @@ def test_the_filtered_rows_sample_what_the_export_keeps(tmp_path, monkeypatch):
     from synthmed.augment.distances import flatten_pixels, nearest_distances
     from synthmed.augment.phantom import PhantomConfig, make_phantom
     from synthmed.eval.generators import GeneratorRecipe, SubsetGenerators
-    from synthmed.gan.near_copy import PrivacyFilterConfig, _derived_threshold
+    from synthmed.gan.near_copy import subset_filter
     from synthmed.gan.run import load_run
     from tests.gan.test_privacy_filter import plant_copies
 
@@ -212,15 +212,31 @@ def test_the_filtered_rows_sample_what_the_export_keeps(tmp_path, monkeypatch):
     assert images.images.shape == (12, 1, 28, 28) and images.class_names == subset.class_names
     assert sorted(images.labels) == sorted(module.class_mix_labels(subset, 12, 3))
     pixels = flatten_pixels(subset.images)
-    threshold = _derived_threshold(subset, pixels, PrivacyFilterConfig(train="x",
-                                                                        percentile=50.0))
+    threshold = subset_filter(subset, 50.0, max_redraws=1).threshold  # the export's rule
     # every kept image at least the threshold away (less the 8-bit export's rounding)
     assert nearest_distances(flatten_pixels(images.images), pixels)[0].min() > threshold - 0.15
     assert sampler.kept == 12 and sampler.drawn == 12 + sum(planted) > 12
     assert np.array_equal(sampler(n=12, seed=3).images, images.images)
-    row = {"auroc": {"val": {"mean": 0.95}}, "filter": {"percentile": 50.0, "kept_share": 0.4}}
-    rows = {"real only": {}, "dcgan": {"auroc": {"val": {"mean": 0.8}}}, "dcgan, filtered": row}
-    assert module.best_recipe(rows) == "dcgan"  # the harness has no filter: not its choice
+    row = {"auroc": {"val": {"mean": 0.7}}, "filter": {"percentile": 50.0, "kept_share": 0.4}}
+    rows = {"real only": {}, "dcgan": {"auroc": {"val": {"mean": 0.8}}},
+            "dcgan@4000, filtered at 50": row,
+            "dcgan@4000, filtered at 75": {**row, "auroc": {"val": {"mean": 0.9}},
+                                           "filter": {"percentile": 75.0}}}
+    assert module.best_recipe(rows) == "dcgan"  # unfiltered rows for the unfiltered harness
+    assert module.best_recipe(rows, 50.0) == "dcgan@4000, filtered at 50"
+    ran = []
+    monkeypatch.setattr(module, "synthmed", lambda *args: ran.append(args) or 0.0)
+    harness = tmp_path / "breastmnist-0.25" / "harness-dcgan@4000, filtered at 50"
+    harness.mkdir(parents=True)
+    (harness / "summary.json").write_text(json.dumps({"0.25": {"headline": {
+        "best_synthetic": "s", "best_without": "w", "metric": "auroc", "gain_mean": 0.0,
+        "gain_ci_low": 0.0, "gain_ci_high": 0.0}}}))
+    args = argparse.Namespace(filter_percentile=50.0, init_from=None, data=tmp_path, seeds=2,
+                              out=tmp_path)
+    module.headline("breastmnist-0.25", rows, args, 0.25)
+    (command,) = ran  # the harness trains the chosen recipe and filters at the same percentile
+    assert command[command.index("--generator-steps") + 1] == "4000"
+    assert command[command.index("--generator-filter-percentile") + 1] == "50"
 
 
 def test_a_row_averages_fidelity_and_the_image_attacks_over_the_classifiers_samples(

@@ -82,6 +82,11 @@ def _shard(text: str) -> tuple[int, int]:
                config=GeneratorRecipe, field="init_from", override=False,
                help="A run of the same generator model that each trained generator starts "
                     "from (transfer from a larger set).")
+@config_option("--generator-filter-percentile", type=types.PERCENTILE, config=GeneratorRecipe,
+               field="filter_percentile", override=False,
+               help="Pass each trained generator's images through the export's privacy filter "
+                    "at this percentile (generate --privacy-filter --filter-percentile, the "
+                    "generator's own training images as its data); default: no filter.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder; rerunning the same command skips finished models, "
                    "also with more --seeds or --fractions.")
@@ -124,7 +129,8 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
                              train_generator: str | None, generator_steps: int,
                              generator_diffaugment: str, generator_ada_target: float,
                              generator_transition_steps: tuple[int, int],
-                             generator_ema: float, generator_init: str | None, out: Path,
+                             generator_ema: float, generator_init: str | None,
+                             generator_filter_percentile: float | None, out: Path,
                              fractions: str, seeds: int, ratios: str, balance: bool,
                              best_of: int, arch: str, steps: int, generator_pool: str,
                              pilot_doublings: int,
@@ -148,11 +154,13 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
     if generator_pool == "train" and generator_run is not None:
         raise click.UsageError("--generator-pool train trains its generator: pass "
                                "--train-generator, not --generator")
+    for name, value in (("--generator-init", generator_init),
+                        ("--generator-filter-percentile", generator_filter_percentile)):
+        if value is not None and train_generator is None:
+            raise click.UsageError(f"{name} is an option of the generators the harness "
+                                   "trains: pass --train-generator with it")
     check_out(out, (real_path, generator_run, generator_init))
     if generator_init is not None:  # a bad source fails now, not at the first generator
-        if train_generator is None:
-            raise click.UsageError("--generator-init is where trained generators start: pass "
-                                   "--train-generator with it")
         load_run(generator_init, kind=train_generator.split("-")[0])
     config = UtilityConfig(fractions=_floats(fractions, "--fractions"), seeds=seeds,
                            ratios=_floats(ratios, "--ratios"), balance=balance,
@@ -167,7 +175,8 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
                      steps=generator_steps, diffaugment=comma_names(generator_diffaugment),
                      ada_target=generator_ada_target,
                      transition_steps=generator_transition_steps,
-                     ema_decay=generator_ema, init_from=generator_init), out / "generators",
+                     ema_decay=generator_ema, init_from=generator_init,
+                     filter_percentile=generator_filter_percentile), out / "generators",
                      family=train_generator.split("-")[0],
                      conditional=generator_pool == "subset"))
     with resumable_output_dir(out, (real_path, generator_run), "utility"):

@@ -25,6 +25,7 @@ from synthmed.gan.config import (
     TrainConfig,
     resolve_precision,
 )
+from synthmed.gan.near_copy import subset_filter
 from synthmed.gan.run import LoadedRun, load_run
 from synthmed.gan.run_config import GENERATORS, DataConfig, RunConfig, read_run_config
 from synthmed.gan.train import train_dcgan, train_diffusion
@@ -32,6 +33,7 @@ from synthmed.gan.train import train_dcgan, train_diffusion
 #: The generator families the harness trains per subset, and how its report names them.
 FAMILIES = {"dcgan": "conditional DCGAN", "diffusion": "conditional diffusion model"}
 STEPS_PER_EPOCH = 50  # a generator's epoch spans repeats of a small subset (one grid each)
+FILTER_REDRAWS = 100  # new draws per image before the filter gives up (at 75 it keeps 15-19 %)
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,10 @@ class GeneratorRecipe:
     :class:`DCGANConfig`. ``precision`` ``auto`` is bf16 where the device computes it natively
     (:func:`resolve_precision`), fixed when :class:`SubsetGenerators` takes the recipe.
     ``init_from``: a run of the same model whose weights each generator starts from
-    (transfer from a larger set; ``synthmed train --init-from``).
+    (transfer from a larger set; ``synthmed train --init-from``). ``filter_percentile``: the
+    export's privacy filter on each generator's images (``synthmed generate --privacy-filter
+    --filter-percentile``, the generator's own training images as its data), near-copies
+    redrawn.
     """
 
     steps: int = 2000
@@ -57,11 +62,15 @@ class GeneratorRecipe:
     ema_decay: float = 0.0
     precision: str = "auto"
     init_from: str | None = None
+    filter_percentile: float | None = None
 
     def __post_init__(self) -> None:  # bad options fail here, not at the first generator
         if self.precision not in (*PRECISIONS, "auto"):
             raise InputError(f"generator precision must be fp32, bf16 or auto, got "
                              f"{self.precision!r}")
+        if self.filter_percentile is not None and not 0 <= self.filter_percentile <= 100:
+            raise InputError(f"the filter percentile must be in [0, 100], got "
+                             f"{self.filter_percentile}")
         self.dcgan_config()
 
     def dcgan_config(self) -> DCGANConfig:
@@ -98,7 +107,7 @@ class TrainedRun:
             warnings.warn(f"the generator saw {self.images_seen} real training images, more "
                           f"than the {len(subset)} of this fraction: its synthetic images carry "
                           "information the classifier's real subset does not", stacklevel=2)
-        return _sample(self.run.model, labels, seed)
+        return _sample(self.run.model, labels, torch.Generator().manual_seed(seed))
 
 
 class SubsetGenerators:
@@ -130,11 +139,23 @@ class SubsetGenerators:
             r = self.recipe
             return {**kind, "model": FAMILIES[self.family], "steps": r.steps,
                     "batch_size": r.batch_size, "precision": r.precision, "width": r.width,
-                    "init_from": r.init_from}
+                    "init_from": r.init_from,  # the filter only when set, as in older results
+                    **({} if r.filter_percentile is None else
+                       {"filter_percentile": r.filter_percentile})}
         return {**kind, "model": FAMILIES[self.family], **asdict(self.recipe)}
 
     def sample(self, subset: ImageSet, labels: np.ndarray, seed: int) -> np.ndarray:
-        return _sample(load_run(self.train(subset)).model, labels, seed)
+        """Images ``(len(labels), C, H, W)`` of the generator of ``subset``, through the
+        privacy filter when the recipe has one (a near-copy's slot redrawn from the same
+        seeded noise stream, so a seed still gives the same images)."""
+        run_dir = self.train(subset)
+        model, rng = load_run(run_dir).model, torch.Generator().manual_seed(seed)
+        images = _sample(model, labels, rng)
+        if self.recipe.filter_percentile is not None:
+            near = subset_filter(subset, self.recipe.filter_percentile, FILTER_REDRAWS)
+            near.redraw(images, lambda redo: _sample(model, labels[redo], rng), str(run_dir),
+                        "lower --generator-filter-percentile")
+        return images
 
     def train(self, subset: ImageSet, progress: bool = False) -> Path:
         """The run directory of the generator of ``subset``, trained (or finished) if needed."""
@@ -170,9 +191,9 @@ def _finished(run_dir: Path) -> bool:
     return int(checkpoint.load_state(run_dir)["epoch"]) >= config.train.epochs
 
 
-def _sample(model: Any, labels: np.ndarray, seed: int, block: int = 256) -> np.ndarray:
-    """Images ``(len(labels), C, H, W)`` for the labels, from noise seeded with ``seed``."""
-    rng = torch.Generator().manual_seed(seed)
+def _sample(model: Any, labels: np.ndarray, rng: torch.Generator, block: int = 256
+            ) -> np.ndarray:
+    """Images ``(len(labels), C, H, W)`` for the labels, from noise drawn from ``rng``."""
     parts = [model.sample(len(chunk), labels=torch.from_numpy(chunk), generator=rng).numpy()
              for chunk in np.array_split(labels, max(1, -(-len(labels) // block)))]
     return np.concatenate(parts).astype(np.float32)
@@ -183,7 +204,7 @@ def sample_run(path: Path, like: ImageSet, n: int, seed: int = 0) -> ImageSet:
     class-conditional (then labelled with ``like``'s class names), else unlabelled."""
     run = load_run(path, kind=GENERATORS)
     labels = class_mix_labels(like, n, seed) if run.model.conditional else np.zeros(n, np.int64)
-    images = _sample(run.model, labels.astype(np.int64), seed)
+    images = _sample(run.model, labels.astype(np.int64), torch.Generator().manual_seed(seed))
     return ImageSet.from_arrays(
         images, labels=labels if run.model.conditional else None,
         class_names=like.class_names if run.model.conditional else None, synthetic=True,

@@ -242,10 +242,13 @@ def _describe_generator(generator: dict[str, Any]) -> str:
                   "pool), its images labelled by the `real` regime's classifier")
     if generator.get("init_from"):
         trained_on += f", starting from the weights of the run `{generator['init_from']}`"
+    filtered = ("" if generator.get("filter_percentile") is None else
+                f"; its images through the privacy filter at percentile "
+                f"{generator['filter_percentile']:g}, near-copies of its training images redrawn")
     if generator.get("model") == "conditional diffusion model":
         return (f"{trained_on.format('diffusion model')} ({generator['steps']} steps of "
                 f"batch {generator['batch_size']}, widths {generator['width']}/"
-                f"{2 * generator['width']}/{2 * generator['width']})")
+                f"{2 * generator['width']}/{2 * generator['width']}{filtered})")
     remedies = ""
     if generator.get("diffaugment"):
         remedies += f", DiffAugment {'/'.join(generator['diffaugment'])}"
@@ -258,7 +261,7 @@ def _describe_generator(generator: dict[str, Any]) -> str:
         remedies += f", EMA {generator['ema_decay']}"
     return (f"{trained_on.format('DCGAN')} ({generator['steps']} steps of batch "
             f"{generator['batch_size']}, width "
-            f"{generator['width']}, R1 {generator['r1_gamma']}{remedies})")
+            f"{generator['width']}, R1 {generator['r1_gamma']}{remedies}{filtered})")
 
 
 def _p(value: float) -> str:

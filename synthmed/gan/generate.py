@@ -238,24 +238,14 @@ def _draw_block(run: LoadedRun, labels: np.ndarray, rng: torch.Generator,
     """
     shape = run.model.noise_shape
     images = _generate(run, torch.randn(BLOCK, *shape, generator=rng)[:len(labels)], labels)
-    rounds = np.zeros(len(labels), np.int64)
     if near is None:
-        return images, rounds
-    copies = near.copies(images)  # (n,) bool
-    for round_ in range(1, near.max_redraws + 1):
-        if not copies.any():
-            break
-        redo = np.flatnonzero(copies)
-        z = torch.randn(BLOCK, *shape, generator=rng)[redo]
-        images[redo] = _generate(run, z, labels[redo])
-        rounds[redo] = round_
-        copies[redo] = near.copies(images[redo])
-    if copies.any():
-        raise InputError(f"{copies.sum()} image(s) were still near-copies of training images "
-                         f"after {near.max_redraws} new draws each: the generator reproduces "
-                         f"its training data, or the threshold ({near.threshold:.4g}) is too "
-                         "strict for it (raise --max-redraws, lower --filter-percentile)",
-                         run.path)
+        return images, np.zeros(len(labels), np.int64)
+
+    def draw(redo: np.ndarray) -> np.ndarray:
+        return _generate(run, torch.randn(BLOCK, *shape, generator=rng)[redo], labels[redo])
+
+    rounds = near.redraw(images, draw, str(run.path),
+                         "raise --max-redraws, lower --filter-percentile")
     return images, rounds
 
 

@@ -7,6 +7,7 @@ real images of held-aside training subjects come to the other subjects' images.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -88,6 +89,34 @@ class NearCopyFilter:
         distances, _ = nearest_distances(flatten_pixels(images), self.train)
         return distances < self.threshold
 
+    def redraw(self, images: np.ndarray, draw: Callable[[np.ndarray], np.ndarray],
+               source: str, advice: str) -> np.ndarray:
+        """Replace, in place, each near-copy among ``images`` ``(N, C, H, W)`` by a new draw
+        until none is left; returns the round ``(N,)`` of each image's draw (0: the first).
+
+        Args:
+            draw: the slots ``(n,)`` still holding a near-copy -> one new image for each
+                ``(n, C, H, W)``; called once per round.
+            source, advice: the generator named in the error, and what its user can change.
+        Raises:
+            InputError: images still near-copies after ``max_redraws`` new draws each.
+        """
+        rounds = np.zeros(len(images), np.int64)
+        copies = self.copies(images)  # (N,) bool
+        for round_ in range(1, self.max_redraws + 1):
+            if not copies.any():
+                break
+            redo = np.flatnonzero(copies)
+            images[redo] = draw(redo)
+            rounds[redo] = round_
+            copies[redo] = self.copies(images[redo])
+        if copies.any():
+            raise InputError(f"{copies.sum()} image(s) were still near-copies of training "
+                             f"images after {self.max_redraws} new draws each: the generator "
+                             "reproduces its training data, or the threshold "
+                             f"({self.threshold:.4g}) is too strict for it ({advice})", source)
+        return rounds
+
 
 def near_copy_filter(run: LoadedRun, config: PrivacyFilterConfig) -> NearCopyFilter:
     """Read the training data as the run did and fix the near-copy threshold.
@@ -104,10 +133,9 @@ def near_copy_filter(run: LoadedRun, config: PrivacyFilterConfig) -> NearCopyFil
                          "did", config.train)
     pixels = flatten_pixels(train.images)  # (M, C*H*W)
     if config.threshold is None:
-        threshold = _derived_threshold(train, pixels, config)
-        rule = (f"percentile {config.percentile:g} of the distances from the images of "
-                f"{config.holdout_fraction:.0%} of the training subjects (seed {HOLDOUT_SEED}; "
-                "images if there is one subject) to their nearest image of the other subjects")
+        threshold = _derived_threshold(train, pixels, config.percentile,
+                                       config.holdout_fraction, config.train)
+        rule = _rule(config.percentile, config.holdout_fraction)
     else:
         threshold, rule = config.threshold, "given (--threshold)"
     fingerprint = train.fingerprint()
@@ -137,21 +165,39 @@ def read_training_images(run: LoadedRun, config: PrivacyFilterConfig) -> ImageSe
     return data.split("train") if trained_on_train_split and "train" in data.splits else data
 
 
-def _derived_threshold(train: ImageSet, pixels: np.ndarray, config: PrivacyFilterConfig
-                       ) -> float:
+def subset_filter(train: ImageSet, percentile: float, max_redraws: int) -> NearCopyFilter:
+    """The filter of a generator trained on exactly ``train`` (the utility harness's, per
+    subset): its threshold derived from ``train`` by :class:`PrivacyFilterConfig`'s rule
+    (holding aside 20 % of its subjects) at ``percentile``."""
+    pixels = flatten_pixels(train.images)  # (M, C*H*W)
+    holdout = PrivacyFilterConfig.holdout_fraction
+    threshold = _derived_threshold(train, pixels, percentile, holdout, "the generator's subset")
+    return NearCopyFilter(pixels, threshold, max_redraws, {
+        "threshold": threshold, "threshold_rule": _rule(percentile, holdout),
+        "training_images": len(train), "max_redraws": max_redraws})
+
+
+def _rule(percentile: float, holdout_fraction: float) -> str:
+    return (f"percentile {percentile:g} of the distances from the images of "
+            f"{holdout_fraction:.0%} of the training subjects (seed {HOLDOUT_SEED}; images if "
+            "there is one subject) to their nearest image of the other subjects")
+
+
+def _derived_threshold(train: ImageSet, pixels: np.ndarray, percentile: float,
+                       holdout_fraction: float, source: str) -> float:
     """The threshold rule of :class:`PrivacyFilterConfig` applied to ``train`` (its images
-    flattened: ``pixels`` ``(M, C*H*W)``)."""
+    flattened: ``pixels`` ``(M, C*H*W)``), named ``source`` in errors."""
     single = len(set(train.groups.tolist())) < 2
     units = np.arange(len(train)).astype(str) if single else train.groups.astype(str)
     names = np.unique(units)
     if len(names) < 2:
         raise InputError("one training image cannot give a near-copy threshold: pass "
-                         "--threshold", config.train)
-    count = max(1, round(config.holdout_fraction * len(names)))
+                         "--threshold", source)
+    count = max(1, round(holdout_fraction * len(names)))
     aside = np.isin(units, np.random.default_rng(HOLDOUT_SEED).permutation(names)[:count])
-    threshold = near_copy_threshold(pixels[~aside], pixels[aside], config.percentile)
+    threshold = near_copy_threshold(pixels[~aside], pixels[aside], percentile)
     if threshold == 0:
-        raise InputError(f"{config.percentile:g} % of the held-aside training images or more have "
+        raise InputError(f"{percentile:g} % of the held-aside training images or more have "
                          "exact duplicates in the rest, so the threshold would be 0: pass "
-                         "--threshold", config.train)
+                         "--threshold", source)
     return threshold

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from synthmed.augment.dataset import ImageSet
@@ -17,6 +18,7 @@ from synthmed.augment.phantom import PhantomConfig, make_phantom
 from synthmed.augment.splits import split_by_group
 from synthmed.cli import cli
 from synthmed.errors import InputError
+from synthmed.eval import generators as generators_module
 from synthmed.eval import utility
 from synthmed.eval.classifier import ClassifierConfig, train_classifier
 from synthmed.eval.generators import (
@@ -31,6 +33,7 @@ from synthmed.eval.regimes import make_regimes
 from synthmed.eval.utility import UtilityConfig, merge, run_grid
 from synthmed.eval.utility_report import _describe_generator, summarize_results, write_report
 from synthmed.gan.config import DCGANConfig, TrainConfig, resolve_precision
+from synthmed.gan.near_copy import subset_filter
 from synthmed.gan.run import load_run
 from synthmed.gan.run_config import DataConfig, RunConfig, read_run_config
 from synthmed.gan.train import train_dcgan
@@ -228,6 +231,47 @@ def test_the_recipe_small_data_remedies_reach_each_generator(real, tmp_path):
     described = _describe_generator(SubsetGenerators(recipe, tmp_path).describe())
     assert ("DiffAugment translation/cutout (adaptive, target 0.6), conditioning ramped in over "
             "steps 1-3, EMA 0.9") in described
+
+
+def test_the_harness_privacy_filter_redraws_its_generators_near_copies(real, tmp_path,
+                                                                      monkeypatch):
+    subset = fraction_subset(real.train, 0.5, 0)
+    labels = subset.labels[:6]
+    drawn = []
+
+    def copying_first(model, wanted, rng, block=256):  # the first draw: the subset's images
+        images = (subset.images[:6].copy() if not drawn else
+                  np.asarray(torch.randn((len(wanted), *subset.images.shape[1:]),
+                                         generator=rng)).clip(-1, 1))
+        drawn.append(len(wanted))
+        return images
+
+    monkeypatch.setattr(generators_module, "_sample", copying_first)
+    filtered = SubsetGenerators(replace(RECIPE, filter_percentile=50), tmp_path)
+    images = filtered.sample(subset, labels, seed=3)
+    assert drawn[0] == 6 and sum(drawn[1:]) >= 6  # every copy drawn again
+    near = subset_filter(subset, 50, max_redraws=1)
+    assert not near.copies(images).any() and near.copies(subset.images[:6]).all()
+    drawn.clear()
+    assert np.array_equal(images, filtered.sample(subset, labels, seed=3))  # seeded
+    drawn.clear()
+    unfiltered = SubsetGenerators(RECIPE, tmp_path).sample(subset, labels, seed=3)
+    assert drawn == [6] and np.array_equal(unfiltered, subset.images[:6])
+    for family in ("dcgan", "diffusion"):
+        described = SubsetGenerators(replace(RECIPE, filter_percentile=50), tmp_path, family)
+        assert _describe_generator(described.describe()).endswith(
+            "; its images through the privacy filter at percentile 50, near-copies of its "
+            "training images redrawn)")
+    # unfiltered: described as before the filter existed, so older results stay reusable
+    assert "filter_percentile" not in SubsetGenerators(RECIPE, tmp_path, "diffusion").describe()
+
+    monkeypatch.setattr(generators_module, "_sample",
+                        lambda model, wanted, rng, block=256: subset.images[:len(wanted)].copy())
+    with pytest.raises(InputError, match=r"6 image.s. were still near-copies .* after 100 new "
+                                         r"draws .*lower --generator-filter-percentile"):
+        filtered.sample(subset, labels, seed=3)
+    with pytest.raises(InputError, match=r"filter percentile must be in \[0, 100\]"):
+        GeneratorRecipe(filter_percentile=101)
 
 
 def test_the_recipe_precision_auto_is_fixed_before_the_first_generator(tmp_path):
@@ -487,12 +531,18 @@ def test_evaluate_utility_command(tmp_path, phantom):
     both = CliRunner().invoke(cli, [*args, "--train-generator", "dcgan-conditional",
                                     "--generator", str(tmp_path)])
     assert both.exit_code == 2 and "exactly one" in both.output
+    given = CliRunner().invoke(cli, [*args, "--generator", str(tmp_path),
+                                     "--generator-filter-percentile", "50"])
+    assert given.exit_code == 2 and "--generator-filter-percentile is an option of the " \
+        "generators the harness trains" in given.output and not out.exists()
     result = CliRunner().invoke(cli, [*args, "--train-generator", "dcgan-conditional",
                                       "--generator-diffaugment", "translation",
-                                      "--generator-ema", "0.9", "--best-of", "2"])
+                                      "--generator-ema", "0.9", "--best-of", "2",
+                                      "--generator-filter-percentile", "50"])
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
-    assert "DiffAugment translation, EMA 0.9" in report and "the best of 2 candidates" in report
+    assert "DiffAugment translation, EMA 0.9; its images through the privacy filter at " \
+        "percentile 50" in report and "the best of 2 candidates" in report
     written = json.loads((out / "results.json").read_text())
     assert written["config"]["best_of"] == 2
     # one pass per run cannot converge, so the pilot doubled the 4 steps once

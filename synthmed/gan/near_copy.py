@@ -135,7 +135,9 @@ def near_copy_filter(run: LoadedRun, config: PrivacyFilterConfig) -> NearCopyFil
     if config.threshold is None:
         threshold = _derived_threshold(train, pixels, config.percentile,
                                        config.holdout_fraction, config.train)
-        rule = _rule(config.percentile, config.holdout_fraction)
+        rule = (f"percentile {config.percentile:g} of the distances from the images of "
+                f"{config.holdout_fraction:.0%} of the training subjects (seed {HOLDOUT_SEED}; "
+                "images if there is one subject) to their nearest image of the other subjects")
     else:
         threshold, rule = config.threshold, "given (--threshold)"
     fingerprint = train.fingerprint()
@@ -172,15 +174,7 @@ def subset_filter(train: ImageSet, percentile: float, max_redraws: int) -> NearC
     pixels = flatten_pixels(train.images)  # (M, C*H*W)
     holdout = PrivacyFilterConfig.holdout_fraction
     threshold = _derived_threshold(train, pixels, percentile, holdout, "the generator's subset")
-    return NearCopyFilter(pixels, threshold, max_redraws, {
-        "threshold": threshold, "threshold_rule": _rule(percentile, holdout),
-        "training_images": len(train), "max_redraws": max_redraws})
-
-
-def _rule(percentile: float, holdout_fraction: float) -> str:
-    return (f"percentile {percentile:g} of the distances from the images of "
-            f"{holdout_fraction:.0%} of the training subjects (seed {HOLDOUT_SEED}; images if "
-            "there is one subject) to their nearest image of the other subjects")
+    return NearCopyFilter(pixels, threshold, max_redraws, record={})  # no provenance.json
 
 
 def _derived_threshold(train: ImageSet, pixels: np.ndarray, percentile: float,

@@ -93,10 +93,12 @@ SETS = {
     "retinamnist-1.0": ("medmnist/retinamnist.npz", {}, 1.0),
 }
 #: name -> (family, recipe); the first is the harness's default
+ADA_TRANSITION = GeneratorRecipe(diffaugment=AUGMENTS, ada_target=0.6,
+                                 transition_steps=(500, 1000), ema_decay=0.999)
 RECIPES = {
     "dcgan": ("dcgan", GeneratorRecipe()),
-    "dcgan-ada-transition": ("dcgan", GeneratorRecipe(
-        diffaugment=AUGMENTS, ada_target=0.6, transition_steps=(500, 1000), ema_decay=0.999)),
+    "dcgan-ada-transition": ("dcgan", ADA_TRANSITION),
+    "dcgan-ada-resize": ("dcgan", replace(ADA_TRANSITION, upsample="resize")),
     "dcgan-ema": ("dcgan", GeneratorRecipe(ema_decay=0.999)),
     "diffusion": ("diffusion", GeneratorRecipe()),
 }
@@ -409,7 +411,8 @@ def harness_options(family: str, recipe: GeneratorRecipe) -> list[str]:
             ("--generator-diffaugment", "diffaugment", ",".join),
             ("--generator-ada-target", "ada_target", str),
             ("--generator-transition-steps", "transition_steps", lambda v: f"{v[0]},{v[1]}"),
-            ("--generator-ema", "ema_decay", str)):
+            ("--generator-ema", "ema_decay", str),
+            ("--generator-upsample", "upsample", str)):
         if getattr(recipe, field) != getattr(default, field):
             options += [flag, text(getattr(recipe, field))]
     return options

@@ -78,6 +78,10 @@ def _shard(text: str) -> tuple[int, int]:
                     "class conditioning in until END.")
 @config_option("--generator-ema", type=types.DECAY, config=GeneratorRecipe, field="ema_decay",
                override=False, help="EMA decay of each trained generator, e.g. 0.999.")
+@config_option("--generator-upsample", type=click.Choice(["convtranspose", "resize"]),
+               config=GeneratorRecipe, field="upsample", override=False,
+               help="Upsampling in each trained DCGAN's generator (resize: nearest x2 and a "
+                    "convolution, no checkerboard artefacts).")
 @config_option("--generator-init", type=click.Path(file_okay=False),
                config=GeneratorRecipe, field="init_from", override=False,
                help="A run of the same generator model that each trained generator starts "
@@ -129,7 +133,8 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
                              train_generator: str | None, generator_steps: int,
                              generator_diffaugment: str, generator_ada_target: float,
                              generator_transition_steps: tuple[int, int],
-                             generator_ema: float, generator_init: str | None,
+                             generator_ema: float, generator_upsample: str,
+                             generator_init: str | None,
                              generator_filter_percentile: float | None, out: Path,
                              fractions: str, seeds: int, ratios: str, balance: bool,
                              best_of: int, arch: str, steps: int, generator_pool: str,
@@ -175,7 +180,8 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
                      steps=generator_steps, diffaugment=comma_names(generator_diffaugment),
                      ada_target=generator_ada_target,
                      transition_steps=generator_transition_steps,
-                     ema_decay=generator_ema, init_from=generator_init,
+                     ema_decay=generator_ema, upsample=generator_upsample,
+                     init_from=generator_init,
                      filter_percentile=generator_filter_percentile), out / "generators",
                      family=train_generator.split("-")[0],
                      conditional=generator_pool == "subset"))

@@ -43,8 +43,10 @@ class GeneratorRecipe:
     The budget is in optimiser steps, so a small subset gets as many updates as a large one
     (in epochs, 10 % of a data set would get a tenth of the training). ``diffaugment``,
     ``ada_target``, ``transition_steps`` and ``ema_decay`` are the small-data remedies of
-    :class:`DCGANConfig`. ``precision`` ``auto`` is bf16 where the device computes it natively
-    (:func:`resolve_precision`), fixed when :class:`SubsetGenerators` takes the recipe.
+    :class:`DCGANConfig`; ``upsample`` its generator's upsampling (``resize``: nearest x2 and
+    a convolution, no checkerboard artefacts). ``precision`` ``auto`` is bf16 where the
+    device computes it natively (:func:`resolve_precision`), fixed when
+    :class:`SubsetGenerators` takes the recipe.
     ``init_from``: a run of the same model whose weights each generator starts from
     (transfer from a larger set; ``synthmed train --init-from``). ``filter_percentile``: the
     export's privacy filter on each generator's images (``synthmed generate --privacy-filter
@@ -60,6 +62,7 @@ class GeneratorRecipe:
     ada_target: float = 0.0
     transition_steps: tuple[int, int] = (0, 0)
     ema_decay: float = 0.0
+    upsample: str = "convtranspose"
     precision: str = "auto"
     init_from: str | None = None
     filter_percentile: float | None = None
@@ -77,7 +80,8 @@ class GeneratorRecipe:
         """The DCGAN of the recipe, before it is fitted to a subset's images."""
         return DCGANConfig(width=self.width, r1_gamma=self.r1_gamma,
                            diffaugment=self.diffaugment, ada_target=self.ada_target,
-                           transition_steps=self.transition_steps, ema_decay=self.ema_decay)
+                           transition_steps=self.transition_steps, ema_decay=self.ema_decay,
+                           upsample=self.upsample)
 
 
 class TrainedRun:

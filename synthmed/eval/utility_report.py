@@ -259,6 +259,8 @@ def _describe_generator(generator: dict[str, Any]) -> str:
         remedies += f", conditioning ramped in over steps {start}-{end}"
     if generator.get("ema_decay"):
         remedies += f", EMA {generator['ema_decay']}"
+    if generator.get("upsample", "convtranspose") != "convtranspose":
+        remedies += f", {generator['upsample']} upsampling"
     return (f"{trained_on.format('DCGAN')} ({generator['steps']} steps of batch "
             f"{generator['batch_size']}, width "
             f"{generator['width']}, R1 {generator['r1_gamma']}{remedies}{filtered})")

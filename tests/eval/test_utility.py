@@ -538,13 +538,17 @@ def test_evaluate_utility_command(tmp_path, phantom):
     result = CliRunner().invoke(cli, [*args, "--train-generator", "dcgan-conditional",
                                       "--generator-diffaugment", "translation",
                                       "--generator-ema", "0.9", "--best-of", "2",
+                                      "--generator-upsample", "resize",
                                       "--generator-filter-percentile", "50"])
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
-    assert "DiffAugment translation, EMA 0.9; its images through the privacy filter at " \
-        "percentile 50" in report and "the best of 2 candidates" in report
+    assert "DiffAugment translation, EMA 0.9, resize upsampling; its images through the " \
+        "privacy filter at percentile 50" in report and "the best of 2 candidates" in report
     written = json.loads((out / "results.json").read_text())
-    assert written["config"]["best_of"] == 2
+    assert written["config"]["best_of"] == 2 and written["generator"]["upsample"] == "resize"
+    trained = [read_run_config(run).model.upsample
+               for run in (out / "generators").iterdir()]
+    assert trained and set(trained) == {"resize"}
     # one pass per run cannot converge, so the pilot doubled the 4 steps once
     assert written["budgets"] == {"0.5": 8} and {c["steps"] for c in written["cells"]} == {8}
     assert "optimiser steps 8 at fraction 0.5 (a pilot on `real`" in report

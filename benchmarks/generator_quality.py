@@ -97,6 +97,7 @@ ADA_TRANSITION = GeneratorRecipe(diffaugment=AUGMENTS, ada_target=0.6,
                                  transition_steps=(500, 1000), ema_decay=0.999)
 RECIPES = {
     "dcgan": ("dcgan", GeneratorRecipe()),
+    "dcgan-resize": ("dcgan", GeneratorRecipe(upsample="resize")),
     "dcgan-ada-transition": ("dcgan", ADA_TRANSITION),
     "dcgan-ada-resize": ("dcgan", replace(ADA_TRANSITION, upsample="resize")),
     "dcgan-ema": ("dcgan", GeneratorRecipe(ema_decay=0.999)),

@@ -178,6 +178,8 @@ def test_the_harness_headline_trains_every_remedy_of_the_recipe_validation_picke
         "--generator-steps", "4000", "--generator-diffaugment", "color,translation,cutout",
         "--generator-ada-target", "0.6", "--generator-transition-steps", "500,1000",
         "--generator-ema", "0.999", "--generator-upsample", "resize"]
+    assert module.harness_options(*module.chosen_recipe("dcgan-resize@4000")) == [
+        "--generator-steps", "4000", "--generator-upsample", "resize"]
     assert module.harness_options(*module.chosen_recipe("diffusion@8000")) == [
         "--generator-steps", "8000"]
     family, recipe = module.chosen_recipe("dcgan@3000 from brain28", Path("runs/brain28"))

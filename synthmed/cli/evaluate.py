@@ -24,6 +24,7 @@ from synthmed.eval.generators import GeneratorRecipe
 from synthmed.eval.privacy_audit import PrivacyConfig
 from synthmed.eval.translation_blend import BLEND_WEIGHTS
 from synthmed.eval.utility import MAX_DOUBLINGS, UtilityConfig
+from synthmed.gan.nets import UPSAMPLES
 from synthmed.gan.translate import MAPS, MapBlend, TranslateConfig
 from synthmed.io import RUN_CONFIG
 
@@ -78,7 +79,7 @@ def _shard(text: str) -> tuple[int, int]:
                     "class conditioning in until END.")
 @config_option("--generator-ema", type=types.DECAY, config=GeneratorRecipe, field="ema_decay",
                override=False, help="EMA decay of each trained generator, e.g. 0.999.")
-@config_option("--generator-upsample", type=click.Choice(["convtranspose", "resize"]),
+@config_option("--generator-upsample", type=click.Choice(UPSAMPLES),
                config=GeneratorRecipe, field="upsample", override=False,
                help="Upsampling in each trained DCGAN's generator (resize: nearest x2 and a "
                     "convolution, no checkerboard artefacts).")

@@ -24,6 +24,7 @@ from synthmed.gan.config import (
     TrainConfig,
     resolve_precision,
 )
+from synthmed.gan.nets import UPSAMPLES
 from synthmed.gan.run_config import DataConfig
 
 _TRAIN_OPTIONS = ("epochs", "batch_size", "precision", "seed", "checkpoint_every",
@@ -104,7 +105,7 @@ def train() -> None:
 @click.option("--d-norm", type=click.Choice(["batch", "none"]), help="Normalisation in D.")
 @click.option("--minibatch-std/--no-minibatch-std", default=None,
               help="Minibatch standard deviation feature in D (against mode collapse).")
-@click.option("--upsample", type=click.Choice(["convtranspose", "resize"]), help="G's upsampling.")
+@click.option("--upsample", type=click.Choice(UPSAMPLES), help="G's upsampling.")
 @click.option("--diffaugment", help="Comma list of color,translation,cutout.")
 @config_option("--ada-target", type=types.FiniteFloat(0, 1, max_open=True), config=DCGANConfig,
                field="ada_target", help="Adaptive augmentation: apply the --diffaugment ops with "
@@ -262,7 +263,7 @@ def _flags(text: str, option: str) -> tuple[bool, ...]:
                help="Discriminator width")
 @click.option("--blocks", "n_blocks", type=click.IntRange(1),
               help="ResNet blocks per generator (default 6 up to 128 px crops, else 9).")
-@click.option("--upsample", type=click.Choice(["convtranspose", "resize"]),
+@click.option("--upsample", type=click.Choice(UPSAMPLES),
               help="Generator upsampling: convtranspose (reference) or resize + conv.")
 @config_option("--standardize/--no-standardize", config=CycleGANConfig, field="standardize",
                help="Match each subject's histogram to its domain's")

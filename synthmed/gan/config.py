@@ -13,7 +13,7 @@ import torch
 
 from synthmed.errors import require
 from synthmed.gan.losses import AUGMENTS, LOSSES
-from synthmed.gan.nets import SIZES
+from synthmed.gan.nets import SIZES, UPSAMPLES
 from synthmed.limits import MAX_SEED, MAX_WIDTH
 from synthmed.settings import check_fields
 
@@ -118,7 +118,7 @@ class DCGANConfig:
             (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
             (self.d_norm in ("batch", "none"), f"d_norm must be batch or none, "
                                                f"got {self.d_norm!r}"),
-            (self.upsample in ("convtranspose", "resize"),
+            (self.upsample in UPSAMPLES,
              f"upsample must be convtranspose or resize, got {self.upsample!r}"),
             (set(self.diffaugment) <= set(AUGMENTS),
              f"diffaugment takes {AUGMENTS}, got {self.diffaugment}"),
@@ -373,7 +373,7 @@ class CycleGANConfig:
              f"got {self.generator!r}"),
             (self.norm in ("instance", "batch"),
              f"norm must be instance or batch, got {self.norm!r}"),
-            (self.upsample in ("convtranspose", "resize"),
+            (self.upsample in UPSAMPLES,
              f"upsample must be convtranspose or resize, got {self.upsample!r}"),
             (min(self.lambda_cycle, self.lambda_identity, self.lambda_structure) >= 0.0,
              f"lambda_cycle, lambda_identity and lambda_structure must not be negative, got "

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.utils import spectral_norm as apply_spectral_norm
 
 SIZES = (28, 32, 64, 128, 256)
+UPSAMPLES = ("convtranspose", "resize")  # the generators' upsampling: reference, or resize + conv
 LABEL_DIM = 32
 
 
@@ -189,7 +190,7 @@ class DCGANGenerator(nn.Module):
     def __init__(self, size: int = 64, channels: int = 1, nz: int = 100, width: int = 64,
                  num_classes: int = 0, upsample: str = "convtranspose") -> None:
         super().__init__()
-        if upsample not in ("convtranspose", "resize"):
+        if upsample not in UPSAMPLES:
             raise ValueError(f"upsample must be convtranspose or resize, got {upsample!r}")
         self.nz = nz
         side = base_size(size)

@@ -19,6 +19,7 @@ from torch import nn
 
 from synthmed.augment.intensity import FOREGROUND_FLOOR
 from synthmed.gan.config import CycleGANConfig
+from synthmed.gan.nets import UPSAMPLES
 
 PRIOR_LEVELS = 101  # quantile levels of the prior's tables (foreground_quantiles' default)
 PRIOR_BOUND = 0.999  # the prior's values are kept inside (-1, 1) for atanh
@@ -203,7 +204,7 @@ class UnetGenerator(TranslatorGenerator):
         super().__init__(prior)
         if norm not in ("instance", "batch"):
             raise ValueError(f"norm must be instance or batch, got {norm!r}")
-        if upsample not in ("convtranspose", "resize"):
+        if upsample not in UPSAMPLES:
             raise ValueError(f"upsample must be convtranspose or resize, got {upsample!r}")
         widths = tuple(ngf * min(2 ** level, 8) for level in range(UNET_DOWNSAMPLINGS + 1))
         self.model = (ResizeUpUNet if upsample == "resize" else UNet)(

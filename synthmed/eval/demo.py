@@ -24,7 +24,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from synthmed.augment.medmnist import write_npz
@@ -53,7 +53,7 @@ from synthmed.io import atomic_output_dir
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """How big the demo is; :meth:`quick` is the few-minute version (a narrower generator, no
+    """How big the demo is; :meth:`quick` is the few-minute version (narrower networks, no
     step-budget pilot)."""
 
     slices: int = 2000
@@ -62,7 +62,7 @@ class DemoConfig:
     seeds: int = 3
     generator_steps: int = 300
     generator_width: int = 32
-    classifier_steps: int = 200
+    classifier: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(steps=200))
     pilot_doublings: int = 1  # the demo keeps its few minutes; the harness default is 3
     cyclegan_subjects: int = 6
     cyclegan_epochs: int = 6
@@ -70,8 +70,8 @@ class DemoConfig:
     @classmethod
     def quick(cls) -> DemoConfig:
         return cls(slices=640, fraction=0.25, seeds=2, generator_steps=50, generator_width=16,
-                   classifier_steps=30, pilot_doublings=0, cyclegan_subjects=4,
-                   cyclegan_epochs=2)
+                   classifier=ClassifierConfig(steps=30, batch_size=32, width=8),
+                   pilot_doublings=0, cyclegan_subjects=4, cyclegan_epochs=2)
 
 
 def run_demo(out: Path, config: DemoConfig, *, overwrite: bool = False, progress: bool = True,
@@ -122,12 +122,12 @@ def _demo_steps(work: Path, config: DemoConfig, progress: bool,
     echo(f"4/7 utility harness: {config.seeds} seeds x {len(UtilityConfig().regimes)} regimes")
     utility = UtilityConfig(fractions=(config.fraction,), seeds=config.seeds,
                             pilot_doublings=config.pilot_doublings,
-                            classifier=ClassifierConfig(steps=config.classifier_steps))
+                            classifier=config.classifier)
     write_report(run_grid(real, generators, utility, work / "utility", progress=progress),
                  work / "utility")
 
     echo("5/7 fidelity against the real training split")
-    extractor = default_extractor(real, ClassifierConfig(steps=config.classifier_steps))
+    extractor = default_extractor(real, config.classifier)
     synthetic = read_images(work / "synthetic")
     report = evaluate_fidelity(real.train, synthetic, extractor, extractor.name)
     (work / "fidelity").mkdir()

@@ -119,7 +119,7 @@ class DCGANConfig:
             (self.d_norm in ("batch", "none"), f"d_norm must be batch or none, "
                                                f"got {self.d_norm!r}"),
             (self.upsample in UPSAMPLES,
-             f"upsample must be convtranspose or resize, got {self.upsample!r}"),
+             f"upsample must be {' or '.join(UPSAMPLES)}, got {self.upsample!r}"),
             (set(self.diffaugment) <= set(AUGMENTS),
              f"diffaugment takes {AUGMENTS}, got {self.diffaugment}"),
             (0.0 <= self.ada_target < 1.0, f"ada_target must be in [0, 1), got {self.ada_target}"),
@@ -374,7 +374,7 @@ class CycleGANConfig:
             (self.norm in ("instance", "batch"),
              f"norm must be instance or batch, got {self.norm!r}"),
             (self.upsample in UPSAMPLES,
-             f"upsample must be convtranspose or resize, got {self.upsample!r}"),
+             f"upsample must be {' or '.join(UPSAMPLES)}, got {self.upsample!r}"),
             (min(self.lambda_cycle, self.lambda_identity, self.lambda_structure) >= 0.0,
              f"lambda_cycle, lambda_identity and lambda_structure must not be negative, got "
              f"{self.lambda_cycle}, {self.lambda_identity} and {self.lambda_structure}"),

@@ -191,7 +191,7 @@ class DCGANGenerator(nn.Module):
                  num_classes: int = 0, upsample: str = "convtranspose") -> None:
         super().__init__()
         if upsample not in UPSAMPLES:
-            raise ValueError(f"upsample must be convtranspose or resize, got {upsample!r}")
+            raise ValueError(f"upsample must be {' or '.join(UPSAMPLES)}, got {upsample!r}")
         self.nz = nz
         side = base_size(size)
         n_up = (size // side).bit_length() - 1

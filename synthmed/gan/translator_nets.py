@@ -205,7 +205,7 @@ class UnetGenerator(TranslatorGenerator):
         if norm not in ("instance", "batch"):
             raise ValueError(f"norm must be instance or batch, got {norm!r}")
         if upsample not in UPSAMPLES:
-            raise ValueError(f"upsample must be convtranspose or resize, got {upsample!r}")
+            raise ValueError(f"upsample must be {' or '.join(UPSAMPLES)}, got {upsample!r}")
         widths = tuple(ngf * min(2 ** level, 8) for level in range(UNET_DOWNSAMPLINGS + 1))
         self.model = (ResizeUpUNet if upsample == "resize" else UNet)(
             spatial_dims=2, in_channels=channels, out_channels=channels, channels=widths,

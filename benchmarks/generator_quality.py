@@ -45,6 +45,8 @@ way (``--generator-filter-percentile P``).
         --recipes dcgan-ada-transition@2000 --init-from PRETRAINED_RUN   # transfer
     python benchmarks/generator_quality.py --out q --sets breastmnist-0.25 \\
         --recipes dcgan-ada-transition@4000 --filter-percentile 50   # a stronger filter
+    python benchmarks/generator_quality.py --out q --sets breastmnist-0.25 \\
+        --recipes dcgan-ada-resize-classes@2000+1000   # class copies, 1,000 steps each
 """
 
 from __future__ import annotations
@@ -74,7 +76,6 @@ from synthmed.eval.generators import (
     GeneratorRecipe,
     SubsetGenerators,
     class_mix_labels,
-    sample_run,
 )
 from synthmed.eval.metrics import classification_metrics
 from synthmed.eval.privacy_audit import evaluate_privacy
@@ -92,6 +93,7 @@ SETS = {
     "brain-tumor-0.1": ("brain-tumor-mri", {"size": 32, "channels": 1}, 0.1),
     "retinamnist-1.0": ("medmnist/retinamnist.npz", {}, 1.0),
 }
+CLASS_STEPS = 500  # the class copies' fine-tuning (``-classes``, ``-smallest``)
 #: name -> (family, recipe); the first is the harness's default
 ADA_TRANSITION = GeneratorRecipe(diffaugment=AUGMENTS, ada_target=0.6,
                                  transition_steps=(500, 1000), ema_decay=0.999)
@@ -100,6 +102,11 @@ RECIPES = {
     "dcgan-resize": ("dcgan", GeneratorRecipe(upsample="resize")),
     "dcgan-ada-transition": ("dcgan", ADA_TRANSITION),
     "dcgan-ada-resize": ("dcgan", replace(ADA_TRANSITION, upsample="resize")),
+    "dcgan-ada-resize-classes": ("dcgan", replace(ADA_TRANSITION, upsample="resize",
+                                                  class_steps=CLASS_STEPS)),
+    "dcgan-ada-resize-smallest": ("dcgan", replace(ADA_TRANSITION, upsample="resize",
+                                                   class_steps=CLASS_STEPS,
+                                                   class_copies="smallest")),
     "dcgan-ema": ("dcgan", GeneratorRecipe(ema_decay=0.999)),
     "diffusion": ("diffusion", GeneratorRecipe()),
 }
@@ -112,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     add_data_options(parser)
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--recipes", default=",".join(RECIPES),
-                        help="comma list of RECIPE or RECIPE@STEPS (another budget)")
+                        help="comma list of RECIPE or RECIPE@STEPS (another budget), "
+                             "RECIPE@STEPS+CLASS_STEPS for the class copies' budget")
     parser.add_argument("--seeds", type=int, default=3, help="classifier seeds per cell")
     parser.add_argument("--synthetic-scales", default=[], type=scales,
                         help="comma list of K: also train synthetic only on K x the subset")
@@ -138,6 +146,9 @@ def main(argv: list[str] | None = None) -> None:
         for recipe_name in args.recipes.split(","):
             row_name = recipe_name + (f" from {args.init_from.name}" if args.init_from else "")
             family, recipe = chosen_recipe(row_name, args.init_from)
+            if args.filter_percentile is not None and recipe.class_steps:
+                sys.exit("--filter-percentile measures the export's filter of one run, not a "
+                         f"generator with class copies ({row_name})")
             run_dir, train_seconds = trained_run(family, recipe, subset,
                                                  args.out / name / row_name)
             rows[row_name] = measure(family, recipe, run_dir, train_seconds, subset, real,
@@ -151,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
                                "kept_share": sampler.kept / sampler.drawn}}
             for scale in args.synthetic_scales:
                 rows[f"{row_name}, {scale}x images"] = synthetic_only_at_scale(
-                    run_dir, subset, real, args.seeds, scale)
+                    recipe_sampler(family, recipe, run_dir, subset), subset, real, args.seeds,
+                    scale)
             rows_file.write_text(json.dumps(rows, indent=1))
         print_table(name, len(subset), rows)
         if args.headline:
@@ -167,13 +179,18 @@ def scales(text: str) -> list[int]:
 
 
 def chosen_recipe(name: str, init_from: Path | None = None) -> tuple[str, GeneratorRecipe]:
-    """The family and recipe of ``RECIPE`` or ``RECIPE@STEPS`` (a row name may end in
-    `` from RUN-NAME``: its generators start from the run ``init_from``)."""
+    """The family and recipe of ``RECIPE``, ``RECIPE@STEPS`` or, for a recipe with class
+    copies, ``RECIPE@STEPS+CLASS_STEPS`` (a row name may end in `` from RUN-NAME``: its
+    generators start from the run ``init_from``)."""
     name, transfer, _ = name.partition(" from ")
     if transfer and init_from is None:
         sys.exit(f"the row '{name}{transfer}...' starts from a run: pass --init-from")
     base, _, steps = name.partition("@")
+    steps, plus, class_steps = steps.partition("+")
     family, recipe = RECIPES[base]
+    if plus and not recipe.class_steps:
+        sys.exit(f"{base} has no class copies to give +{class_steps} steps")
+    recipe = replace(recipe, class_steps=int(class_steps)) if plus else recipe
     recipe = replace(recipe, steps=int(steps)) if steps else recipe
     return family, replace(recipe, init_from=str(init_from)) if transfer else recipe
 
@@ -200,16 +217,17 @@ def measure(family: str, recipe: GeneratorRecipe, run_dir: Path, train_seconds: 
             sample: Callable[..., ImageSet] | None = None) -> dict:
     """A recipe's trained generator (``run_dir``) on ``subset``: its times, fidelity,
     synthetic-only AUROC and privacy numbers. ``sample(n=, seed=)``: its images (default:
-    :func:`sample_run` in the subset's class mix).
+    :func:`recipe_sampler`, the subset's class mix).
 
     The classifiers of seed ``s`` train on sample ``s``; fidelity and the black-box attacks
     are measured on each of those samples too and reported as their mean (and sd; for the
     attacks, the mean of the samples' bootstrap intervals): one sample of a small subset's
     size is noisy (coverage's sd over samples of 137 images is 0.04-0.10). The floor is
     averaged over as many splits of the subset into halves. The white-box attack depends
-    on the weights, not the sample: measured once.
+    on the weights, not the sample: measured once; for a generator with class copies also for
+    each copy (``discriminator (CLASS copy)``).
     """
-    sample = sample or partial(sample_run, run_dir, subset)
+    sample = sample or recipe_sampler(family, recipe, run_dir, subset)
     started = time.perf_counter()
     samples = [sample(n=len(subset), seed=0)]
     sample_seconds = time.perf_counter() - started
@@ -225,6 +243,8 @@ def measure(family: str, recipe: GeneratorRecipe, run_dir: Path, train_seconds: 
             synthetic, subset, holdout, features=extractor, extractor=extractor.name,
             features_fit_on_train=True, run=load_run(run_dir) if seed == 0 else None).to_json())
     first = privacy[0]["membership"]  # sample 0's audit also ran the white-box attack
+    first.update(class_copy_attacks(family, recipe, run_dir, samples[0], subset, holdout,
+                                    extractor))
     return {
         "recipe": {"family": family, **asdict(recipe)},
         "train_seconds": train_seconds,
@@ -243,6 +263,29 @@ def measure(family: str, recipe: GeneratorRecipe, run_dir: Path, train_seconds: 
                        {k: attack[k] for k in ("auc", "advantage", "advantage_ci")}
                        for name, attack in first.items()},
     }
+
+
+def recipe_sampler(family: str, recipe: GeneratorRecipe, run_dir: Path, subset: ImageSet
+                   ) -> Callable[..., ImageSet]:
+    """``(n=, seed=)`` -> ``n`` images of the recipe's trained generator ``run_dir`` (and its
+    class copies) in the subset's class mix, as the harness draws them."""
+    return partial(SubsetGenerators(recipe, run_dir.parent, family).sample_like, subset)
+
+
+def class_copy_attacks(family: str, recipe: GeneratorRecipe, run_dir: Path,
+                       synthetic: ImageSet, subset: ImageSet, holdout: ImageSet,
+                       extractor: Callable) -> dict:
+    """The white-box attack with each class copy's weights (none without copies)."""
+    copies = SubsetGenerators(recipe, run_dir.parent, family).class_runs(subset, run_dir)
+    attacks = {}
+    for label, copy_dir in copies.items():
+        audit = evaluate_privacy(synthetic, subset, holdout, features=extractor,
+                                 extractor=extractor.name, features_fit_on_train=True,
+                                 run=load_run(copy_dir)).to_json()["membership"]
+        attacks.update({f"{name} ({subset.class_names[label]} copy)":
+                        {k: attack[k] for k in ("auc", "advantage", "advantage_ci")}
+                        for name, attack in audit.items() if name not in BLACK_BOX})
+    return attacks
 
 
 def over_samples(attacks: list[dict]) -> dict:
@@ -289,13 +332,12 @@ class FilteredSampler:
                                     class_names=kept.class_names, synthetic=True)
 
 
-def synthetic_only_at_scale(run_dir: Path, subset: ImageSet, real: RealData, seeds: int,
-                            scale: int) -> dict:
+def synthetic_only_at_scale(sample: Callable[..., ImageSet], subset: ImageSet, real: RealData,
+                            seeds: int, scale: int) -> dict:
     """The synthetic-only classifier of a trained generator on ``scale`` x the subset's size
-    of its images (the subset's class mix, one sample per seed); its fidelity and privacy
-    are the recipe's row."""
-    samples = [sample_run(run_dir, like=subset, n=scale * len(subset), seed=s)
-               for s in range(seeds)]
+    of its images (``sample(n=, seed=)``, one sample per seed); its fidelity and privacy are
+    the recipe's row."""
+    samples = [sample(n=scale * len(subset), seed=s) for s in range(seeds)]
     return {"auroc": classifier_auroc(samples, real, seeds), "fidelity_floor": None,
             "synthetic_scale": scale}
 
@@ -406,6 +448,9 @@ def harness_options(family: str, recipe: GeneratorRecipe) -> list[str]:
         options += ["--generator-init", recipe.init_from]
     if recipe.filter_percentile is not None:
         options += ["--generator-filter-percentile", f"{recipe.filter_percentile:g}"]
+    if recipe.class_steps:
+        options += ["--generator-class-steps", str(recipe.class_steps),
+                    "--generator-class-copies", recipe.class_copies]
     if family != "dcgan":
         return options
     for flag, field, text in (

@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +183,15 @@ def test_the_harness_headline_trains_every_remedy_of_the_recipe_validation_picke
         "--generator-steps", "4000", "--generator-upsample", "resize"]
     assert module.harness_options(*module.chosen_recipe("diffusion@8000")) == [
         "--generator-steps", "8000"]
+    assert module.chosen_recipe("dcgan-ada-resize-classes@3000+1000")[1].class_steps == 1000
+    with pytest.raises(SystemExit, match="dcgan-ada-resize has no class copies"):
+        module.chosen_recipe("dcgan-ada-resize@3000+1000")
+    assert module.harness_options(*module.chosen_recipe("dcgan-ada-resize-smallest")) == [
+        "--generator-steps", "2000", "--generator-class-steps", "500",
+        "--generator-class-copies", "smallest", "--generator-diffaugment",
+        "color,translation,cutout", "--generator-ada-target", "0.6",
+        "--generator-transition-steps", "500,1000", "--generator-ema", "0.999",
+        "--generator-upsample", "resize"]
     family, recipe = module.chosen_recipe("dcgan@3000 from brain28", Path("runs/brain28"))
     assert (recipe.steps, recipe.init_from) == (3000, str(Path("runs/brain28")))
     assert module.harness_options(family, recipe) == [
@@ -307,6 +317,34 @@ def test_a_row_averages_fidelity_and_the_image_attacks_over_the_classifiers_samp
     assert "±" not in lines["| one sample"] and "pixels +0.100 |" in lines["| one sample"]
 
 
+def test_a_recipe_with_class_copies_is_sampled_and_attacked_through_each_copy(tmp_path):
+    from synthmed.augment.phantom import PhantomConfig, make_phantom
+    from synthmed.eval.generators import GeneratorRecipe, SubsetGenerators
+
+    module = benchmark_module("generator_quality")
+    images = make_phantom(PhantomConfig(n=72, size=28))[0]
+    subset, holdout = images.subset(np.arange(48)), images.subset(np.arange(48, 72))
+    recipe = GeneratorRecipe(steps=2, width=8, batch_size=8, precision="fp32", class_steps=2)
+    generators = SubsetGenerators(recipe, tmp_path)
+    run_dir = generators.train(subset)
+    drawn = module.recipe_sampler("dcgan", recipe, run_dir, subset)(n=6, seed=2)
+    assert np.array_equal(drawn.images, generators.sample_like(subset, 6, 2).images)
+    assert drawn.class_names == subset.class_names and len(drawn) == 6
+
+    def extractor(batch: np.ndarray) -> np.ndarray:
+        return batch.reshape(len(batch), -1)[:, ::49]
+    extractor.name = "every 49th pixel"
+    attacks = module.class_copy_attacks("dcgan", recipe, run_dir, drawn, subset, holdout,
+                                        extractor)
+    assert sorted(attacks) == [f"discriminator ({name} copy)" for name in
+                               sorted(subset.class_names)]
+    assert all(-1 <= a["advantage"] <= 1 and len(a["advantage_ci"]) == 2
+               for a in attacks.values())
+    plain = replace(recipe, class_steps=0)
+    assert module.class_copy_attacks("dcgan", plain, run_dir, drawn, subset, holdout,
+                                     extractor) == {}
+
+
 @pytest.mark.slow
 def test_generators_trained_elsewhere_are_measured_here_untrained(shared_data, tmp_path,
                                                                  monkeypatch):
@@ -374,7 +412,8 @@ def test_generators_trained_elsewhere_are_measured_here_untrained(shared_data, t
     # synthetic only on 2 x the subset's size
     monkeypatch.setattr(quality, "classifier_auroc",
                         lambda sets, real, seeds: [len(s) for s in sets])
-    row = quality.synthetic_only_at_scale(run, subsets[0], None, seeds=2, scale=2)
+    row = quality.synthetic_only_at_scale(quality.recipe_sampler(family, recipe, run, subsets[0]),
+                                          subsets[0], None, seeds=2, scale=2)
     assert row["auroc"] == [2 * len(subsets[0])] * 2 and row["synthetic_scale"] == 2
     assert module.reached(tmp_path / "late") == "before its first epoch"
 

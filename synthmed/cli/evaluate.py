@@ -20,7 +20,7 @@ from synthmed.cli.base import (
     read_options,
 )
 from synthmed.eval.classifier import ClassifierConfig
-from synthmed.eval.generators import GeneratorRecipe
+from synthmed.eval.generators import CLASS_COPIES, GeneratorRecipe
 from synthmed.eval.privacy_audit import PrivacyConfig
 from synthmed.eval.translation_blend import BLEND_WEIGHTS
 from synthmed.eval.utility import MAX_DOUBLINGS, UtilityConfig
@@ -92,6 +92,13 @@ def _shard(text: str) -> tuple[int, int]:
                help="Pass each trained generator's images through the export's privacy filter "
                     "at this percentile (generate --privacy-filter --filter-percentile, the "
                     "generator's own training images as its data); default: no filter.")
+@config_option("--generator-class-steps", type=click.IntRange(0), config=GeneratorRecipe,
+               field="class_steps", override=False,
+               help="Then fine-tune a copy of each trained generator on one class's images for "
+                    "this many steps; the copy draws that class (0: no copies).")
+@config_option("--generator-class-copies", type=click.Choice(CLASS_COPIES),
+               config=GeneratorRecipe, field="class_copies", override=False,
+               help="Which classes get a copy: all, or the one with the fewest images.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder; rerunning the same command skips finished models, "
                    "also with more --seeds or --fractions.")
@@ -136,7 +143,8 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
                              generator_transition_steps: tuple[int, int],
                              generator_ema: float, generator_upsample: str,
                              generator_init: str | None,
-                             generator_filter_percentile: float | None, out: Path,
+                             generator_filter_percentile: float | None,
+                             generator_class_steps: int, generator_class_copies: str, out: Path,
                              fractions: str, seeds: int, ratios: str, balance: bool,
                              best_of: int, arch: str, steps: int, generator_pool: str,
                              pilot_doublings: int,
@@ -161,7 +169,8 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
         raise click.UsageError("--generator-pool train trains its generator: pass "
                                "--train-generator, not --generator")
     for name, value in (("--generator-init", generator_init),
-                        ("--generator-filter-percentile", generator_filter_percentile)):
+                        ("--generator-filter-percentile", generator_filter_percentile),
+                        ("--generator-class-steps", generator_class_steps or None)):
         if value is not None and train_generator is None:
             raise click.UsageError(f"{name} is an option of the generators the harness "
                                    "trains: pass --train-generator with it")
@@ -183,7 +192,9 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
                      transition_steps=generator_transition_steps,
                      ema_decay=generator_ema, upsample=generator_upsample,
                      init_from=generator_init,
-                     filter_percentile=generator_filter_percentile), out / "generators",
+                     filter_percentile=generator_filter_percentile,
+                     class_steps=generator_class_steps, class_copies=generator_class_copies),
+                     out / "generators",
                      family=train_generator.split("-")[0],
                      conditional=generator_pool == "subset"))
     with resumable_output_dir(out, (real_path, generator_run), "utility"):

@@ -34,6 +34,7 @@ from synthmed.gan.train import train_dcgan, train_diffusion
 FAMILIES = {"dcgan": "conditional DCGAN", "diffusion": "conditional diffusion model"}
 STEPS_PER_EPOCH = 50  # a generator's epoch spans repeats of a small subset (one grid each)
 FILTER_REDRAWS = 100  # new draws per image before the filter gives up (at 75 it keeps 15-19 %)
+CLASS_COPIES = ("all", "smallest")  # which classes get a fine-tuned copy of the generator
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,11 @@ class GeneratorRecipe:
     (transfer from a larger set; ``synthmed train --init-from``). ``filter_percentile``: the
     export's privacy filter on each generator's images (``synthmed generate --privacy-filter
     --filter-percentile``, the generator's own training images as its data), near-copies
-    redrawn.
+    redrawn. ``class_steps``: after training, a copy of the generator fine-tunes for that many
+    steps on each class's images alone (``class_copies`` ``all``) or on the class with the
+    fewest images (``smallest``), conditional throughout, and draws that class's images: the
+    copies spread their images over their class as the shared generator does not for a class
+    of a few dozen images (coverage; ``benchmarks/RESULTS.md``).
     """
 
     steps: int = 2000
@@ -66,6 +71,8 @@ class GeneratorRecipe:
     precision: str = "auto"
     init_from: str | None = None
     filter_percentile: float | None = None
+    class_steps: int = 0
+    class_copies: str = "all"
 
     def __post_init__(self) -> None:  # bad options fail here, not at the first generator
         if self.precision not in (*PRECISIONS, "auto"):
@@ -74,6 +81,9 @@ class GeneratorRecipe:
         if self.filter_percentile is not None and not 0 <= self.filter_percentile <= 100:
             raise InputError(f"the filter percentile must be in [0, 100], got "
                              f"{self.filter_percentile}")
+        if self.class_steps < 0 or self.class_copies not in CLASS_COPIES:
+            raise InputError(f"class copies need steps >= 0 and one of {', '.join(CLASS_COPIES)}"
+                             f", got {self.class_steps} and {self.class_copies!r}")
         self.dcgan_config()
 
     def dcgan_config(self) -> DCGANConfig:
@@ -133,6 +143,9 @@ class SubsetGenerators:
         if not conditional and recipe.transition_steps != (0, 0):
             raise InputError("transitional conditioning needs a conditional generator; the "
                              "generator of an unlabelled pool is unconditional")
+        if not conditional and recipe.class_steps:
+            raise InputError("class copies need a conditional generator; the generator of an "
+                             "unlabelled pool is unconditional")
         self.recipe = replace(recipe, precision=resolve_precision(recipe.precision))
         self.folder, self.family, self.conditional = Path(folder), family, conditional
 
@@ -145,7 +158,9 @@ class SubsetGenerators:
                     "batch_size": r.batch_size, "precision": r.precision, "width": r.width,
                     "init_from": r.init_from,  # the filter only when set, as in older results
                     **({} if r.filter_percentile is None else
-                       {"filter_percentile": r.filter_percentile})}
+                       {"filter_percentile": r.filter_percentile}),
+                    **({} if not r.class_steps else
+                       {"class_steps": r.class_steps, "class_copies": r.class_copies})}
         return {**kind, "model": FAMILIES[self.family], **asdict(self.recipe)}
 
     def sample(self, subset: ImageSet, labels: np.ndarray, seed: int) -> np.ndarray:
@@ -153,7 +168,7 @@ class SubsetGenerators:
         privacy filter when the recipe has one (a near-copy's slot redrawn from the same
         seeded noise stream, so a seed still gives the same images)."""
         run_dir = self.train(subset)
-        model, rng = load_run(run_dir).model, torch.Generator().manual_seed(seed)
+        model, rng = self._model(subset, run_dir), torch.Generator().manual_seed(seed)
         images = _sample(model, labels, rng)
         if self.recipe.filter_percentile is not None:
             near = subset_filter(subset, self.recipe.filter_percentile, FILTER_REDRAWS)
@@ -161,17 +176,50 @@ class SubsetGenerators:
                         "lower --generator-filter-percentile")
         return images
 
+    def sample_like(self, subset: ImageSet, n: int, seed: int) -> ImageSet:
+        """``n`` images of the generator of ``subset`` in its class mix (labelled, seeded)."""
+        labels = class_mix_labels(subset, n, seed)
+        return ImageSet.from_arrays(self.sample(subset, labels, seed), labels=labels,
+                                    class_names=subset.class_names, synthetic=True)
+
     def train(self, subset: ImageSet, progress: bool = False) -> Path:
-        """The run directory of the generator of ``subset``, trained (or finished) if needed."""
+        """The run directory of the generator of ``subset``, trained (or finished) if needed,
+        with its class copies (:meth:`class_runs`) when the recipe has them."""
         prefix = "" if self.family == "dcgan" else f"{self.family}-"  # dcgan: as before
         prefix += "" if self.conditional else "pool-"
         run_dir = self.folder / f"{prefix}{subset.fingerprint()[:16]}"
-        if not (run_dir / checkpoint.WEIGHTS).is_file() or not _finished(run_dir):
-            self._train(subset, run_dir, progress)
+        self._train(subset, run_dir, self.recipe, progress)
+        if self.recipe.class_steps:
+            copy = replace(self.recipe, steps=self.recipe.class_steps, transition_steps=(0, 0),
+                           init_from=str(run_dir))
+            for label, copy_dir in self.class_runs(subset, run_dir).items():
+                self._train(subset.subset(np.flatnonzero(subset.labels == label)), copy_dir,
+                            copy, progress)
         return run_dir
 
-    def _train(self, subset: ImageSet, run_dir: Path, progress: bool) -> None:
-        recipe = self.recipe
+    def class_runs(self, subset: ImageSet, run_dir: Path) -> dict[int, Path]:
+        """The class copies of the generator ``run_dir`` of ``subset``: label -> run
+        directory (none without ``class_steps``)."""
+        if not self.recipe.class_steps:
+            return {}
+        counts = subset.class_counts()
+        labels = (sorted(counts) if self.recipe.class_copies == "all" else
+                  [min(counts, key=lambda label: (counts[label], label))])
+        return {label: run_dir.with_name(f"{run_dir.name}-class{label}") for label in labels}
+
+    def _model(self, subset: ImageSet, run_dir: Path) -> Any:
+        """The model that draws the images of ``subset``'s generator: the run's, or with class
+        copies, one that draws each class from its copy."""
+        model = load_run(run_dir).model
+        copies = {label: load_run(path).model
+                  for label, path in self.class_runs(subset, run_dir).items()}
+        return ClassCopies(model, copies) if copies else model
+
+    def _train(self, subset: ImageSet, run_dir: Path, recipe: GeneratorRecipe,
+               progress: bool) -> None:
+        """Train (or finish) ``recipe``'s generator of ``subset`` into ``run_dir``."""
+        if (run_dir / checkpoint.WEIGHTS).is_file() and _finished(run_dir):
+            return
         batch = min(recipe.batch_size, len(subset))
         repeats = math.ceil(min(STEPS_PER_EPOCH, recipe.steps) * batch / len(subset))
         epochs = math.ceil(recipe.steps / (len(subset) * repeats // batch))
@@ -188,6 +236,26 @@ class SubsetGenerators:
             trainer = train_dcgan
         trainer(subset, run_dir, config, conditional=self.conditional, repeats=repeats,
                 resume=run_dir.exists(), progress=progress)
+
+
+class ClassCopies:
+    """A conditional generator whose classes with a fine-tuned copy draw from that copy;
+    ``sample`` as the models' (one noise stream, class by class in label order)."""
+
+    def __init__(self, shared: Any, copies: dict[int, Any]) -> None:
+        self.shared, self.copies = shared, copies
+
+    def sample(self, n: int, labels: torch.Tensor, generator: torch.Generator
+               ) -> torch.Tensor:
+        """Images ``(n, C, H, W)`` for ``labels`` ``(n,)``."""
+        images = None
+        for label in labels.unique():
+            mask = labels == label
+            part = self.copies.get(int(label), self.shared).sample(
+                int(mask.sum()), labels=labels[mask], generator=generator)
+            images = part.new_empty((n, *part.shape[1:])) if images is None else images
+            images[mask] = part
+        return images
 
 
 def _finished(run_dir: Path) -> bool:

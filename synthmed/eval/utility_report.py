@@ -245,6 +245,11 @@ def _describe_generator(generator: dict[str, Any]) -> str:
     filtered = ("" if generator.get("filter_percentile") is None else
                 f"; its images through the privacy filter at percentile "
                 f"{generator['filter_percentile']:g}, near-copies of its training images redrawn")
+    if generator.get("class_steps"):
+        which = ("each class's images" if generator["class_copies"] == "all" else
+                 "the smallest class's images")
+        filtered = (f"; {which} from a copy fine-tuned on that class alone for "
+                    f"{generator['class_steps']} steps{filtered}")
     if generator.get("model") == "conditional diffusion model":
         return (f"{trained_on.format('diffusion model')} ({generator['steps']} steps of "
                 f"batch {generator['batch_size']}, widths {generator['width']}/"

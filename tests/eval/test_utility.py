@@ -274,6 +274,39 @@ def test_the_harness_privacy_filter_redraws_its_generators_near_copies(real, tmp
         GeneratorRecipe(filter_percentile=101)
 
 
+def test_class_copies_fine_tune_from_the_subset_generator_and_draw_their_class(real, tmp_path):
+    subset = fraction_subset(real.train, 0.5, 0)
+    generators = SubsetGenerators(replace(RECIPE, class_steps=2), tmp_path)
+    run_dir = generators.train(subset)
+    copies = generators.class_runs(subset, run_dir)
+    assert sorted(copies) == sorted(subset.class_counts()) == [0, 1]
+    for label, copy_dir in copies.items():
+        config = read_run_config(copy_dir)
+        assert config.data.init_from == str(run_dir) and config.model.transition_steps == (0, 0)
+        own = subset.subset(np.flatnonzero(subset.labels == label))
+        assert load_run(copy_dir).training_data["image_hashes"] == own.image_hashes()
+    labels = np.array([1, 0, 0, 1])
+    images = generators.sample(subset, labels, seed=3)
+    rng = torch.Generator().manual_seed(3)  # one noise stream, class by class
+    for label in (0, 1):
+        drawn = load_run(copies[label]).model.sample(2, labels=torch.tensor([label] * 2),
+                                                     generator=rng)
+        assert np.array_equal(images[labels == label], drawn.numpy())
+    shared = SubsetGenerators(RECIPE, tmp_path)  # the same subset generator, without copies
+    assert shared.train(subset) == run_dir and not shared.class_runs(subset, run_dir)
+    assert not np.array_equal(images, shared.sample(subset, labels, seed=3))
+    assert "; each class's images from a copy fine-tuned on that class alone for 2 steps)" in \
+        _describe_generator(generators.describe())
+
+    smallest = SubsetGenerators(replace(RECIPE, class_steps=2, class_copies="smallest"), tmp_path)
+    counts = subset.class_counts()
+    assert list(smallest.class_runs(subset, run_dir)) == [min(counts, key=counts.get)]
+    with pytest.raises(InputError, match="class copies need steps >= 0 and one of all, smallest"):
+        GeneratorRecipe(class_copies="largest")
+    with pytest.raises(InputError, match="class copies need a conditional generator"):
+        SubsetGenerators(replace(RECIPE, class_steps=2), tmp_path, conditional=False)
+
+
 def test_the_recipe_precision_auto_is_fixed_before_the_first_generator(tmp_path):
     with pytest.raises(InputError, match="generator precision must be fp32, bf16 or auto"):
         GeneratorRecipe(precision="fp16")
@@ -535,15 +568,22 @@ def test_evaluate_utility_command(tmp_path, phantom):
                                      "--generator-filter-percentile", "50"])
     assert given.exit_code == 2 and "--generator-filter-percentile is an option of the " \
         "generators the harness trains" in given.output and not out.exists()
+    given = CliRunner().invoke(cli, [*args, "--generator", str(tmp_path),
+                                     "--generator-class-steps", "2"])
+    assert given.exit_code == 2 and "--generator-class-steps is an option" in given.output
     result = CliRunner().invoke(cli, [*args, "--train-generator", "dcgan-conditional",
                                       "--generator-diffaugment", "translation",
                                       "--generator-ema", "0.9", "--best-of", "2",
                                       "--generator-upsample", "resize",
-                                      "--generator-filter-percentile", "50"])
+                                      "--generator-filter-percentile", "50",
+                                      "--generator-class-steps", "2",
+                                      "--generator-class-copies", "smallest"])
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
-    assert "DiffAugment translation, EMA 0.9, resize upsampling; its images through the " \
+    assert "DiffAugment translation, EMA 0.9, resize upsampling; the smallest class's images " \
+        "from a copy fine-tuned on that class alone for 2 steps; its images through the " \
         "privacy filter at percentile 50" in report and "the best of 2 candidates" in report
+    assert len(list((out / "generators").glob("*-class*"))) == 2  # one copy per seed's subset
     written = json.loads((out / "results.json").read_text())
     assert written["config"]["best_of"] == 2 and written["generator"]["upsample"] == "resize"
     trained = [read_run_config(run).model.upsample

@@ -275,15 +275,15 @@ def recipe_sampler(family: str, recipe: GeneratorRecipe, run_dir: Path, subset: 
 def class_copy_attacks(family: str, recipe: GeneratorRecipe, run_dir: Path,
                        synthetic: ImageSet, subset: ImageSet, holdout: ImageSet,
                        extractor: Callable) -> dict:
-    """The white-box attack with each class copy's weights (none without copies)."""
+    """The white-box attack with each class copy's weights, as the audit reports it (none
+    without copies)."""
     copies = SubsetGenerators(recipe, run_dir.parent, family).class_runs(subset, run_dir)
     attacks = {}
     for label, copy_dir in copies.items():
         audit = evaluate_privacy(synthetic, subset, holdout, features=extractor,
                                  extractor=extractor.name, features_fit_on_train=True,
                                  run=load_run(copy_dir)).to_json()["membership"]
-        attacks.update({f"{name} ({subset.class_names[label]} copy)":
-                        {k: attack[k] for k in ("auc", "advantage", "advantage_ci")}
+        attacks.update({f"{name} ({subset.class_names[label]} copy)": attack
                         for name, attack in audit.items() if name not in BLACK_BOX})
     return attacks
 

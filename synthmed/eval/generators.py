@@ -248,12 +248,13 @@ class ClassCopies:
     def sample(self, n: int, labels: torch.Tensor, generator: torch.Generator
                ) -> torch.Tensor:
         """Images ``(n, C, H, W)`` for ``labels`` ``(n,)``."""
-        images = None
+        images: torch.Tensor | None = None
         for label in labels.unique():
             mask = labels == label
             part = self.copies.get(int(label), self.shared).sample(
                 int(mask.sum()), labels=labels[mask], generator=generator)
-            images = part.new_empty((n, *part.shape[1:])) if images is None else images
+            if images is None:
+                images = part.new_empty((n, *part.shape[1:]))
             images[mask] = part
         return images
 

@@ -59,6 +59,10 @@ _HOLDOUT_SHARE = PrivacyFilterConfig.holdout_fraction * 100
               help=f"New draws per dropped image before giving up on a generator that copies "
                    f"(default {PrivacyFilterConfig.max_redraws}); raise it with a high "
                    "--filter-percentile.")
+@click.option("--class-run", "class_runs", multiple=True, metavar="CLASS=RUN",
+              help="Draw CLASS (name or index) from RUN, with the noise its images would have "
+                   "had: a copy fine-tuned on that class alone (train ... --init-from RUN "
+                   "--class CLASS); repeatable.")
 @click.option("--sampling-steps", type=click.IntRange(1),
               help="A diffusion run's DDIM steps per image (default: the run's own).")
 @click.option("--guidance", type=types.NON_NEGATIVE,
@@ -71,7 +75,8 @@ def generate_command(run: Path, out: Path, n: int | None, per_class: str | None,
                      seed: int, format_: str, bit_depth: str | None, privacy_filter: bool,
                      train_data: str | None, train_read: tuple[str, ...],
                      threshold: float | None, filter_percentile: float | None,
-                     max_redraws: int | None, sampling_steps: int | None,
+                     max_redraws: int | None, class_runs: tuple[str, ...],
+                     sampling_steps: int | None,
                      guidance: float | None, overwrite: bool, progress: bool) -> None:
     """Generate a synthetic data set from a trained RUN, with manifest.csv and provenance.json.
 
@@ -98,12 +103,15 @@ def generate_command(run: Path, out: Path, n: int | None, per_class: str | None,
     config = GenerateConfig(n=n, per_class=_parse_counts(per_class), balance=balance, seed=seed,
                             format=format_, bit_depth=None if bit_depth is None else int(bit_depth),
                             privacy_filter=privacy, sampling_steps=sampling_steps,
-                            guidance=guidance)
+                            guidance=guidance, class_runs=_parse_class_runs(class_runs))
     record = generate(load_run(run, kind=GENERATORS), out, config, overwrite=overwrite,
                       progress=progress)
     counts = ", ".join(f"{k} {v}" for k, v in record["class_counts"].items())
     click.echo(f"wrote {record['images']} synthetic image(s) as {format_} to {out}"
                + (f" ({counts})" if counts else ""))
+    if config.class_runs:
+        click.echo("drawn by their class runs: " + ", ".join(
+            f"{name} ({path})" for name, path in config.class_runs.items()))
     if privacy:
         near = record["privacy_filter"]
         click.echo(f"privacy filter: dropped and redrew {near['dropped']} near-copies, nearer "
@@ -177,6 +185,18 @@ def _parse_counts(text: str | None) -> dict[str, int]:
             raise click.BadParameter(f"{part!r} is not CLASS=COUNT", param_hint="--per-class")
         counts[name.strip()] = int(count)
     return counts
+
+
+def _parse_class_runs(texts: tuple[str, ...]) -> dict[str, str]:
+    """``("malignant=runs/copy",)`` -> ``{"malignant": "runs/copy"}``."""
+    runs: dict[str, str] = {}
+    for text in texts:
+        name, _, run = text.partition("=")
+        if not name.strip() or not run.strip() or name.strip() in runs:
+            raise click.BadParameter(f"{text!r} is not CLASS=RUN for a class not given before",
+                                     param_hint="--class-run")
+        runs[name.strip()] = run.strip()
+    return runs
 
 
 def _parse_settings(texts: tuple[str, ...]) -> dict[str, Any]:

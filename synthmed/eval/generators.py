@@ -26,7 +26,7 @@ from synthmed.gan.config import (
     resolve_precision,
 )
 from synthmed.gan.near_copy import subset_filter
-from synthmed.gan.run import LoadedRun, load_run
+from synthmed.gan.run import ClassCopies, LoadedRun, load_class_runs, load_run
 from synthmed.gan.run_config import GENERATORS, DataConfig, RunConfig, read_run_config
 from synthmed.gan.train import train_dcgan, train_diffusion
 
@@ -210,10 +210,10 @@ class SubsetGenerators:
     def _model(self, subset: ImageSet, run_dir: Path) -> Any:
         """The model that draws the images of ``subset``'s generator: the run's, or with class
         copies, one that draws each class from its copy."""
-        model = load_run(run_dir).model
-        copies = {label: load_run(path).model
-                  for label, path in self.class_runs(subset, run_dir).items()}
-        return ClassCopies(model, copies) if copies else model
+        run = load_run(run_dir)
+        copies = load_class_runs(run, self.class_runs(subset, run_dir))
+        return (ClassCopies(run.model, {label: copy.model for label, copy in copies.items()})
+                if copies else run.model)
 
     def _train(self, subset: ImageSet, run_dir: Path, recipe: GeneratorRecipe,
                progress: bool) -> None:
@@ -236,27 +236,6 @@ class SubsetGenerators:
             trainer = train_dcgan
         trainer(subset, run_dir, config, conditional=self.conditional, repeats=repeats,
                 resume=run_dir.exists(), progress=progress)
-
-
-class ClassCopies:
-    """A conditional generator whose classes with a fine-tuned copy draw from that copy;
-    ``sample`` as the models' (one noise stream, class by class in label order)."""
-
-    def __init__(self, shared: Any, copies: dict[int, Any]) -> None:
-        self.shared, self.copies = shared, copies
-
-    def sample(self, n: int, labels: torch.Tensor, generator: torch.Generator
-               ) -> torch.Tensor:
-        """Images ``(n, C, H, W)`` for ``labels`` ``(n,)``."""
-        images: torch.Tensor | None = None
-        for label in labels.unique():
-            mask = labels == label
-            part = self.copies.get(int(label), self.shared).sample(
-                int(mask.sum()), labels=labels[mask], generator=generator)
-            if images is None:
-                images = part.new_empty((n, *part.shape[1:]))
-            images[mask] = part
-        return images
 
 
 def _finished(run_dir: Path) -> bool:

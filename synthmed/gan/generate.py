@@ -14,7 +14,9 @@ manifest's ``noise_index`` (the slot) and ``noise_round`` (0 for the first draw)
 vector that made each file: vector ``noise_index % BLOCK`` of draw ``noise_round`` (counted
 from 0) of ``BLOCK`` vectors from the generator of block ``noise_index // BLOCK``; the rounds
 add up to the images dropped. A run trained with differential privacy passes its guarantee
-on to ``provenance.json`` and the DICOM headers.
+on to ``provenance.json`` and the DICOM headers. With class runs
+(:func:`~synthmed.gan.run.load_class_runs`), a class that has one is drawn by it from the
+same noise vectors; the manifest names the weights that made each image.
 
 Files go to a hidden ``.OUT.partial`` folder beside ``OUT``. Each finished block leaves a
 manifest part there; re-running the same command skips the finished blocks. When every block
@@ -34,6 +36,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +56,7 @@ from synthmed.errors import InputError
 from synthmed.gan import distributed
 from synthmed.gan.data import recorded_source
 from synthmed.gan.near_copy import NearCopyFilter, PrivacyFilterConfig, near_copy_filter
-from synthmed.gan.run import LoadedRun
+from synthmed.gan.run import ClassCopies, LoadedRun, load_class_runs
 from synthmed.io import (
     MANIFEST,
     PROVENANCE,
@@ -90,6 +93,9 @@ class GenerateConfig:
         sampling_steps: a diffusion model's DDIM steps (``None``: its own).
         guidance: a class-conditional diffusion model's classifier-free guidance scale
             (``None``: its own; 0: unconditional, 1: conditional without guidance).
+        class_runs: class name (or index as text) -> a run that draws that class's images
+            from the same noise, in place of the run (a copy of it fine-tuned on the class,
+            ``train --init-from RUN --class NAME``; see :func:`load_class_runs`).
     """
 
     n: int | None = None
@@ -101,6 +107,7 @@ class GenerateConfig:
     privacy_filter: PrivacyFilterConfig | None = None
     sampling_steps: int | None = None
     guidance: float | None = None
+    class_runs: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if sum(x is not None and x is not False and x != {}
@@ -160,28 +167,35 @@ def generate(
     """Make and write the images; return the provenance record written beside them."""
     out = Path(out)
     rank, _ = distributed.init()
-    check_out(out, (run.path, config.privacy_filter and config.privacy_filter.train))
+    check_out(out, (run.path, *config.class_runs.values(),
+                    config.privacy_filter and config.privacy_filter.train))
     check_replaceable(out, overwrite)
-    _set_sampler(run, config)
+    copies = load_class_runs(run, _class_run_paths(run, config.class_runs))
+    for each in (run, *copies.values()):
+        _set_sampler(each, config)
+    model = (ClassCopies(run.model, {label: copy.model for label, copy in copies.items()})
+             if copies else run.model)
     labels = plan_labels(run, config)
     near = near_copy_filter(run, config.privacy_filter) if config.privacy_filter else None
-    record = _provenance(run, config, labels, near)
+    record = _provenance(run, config, labels, near, copies)
     work = out.parent / f".{out.name}.partial"
     if rank == 0:
         out.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(out) if rank == 0 else contextlib.nullcontext():
         if rank == 0:
             _prepare_work_dir(work, record)
-        _write_blocks(run, config, record, labels, work, near, progress)
+        _write_blocks(run, model, config, record, labels, work, near, progress)
         if rank == 0:
             _finish(work, out, config, record, labels, overwrite)
     distributed.barrier()
     return json.loads((out / PROVENANCE).read_text())
 
 
-def _write_blocks(run: LoadedRun, config: GenerateConfig, record: dict, labels: np.ndarray,
-                  work: Path, near: NearCopyFilter | None, progress: bool) -> None:
-    """Make this process's blocks that ``work`` does not hold yet."""
+def _write_blocks(run: LoadedRun, model: Any, config: GenerateConfig, record: dict,
+                  labels: np.ndarray, work: Path, near: NearCopyFilter | None, progress: bool
+                  ) -> None:
+    """Make this process's blocks that ``work`` does not hold yet, drawn by ``model`` (the
+    run's, or its :class:`ClassCopies`)."""
     rank, world = distributed.init()
     distributed.barrier()
     plan = json.loads((work / "plan.json").read_text())
@@ -192,19 +206,19 @@ def _write_blocks(run: LoadedRun, config: GenerateConfig, record: dict, labels: 
     for block in blocks:
         start, stop = block * BLOCK, min((block + 1) * BLOCK, len(labels))
         if not (work / "parts" / f"{block:06d}.csv").is_file():
-            _write_block(run, config, record, plan, labels, block, work, near)
+            _write_block(run, model, config, record, plan, labels, block, work, near)
         bar.update((stop - start) * world)
     bar.close()
     distributed.barrier()
 
 
-def _write_block(run: LoadedRun, config: GenerateConfig, record: dict, plan: dict,
+def _write_block(run: LoadedRun, model: Any, config: GenerateConfig, record: dict, plan: dict,
                  labels: np.ndarray, block: int, work: Path, near: NearCopyFilter | None
                  ) -> None:
     start = block * BLOCK
     block_labels = labels[start:start + BLOCK]
     rng = torch.Generator().manual_seed(_block_seed(config.seed, block))
-    images, rounds = _draw_block(run, block_labels, rng, near)
+    images, rounds = _draw_block(run, model, block_labels, rng, near)
     chunk = _as_imageset(images, block_labels, run)
     if config.format == "npz":
         np.save(work / "parts" / f"{block:06d}.npy",
@@ -219,14 +233,15 @@ def _write_block(run: LoadedRun, config: GenerateConfig, record: dict, plan: dic
     writer = csv.writer(rows)
     for offset, name in enumerate(names):
         label = int(block_labels[offset])
-        writer.writerow([name, label if label >= 0 else "",
-                         run.class_names[label] if label >= 0 else "", config.seed,
-                         start + offset, rounds[offset], record["model_fingerprint"],
+        class_name = run.class_names[label] if label >= 0 else ""
+        maker = record.get("class_runs", {}).get(class_name, record)  # a class run, or the run
+        writer.writerow([name, label if label >= 0 else "", class_name, config.seed,
+                         start + offset, rounds[offset], maker["model_fingerprint"],
                          __version__])
     atomic_write(work / "parts" / f"{block:06d}.csv", rows.getvalue().encode())
 
 
-def _draw_block(run: LoadedRun, labels: np.ndarray, rng: torch.Generator,
+def _draw_block(run: LoadedRun, model: Any, labels: np.ndarray, rng: torch.Generator,
                 near: NearCopyFilter | None) -> tuple[np.ndarray, np.ndarray]:
     """Images ``(n, C, H, W)`` for a block's labels ``(n,)`` and the round of each one's noise.
 
@@ -237,22 +252,22 @@ def _draw_block(run: LoadedRun, labels: np.ndarray, rng: torch.Generator,
         InputError: images still near-copies after ``near.max_redraws`` new draws.
     """
     shape = run.model.noise_shape
-    images = _generate(run, torch.randn(BLOCK, *shape, generator=rng)[:len(labels)], labels)
+    images = _generate(model, torch.randn(BLOCK, *shape, generator=rng)[:len(labels)], labels)
     if near is None:
         return images, np.zeros(len(labels), np.int64)
 
     def draw(redo: np.ndarray) -> np.ndarray:
-        return _generate(run, torch.randn(BLOCK, *shape, generator=rng)[redo], labels[redo])
+        return _generate(model, torch.randn(BLOCK, *shape, generator=rng)[redo], labels[redo])
 
     rounds = near.redraw(images, draw, str(run.path),
                          "raise --max-redraws, lower --filter-percentile")
     return images, rounds
 
 
-def _generate(run: LoadedRun, z: torch.Tensor, labels: np.ndarray) -> np.ndarray:
-    """Images ``(n, C, H, W)`` for the noise ``z`` ``(n, *noise_shape)`` and labels ``(n,)``."""
-    conditional = torch.from_numpy(labels) if run.model.conditional else None
-    return run.model.generate(z, conditional).numpy()
+def _generate(model: Any, z: torch.Tensor, labels: np.ndarray) -> np.ndarray:
+    """Images ``(n, C, H, W)`` for the noise ``z`` ``(n, *noise_shape)`` and labels ``(n,)``
+    (-1: unconditional)."""
+    return model.generate(z, torch.from_numpy(labels) if model.conditional else None).numpy()
 
 
 def _finish(work: Path, out: Path, config: GenerateConfig, record: dict, labels: np.ndarray,
@@ -317,19 +332,19 @@ def _set_sampler(run: LoadedRun, config: GenerateConfig) -> None:
 
 
 def _provenance(run: LoadedRun, config: GenerateConfig, labels: np.ndarray,
-                near: NearCopyFilter | None) -> dict:
+                near: NearCopyFilter | None, copies: dict[int, LoadedRun]) -> dict:
     """Everything that decides the output bytes, plus where the images come from: with the
-    filter's record and the run's differential privacy guarantee when there are."""
+    class runs, the filter's record and the run's differential privacy guarantee when there
+    are."""
     counts = {name: int((labels == k).sum()) for k, name in enumerate(run.class_names)}
     intensity = run.training_data.get("intensity", {})
     dp = run.training_data.get("differential_privacy")
     return {
         "synthmed_version": __version__,
-        "generator_run": recorded_source(str(run.path)),  # its fingerprint identifies it
         "model_kind": run.model.kind,
-        "model_epoch": run.epoch,
-        "model_fingerprint": run.fingerprint,
-        "training_data_fingerprint": run.training_data.get("fingerprint", ""),
+        **_run_record(run),
+        **({"class_runs": {run.class_names[label]: _run_record(copy)
+                           for label, copy in sorted(copies.items())}} if copies else {}),
         "images": len(labels),
         "class_names": run.class_names,
         "class_counts": counts if run.model.conditional else {},
@@ -341,6 +356,16 @@ def _provenance(run: LoadedRun, config: GenerateConfig, labels: np.ndarray,
         "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest(),
         **({"privacy_filter": near.record} if near else {}),
         **({"differential_privacy": dp} if dp else {}),
+    }
+
+
+def _run_record(run: LoadedRun) -> dict:
+    """Which run made images: its path (as recorded), epoch, weights and training data."""
+    return {
+        "generator_run": recorded_source(str(run.path)),  # its fingerprint identifies it
+        "model_epoch": run.epoch,
+        "model_fingerprint": run.fingerprint,
+        "training_data_fingerprint": run.training_data.get("fingerprint", ""),
     }
 
 
@@ -380,6 +405,17 @@ def _load_each(paths: list[Path]) -> Iterator[np.ndarray]:
 
 def _block_seed(seed: int, block: int) -> int:
     return int(np.random.SeedSequence([seed, block]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _class_run_paths(run: LoadedRun, class_runs: dict[str, str]) -> dict[int, str]:
+    """``class_runs`` (class name or index as text -> run) by label; one run per class."""
+    paths: dict[int, str] = {}
+    for key, path in class_runs.items():
+        label = run.class_names.index(_class_name(key, run.class_names, run.path))
+        if label in paths:
+            raise InputError(f"two class runs for class {run.class_names[label]!r}", run.path)
+        paths[label] = path
+    return paths
 
 
 def _class_name(key: str, names: list[str], where: Path) -> str:

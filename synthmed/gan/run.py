@@ -1,7 +1,9 @@
-"""Build a model from a run's configuration, and load a trained run for sampling."""
+"""Build a model from a run's configuration, load a trained run for sampling, and compose a
+run with the copies of it that draw some of its classes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,3 +95,78 @@ def _require_finite(tensors: dict[str, torch.Tensor], where: Path) -> None:
                          "train again", where)
 
 
+
+
+class ClassCopies:
+    """A class-conditional model whose classes with a copy (a model fine-tuned on that class
+    alone) are drawn by the copy: ``generate`` and ``sample`` as the models', class by class
+    in label order, each image from the noise it would have had without copies."""
+
+    conditional = True
+
+    def __init__(self, shared: Any, copies: dict[int, Any]) -> None:
+        self.shared, self.copies = shared, copies
+
+    def generate(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Images ``(n, C, H, W)`` for the noise ``z`` ``(n, *noise_shape)`` and ``labels``."""
+        return self._by_class(labels, lambda model, mask: model.generate(z[mask], labels[mask]))
+
+    def sample(self, n: int, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``n`` images ``(n, C, H, W)`` for ``labels`` ``(n,)``, the noise of each class drawn
+        from ``generator`` in turn."""
+        return self._by_class(labels, lambda model, mask: model.sample(
+            int(mask.sum()), labels=labels[mask], generator=generator))
+
+    def _by_class(self, labels: torch.Tensor,
+                  draw: Callable[[Any, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        images: torch.Tensor | None = None
+        for label in labels.unique():
+            mask = labels == label
+            part = draw(self.copies.get(int(label), self.shared), mask)
+            if images is None:
+                images = part.new_empty((len(labels), *part.shape[1:]))
+            images[mask] = part
+        return images
+
+
+def load_class_runs(run: LoadedRun, class_runs: dict[int, str | Path]) -> dict[int, LoadedRun]:
+    """The runs that draw some classes of ``run`` in its place (label -> run), each checked
+    to stand in for it: a class-conditional run of the same kind, classes, images, noise and
+    intensity units, trained on no image that ``run`` was not (so that the privacy filter
+    and the provenance of ``run``'s training data cover it), and neither of them with
+    differential privacy (two trainings' guarantees add up: generate from each alone).
+
+    Raises:
+        InputError: naming the class run and what does not fit.
+    """
+    if class_runs and not run.model.conditional:
+        raise InputError("class runs need a class-conditional run (train with --conditional)",
+                         run.path)
+    copies = {}
+    seen = set(run.training_data.get("image_hashes", []))
+    for label, path in class_runs.items():
+        copy = load_run(path, kind=run.config.kind)
+        shape = (copy.model.config.channels, copy.model.config.size, copy.model.noise_shape)
+        unseen = set(copy.training_data.get("image_hashes", [])) - seen
+        problems = [
+            (copy.class_names != run.class_names or not copy.model.conditional,
+             f"is not a class-conditional run of the classes {run.class_names}"),
+            (shape != (run.model.config.channels, run.model.config.size, run.model.noise_shape),
+             f"makes other images or takes other noise than {run.path}"),
+            (_units(copy) != _units(run), f"was trained on images in other units than {run.path}"),
+            (bool(unseen), f"was trained on {len(unseen)} image(s) that {run.path} was not"),
+            (any("differential_privacy" in each.training_data for each in (run, copy)),
+             "differential privacy guarantees of two trainings add up: generate from each "
+             "run alone"),
+        ]
+        problem = next((text for failed, text in problems if failed), None)
+        if problem:
+            raise InputError(problem, copy.path)
+        copies[label] = copy
+    return copies
+
+
+def _units(run: LoadedRun) -> tuple[str, str]:
+    """The unit and modality of a run's training images (its images map back into them)."""
+    intensity = run.training_data.get("intensity", {})
+    return intensity.get("unit", ""), intensity.get("modality", "")

@@ -56,6 +56,9 @@ class DataConfig:
         source: a DCGAN's data, as :func:`synthmed.gan.data.recorded_source` records it.
         domain_a, domain_b: a CycleGAN's two domains, likewise.
         split: ``train`` (the data's train split when it has one) or ``all``.
+        classes: train on these classes' images only (empty: every class); a conditional
+            model still has every class of the data, so that a copy fine-tuned on one class
+            can draw it in place of the model it started from (``generate --class-run``).
         val_image_hashes: sha256 of the images of the subjects held out for evaluation.
         val_subjects: held-out subjects by name, as runs before ``val_image_hashes`` kept them.
         read: the read options (:class:`~synthmed.augment.items.ReadConfig` fields).
@@ -69,6 +72,7 @@ class DataConfig:
     domain_a: str | None = None
     domain_b: str | None = None
     split: str = "train"
+    classes: tuple[str, ...] = ()
     val_image_hashes: tuple[str, ...] = ()
     val_subjects: tuple[str, ...] = ()
     read: dict[str, Any] = field(default_factory=dict)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.items import ReadConfig
 from synthmed.augment.readers import read_images
@@ -92,6 +94,7 @@ def _train_generator(data: str | ImageSet, out: Path, config: RunConfig,
     check_out(out, (config.data.init_from,))  # before the images are read
     read = read or config.data.read_config()
     images = _chosen_split(_read(data, out, read, config.model.size), config.data.split)
+    images = _only_classes(images, config.data.classes)
     model = fit_to_data(config.model, images, conditional)
     recorded = replace(config.data, source=_source(data),
                        read=to_dict(replace(read, size=model.size)))  # the options it used
@@ -261,6 +264,26 @@ def _source(data: str | ImageSet) -> str | None:
 def _chosen_split(images: ImageSet, split: str) -> ImageSet:
     """The images' train split for ``split`` ``train`` when they have one, else all."""
     return images.split("train") if split == "train" and "train" in images.splits else images
+
+
+def _only_classes(images: ImageSet, classes: tuple[str, ...]) -> ImageSet:
+    """The images of ``classes`` (every image when empty), with the data's class list."""
+    if not classes:
+        return images
+    origin = images.metadata.get("origin")
+    if not images.is_labelled:
+        raise InputError("--class needs labelled data (class folders, a label column or npz "
+                         "labels)", origin)
+    unknown = [name for name in classes if name not in images.class_names]
+    if unknown:
+        raise InputError(f"unknown class {unknown[0]!r}: the data has "
+                         f"{', '.join(map(repr, images.class_names))}", origin)
+    wanted = [images.class_names.index(name) for name in classes]
+    chosen = np.flatnonzero(np.isin(images.labels, wanted))
+    if len(chosen) == 0:
+        raise InputError(f"no image of class {', '.join(map(repr, classes))} to train on",
+                         origin)
+    return images.subset(chosen)
 
 
 def _hold_out(domains: list[ImageSet], config: RunConfig, val_subjects: str | None

@@ -28,7 +28,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -n auto --dist loadfile
+	$(BIN)/pytest -q -n auto --dist loadfile --durations=15
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py --out bench-out $(BENCH_FLAGS)

@@ -211,7 +211,8 @@ class SubsetGenerators:
         """The model that draws the images of ``subset``'s generator: the run's, or with class
         copies, one that draws each class from its copy."""
         run = load_run(run_dir)
-        copies = load_class_runs(run, self.class_runs(subset, run_dir))
+        copies = load_class_runs(run, {str(label): path for label, path
+                                       in self.class_runs(subset, run_dir).items()})
         return (ClassCopies(run.model, {label: copy.model for label, copy in copies.items()})
                 if copies else run.model)
 

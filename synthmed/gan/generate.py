@@ -147,7 +147,7 @@ def plan_labels(run: LoadedRun, config: GenerateConfig) -> np.ndarray:
         if sum(wanted.values()) > MAX_IMAGES:
             raise InputError(f"balancing would make more than {MAX_IMAGES:,} images", run.path)
     else:
-        wanted = {_class_name(key, names, run.path): count
+        wanted = {names[run.class_label(key)]: count
                   for key, count in config.per_class.items()}
     labels = np.concatenate([np.full(wanted.get(name, 0), k, np.int64)
                              for k, name in enumerate(names)])
@@ -170,7 +170,7 @@ def generate(
     check_out(out, (run.path, *config.class_runs.values(),
                     config.privacy_filter and config.privacy_filter.train))
     check_replaceable(out, overwrite)
-    copies = load_class_runs(run, _class_run_paths(run, config.class_runs))
+    copies = load_class_runs(run, config.class_runs)
     for each in (run, *copies.values()):
         _set_sampler(each, config)
     model = (ClassCopies(run.model, {label: copy.model for label, copy in copies.items()})
@@ -405,22 +405,3 @@ def _load_each(paths: list[Path]) -> Iterator[np.ndarray]:
 
 def _block_seed(seed: int, block: int) -> int:
     return int(np.random.SeedSequence([seed, block]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def _class_run_paths(run: LoadedRun, class_runs: dict[str, str]) -> dict[int, str]:
-    """``class_runs`` (class name or index as text -> run) by label; one run per class."""
-    paths: dict[int, str] = {}
-    for key, path in class_runs.items():
-        label = run.class_names.index(_class_name(key, run.class_names, run.path))
-        if label in paths:
-            raise InputError(f"two class runs for class {run.class_names[label]!r}", run.path)
-        paths[label] = path
-    return paths
-
-
-def _class_name(key: str, names: list[str], where: Path) -> str:
-    if key in names:
-        return key
-    if key.isdigit() and int(key) < len(names):
-        return names[int(key)]
-    raise InputError(f"unknown class {key!r}: the model knows {', '.join(names)}", where)

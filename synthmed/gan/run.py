@@ -46,6 +46,15 @@ class LoadedRun:
     def class_names(self) -> list[str]:
         return list(self.training_data.get("class_names", []))
 
+    def class_label(self, key: str) -> int:
+        """The label of the class named ``key`` (or with the index ``key`` as text)."""
+        names = self.class_names
+        if key in names:
+            return names.index(key)
+        if key.isdigit() and int(key) < len(names):
+            return int(key)
+        raise InputError(f"unknown class {key!r}: the model knows {', '.join(names)}", self.path)
+
     def sample(self, n: int, labels=None, generator=None):
         """``n`` images ``(n, C, H, W)`` in [-1, 1] (see the model's ``sample``)."""
         return self.model.sample(n, labels=labels, generator=generator)
@@ -95,8 +104,6 @@ def _require_finite(tensors: dict[str, torch.Tensor], where: Path) -> None:
                          "train again", where)
 
 
-
-
 class ClassCopies:
     """A class-conditional model whose classes with a copy (a model fine-tuned on that class
     alone) are drawn by the copy: ``generate`` and ``sample`` as the models', class by class
@@ -129,12 +136,14 @@ class ClassCopies:
         return images
 
 
-def load_class_runs(run: LoadedRun, class_runs: dict[int, str | Path]) -> dict[int, LoadedRun]:
-    """The runs that draw some classes of ``run`` in its place (label -> run), each checked
-    to stand in for it: a class-conditional run of the same kind, classes, images, noise and
-    intensity units, trained on no image that ``run`` was not (so that the privacy filter
-    and the provenance of ``run``'s training data cover it), and neither of them with
-    differential privacy (two trainings' guarantees add up: generate from each alone).
+def load_class_runs(run: LoadedRun, class_runs: dict[str, str | Path]
+                    ) -> dict[int, LoadedRun]:
+    """The runs that draw some classes of ``run`` in its place, by label, from ``class_runs``
+    (class name or index as text -> run directory; one run per class). Each is checked to
+    stand in for ``run``: a class-conditional run of the same kind, classes, images, noise
+    and intensity units, trained on no image that ``run`` was not (so that the privacy
+    filter and the provenance of ``run``'s training data cover it), and neither of them
+    with differential privacy (two trainings' guarantees add up: generate from each alone).
 
     Raises:
         InputError: naming the class run and what does not fit.
@@ -144,7 +153,10 @@ def load_class_runs(run: LoadedRun, class_runs: dict[int, str | Path]) -> dict[i
                          run.path)
     copies = {}
     seen = set(run.training_data.get("image_hashes", []))
-    for label, path in class_runs.items():
+    for key, path in class_runs.items():
+        label = run.class_label(key)
+        if label in copies:
+            raise InputError(f"two class runs for class {run.class_names[label]!r}", run.path)
         copy = load_run(path, kind=run.config.kind)
         shape = (copy.model.config.channels, copy.model.config.size, copy.model.noise_shape)
         unseen = set(copy.training_data.get("image_hashes", [])) - seen

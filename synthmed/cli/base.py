@@ -220,3 +220,15 @@ def stacked(*options: Callable[[Any], Any]) -> Callable[[Any], Any]:
 def comma_names(text: str) -> tuple[str, ...]:
     """``"color, cutout"`` -> ``("color", "cutout")``; empty parts are dropped."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def class_runs_by_name(texts: tuple[str, ...], option: str) -> dict[str, str]:
+    """``("malignant=runs/copy",)`` -> ``{"malignant": "runs/copy"}`` (``CLASS=RUN`` each)."""
+    runs: dict[str, str] = {}
+    for text in texts:
+        name, _, run = text.partition("=")
+        if not name.strip() or not run.strip() or name.strip() in runs:
+            raise click.BadParameter(f"{text!r} is not CLASS=RUN for a class not given before",
+                                     param_hint=option)
+        runs[name.strip()] = run.strip()
+    return runs

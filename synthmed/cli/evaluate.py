@@ -15,6 +15,7 @@ from synthmed.cli.base import (
     Group,
     blend_options,
     check_out_folder,
+    class_runs_by_name,
     comma_names,
     config_option,
     read_options,
@@ -58,6 +59,8 @@ def _shard(text: str) -> tuple[int, int]:
 @click.option("--generator", "generator_run", type=click.Path(path_type=Path),
               help="A trained conditional DCGAN or diffusion run (refused if it saw a val or "
                    "test image).")
+@click.option("--generator-class-run", "class_runs", multiple=True, metavar="CLASS=RUN",
+              help="With --generator: draw CLASS from RUN (generate --class-run; repeatable).")
 @click.option("--train-generator",
               type=click.Choice(["dcgan-conditional", "diffusion-conditional"]),
               help="Train a conditional DCGAN or diffusion model on exactly each "
@@ -138,6 +141,7 @@ def _shard(text: str) -> tuple[int, int]:
               help="Run part K of N of the grid (merge the parts with `evaluate merge`).")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Path | None,
+                             class_runs: tuple[str, ...],
                              train_generator: str | None, generator_steps: int,
                              generator_diffaugment: str, generator_ada_target: float,
                              generator_transition_steps: tuple[int, int],
@@ -165,6 +169,9 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
 
     if (generator_run is None) == (train_generator is None):
         raise click.UsageError("pass exactly one of --generator RUN and --train-generator")
+    if class_runs and generator_run is None:
+        raise click.UsageError("--generator-class-run draws classes of --generator RUN")
+    copies = class_runs_by_name(class_runs, "--generator-class-run")
     if generator_pool == "train" and generator_run is not None:
         raise click.UsageError("--generator-pool train trains its generator: pass "
                                "--train-generator, not --generator")
@@ -174,7 +181,7 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
         if value is not None and train_generator is None:
             raise click.UsageError(f"{name} is an option of the generators the harness "
                                    "trains: pass --train-generator with it")
-    check_out(out, (real_path, generator_run, generator_init))
+    check_out(out, (real_path, generator_run, generator_init, *copies.values()))
     if generator_init is not None:  # a bad source fails now, not at the first generator
         load_run(generator_init, kind=train_generator.split("-")[0])
     config = UtilityConfig(fractions=_floats(fractions, "--fractions"), seeds=seeds,
@@ -185,7 +192,8 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
                                                        batch_size=batch_size))
     part = _shard(shard)
     real = prepare_real(read_images(real_path, read_config))
-    generator = (TrainedRun(load_run(generator_run, kind=GENERATORS), real) if generator_run
+    generator = (TrainedRun(load_run(generator_run, kind=GENERATORS), real, copies)
+                 if generator_run
                  else SubsetGenerators(GeneratorRecipe(
                      steps=generator_steps, diffaugment=comma_names(generator_diffaugment),
                      ada_target=generator_ada_target,

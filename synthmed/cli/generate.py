@@ -11,7 +11,13 @@ import click
 
 from synthmed.augment.distances import NEAR_COPY_PERCENTILE
 from synthmed.cli import types
-from synthmed.cli.base import Command, blend_options, check_out_folder, config_option
+from synthmed.cli.base import (
+    Command,
+    blend_options,
+    check_out_folder,
+    class_runs_by_name,
+    config_option,
+)
 from synthmed.errors import InputError
 from synthmed.gan.generate import GenerateConfig
 from synthmed.gan.near_copy import PrivacyFilterConfig
@@ -103,7 +109,8 @@ def generate_command(run: Path, out: Path, n: int | None, per_class: str | None,
     config = GenerateConfig(n=n, per_class=_parse_counts(per_class), balance=balance, seed=seed,
                             format=format_, bit_depth=None if bit_depth is None else int(bit_depth),
                             privacy_filter=privacy, sampling_steps=sampling_steps,
-                            guidance=guidance, class_runs=_parse_class_runs(class_runs))
+                            guidance=guidance,
+                            class_runs=class_runs_by_name(class_runs, "--class-run"))
     record = generate(load_run(run, kind=GENERATORS), out, config, overwrite=overwrite,
                       progress=progress)
     counts = ", ".join(f"{k} {v}" for k, v in record["class_counts"].items())
@@ -185,18 +192,6 @@ def _parse_counts(text: str | None) -> dict[str, int]:
             raise click.BadParameter(f"{part!r} is not CLASS=COUNT", param_hint="--per-class")
         counts[name.strip()] = int(count)
     return counts
-
-
-def _parse_class_runs(texts: tuple[str, ...]) -> dict[str, str]:
-    """``("malignant=runs/copy",)`` -> ``{"malignant": "runs/copy"}``."""
-    runs: dict[str, str] = {}
-    for text in texts:
-        name, _, run = text.partition("=")
-        if not name.strip() or not run.strip() or name.strip() in runs:
-            raise click.BadParameter(f"{text!r} is not CLASS=RUN for a class not given before",
-                                     param_hint="--class-run")
-        runs[name.strip()] = run.strip()
-    return runs
 
 
 def _parse_settings(texts: tuple[str, ...]) -> dict[str, Any]:

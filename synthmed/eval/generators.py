@@ -95,9 +95,12 @@ class GeneratorRecipe:
 
 
 class TrainedRun:
-    """Synthetic images from one trained run, checked for leakage against val and test."""
+    """Synthetic images from one trained run, checked for leakage against val and test; with
+    ``class_runs`` (class name or index as text -> run), some classes drawn by their copies
+    (:func:`~synthmed.gan.run.load_class_runs`: trained on none but the run's images)."""
 
-    def __init__(self, run: LoadedRun, real: RealData) -> None:
+    def __init__(self, run: LoadedRun, real: RealData,
+                 class_runs: dict[str, str] | None = None) -> None:
         record = run.training_data
         seen = set(record.get("image_hashes", []))
         for name, part in (("validation", real.val), ("test", real.test)):
@@ -111,17 +114,23 @@ class TrainedRun:
                              f"data's {list(real.train.class_names)}", run.path)
         self.run = run
         self.images_seen = int(record.get("images", 0))
+        self.copies = load_class_runs(run, class_runs or {})
+        self.model = (ClassCopies(run.model, {k: copy.model for k, copy in self.copies.items()})
+                      if self.copies else run.model)
 
     def describe(self) -> dict[str, Any]:
+        copies = {self.run.class_names[label]: copy.fingerprint  # no path: runs may move
+                  for label, copy in sorted(self.copies.items())}
         return {"kind": "run", "path": str(self.run.path), "fingerprint": self.run.fingerprint,
-                "epoch": self.run.epoch, "images_seen": self.images_seen}
+                "epoch": self.run.epoch, "images_seen": self.images_seen,
+                **({"class_runs": copies} if copies else {})}
 
     def sample(self, subset: ImageSet, labels: np.ndarray, seed: int) -> np.ndarray:
         if self.images_seen > len(subset):
             warnings.warn(f"the generator saw {self.images_seen} real training images, more "
                           f"than the {len(subset)} of this fraction: its synthetic images carry "
                           "information the classifier's real subset does not", stacklevel=2)
-        return _sample(self.run.model, labels, torch.Generator().manual_seed(seed))
+        return _sample(self.model, labels, torch.Generator().manual_seed(seed))
 
 
 class SubsetGenerators:

@@ -234,8 +234,10 @@ def headline_verdict(head: dict[str, Any]) -> str:
 
 def _describe_generator(generator: dict[str, Any]) -> str:
     if generator["kind"] == "run":
+        copies = "".join(f"; class `{name}` drawn by its class run (weights {weights[:12]})"
+                         for name, weights in generator.get("class_runs", {}).items())
         return (f"trained run `{generator['path']}` (epoch {generator['epoch']}, "
-                f"{generator['images_seen']} real training images seen)")
+                f"{generator['images_seen']} real training images seen{copies})")
     trained_on = ("a conditional {} trained on exactly each fraction's real subset"
                   if generator.get("conditional", True) else
                   "an unconditional {} trained on the whole training split (the unlabelled "

@@ -148,6 +148,23 @@ def test_a_generator_trained_on_more_images_than_the_fraction_warns(real, tmp_pa
     assert images.shape == (3, 1, 32, 32)
 
 
+def test_a_trained_run_draws_a_class_from_its_class_run(real, tmp_path):
+    train_dcgan(real.train, tmp_path / "run", TINY_RUN, conditional=True, progress=False)
+    copy_config = replace(TINY_RUN, data=replace(TINY_RUN.data, classes=("lesion",),
+                                                 init_from=str(tmp_path / "run")))
+    train_dcgan(real.train, tmp_path / "copy", copy_config, conditional=True, progress=False)
+    shared, copy = (TrainedRun(load_run(tmp_path / name), real) for name in ("run", "copy"))
+    both = TrainedRun(load_run(tmp_path / "run"), real, {"lesion": str(tmp_path / "copy")})
+    for labels, drawn_by in (([1, 1, 1], copy), ([0, 0], shared)):
+        np.testing.assert_array_equal(both.sample(real.train, np.array(labels), seed=4),
+                                      drawn_by.sample(real.train, np.array(labels), seed=4))
+    assert both.describe()["class_runs"] == {"lesion": copy.run.fingerprint}
+    assert "class `lesion` drawn by its class run" in _describe_generator(both.describe())
+    with pytest.raises(InputError, match="two class runs"):
+        TrainedRun(load_run(tmp_path / "run"), real, {"lesion": str(tmp_path / "copy"),
+                                                      "1": str(tmp_path / "copy")})
+
+
 class BrightIsClassOne:
     """A judge whose probability of class 1 is an image's mean brightness in [0, 1]."""
 
@@ -571,6 +588,9 @@ def test_evaluate_utility_command(tmp_path, phantom):
     given = CliRunner().invoke(cli, [*args, "--generator", str(tmp_path),
                                      "--generator-class-steps", "2"])
     assert given.exit_code == 2 and "--generator-class-steps is an option" in given.output
+    given = CliRunner().invoke(cli, [*args, "--train-generator", "dcgan-conditional",
+                                     "--generator-class-run", f"lesion={tmp_path}"])
+    assert given.exit_code == 2 and "draws classes of --generator RUN" in given.output
     result = CliRunner().invoke(cli, [*args, "--train-generator", "dcgan-conditional",
                                       "--generator-diffaugment", "translation",
                                       "--generator-ema", "0.9", "--best-of", "2",

@@ -232,3 +232,12 @@ def class_runs_by_name(texts: tuple[str, ...], option: str) -> dict[str, str]:
                                      param_hint=option)
         runs[name.strip()] = run.strip()
     return runs
+
+
+def comma_floats(text: str, option: str) -> tuple[float, ...]:
+    """``"0.1, 1"`` -> ``(0.1, 1.0)``."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers",
+                                 param_hint=option) from None

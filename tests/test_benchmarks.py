@@ -86,7 +86,7 @@ def test_train_throughput_runs_end_to_end(capsys):
     spec = importlib.util.spec_from_file_location("train_throughput", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main(["--images", "512", "--epochs", "2", "--repeats", "1", "--steps", "1",
+    module.main(["--images", "256", "--epochs", "2", "--repeats", "1", "--steps", "1",
                  "--precisions", "fp32"])
     printed = capsys.readouterr().out
     assert "3. fit's own per-step cost (stub model)" in printed

@@ -26,7 +26,7 @@ from synthmed.gan.config import (
     resolve_precision,
 )
 from synthmed.gan.near_copy import subset_filter
-from synthmed.gan.run import ClassCopies, LoadedRun, load_class_runs, load_run
+from synthmed.gan.run import LoadedRun, drawing_model, load_class_runs, load_run
 from synthmed.gan.run_config import GENERATORS, DataConfig, RunConfig, read_run_config
 from synthmed.gan.train import train_dcgan, train_diffusion
 
@@ -115,8 +115,7 @@ class TrainedRun:
         self.run = run
         self.images_seen = int(record.get("images", 0))
         self.copies = load_class_runs(run, class_runs or {})
-        self.model = (ClassCopies(run.model, {k: copy.model for k, copy in self.copies.items()})
-                      if self.copies else run.model)
+        self.model = drawing_model(run, self.copies)
 
     def describe(self) -> dict[str, Any]:
         copies = {self.run.class_names[label]: copy.fingerprint  # no path: runs may move
@@ -222,8 +221,7 @@ class SubsetGenerators:
         run = load_run(run_dir)
         copies = load_class_runs(run, {str(label): path for label, path
                                        in self.class_runs(subset, run_dir).items()})
-        return (ClassCopies(run.model, {label: copy.model for label, copy in copies.items()})
-                if copies else run.model)
+        return drawing_model(run, copies)
 
     def _train(self, subset: ImageSet, run_dir: Path, recipe: GeneratorRecipe,
                progress: bool) -> None:

@@ -56,7 +56,7 @@ from synthmed.errors import InputError
 from synthmed.gan import distributed
 from synthmed.gan.data import recorded_source
 from synthmed.gan.near_copy import NearCopyFilter, PrivacyFilterConfig, near_copy_filter
-from synthmed.gan.run import ClassCopies, LoadedRun, load_class_runs
+from synthmed.gan.run import LoadedRun, drawing_model, load_class_runs
 from synthmed.io import (
     MANIFEST,
     PROVENANCE,
@@ -173,8 +173,7 @@ def generate(
     copies = load_class_runs(run, config.class_runs)
     for each in (run, *copies.values()):
         _set_sampler(each, config)
-    model = (ClassCopies(run.model, {label: copy.model for label, copy in copies.items()})
-             if copies else run.model)
+    model = drawing_model(run, copies)
     labels = plan_labels(run, config)
     near = near_copy_filter(run, config.privacy_filter) if config.privacy_filter else None
     record = _provenance(run, config, labels, near, copies)
@@ -195,7 +194,7 @@ def _write_blocks(run: LoadedRun, model: Any, config: GenerateConfig, record: di
                   labels: np.ndarray, work: Path, near: NearCopyFilter | None, progress: bool
                   ) -> None:
     """Make this process's blocks that ``work`` does not hold yet, drawn by ``model`` (the
-    run's, or its :class:`ClassCopies`)."""
+    run's, or its class copies: :func:`drawing_model`)."""
     rank, world = distributed.init()
     distributed.barrier()
     plan = json.loads((work / "plan.json").read_text())

@@ -178,6 +178,14 @@ def load_class_runs(run: LoadedRun, class_runs: dict[str, str | Path]
     return copies
 
 
+def drawing_model(run: LoadedRun, copies: dict[int, LoadedRun]) -> Any:
+    """What draws ``run``'s images: its model, or with class runs (label -> run, from
+    :func:`load_class_runs`) a :class:`ClassCopies` of them."""
+    if not copies:
+        return run.model
+    return ClassCopies(run.model, {label: copy.model for label, copy in copies.items()})
+
+
 def _units(run: LoadedRun) -> tuple[str, str]:
     """The unit and modality of a run's training images (its images map back into them)."""
     intensity = run.training_data.get("intensity", {})

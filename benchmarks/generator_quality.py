@@ -28,7 +28,8 @@ weights and is measured once. Rows measured before Dec 5 2026 show one sample's 
 
 With ``--filter-percentile P`` each recipe is measured again on the images the export's
 privacy filter keeps (rows ``RECIPE, filtered at P``): ``synthmed generate --privacy-filter
---filter-percentile P`` with the subset as the training data, in the subset's class mix.
+--filter-percentile P`` with the subset as the training data, in the subset's class mix (a
+recipe with class copies: ``--class-run`` for each).
 
 The best recipe of a set is the one with the highest mean *validation* AUROC of its
 synthetic-only classifiers; test numbers never choose. ``--headline`` then runs the utility
@@ -57,7 +58,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -146,15 +147,15 @@ def main(argv: list[str] | None = None) -> None:
         for recipe_name in args.recipes.split(","):
             row_name = recipe_name + (f" from {args.init_from.name}" if args.init_from else "")
             family, recipe = chosen_recipe(row_name, args.init_from)
-            if args.filter_percentile is not None and recipe.class_steps:
-                sys.exit("--filter-percentile measures the export's filter of one run, not a "
-                         f"generator with class copies ({row_name})")
             run_dir, train_seconds = trained_run(family, recipe, subset,
                                                  args.out / name / row_name)
             rows[row_name] = measure(family, recipe, run_dir, train_seconds, subset, real,
                                      args.seeds)
             if args.filter_percentile is not None:
-                sampler = FilteredSampler(run_dir, subset, args.filter_percentile)
+                copies = SubsetGenerators(recipe, run_dir.parent, family).class_runs(subset,
+                                                                                    run_dir)
+                sampler = FilteredSampler(run_dir, subset, args.filter_percentile,
+                                          {str(k): str(path) for k, path in copies.items()})
                 rows[f"{row_name}, filtered at {args.filter_percentile:g}"] = {
                     **measure(family, recipe, run_dir, train_seconds, subset, real,
                               args.seeds, sample=sampler),
@@ -304,12 +305,13 @@ def over_samples(attacks: list[dict]) -> dict:
 @dataclass
 class FilteredSampler:
     """``(n=, seed=)`` -> the ``n`` images ``synthmed generate --privacy-filter
-    --filter-percentile P`` keeps from the run, the subset being its training data, in the
-    subset's class mix; counts the images kept and drawn."""
+    --filter-percentile P [--class-run CLASS=COPY ...]`` keeps from the run, the subset being
+    its training data, in the subset's class mix; counts the images kept and drawn."""
 
     run_dir: Path
     subset: ImageSet
     percentile: float
+    class_runs: dict[str, str] = field(default_factory=dict)
     kept: int = 0
     drawn: int = 0
 
@@ -324,7 +326,8 @@ class FilteredSampler:
                                           max_redraws=FILTER_REDRAWS)
             record = generate(load_run(self.run_dir), out,
                               GenerateConfig(per_class=per_class, seed=seed, format="npz",
-                                             privacy_filter=privacy), progress=False)
+                                             privacy_filter=privacy,
+                                             class_runs=self.class_runs), progress=False)
             kept = read_images(out / NPZ_NAME, ReadConfig())
         self.kept += n
         self.drawn += n + record["privacy_filter"]["dropped"]
@@ -453,14 +456,14 @@ def harness_options(family: str, recipe: GeneratorRecipe) -> list[str]:
                     "--generator-class-copies", recipe.class_copies]
     if family != "dcgan":
         return options
-    for flag, field, text in (
+    for flag, name, text in (
             ("--generator-diffaugment", "diffaugment", ",".join),
             ("--generator-ada-target", "ada_target", str),
             ("--generator-transition-steps", "transition_steps", lambda v: f"{v[0]},{v[1]}"),
             ("--generator-ema", "ema_decay", str),
             ("--generator-upsample", "upsample", str)):
-        if getattr(recipe, field) != getattr(default, field):
-            options += [flag, text(getattr(recipe, field))]
+        if getattr(recipe, name) != getattr(default, name):
+            options += [flag, text(getattr(recipe, name))]
     return options
 
 

@@ -255,6 +255,26 @@ def test_the_filtered_rows_sample_what_the_export_keeps(tmp_path, monkeypatch):
     assert command[command.index("--generator-filter-percentile") + 1] == "50"
 
 
+def test_the_filtered_rows_of_a_recipe_with_class_copies_draw_through_the_copies(tmp_path):
+    from synthmed.augment.phantom import PhantomConfig, make_phantom
+    from synthmed.eval.generators import GeneratorRecipe, SubsetGenerators
+
+    module = benchmark_module("generator_quality")
+    subset = make_phantom(PhantomConfig(n=24, size=28, lesion_fraction=0.5))[0]
+    recipe = GeneratorRecipe(steps=2, width=8, batch_size=8, precision="fp32", class_steps=2,
+                             class_copies="smallest")
+    generators = SubsetGenerators(recipe, tmp_path)
+    run_dir = generators.train(subset)
+    (label, copy), = generators.class_runs(subset, run_dir).items()
+    plain = module.FilteredSampler(run_dir, subset, 0.0)(n=12, seed=3)
+    copied = module.FilteredSampler(run_dir, subset, 0.0, {str(label): str(copy)})(n=12, seed=3)
+    assert np.array_equal(copied.labels, plain.labels)
+    own = copied.labels == label
+    assert own.any() and (~own).any()
+    assert np.array_equal(copied.images[~own], plain.images[~own])
+    assert not np.array_equal(copied.images[own], plain.images[own])  # the copy drew them
+
+
 def test_a_row_averages_fidelity_and_the_image_attacks_over_the_classifiers_samples(
         tmp_path, monkeypatch, capsys):
     from synthmed.augment.dataset import ImageSet

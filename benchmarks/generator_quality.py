@@ -152,8 +152,7 @@ def main(argv: list[str] | None = None) -> None:
             rows[row_name] = measure(family, recipe, run_dir, train_seconds, subset, real,
                                      args.seeds)
             if args.filter_percentile is not None:
-                copies = SubsetGenerators(recipe, run_dir.parent, family).class_runs(subset,
-                                                                                    run_dir)
+                copies = class_copies(family, recipe, run_dir, subset)
                 sampler = FilteredSampler(run_dir, subset, args.filter_percentile,
                                           {str(k): str(path) for k, path in copies.items()})
                 rows[f"{row_name}, filtered at {args.filter_percentile:g}"] = {
@@ -273,14 +272,20 @@ def recipe_sampler(family: str, recipe: GeneratorRecipe, run_dir: Path, subset: 
     return partial(SubsetGenerators(recipe, run_dir.parent, family).sample_like, subset)
 
 
+def class_copies(family: str, recipe: GeneratorRecipe, run_dir: Path, subset: ImageSet
+                 ) -> dict[int, Path]:
+    """The class copies of the recipe's trained generator ``run_dir``: label -> run
+    directory (none for a recipe without them)."""
+    return SubsetGenerators(recipe, run_dir.parent, family).class_runs(subset, run_dir)
+
+
 def class_copy_attacks(family: str, recipe: GeneratorRecipe, run_dir: Path,
                        synthetic: ImageSet, subset: ImageSet, holdout: ImageSet,
                        extractor: Callable) -> dict:
     """The white-box attack with each class copy's weights, as the audit reports it (none
     without copies)."""
-    copies = SubsetGenerators(recipe, run_dir.parent, family).class_runs(subset, run_dir)
     attacks = {}
-    for label, copy_dir in copies.items():
+    for label, copy_dir in class_copies(family, recipe, run_dir, subset).items():
         audit = evaluate_privacy(synthetic, subset, holdout, features=extractor,
                                  extractor=extractor.name, features_fit_on_train=True,
                                  run=load_run(copy_dir)).to_json()["membership"]

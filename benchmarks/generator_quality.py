@@ -22,9 +22,14 @@ then measured:
 
 Fidelity and the black-box numbers are means over the ``--seeds`` samples the synthetic-only
 classifiers train on (one sample of a small subset's size is noisy), with the sd of recall
-and coverage and the attacks' mean 95 % bootstrap interval; the white-box attack concerns the
+and coverage and the attacks' mean 95 % bootstrap interval; each sample's audit draws its own
+split of the held-out images into control and non-members. The white-box attack concerns the
 weights and is measured once. Rows measured before Dec 5 2026 show one sample's numbers
-(no sd, no interval).
+(no sd, no interval); rows measured before Dec 6 2026 used one split for every sample.
+
+The row ``unseen real images`` is a perfect generator: samples of the training split's images
+outside the subset, measured as a recipe's. Its synthetic-only AUROC is the ceiling of a
+generator's images, its attacks the floor of the audit (a set used whole has no such row).
 
 With ``--filter-percentile P`` each recipe is measured again on the images the export's
 privacy filter keeps (rows ``RECIPE, filtered at P``): ``synthmed generate --privacy-filter
@@ -64,6 +69,7 @@ from pathlib import Path
 
 import numpy as np
 from common import add_data_options, synthmed
+from quality_table import REFERENCE_ROWS, print_table
 
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.items import ReadConfig
@@ -79,7 +85,7 @@ from synthmed.eval.generators import (
     class_mix_labels,
 )
 from synthmed.eval.metrics import classification_metrics
-from synthmed.eval.privacy_audit import evaluate_privacy
+from synthmed.eval.privacy_audit import PrivacyConfig, evaluate_privacy
 from synthmed.eval.real_data import RealData, fraction_subset, prepare_real
 from synthmed.eval.stats import summarize
 from synthmed.gan.generate import NPZ_NAME, GenerateConfig, generate
@@ -141,9 +147,12 @@ def main(argv: list[str] | None = None) -> None:
         real = prepare_real(read_images(args.data / path, ReadConfig(**read)))
         subset = fraction_subset(real.train, fraction, seed=0)
         rows_file = args.out / name / "rows.json"
-        # rows of recipes measured by an earlier run stay in the table
-        rows = json.loads(rows_file.read_text()) if rows_file.is_file() else {}
-        rows["real only"] = real_only(subset, real, args.seeds)
+        # rows of recipes measured by an earlier run stay in the table, after the references
+        earlier = json.loads(rows_file.read_text()) if rows_file.is_file() else {}
+        rows = {"real only": real_only(subset, real, args.seeds)}
+        if (perfect := unseen_real(subset, real, args.seeds)) is not None:
+            rows["unseen real images"] = perfect
+        rows.update((row, cells) for row, cells in earlier.items() if row not in REFERENCE_ROWS)
         for recipe_name in args.recipes.split(","):
             row_name = recipe_name + (f" from {args.init_from.name}" if args.init_from else "")
             family, recipe = chosen_recipe(row_name, args.init_from)
@@ -235,16 +244,11 @@ def measure(family: str, recipe: GeneratorRecipe, run_dir: Path, train_seconds: 
 
     extractor = default_extractor(real)
     holdout = ImageSet.concatenate([real.val, real.test])
-    fidelity, privacy = [], []
-    for seed, synthetic in enumerate(samples):
-        fidelity.append(evaluate_fidelity(subset, synthetic, extractor, extractor.name,
-                                          seed=seed))
-        privacy.append(evaluate_privacy(
-            synthetic, subset, holdout, features=extractor, extractor=extractor.name,
-            features_fit_on_train=True, run=load_run(run_dir) if seed == 0 else None).to_json())
-    first = privacy[0]["membership"]  # sample 0's audit also ran the white-box attack
-    first.update(class_copy_attacks(family, recipe, run_dir, samples[0], subset, holdout,
-                                    extractor))
+    fidelity = [evaluate_fidelity(subset, synthetic, extractor, extractor.name, seed=seed)
+                for seed, synthetic in enumerate(samples)]
+    privacy = audits(samples, subset, holdout, extractor, run_dir)
+    privacy[0]["membership"].update(class_copy_attacks(family, recipe, run_dir, samples[0],
+                                                       subset, holdout, extractor))
     return {
         "recipe": {"family": family, **asdict(recipe)},
         "train_seconds": train_seconds,
@@ -254,6 +258,28 @@ def measure(family: str, recipe: GeneratorRecipe, run_dir: Path, train_seconds: 
         "fidelity_sd": {k: summarize([f.overall[k] for f in fidelity])["sd"] for k in FIDELITY},
         "fidelity_floor": {k: float(np.mean([f.floor[k] for f in fidelity])) for k in FIDELITY},
         "auroc": classifier_auroc(samples, real, seeds),
+        **privacy_columns(privacy),
+    }
+
+
+def audits(samples: list[ImageSet], subset: ImageSet, holdout: ImageSet, extractor: Callable,
+           run_dir: Path | None = None) -> list[dict]:
+    """The privacy audit of each sample (the subset its members, ``holdout`` the unseen
+    images), sample ``s`` with seed ``s``: each draws its own members and split of the control
+    (one fixed split's chance offset would enter every sample alike: +0.04 in the pixel attack
+    on BreastMNIST 0.25, ``benchmarks/RESULTS.md``). Sample 0's audit also runs the white-box
+    attack of the run ``run_dir``."""
+    return [evaluate_privacy(synthetic, subset, holdout, features=extractor,
+                             extractor=extractor.name, features_fit_on_train=True,
+                             run=load_run(run_dir) if seed == 0 and run_dir else None,
+                             config=PrivacyConfig(seed=seed)).to_json()
+            for seed, synthetic in enumerate(samples)]
+
+
+def privacy_columns(privacy: list[dict]) -> dict:
+    """A row's privacy numbers from its samples' audits: the mean near-copy and closer-to-train
+    shares, the black-box attacks over the samples, the white-box ones of sample 0."""
+    return {
         "near_copy_share": float(np.mean([p["dcr"]["pixels"]["near_copy_share"]
                                           for p in privacy])),
         "closer_to_train_share": float(np.mean([p["dcr"]["pixels"]["closer_to_train_share"]
@@ -261,8 +287,32 @@ def measure(family: str, recipe: GeneratorRecipe, run_dir: Path, train_seconds: 
         "membership": {name: over_samples([p["membership"][name] for p in privacy])
                        if name in BLACK_BOX else
                        {k: attack[k] for k in ("auc", "advantage", "advantage_ci")}
-                       for name, attack in first.items()},
+                       for name, attack in privacy[0]["membership"].items()},
     }
+
+
+def unseen_real(subset: ImageSet, real: RealData, seeds: int) -> dict | None:
+    """The row of a perfect generator: ``seeds`` samples of the subset's size and class mix
+    drawn from the training split's images outside the subset (real images no generator of
+    the subset saw), each measured as a recipe's. Its synthetic-only AUROC is what a
+    generator's images could reach; its attacks are the audit's floor (the features attack
+    sits above 0: the extractor trained on the whole split). No fidelity: the extractor
+    trained on these images. ``None`` when too few images lie outside the subset."""
+    members = set(subset.image_hashes())
+    outside = real.train.subset(np.array([i for i, image in enumerate(real.train.image_hashes())
+                                          if image not in members], dtype=np.int64))
+    counts, available = subset.class_counts(), outside.class_counts()
+    if any(available.get(label, 0) < count for label, count in counts.items()):
+        return None
+    samples = []
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        chosen = [rng.choice(np.flatnonzero(outside.labels == label), count, replace=False)
+                  for label, count in sorted(counts.items())]
+        samples.append(outside.subset(np.sort(np.concatenate(chosen))))
+    holdout = ImageSet.concatenate([real.val, real.test])
+    return {"auroc": classifier_auroc(samples, real, seeds), "fidelity_floor": None,
+            **privacy_columns(audits(samples, subset, holdout, default_extractor(real)))}
 
 
 def recipe_sampler(family: str, recipe: GeneratorRecipe, run_dir: Path, subset: ImageSet
@@ -365,52 +415,6 @@ def classifier_auroc(train: ImageSet | list[ImageSet], real: RealData, seeds: in
     return {split: summarize(values) for split, values in scores.items()}
 
 
-def print_table(name: str, n: int, rows: dict) -> None:
-    """One markdown table per set: a row per recipe, the real-only classifier first. A row
-    measured on several samples shows the means over them, recall and coverage with their
-    sd, the black-box attacks with their mean 95 % bootstrap interval."""
-    real_test = rows["real only"]["auroc"]["test"]["mean"]
-    print(f"\n### {name} ({n} real training images)\n")
-    print("| recipe | train min | FID (floor) | KID (floor) | precision | recall (floor) | "
-          "coverage (floor) | val AUROC | test AUROC [95 % CI] | x real | near-copy | "
-          "closer to train | membership adv. |")
-    print("|---" * 13 + "|")
-    for recipe, row in rows.items():
-        test = row["auroc"]["test"]
-        kept = f" (keeps {row['filter']['kept_share']:.0%} of draws)" if "filter" in row else ""
-        cells = [recipe + kept]
-        if row["fidelity_floor"] is None:
-            cells += ["-"] * 6
-        else:
-            fid, floor = row["fidelity"], row["fidelity_floor"]
-            sd = {k: f" ± {v:.2f}" for k, v in row.get("fidelity_sd", {}).items()
-                  if np.isfinite(v)}
-            cells += [f"{row['train_seconds'] / 60:.1f}",
-                      f"{fid['fid']:.2f} ({floor['fid']:.2f})",
-                      f"{fid['kid']:.3f} ({floor['kid']:.3f})", f"{fid['precision']:.2f}",
-                      f"{fid['recall']:.2f}{sd.get('recall', '')} ({floor['recall']:.2f})",
-                      f"{fid['coverage']:.2f}{sd.get('coverage', '')} ({floor['coverage']:.2f})"]
-        cells += [f"{row['auroc']['val']['mean']:.3f}",
-                  f"{test['mean']:.3f} [{test['ci_low']:.3f}, {test['ci_high']:.3f}]",
-                  f"{test['mean'] / real_test:.3f}"]
-        if "near_copy_share" in row:
-            attacks = ", ".join(f"{k} {a['advantage']:+.3f}" + interval(a)
-                                for k, a in row["membership"].items())
-            cells += [f"{row['near_copy_share']:.3f}", f"{row['closer_to_train_share']:.2f}",
-                      attacks]
-        else:
-            cells += ["-"] * 3
-        print("| " + " | ".join(cells) + " |")
-
-
-def interval(attack: dict) -> str:
-    """`` [low, high]`` for an attack measured over several samples, else nothing."""
-    if attack.get("samples", 1) < 2:
-        return ""
-    low, high = attack["advantage_ci"]
-    return f" [{low:+.3f}, {high:+.3f}]"
-
-
 def headline(name: str, rows: dict, args: argparse.Namespace, fraction: float) -> None:
     """The utility harness with the recipe of the best mean validation AUROC (through the
     privacy filter with ``--filter-percentile``)."""
@@ -437,7 +441,7 @@ def best_recipe(rows: dict, filter_percentile: float | None = None) -> str:
     """The row whose synthetic-only classifiers have the best mean validation AUROC, among
     the rows of as many synthetic images as real ones (the harness's synthetic only) and
     through the privacy filter at ``filter_percentile`` (``None``: unfiltered)."""
-    return max((r for r in rows if r != "real only" and "synthetic_scale" not in rows[r]
+    return max((r for r in rows if r not in REFERENCE_ROWS and "synthetic_scale" not in rows[r]
                 and rows[r].get("filter", {}).get("percentile") == filter_percentile),
                key=lambda r: rows[r]["auroc"]["val"]["mean"])
 

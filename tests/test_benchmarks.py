@@ -281,7 +281,7 @@ def test_a_row_averages_fidelity_and_the_image_attacks_over_the_classifiers_samp
     from synthmed.augment.phantom import PhantomConfig, make_phantom
     from synthmed.eval.fidelity import evaluate_fidelity
     from synthmed.eval.generators import GeneratorRecipe, SubsetGenerators
-    from synthmed.eval.privacy_audit import evaluate_privacy
+    from synthmed.eval.privacy_audit import PrivacyConfig, evaluate_privacy
     from synthmed.eval.real_data import RealData
 
     module = benchmark_module("generator_quality")
@@ -316,8 +316,8 @@ def test_a_row_averages_fidelity_and_the_image_attacks_over_the_classifiers_samp
     assert row["fidelity"]["coverage"] == pytest.approx(np.mean(coverage))
     assert row["fidelity_sd"]["coverage"] == pytest.approx(np.std(coverage, ddof=1))
     holdout = ImageSet.concatenate([val, test])
-    pixels = [evaluate_privacy(sample, subset, holdout).to_json()["membership"]["pixels"]
-              for sample in samples]
+    pixels = [evaluate_privacy(sample, subset, holdout, config=PrivacyConfig(seed=seed))
+              .to_json()["membership"]["pixels"] for seed, sample in enumerate(samples)]
     attack = row["membership"]["pixels"]
     assert attack["advantage"] == pytest.approx(np.mean([a["advantage"] for a in pixels]))
     assert attack["advantage_ci"] == pytest.approx(np.mean([a["advantage_ci"] for a in pixels],
@@ -335,6 +335,52 @@ def test_a_row_averages_fidelity_and_the_image_attacks_over_the_classifiers_samp
     low, high = attack["advantage_ci"]
     assert f"pixels {attack['advantage']:+.3f} [{low:+.3f}, {high:+.3f}]" in lines["| averaged"]
     assert "±" not in lines["| one sample"] and "pixels +0.100 |" in lines["| one sample"]
+
+
+def test_the_unseen_real_row_draws_training_images_outside_the_subset_as_a_perfect_generator(
+        monkeypatch, capsys):
+    from synthmed.augment.dataset import ImageSet
+    from synthmed.augment.phantom import PhantomConfig, make_phantom
+    from synthmed.eval.privacy_audit import PrivacyConfig, evaluate_privacy
+    from synthmed.eval.real_data import RealData
+
+    module = benchmark_module("generator_quality")
+    images = make_phantom(PhantomConfig(n=96, size=28, lesion_fraction=0.5))[0]
+    train, val, test = (images.subset(np.arange(k, k + n)) for k, n in ((0, 64), (64, 16),
+                                                                          (80, 16)))
+    subset = train.subset(np.arange(0, 64, 3))
+    real = RealData(train, val, test, notes=[])
+
+    def extractor(batch: np.ndarray) -> np.ndarray:
+        return batch.reshape(len(batch), -1)[:, ::49]
+    extractor.name = "every 49th pixel"
+    monkeypatch.setattr(module, "default_extractor", lambda real: extractor)
+    trained_on = []
+    auroc = {"mean": 0.7, "ci_low": 0.6, "ci_high": 0.8}
+    monkeypatch.setattr(module, "classifier_auroc", lambda sets, real, seeds: trained_on.extend(
+        sets) or {"val": auroc, "test": auroc})
+    row = module.unseen_real(subset, real, seeds=3)
+
+    members = set(subset.image_hashes())
+    assert len(trained_on) == 3 and all(drawn.class_counts() == subset.class_counts() and
+                                        not members & set(drawn.image_hashes())
+                                        for drawn in trained_on)
+    assert set(train.image_hashes()) >= set(trained_on[2].image_hashes())
+    assert trained_on[0].fingerprint() != trained_on[1].fingerprint()  # a sample per seed
+    holdout = ImageSet.concatenate([val, test])
+    pixels = [evaluate_privacy(drawn, subset, holdout, config=PrivacyConfig(seed=seed))
+              .to_json()["membership"]["pixels"]["advantage"]
+              for seed, drawn in enumerate(trained_on)]
+    assert row["membership"]["pixels"]["advantage"] == pytest.approx(np.mean(pixels))
+    assert row["fidelity_floor"] is None and set(row["membership"]) == {"pixels", "features"}
+    rows = {"real only": {"auroc": {"val": auroc, "test": auroc}, "fidelity_floor": None},
+            "unseen real images": {**row, "auroc": {"val": {**auroc, "mean": 0.99},
+                                                     "test": auroc}},
+            "dcgan": {"auroc": {"val": auroc, "test": auroc}}}
+    assert module.best_recipe(rows) == "dcgan"  # a reference, never the chosen recipe
+    module.print_table("phantom", len(subset), {k: rows[k] for k in list(rows)[:2]})
+    assert "| unseen real images | - | - |" in capsys.readouterr().out
+    assert module.unseen_real(train, real, seeds=1) is None  # the whole split: none outside
 
 
 def test_a_recipe_with_class_copies_is_sampled_and_attacked_through_each_copy(tmp_path):

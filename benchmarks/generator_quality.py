@@ -111,6 +111,8 @@ RECIPES = {
     "dcgan-ada-resize": ("dcgan", replace(ADA_TRANSITION, upsample="resize")),
     "dcgan-ada-resize-classes": ("dcgan", replace(ADA_TRANSITION, upsample="resize",
                                                   class_steps=CLASS_STEPS)),
+    "dcgan-ada-resize-classes-mirror": ("dcgan", replace(ADA_TRANSITION, upsample="resize",
+                                                         class_steps=CLASS_STEPS, mirror=True)),
     "dcgan-ada-resize-smallest": ("dcgan", replace(ADA_TRANSITION, upsample="resize",
                                                    class_steps=CLASS_STEPS,
                                                    class_copies="smallest")),
@@ -463,6 +465,8 @@ def harness_options(family: str, recipe: GeneratorRecipe) -> list[str]:
     if recipe.class_steps:
         options += ["--generator-class-steps", str(recipe.class_steps),
                     "--generator-class-copies", recipe.class_copies]
+    if recipe.mirror:
+        options.append("--generator-mirror")
     if family != "dcgan":
         return options
     for flag, name, text in (

@@ -192,6 +192,12 @@ def test_the_harness_headline_trains_every_remedy_of_the_recipe_validation_picke
         "color,translation,cutout", "--generator-ada-target", "0.6",
         "--generator-transition-steps", "500,1000", "--generator-ema", "0.999",
         "--generator-upsample", "resize"]
+    mirrored = module.harness_options(*module.chosen_recipe(
+        "dcgan-ada-resize-classes-mirror@2000+1000"))
+    assert mirrored[:6] == ["--generator-steps", "2000", "--generator-class-steps", "1000",
+                            "--generator-class-copies", "all"]
+    assert mirrored[6] == "--generator-mirror" and "--generator-mirror" not in \
+        module.harness_options(*module.chosen_recipe("dcgan-ada-resize-classes@2000+1000"))
     family, recipe = module.chosen_recipe("dcgan@3000 from brain28", Path("runs/brain28"))
     assert (recipe.steps, recipe.init_from) == (3000, str(Path("runs/brain28")))
     assert module.harness_options(family, recipe) == [

@@ -92,6 +92,9 @@ def _shard(text: str) -> tuple[int, int]:
 @config_option("--generator-class-copies", type=click.Choice(CLASS_COPIES),
                config=GeneratorRecipe, field="class_copies", override=False,
                help="Which classes get a copy: all, or the one with the fewest images.")
+@click.option("--generator-mirror", is_flag=True,
+              help="Each trained generator sees its images flipped left-right at random "
+                   "(train --mirror).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder; rerunning the same command skips finished models, "
                    "also with more --seeds or --fractions.")
@@ -138,7 +141,8 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
                              generator_ema: float, generator_upsample: str,
                              generator_init: str | None,
                              generator_filter_percentile: float | None,
-                             generator_class_steps: int, generator_class_copies: str, out: Path,
+                             generator_class_steps: int, generator_class_copies: str,
+                             generator_mirror: bool, out: Path,
                              fractions: str, seeds: int, ratios: str, balance: bool,
                              best_of: int, arch: str, steps: int, generator_pool: str,
                              pilot_doublings: int,
@@ -167,7 +171,8 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
                                "--train-generator, not --generator")
     for name, value in (("--generator-init", generator_init),
                         ("--generator-filter-percentile", generator_filter_percentile),
-                        ("--generator-class-steps", generator_class_steps or None)):
+                        ("--generator-class-steps", generator_class_steps or None),
+                        ("--generator-mirror", generator_mirror or None)):
         if value is not None and train_generator is None:
             raise click.UsageError(f"{name} is an option of the generators the harness "
                                    "trains: pass --train-generator with it")
@@ -191,7 +196,8 @@ def evaluate_utility_command(real_path: str, read_config: Any, generator_run: Pa
                      ema_decay=generator_ema, upsample=generator_upsample,
                      init_from=generator_init,
                      filter_percentile=generator_filter_percentile,
-                     class_steps=generator_class_steps, class_copies=generator_class_copies),
+                     class_steps=generator_class_steps, class_copies=generator_class_copies,
+                     mirror=generator_mirror),
                      out / "generators",
                      family=train_generator.split("-")[0],
                      conditional=generator_pool == "subset"))

@@ -74,7 +74,10 @@ _generator_inputs = stacked(
     click.option("--class", "classes", multiple=True,
                  help="Train on this class's images only (repeatable); the model keeps every "
                       "class of the data, so a copy fine-tuned on a class (--init-from RUN) "
-                      "can draw it for RUN: generate RUN --class-run CLASS=COPY."))
+                      "can draw it for RUN: generate RUN --class-run CLASS=COPY."),
+    click.option("--mirror", is_flag=True,
+                 help="Flip each training image left-right at random (twice the images, for "
+                      "data whose left and right are alike, as StyleGAN2-ADA's --mirror)."))
 
 
 #: --resume and --progress of every training.
@@ -135,9 +138,9 @@ def train() -> None:
                field="max_grad_norm", help="Its per-image gradient clipping norm")
 @_resume_and_progress
 def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Path | None,
-                        init_from: str | None, classes: tuple[str, ...], preset: str,
-                        conditional: bool, split: str, resume: bool, progress: bool,
-                        **options: Any) -> None:
+                        init_from: str | None, classes: tuple[str, ...], mirror: bool,
+                        preset: str, conditional: bool, split: str, resume: bool,
+                        progress: bool, **options: Any) -> None:
     """Train a DCGAN on DATA (npz, image folder, DICOM, NIfTI, CSV or `phantom`).
 
     Example: synthmed train dcgan breastmnist.npz --out runs/breast --conditional --epochs 100
@@ -159,7 +162,7 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
         config = resolve_dcgan_config(preset, config_file, {**options, "size": read_config.size},
                                       train_overrides, privacy,
                                       DataConfig(split=split, classes=classes,
-                                                 init_from=init_from))
+                                                 init_from=init_from, mirror=mirror))
     result = train_dcgan(data, out, config, read=read_config,
                          conditional=conditional and not resumed, resume=resume,
                          progress=progress)
@@ -193,8 +196,9 @@ def train_dcgan_command(data: str, out: Path, read_config: Any, config_file: Pat
                field="ema_decay", help="EMA decay of the network for sampling")
 @_resume_and_progress
 def train_diffusion_command(data: str, out: Path, read_config: Any, config_file: Path | None,
-                            init_from: str | None, classes: tuple[str, ...], conditional: bool,
-                            split: str, resume: bool, progress: bool, **options: Any) -> None:
+                            init_from: str | None, classes: tuple[str, ...], mirror: bool,
+                            conditional: bool, split: str, resume: bool, progress: bool,
+                            **options: Any) -> None:
     """Train a denoising diffusion model (MONAI U-Net, DDIM sampling) on DATA.
 
     Example: synthmed train diffusion breastmnist.npz --out runs/breast-ddpm --conditional
@@ -216,7 +220,7 @@ def train_diffusion_command(data: str, out: Path, read_config: Any, config_file:
         config = resolve_diffusion_config(config_file, {**options, "size": read_config.size},
                                           train_overrides,
                                           DataConfig(split=split, classes=classes,
-                                                     init_from=init_from))
+                                                     init_from=init_from, mirror=mirror))
     result = train_diffusion(data, out, config, read=read_config,
                              conditional=conditional and not resumed, resume=resume,
                              progress=progress)

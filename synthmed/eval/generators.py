@@ -56,7 +56,8 @@ class GeneratorRecipe:
     steps on each class's images alone (``class_copies`` ``all``) or on the class with the
     fewest images (``smallest``), conditional throughout, and draws that class's images: the
     copies spread their images over their class as the shared generator does not for a class
-    of a few dozen images (coverage; ``benchmarks/RESULTS.md``).
+    of a few dozen images (coverage; ``benchmarks/RESULTS.md``). ``mirror``: each generator
+    (and copy) sees its images flipped left-right at random (``synthmed train --mirror``).
     """
 
     steps: int = 2000
@@ -73,6 +74,7 @@ class GeneratorRecipe:
     filter_percentile: float | None = None
     class_steps: int = 0
     class_copies: str = "all"
+    mirror: bool = False
 
     def __post_init__(self) -> None:  # bad options fail here, not at the first generator
         if self.precision not in (*PRECISIONS, "auto"):
@@ -164,7 +166,8 @@ class SubsetGenerators:
             r = self.recipe
             return {**kind, "model": FAMILIES[self.family], "steps": r.steps,
                     "batch_size": r.batch_size, "precision": r.precision, "width": r.width,
-                    "init_from": r.init_from,  # the filter only when set, as in older results
+                    "init_from": r.init_from, **({"mirror": True} if r.mirror else {}),
+                    # the filter only when set, as in older results
                     **({} if r.filter_percentile is None else
                        {"filter_percentile": r.filter_percentile}),
                     **({} if not r.class_steps else
@@ -234,7 +237,7 @@ class SubsetGenerators:
         train = TrainConfig(epochs=epochs, batch_size=batch, precision=recipe.precision,
                             checkpoint_every=max(1, epochs // 10),
                             preview_every=max(1, epochs // 10), decay_epochs=0)
-        data = DataConfig(split="all", init_from=recipe.init_from)
+        data = DataConfig(split="all", init_from=recipe.init_from, mirror=recipe.mirror)
         if self.family == "diffusion":
             widths = (recipe.width, 2 * recipe.width, 2 * recipe.width)
             config = RunConfig("diffusion", DiffusionConfig(widths=widths), train, data)

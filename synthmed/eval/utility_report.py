@@ -244,6 +244,8 @@ def _describe_generator(generator: dict[str, Any]) -> str:
                   "pool), its images labelled by the `real` regime's classifier")
     if generator.get("init_from"):
         trained_on += f", starting from the weights of the run `{generator['init_from']}`"
+    if generator.get("mirror"):
+        trained_on += ", each image flipped left-right at random (mirror)"
     filtered = ("" if generator.get("filter_percentile") is None else
                 f"; its images through the privacy filter at percentile "
                 f"{generator['filter_percentile']:g}, near-copies of its training images redrawn")

@@ -29,14 +29,16 @@ class LabelledImages:
 
     ``repeats`` makes an epoch that many passes over the set (item ``i`` is image
     ``i mod N``): for a small set, fewer and longer epochs, so the per-epoch work (sample
-    grid, metrics line) does not dominate training.
+    grid, metrics line) does not dominate training. With ``mirror`` each image of a batch is
+    flipped left-right with probability 1/2 (drawn from the loop's generator).
     """
 
-    def __init__(self, imageset: ImageSet, repeats: int = 1) -> None:
+    def __init__(self, imageset: ImageSet, repeats: int = 1, mirror: bool = False) -> None:
         self.imageset = imageset
         self.images = torch.from_numpy(imageset.images)
         self.labels = torch.from_numpy(np.maximum(imageset.labels, 0))
         self.repeats = repeats
+        self.mirror = mirror
 
     def __len__(self) -> int:
         return len(self.imageset) * self.repeats
@@ -47,7 +49,11 @@ class LabelledImages:
 
     def batch(self, index: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, ...]:
         index = index % len(self.imageset)
-        return self.images[index], self.labels[index]
+        images = self.images[index]
+        if self.mirror:
+            flipped = torch.rand(len(index), generator=rng, device=rng.device) < 0.5
+            images = torch.where(flipped[:, None, None, None], images.flip(-1), images)
+        return images, self.labels[index]
 
     def fingerprint(self) -> str:
         return self.imageset.fingerprint()

@@ -64,6 +64,8 @@ class DataConfig:
         read: the read options (:class:`~synthmed.augment.items.ReadConfig` fields).
         init_from: the run whose weights a generator started from (transfer: fine-tuning a
             model trained on other images); ``init_fingerprint``: those weights' sha256.
+        mirror: a generator sees each training image flipped left-right at random (StyleGAN2-
+            ADA's ``--mirror``: twice the images, for data whose left and right are alike).
     """
 
     section: ClassVar[str] = "data"
@@ -78,6 +80,7 @@ class DataConfig:
     read: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
     init_fingerprint: str | None = None
+    mirror: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -104,8 +104,8 @@ def _train_generator(data: str | ImageSet, out: Path, config: RunConfig,
         built = build_model(config, seed=config.train.seed)
         if config.data.init_from is not None and not (out / checkpoint.STATE).is_file():
             config = _start_from(built, config)
-        result = fit(built, LabelledImages(images, repeats), config, out, resume=resume,
-                     progress=progress)
+        batches = LabelledImages(images, repeats, config.data.mirror)
+        result = fit(built, batches, config, out, resume=resume, progress=progress)
     return TrainResult(result, config, (len(images),))
 
 

@@ -588,6 +588,8 @@ def test_evaluate_utility_command(tmp_path, phantom):
     given = CliRunner().invoke(cli, [*args, "--generator", str(tmp_path),
                                      "--generator-class-steps", "2"])
     assert given.exit_code == 2 and "--generator-class-steps is an option" in given.output
+    given = CliRunner().invoke(cli, [*args, "--generator", str(tmp_path), "--generator-mirror"])
+    assert given.exit_code == 2 and "--generator-mirror is an option" in given.output
     given = CliRunner().invoke(cli, [*args, "--train-generator", "dcgan-conditional",
                                      "--generator-class-run", f"lesion={tmp_path}"])
     assert given.exit_code == 2 and "draws classes of --generator RUN" in given.output
@@ -597,18 +599,20 @@ def test_evaluate_utility_command(tmp_path, phantom):
                                       "--generator-upsample", "resize",
                                       "--generator-filter-percentile", "50",
                                       "--generator-class-steps", "2",
-                                      "--generator-class-copies", "smallest"])
+                                      "--generator-class-copies", "smallest",
+                                      "--generator-mirror"])
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
+    assert "each image flipped left-right at random (mirror) (2 steps" in report
     assert "DiffAugment translation, EMA 0.9, resize upsampling; the smallest class's images " \
         "from a copy fine-tuned on that class alone for 2 steps; its images through the " \
         "privacy filter at percentile 50" in report and "the best of 2 candidates" in report
     assert len(list((out / "generators").glob("*-class*"))) == 2  # one copy per seed's subset
     written = json.loads((out / "results.json").read_text())
     assert written["config"]["best_of"] == 2 and written["generator"]["upsample"] == "resize"
-    trained = [read_run_config(run).model.upsample
-               for run in (out / "generators").iterdir()]
-    assert trained and set(trained) == {"resize"}
+    trained = [read_run_config(run) for run in (out / "generators").iterdir()]
+    assert trained and {(run.model.upsample, run.data.mirror) for run in trained} == {
+        ("resize", True)}
     # one pass per run cannot converge, so the pilot doubled the 4 steps once
     assert written["budgets"] == {"0.5": 8} and {c["steps"] for c in written["cells"]} == {8}
     assert "optimiser steps 8 at fraction 0.5 (a pilot on `real`" in report

@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -281,6 +282,20 @@ def test_the_filtered_rows_of_a_recipe_with_class_copies_draw_through_the_copies
     assert not np.array_equal(copied.images[own], plain.images[own])  # the copy drew them
 
 
+def stub_features_and_classifiers(module, monkeypatch) -> tuple[Callable, list, dict]:
+    """The benchmark's feature extractor replaced by 16 of the pixels, its classifiers by a
+    record of the image sets they would train on: (extractor, those sets, their AUROC)."""
+    def extractor(batch: np.ndarray) -> np.ndarray:
+        return batch.reshape(len(batch), -1)[:, ::49]
+    extractor.name = "every 49th pixel"
+    monkeypatch.setattr(module, "default_extractor", lambda real: extractor)
+    trained_on = []
+    auroc = {"mean": 0.7, "ci_low": 0.6, "ci_high": 0.8}
+    monkeypatch.setattr(module, "classifier_auroc", lambda sets, real, seeds: trained_on.extend(
+        sets) or {"val": auroc, "test": auroc})
+    return extractor, trained_on, auroc
+
+
 def test_a_row_averages_fidelity_and_the_image_attacks_over_the_classifiers_samples(
         tmp_path, monkeypatch, capsys):
     from synthmed.augment.dataset import ImageSet
@@ -304,14 +319,7 @@ def test_a_row_averages_fidelity_and_the_image_attacks_over_the_classifiers_samp
         return ImageSet.from_arrays(noisy.astype(np.float32), labels=pool.labels[chosen],
                                     class_names=pool.class_names, synthetic=True)
 
-    def extractor(batch: np.ndarray) -> np.ndarray:
-        return batch.reshape(len(batch), -1)[:, ::49]  # 16 pixels as features
-    extractor.name = "every 49th pixel"
-    monkeypatch.setattr(module, "default_extractor", lambda real: extractor)
-    trained_on = []
-    auroc = {"mean": 0.7, "ci_low": 0.6, "ci_high": 0.8}
-    monkeypatch.setattr(module, "classifier_auroc", lambda sets, real, seeds: trained_on.extend(
-        sets) or {"val": auroc, "test": auroc})
+    extractor, trained_on, auroc = stub_features_and_classifiers(module, monkeypatch)
     row = module.measure("dcgan", recipe, run_dir, 60.0, subset, real, seeds=3, sample=sample)
 
     samples = [sample(24, seed) for seed in range(3)]
@@ -357,14 +365,7 @@ def test_the_unseen_real_row_draws_training_images_outside_the_subset_as_a_perfe
     subset = train.subset(np.arange(0, 64, 3))
     real = RealData(train, val, test, notes=[])
 
-    def extractor(batch: np.ndarray) -> np.ndarray:
-        return batch.reshape(len(batch), -1)[:, ::49]
-    extractor.name = "every 49th pixel"
-    monkeypatch.setattr(module, "default_extractor", lambda real: extractor)
-    trained_on = []
-    auroc = {"mean": 0.7, "ci_low": 0.6, "ci_high": 0.8}
-    monkeypatch.setattr(module, "classifier_auroc", lambda sets, real, seeds: trained_on.extend(
-        sets) or {"val": auroc, "test": auroc})
+    _, trained_on, auroc = stub_features_and_classifiers(module, monkeypatch)
     row = module.unseen_real(subset, real, seeds=3)
 
     members = set(subset.image_hashes())

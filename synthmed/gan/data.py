@@ -24,6 +24,13 @@ from synthmed.errors import InputError
 MIN_PAIRED_DICE = 0.5  # foreground overlap of a subject's two contrasts below this: not paired
 
 
+def random_flips(images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Images ``(B, C, H, W)``, each flipped left-right with probability 1/2 (one draw per
+    image from ``rng``, the fit loop's generator, so a resumed run repeats them)."""
+    flipped = torch.rand(len(images), generator=rng, device=rng.device) < 0.5
+    return torch.where(flipped[:, None, None, None], images.flip(-1), images)
+
+
 class LabelledImages:
     """One image set; a batch is ``(images (B, C, H, W), labels (B,))``, unlabelled as 0.
 
@@ -50,10 +57,7 @@ class LabelledImages:
     def batch(self, index: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, ...]:
         index = index % len(self.imageset)
         images = self.images[index]
-        if self.mirror:
-            flipped = torch.rand(len(index), generator=rng, device=rng.device) < 0.5
-            images = torch.where(flipped[:, None, None, None], images.flip(-1), images)
-        return images, self.labels[index]
+        return (random_flips(images, rng) if self.mirror else images), self.labels[index]
 
     def fingerprint(self) -> str:
         return self.imageset.fingerprint()
@@ -121,10 +125,7 @@ class _TwoDomains:
                                   device=rng.device).tolist()
             images = torch.stack([image[:, top:top + self.crop, left:left + self.crop]
                                   for image, top, left in zip(images, tops, lefts, strict=True)])
-        if self.flip:
-            flipped = torch.rand(len(images), generator=rng, device=rng.device) < 0.5
-            images = torch.where(flipped[:, None, None, None], images.flip(-1), images)
-        return images
+        return random_flips(images, rng) if self.flip else images
 
     def _with_inputs(self, a: torch.Tensor, b: torch.Tensor, rng: torch.Generator
                      ) -> tuple[torch.Tensor, ...]:

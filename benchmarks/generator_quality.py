@@ -69,7 +69,7 @@ from pathlib import Path
 
 import numpy as np
 from common import add_data_options, synthmed
-from quality_table import REFERENCE_ROWS, print_table
+from quality_table import REAL_ONLY, REFERENCE_ROWS, UNSEEN_REAL, print_table
 
 from synthmed.augment.dataset import ImageSet
 from synthmed.augment.items import ReadConfig
@@ -151,9 +151,9 @@ def main(argv: list[str] | None = None) -> None:
         rows_file = args.out / name / "rows.json"
         # rows of recipes measured by an earlier run stay in the table, after the references
         earlier = json.loads(rows_file.read_text()) if rows_file.is_file() else {}
-        rows = {"real only": real_only(subset, real, args.seeds)}
+        rows = {REAL_ONLY: real_only(subset, real, args.seeds)}
         if (perfect := unseen_real(subset, real, args.seeds)) is not None:
-            rows["unseen real images"] = perfect
+            rows[UNSEEN_REAL] = perfect
         rows.update((row, cells) for row, cells in earlier.items() if row not in REFERENCE_ROWS)
         for recipe_name in args.recipes.split(","):
             row_name = recipe_name + (f" from {args.init_from.name}" if args.init_from else "")

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-#: rows that measure no generator: the real-only classifier, and a perfect generator's images
-REFERENCE_ROWS = ("real only", "unseen real images")
+REAL_ONLY = "real only"  # the classifier trained on the real subset
+UNSEEN_REAL = "unseen real images"  # a perfect generator: real images outside the subset
+REFERENCE_ROWS = (REAL_ONLY, UNSEEN_REAL)  # the rows that measure no generator
 
 
 def print_table(name: str, n: int, rows: dict) -> None:
-    """One markdown table per set: a row per recipe, the real-only classifier first. A row
+    """One markdown table per set: a row per recipe, the reference rows first. A row
     measured on several samples shows the means over them, recall and coverage with their
     sd, the black-box attacks with their mean 95 % bootstrap interval."""
-    real_test = rows["real only"]["auroc"]["test"]["mean"]
+    real_test = rows[REAL_ONLY]["auroc"]["test"]["mean"]
     print(f"\n### {name} ({n} real training images)\n")
     print("| recipe | train min | FID (floor) | KID (floor) | precision | recall (floor) | "
           "coverage (floor) | val AUROC | test AUROC [95 % CI] | x real | near-copy | "

@@ -6,7 +6,8 @@ import numpy as np
 
 REAL_ONLY = "real only"  # the classifier trained on the real subset
 UNSEEN_REAL = "unseen real images"  # a perfect generator: real images outside the subset
-REFERENCE_ROWS = (REAL_ONLY, UNSEEN_REAL)  # the rows that measure no generator
+HELD_OUT_REAL = "test images (fidelity)"  # a perfect generator's fidelity: test-split images
+REFERENCE_ROWS = (REAL_ONLY, UNSEEN_REAL, HELD_OUT_REAL)  # the rows that measure no generator
 
 
 def print_table(name: str, n: int, rows: dict) -> None:
@@ -20,7 +21,6 @@ def print_table(name: str, n: int, rows: dict) -> None:
           "closer to train | membership adv. |")
     print("|---" * 13 + "|")
     for recipe, row in rows.items():
-        test = row["auroc"]["test"]
         kept = f" (keeps {row['filter']['kept_share']:.0%} of draws)" if "filter" in row else ""
         cells = [recipe + kept]
         if row["fidelity_floor"] is None:
@@ -29,14 +29,18 @@ def print_table(name: str, n: int, rows: dict) -> None:
             fid, floor = row["fidelity"], row["fidelity_floor"]
             sd = {k: f" ± {v:.2f}" for k, v in row.get("fidelity_sd", {}).items()
                   if np.isfinite(v)}
-            cells += [f"{row['train_seconds'] / 60:.1f}",
+            cells += [f"{row['train_seconds'] / 60:.1f}" if "train_seconds" in row else "-",
                       f"{fid['fid']:.2f} ({floor['fid']:.2f})",
                       f"{fid['kid']:.3f} ({floor['kid']:.3f})", f"{fid['precision']:.2f}",
                       f"{fid['recall']:.2f}{sd.get('recall', '')} ({floor['recall']:.2f})",
                       f"{fid['coverage']:.2f}{sd.get('coverage', '')} ({floor['coverage']:.2f})"]
-        cells += [f"{row['auroc']['val']['mean']:.3f}",
-                  f"{test['mean']:.3f} [{test['ci_low']:.3f}, {test['ci_high']:.3f}]",
-                  f"{test['mean'] / real_test:.3f}"]
+        if "auroc" in row:
+            test = row["auroc"]["test"]
+            cells += [f"{row['auroc']['val']['mean']:.3f}",
+                      f"{test['mean']:.3f} [{test['ci_low']:.3f}, {test['ci_high']:.3f}]",
+                      f"{test['mean'] / real_test:.3f}"]
+        else:
+            cells += ["-"] * 3
         if "near_copy_share" in row:
             attacks = ", ".join(f"{k} {a['advantage']:+.3f}" + interval(a)
                                 for k, a in row["membership"].items())

@@ -3,8 +3,10 @@ tests that need it are skipped, with the reason, when it is absent."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ import yaml
 from click.testing import CliRunner, Result
 
 from synthmed.cli import cli
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -100,3 +104,14 @@ def generate_killed_at_block(run: object, out: Path, config: object, block: int)
         with pytest.raises(KeyboardInterrupt):
             generate_module.generate(run, out, config, progress=False)
     assert not out.exists()  # the output only ever appears complete
+
+
+def benchmark_module(name: str):
+    """The script ``benchmarks/NAME.py`` imported as module ``NAME`` (its folder on the path,
+    for its ``common`` import)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -198,19 +198,26 @@ def test_a_row_averages_fidelity_and_the_image_attacks_over_the_classifiers_samp
     assert "±" not in lines["| one sample"] and "pixels +0.100 |" in lines["| one sample"]
 
 
+def phantom_splits(test_size: int):
+    """Phantom splits of 64 training, 16 validation and ``test_size`` test images, and the
+    subset of every third training image: ``(subset, RealData)``."""
+    from synthmed.augment.phantom import PhantomConfig, make_phantom
+    from synthmed.eval.real_data import RealData
+
+    images = make_phantom(PhantomConfig(n=80 + test_size, size=28, lesion_fraction=0.5))[0]
+    train, val, test = (images.subset(np.arange(k, k + n))
+                        for k, n in ((0, 64), (64, 16), (80, test_size)))
+    return train.subset(np.arange(0, 64, 3)), RealData(train, val, test, notes=[])
+
+
 def test_the_unseen_real_row_draws_training_images_outside_the_subset_as_a_perfect_generator(
         monkeypatch, capsys):
     from synthmed.augment.dataset import ImageSet
-    from synthmed.augment.phantom import PhantomConfig, make_phantom
     from synthmed.eval.privacy_audit import PrivacyConfig, evaluate_privacy
-    from synthmed.eval.real_data import RealData
 
     module = benchmark_module("generator_quality")
-    images = make_phantom(PhantomConfig(n=96, size=28, lesion_fraction=0.5))[0]
-    train, val, test = (images.subset(np.arange(k, k + n)) for k, n in ((0, 64), (64, 16),
-                                                                          (80, 16)))
-    subset = train.subset(np.arange(0, 64, 3))
-    real = RealData(train, val, test, notes=[])
+    subset, real = phantom_splits(test_size=16)
+    train, val, test = real.train, real.val, real.test
 
     _, trained_on, auroc = stub_features_and_classifiers(module, monkeypatch)
     row = module.unseen_real(subset, real, seeds=3)
@@ -267,16 +274,11 @@ def test_a_recipe_with_class_copies_is_sampled_and_attacked_through_each_copy(tm
 
 def test_the_test_images_row_is_the_fidelity_of_real_images_the_extractor_never_saw(
         monkeypatch, capsys):
-    from synthmed.augment.phantom import PhantomConfig, make_phantom
     from synthmed.eval.fidelity import evaluate_fidelity
-    from synthmed.eval.real_data import RealData
 
     module = benchmark_module("generator_quality")
-    images = make_phantom(PhantomConfig(n=128, size=28, lesion_fraction=0.5))[0]
-    train, val, test = (images.subset(np.arange(k, k + n)) for k, n in ((0, 64), (64, 16),
-                                                                          (80, 48)))
-    subset = train.subset(np.arange(0, 64, 3))
-    real = RealData(train, val, test, notes=[])
+    subset, real = phantom_splits(test_size=48)
+    train, test = real.train, real.test
 
     extractor, trained_on, auroc = stub_features_and_classifiers(module, monkeypatch)
     row = module.held_out_real(subset, real, seeds=3)

@@ -292,8 +292,8 @@ def unseen_real(subset: ImageSet, real: RealData, seeds: int) -> dict | None:
 
 def held_out_real(subset: ImageSet, real: RealData, seeds: int) -> dict | None:
     """The fidelity a perfect generator reaches: ``seeds`` samples of the subset's size and
-    class mix drawn from the test split, real images that neither a generator nor the feature
-    extractor saw, as it never saw a generator's (the floor's halves are its training images).
+    class mix drawn from the test split: real images new to the feature extractor, as a
+    generator's images are (the floor's halves are its training images).
     Fidelity only: these images are the classifiers' test set and the audit's non-members.
     ``None`` when the test split has too few images of a class."""
     if (samples := class_mix_draws(real.test, subset, seeds)) is None:

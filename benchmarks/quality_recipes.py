@@ -14,9 +14,9 @@ from synthmed.eval.generators import GeneratorRecipe
 from synthmed.gan.losses import AUGMENTS
 
 CLASS_STEPS = 500  # the class copies' fine-tuning (``-classes``, ``-smallest``)
-#: name -> (family, recipe); the first is the harness's default
 ADA_TRANSITION = GeneratorRecipe(diffaugment=AUGMENTS, ada_target=0.6,
                                  transition_steps=(500, 1000), ema_decay=0.999)
+#: name -> (family, recipe); the first is the harness's default
 RECIPES = {
     "dcgan": ("dcgan", GeneratorRecipe()),
     "dcgan-resize": ("dcgan", GeneratorRecipe(upsample="resize")),

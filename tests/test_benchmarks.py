@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -11,18 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import real_file
-
-RUNNER = Path(__file__).resolve().parents[1] / "benchmarks" / "run_all.py"
-
-
+from tests.conftest import benchmark_module, real_file
 
 
 @pytest.fixture
 def run_all(monkeypatch, tmp_path):
-    spec = importlib.util.spec_from_file_location("run_all", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_module("run_all")
     script = tmp_path / "fake_benchmark.py"
     script.write_text("import sys\nprint('ratio 1.50x', '/ok' in sys.argv[-1])\n"
                       "sys.exit(0 if '/ok' in sys.argv[-1] else 3)\n")
@@ -72,10 +65,7 @@ def test_unknown_benchmark_is_refused(run_all, monkeypatch, tmp_path):
 def test_train_throughput_runs_end_to_end(capsys):
     """The throughput benchmark drives fit with a stub model and the real DCGAN: it breaks
     when the model protocol grows, which only a run shows."""
-    path = RUNNER.parent / "train_throughput.py"
-    spec = importlib.util.spec_from_file_location("train_throughput", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_module("train_throughput")
     module.main(["--images", "256", "--epochs", "2", "--repeats", "1", "--steps", "1",
                  "--precisions", "fp32"])
     printed = capsys.readouterr().out
@@ -86,11 +76,7 @@ def test_train_throughput_runs_end_to_end(capsys):
 def test_translation_benchmark_keeps_a_copied_subject_out_of_every_fold(tmp_path, capsys):
     """A subject stored twice under two names would put the held-out subject's own images
     into its fold's training set: the second name is left out, and listed to be held out."""
-    path = RUNNER.parent / "cyclegan_t1t2.py"
-    sys.path.insert(0, str(RUNNER.parent))
-    spec = importlib.util.spec_from_file_location("cyclegan_t1t2", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_module("cyclegan_t1t2")
     folders = []
     for name, content in (("a", b"one"), ("b", b"two"), ("c", b"one")):
         folder = tmp_path / name
@@ -108,11 +94,7 @@ def test_translation_benchmark_chooses_the_blend_weight_without_the_held_out_sub
     """The map-blend weight of a fold comes from inner runs on its training subjects alone,
     each scored on the other training subject: the held-out subject is never trained on or
     scored before the fold's own evaluation, which uses the chosen weight."""
-    sys.path.insert(0, str(RUNNER.parent))
-    spec = importlib.util.spec_from_file_location("cyclegan_t1t2",
-                                                  RUNNER.parent / "cyclegan_t1t2.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_module("cyclegan_t1t2")
     volumes = {name: tmp_path / "data" / name for name in ("a", "b", "c")}
     peaks = {("a", "b"): 0.3, ("b", "a"): 0.5}  # (trained on, scored on): best weight
     trained, scored, evaluated = [], [], []
@@ -162,11 +144,7 @@ def test_generators_trained_elsewhere_are_measured_here_untrained(shared_data, t
     """Exported subsets train into packed runs that ``place`` puts where the benchmark and
     its harness find them finished: nothing is trained again, and they sample."""
     real_file(shared_data, "medmnist/breastmnist.npz")
-    sys.path.insert(0, str(RUNNER.parent))
-    spec = importlib.util.spec_from_file_location("remote_generators",
-                                                  RUNNER.parent / "remote_generators.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_module("remote_generators")
     module.main(["export", "--data", str(shared_data), "--out", str(tmp_path / "pack"),
                  "breastmnist-0.25:0,1"])
     module.main(["train", str(tmp_path / "pack"), "--recipe", "dcgan@4",

@@ -26,6 +26,8 @@ RECIPES = {
                                                   class_steps=CLASS_STEPS)),
     "dcgan-ada-resize-classes-mirror": ("dcgan", replace(ADA_TRANSITION, upsample="resize",
                                                          class_steps=CLASS_STEPS, mirror=True)),
+    "dcgan-ada0.3-resize-classes-mirror": ("dcgan", replace(
+        ADA_TRANSITION, ada_target=0.3, upsample="resize", class_steps=CLASS_STEPS, mirror=True)),
     "dcgan-ada-resize-smallest": ("dcgan", replace(ADA_TRANSITION, upsample="resize",
                                                    class_steps=CLASS_STEPS,
                                                    class_copies="smallest")),
@@ -49,8 +51,6 @@ def chosen_recipe(name: str, init_from: Path | None = None) -> tuple[str, Genera
     recipe = replace(recipe, class_steps=int(class_steps)) if plus else recipe
     recipe = replace(recipe, steps=int(steps)) if steps else recipe
     return family, replace(recipe, init_from=str(init_from)) if transfer else recipe
-
-
 
 
 def best_recipe(rows: dict, filter_percentile: float | None = None) -> str:

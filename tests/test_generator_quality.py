@@ -46,6 +46,10 @@ def test_the_harness_headline_trains_every_remedy_of_the_recipe_validation_picke
                             "--generator-class-copies", "all"]
     assert mirrored[6] == "--generator-mirror" and "--generator-mirror" not in \
         module.harness_options(*module.chosen_recipe("dcgan-ada-resize-classes@2000+1000"))
+    low_target = module.harness_options(*module.chosen_recipe(
+        "dcgan-ada0.3-resize-classes-mirror@2000+1000"))
+    assert low_target == [*mirrored[:10], "0.3", *mirrored[11:]]  # only ADA's target differs
+    assert mirrored[9:11] == ["--generator-ada-target", "0.6"]
     family, recipe = module.chosen_recipe("dcgan@3000 from brain28", Path("runs/brain28"))
     assert (recipe.steps, recipe.init_from) == (3000, str(Path("runs/brain28")))
     assert module.harness_options(family, recipe) == [

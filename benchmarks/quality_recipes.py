@@ -16,6 +16,8 @@ from synthmed.gan.losses import AUGMENTS
 CLASS_STEPS = 500  # the class copies' fine-tuning (``-classes``, ``-smallest``)
 ADA_TRANSITION = GeneratorRecipe(diffaugment=AUGMENTS, ada_target=0.6,
                                  transition_steps=(500, 1000), ema_decay=0.999)
+MIRRORED_COPIES = replace(ADA_TRANSITION, upsample="resize", class_steps=CLASS_STEPS,
+                          mirror=True)
 #: name -> (family, recipe); the first is the harness's default
 RECIPES = {
     "dcgan": ("dcgan", GeneratorRecipe()),
@@ -24,10 +26,8 @@ RECIPES = {
     "dcgan-ada-resize": ("dcgan", replace(ADA_TRANSITION, upsample="resize")),
     "dcgan-ada-resize-classes": ("dcgan", replace(ADA_TRANSITION, upsample="resize",
                                                   class_steps=CLASS_STEPS)),
-    "dcgan-ada-resize-classes-mirror": ("dcgan", replace(ADA_TRANSITION, upsample="resize",
-                                                         class_steps=CLASS_STEPS, mirror=True)),
-    "dcgan-ada0.3-resize-classes-mirror": ("dcgan", replace(
-        ADA_TRANSITION, ada_target=0.3, upsample="resize", class_steps=CLASS_STEPS, mirror=True)),
+    "dcgan-ada-resize-classes-mirror": ("dcgan", MIRRORED_COPIES),
+    "dcgan-ada0.3-resize-classes-mirror": ("dcgan", replace(MIRRORED_COPIES, ada_target=0.3)),
     "dcgan-ada-resize-smallest": ("dcgan", replace(ADA_TRANSITION, upsample="resize",
                                                    class_steps=CLASS_STEPS,
                                                    class_copies="smallest")),
